@@ -1,0 +1,3 @@
+from debiaslab.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,280 @@
+"""The ``debiaslab`` command (and the paper's ``python train.py`` / ``python test.py``)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from debiaslab import UserError, __version__
+
+METHOD_FLAGS = {"train_vanilla": "vanilla", "train_lff": "lff", "train_ours": "disent"}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit code 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _fmt(v) -> str:
+    return "   n/a" if v is None else f"{100 * v:6.2f}"
+
+
+def metrics_table(rows: list[tuple[str, dict]]) -> str:
+    head = f"{'':28s} {'acc':>6s} {'align':>6s} {'confl':>6s} {'unbias':>6s} {'worst':>6s}"
+    lines = [head]
+    for name, m in rows:
+        lines.append(f"{name:28s} {_fmt(m['accuracy'])} {_fmt(m['aligned'])} {_fmt(m['conflicting'])} "
+                     f"{_fmt(m['unbiased'])} {_fmt(m['worst_group'])}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------- train
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("what to train")
+    m = g.add_mutually_exclusive_group()
+    m.add_argument("--method", choices=["vanilla", "lff", "disent"], help="training method")
+    m.add_argument("--train_vanilla", action="store_true", help="train Vanilla (ERM), as in the reference")
+    m.add_argument("--train_lff", action="store_true", help="train LfF (Learning from Failure)")
+    m.add_argument("--train_ours", action="store_true", help="train DisEnt (the paper's method), as in the reference")
+    g.add_argument("--dataset", default="cmnist", help="dataset folder under --data_dir: cmnist, cifar10c, bffhq (default: cmnist)")
+    g.add_argument("--percent", default="1pct", help="ratio of bias-conflicting training samples, a folder name such as 0.5pct, 1pct, 2pct, 5pct (default: 1pct, as the reference)")
+    g.add_argument("--data_dir", default="dataset", help="folder holding <dataset>/ in the reference layout (default: dataset)")
+    g.add_argument("--model", default=None, help="mlp or resnet18 (default: mlp for cmnist, resnet18 otherwise)")
+    g.add_argument("--seed", type=int, default=0, help="random seed; the same seed on CPU gives identical results (default: 0)")
+    g.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda, cuda:N (default: auto)")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--num_steps", type=int, default=50_000, help="training iterations (default: 50000)")
+    o.add_argument("--batch_size", type=int, default=None, help="batch size (default per dataset: 256 cmnist/cifar10c, 64 bffhq); honoured, unlike the reference")
+    o.add_argument("--lr", type=float, default=None, help="Adam learning rate (default per dataset: 0.01 cmnist, 0.001 cifar10c, 0.0001 bffhq)")
+    o.add_argument("--weight_decay", type=float, default=0.0, help="Adam weight decay (default: 0)")
+    o.add_argument("--use_lr_decay", action="store_true", help="StepLR decay, counted from --curr_step")
+    o.add_argument("--lr_decay_step", type=int, default=10_000, help="steps between LR decays, after --curr_step (default: 10000)")
+    o.add_argument("--lr_gamma", type=float, default=0.1, help="LR decay factor (default: 0.1)")
+    d = p.add_argument_group("LfF / DisEnt")
+    d.add_argument("--q", type=float, default=0.7, help="GCE q, really used (the reference hard-codes 0.7) (default: 0.7)")
+    d.add_argument("--gce_form", choices=["reference", "textbook"], default="reference",
+                   help="reference: CE * q * p^q (gradient of 1 - p^q, as the papers' code); textbook: (1 - p^q) / q (default: reference)")
+    d.add_argument("--ema_alpha", type=float, default=0.7, help="per-sample loss EMA factor (default: 0.7)")
+    d.add_argument("--curr_step", type=int, default=0, help="DisEnt: feature swap starts after this step; LR decay counts from it (default: 0)")
+    d.add_argument("--lambda_swap", type=float, default=1.0, help="DisEnt: weight of the swap loss (default: 1)")
+    d.add_argument("--lambda_dis_align", type=float, default=1.0, help="DisEnt: weight of the bias branch's GCE in L_dis (default: 1)")
+    d.add_argument("--lambda_swap_align", type=float, default=1.0, help="DisEnt: weight of the bias branch's GCE in L_swap (default: 1)")
+    lg = p.add_argument_group("evaluation and logging")
+    lg.add_argument("--exp", default="debugging", help="experiment name; the run goes to <log_dir>/<dataset>/<exp> (default: debugging)")
+    lg.add_argument("--log_dir", default="log", help="root of run directories (default: log)")
+    lg.add_argument("--valid_freq", type=int, default=500, help="evaluate on valid and test every N steps (default: 500)")
+    lg.add_argument("--log_freq", type=int, default=500, help="log mean train losses every N steps (default: 500)")
+    lg.add_argument("--save_freq", type=int, default=None, help="write the last-step checkpoint every N steps (default: --valid_freq)")
+    lg.add_argument("--tensorboard", action="store_true", help="also write tensorboard events to <run_dir>/tensorboard")
+    lg.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (needs: pip install 'debiaslab[wandb]'; offline without credentials)")
+    lg.add_argument("--wandb_project", default="debiaslab", help="wandb project name (default: debiaslab)")
+    lg.add_argument("--no_progress", action="store_true", help="no progress bar")
+    lg.add_argument("--overwrite", action="store_true", help="replace an existing run directory of the same --exp")
+    r = p.add_argument_group("accepted for compatibility with the reference code")
+    r.add_argument("--num_workers", type=int, default=None, help="ignored: data lives in memory, no loader workers")
+    r.add_argument("--momentum", type=float, default=None, help="ignored: the optimizer is Adam, as in the reference")
+    r.add_argument("--target_attr_idx", type=int, default=0, choices=[0], help="labels come from file names <id>_<target>_<bias>; only 0 is supported")
+    r.add_argument("--bias_attr_idx", type=int, default=1, choices=[1], help="only 1 is supported")
+
+
+def config_from_args(args):
+    from debiaslab.config import TrainConfig
+
+    method = args.method or next((m for flag, m in METHOD_FLAGS.items() if getattr(args, flag, False)), None)
+    if method is None:
+        raise UserError("choose a method: --train_vanilla, --train_lff, --train_ours (DisEnt) or --method NAME")
+    return TrainConfig(
+        dataset=args.dataset, percent=args.percent, method=method, model=args.model, data_dir=args.data_dir,
+        log_dir=args.log_dir, exp=args.exp, seed=args.seed, device=args.device, num_steps=args.num_steps,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, use_lr_decay=args.use_lr_decay,
+        lr_decay_step=args.lr_decay_step, lr_gamma=args.lr_gamma, q=args.q, gce_form=args.gce_form,
+        ema_alpha=args.ema_alpha, curr_step=args.curr_step, lambda_swap=args.lambda_swap,
+        lambda_dis_align=args.lambda_dis_align, lambda_swap_align=args.lambda_swap_align,
+        valid_freq=args.valid_freq, log_freq=args.log_freq, save_freq=args.save_freq,
+        tensorboard=args.tensorboard, wandb=args.wandb, wandb_project=args.wandb_project,
+        progress=not args.no_progress, overwrite=args.overwrite,
+    )
+
+
+def cmd_train(args) -> int:
+    from debiaslab.train import train
+
+    cfg = config_from_args(args)
+    results = train(cfg)
+    print(results_summary(results))
+    print(f"run directory: {Path(cfg.log_dir) / cfg.dataset / cfg.exp}")
+    return 0
+
+
+def results_summary(results: dict) -> str:
+    rows = []
+    for rule, sel in results["selections"].items():
+        if sel is not None:
+            rows.append((f"{rule} (step {sel['step']})", sel["test"]))
+    return (f"{results['method']} on {results['dataset']} {results['percent']}, seed {results['seed']}, "
+            f"{results['steps']} steps, {results.get('steps_per_second', 0):.1f} steps/s — test metrics (%) per selection rule "
+            f"(default: last; oracle_best_test selects on test labels):\n" + metrics_table(rows))
+
+
+# ------------------------------------------------------------------------------------------ test
+def add_test_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pretrained_path", required=True, help="a debiaslab run directory or checkpoint .pt, or a reference "
+                   "directory with best_model_l.th + best_model_b.th (DisEnt) or best_model.th (Vanilla)")
+    p.add_argument("--dataset", default="cmnist", help="dataset folder under --data_dir (default: cmnist)")
+    p.add_argument("--percent", default="1pct", help="percent folder whose valid split is also evaluated (default: 1pct)")
+    p.add_argument("--data_dir", default="dataset", help="folder holding <dataset>/ in the reference layout (default: dataset)")
+    p.add_argument("--select", default="last", help="for a debiaslab run directory: which checkpoint, one of last, best_valid, "
+                   "best_valid_unbiased, oracle_best_test (default: last)")
+    p.add_argument("--input_scale", choices=["auto", "unit", "reference"], default="auto",
+                   help="pixel scaling: unit = x/255, reference = x/255/255 (how the reference trained CMNIST); auto picks by checkpoint origin")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--batch_size", type=int, default=2048, help="evaluation batch size (default: 2048)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+
+def cmd_test(args) -> int:
+    import json
+
+    from debiaslab.config import CIFAR_MEAN, CIFAR_STD, DATASET_DEFAULTS, GENERIC_DEFAULTS
+    from debiaslab.data.reference import load_reference
+    from debiaslab.data.transforms import BatchTransform
+    from debiaslab.evaluate import load_checkpoint
+    from debiaslab.metrics import compute_metrics, predict_split, primary_metric
+    from debiaslab.train import prepare_split, resolve_device
+    from debiaslab.config import TrainConfig
+
+    if args.batch_size <= 0:
+        raise UserError(f"--batch_size must be positive, got {args.batch_size}")
+    device = resolve_device(args.device)
+    method_cls, models, info = load_checkpoint(args.pretrained_path, args.dataset, args.select)
+    bundle = load_reference(args.data_dir, args.dataset, args.percent)
+    if info["num_classes"] != bundle.num_classes:
+        raise UserError(f"the checkpoint predicts {info['num_classes']} classes but {args.dataset} has {bundle.num_classes}; "
+                        "check --dataset")
+    defaults = DATASET_DEFAULTS.get(args.dataset, GENERIC_DEFAULTS)
+    cfg = info["config"] or TrainConfig(dataset=args.dataset).resolved()
+    scale = {"auto": info["input_scale"], "unit": 1 / 255.0, "reference": 1 / 255.0 ** 2}[args.input_scale]
+    normalize = cfg.normalize if cfg.normalize is not None else defaults["normalize"]
+    transform = BatchTransform(mean=CIFAR_MEAN if normalize else None, std=CIFAR_STD if normalize else None, scale=scale)
+    for m in models.values():
+        m.to(device)
+    out = {"checkpoint": info["path"], "source": info["source"], "step": info["step"], "selection": info["rule"],
+           "input_scale": scale, "metrics": {}}
+    for split_name in ("valid", "test"):
+        split = prepare_split(getattr(bundle, split_name), cfg, device)
+        preds = predict_split(lambda x: method_cls.predict(models, x), split.images, transform.eval, args.batch_size)
+        out["metrics"][split_name] = compute_metrics(preds, split.targets, split.biases, bundle.num_classes)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"{info['source']} checkpoint {info['path']} (step {info['step']}, selection: {info['rule']}), "
+              f"{method_cls.name} on {args.dataset} {args.percent}; metrics in %:")
+        print(metrics_table([(k, v) for k, v in out["metrics"].items()]))
+        print(f"test {'conflicting' if args.dataset == 'bffhq' else 'unbiased'} accuracy: "
+              f"{100 * primary_metric(out['metrics']['test'], args.dataset):.2f}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ data
+def add_build_cmnist_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mnist", default=None, help="local MNIST: an .npz (x_train, y_train, x_test, y_test), a torchvision root "
+                   "holding MNIST/, or an image folder with train/<digit>/ and test/<digit>/ (default: download with torchvision)")
+    p.add_argument("--out", default="dataset", help="output folder; the dataset goes to <out>/cmnist (default: dataset)")
+    p.add_argument("--percent", nargs="+", default=["0.5", "1", "2", "5"], help="bias-conflicting percentages to build (default: 0.5 1 2 5)")
+    p.add_argument("--seed", type=int, default=0, help="builder seed (default: 0)")
+    p.add_argument("--severity", type=int, default=4, choices=[1, 2, 3, 4, 5], help="colour-noise severity, sigma 0.05..0.002 (default: 4, the paper's)")
+    p.add_argument("--download_dir", default=None, help="where torchvision downloads MNIST (default: <out>/.downloads)")
+    p.add_argument("--force", action="store_true", help="replace an existing <out>/cmnist")
+
+
+def cmd_build_cmnist(args) -> int:
+    from debiaslab.data.cmnist import parse_pct, write_cmnist
+    from debiaslab.data.mnist import load_mnist
+
+    pcts = sorted({parse_pct(p) for p in args.percent})
+    out = Path(args.out)
+    mnist, prov = load_mnist(args.mnist, Path(args.download_dir) if args.download_dir else out / ".downloads")
+    manifest = write_cmnist(mnist, prov, out, pcts, args.seed, args.severity, force=args.force)
+    print(f"Colored MNIST written to {out / 'cmnist'} in {manifest['build_seconds']} s (manifest: {out / 'cmnist' / 'manifest.json'})")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ demo
+def add_demo_args(p: argparse.ArgumentParser) -> None:
+    from debiaslab.demo import DEMO_DEFAULTS
+
+    p.add_argument("--methods", nargs="+", default=["vanilla", "lff", "disent"], choices=["vanilla", "lff", "disent"], help="methods to compare")
+    p.add_argument("--num_steps", type=int, default=DEMO_DEFAULTS["num_steps"], help=f"steps per method (default: {DEMO_DEFAULTS['num_steps']})")
+    p.add_argument("--percent", type=float, default=DEMO_DEFAULTS["percent"], help=f"bias-conflicting percentage of the training split (default: {DEMO_DEFAULTS['percent']})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data and of the runs (default: 0)")
+    p.add_argument("--log_dir", default="log", help="runs go to <log_dir>/colored_digits/demo_<method> (default: log)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
+    p.add_argument("--no_progress", action="store_true", help="no progress bars")
+
+
+def cmd_demo(args) -> int:
+    from debiaslab.demo import run_demo
+
+    run_demo(args.methods, args.num_steps, args.percent, args.seed, args.log_dir, args.device, not args.no_progress)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ main
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="debiaslab", description="Train and evaluate debiased image classifiers (Vanilla, LfF, DisEnt).",
+)
+    p.add_argument("--version", action="version", version=f"debiaslab {__version__}")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    t = sub.add_parser("train", help="train a method on a reference-layout dataset",
+                       description="Train Vanilla, LfF or DisEnt. The paper's flags work as in its README.")
+    add_train_args(t)
+    t.set_defaults(func=cmd_train)
+    e = sub.add_parser("test", help="evaluate a checkpoint (debiaslab's or the reference code's)",
+                       description="Evaluate a checkpoint on the valid and test splits and print every metric.")
+    add_test_args(e)
+    e.set_defaults(func=cmd_test)
+    d = sub.add_parser("data", help="build datasets", description="Build datasets in the reference layout.")
+    dsub = d.add_subparsers(dest="data_command", metavar="ACTION", parser_class=Parser)
+    b = dsub.add_parser("build", help="build a dataset", description="Build a dataset in the reference layout, with a fast cache and a manifest.")
+    bsub = b.add_subparsers(dest="build_dataset", metavar="DATASET", parser_class=Parser)
+    c = bsub.add_parser("cmnist", help="Colored MNIST (LfF protocol): 0.5/1/2/5 pct",
+                        description="Build Colored MNIST by the LfF protocol: 55k train / 5k biased valid from MNIST train, "
+                                    "10k unbiased test from MNIST test; reference layout + cache + manifest.json.")
+    add_build_cmnist_args(c)
+    c.set_defaults(func=cmd_build_cmnist)
+    m = sub.add_parser("demo", help="compare Vanilla, LfF and DisEnt on Colored Digits (no download, a few minutes on CPU)",
+                       description="Train each method briefly on Colored Digits (scikit-learn's bundled digits, coloured "
+                                   "by the Colored MNIST protocol) and print aligned / conflicting / unbiased test accuracy.")
+    add_demo_args(m)
+    m.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"debiaslab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("debiaslab: interrupted", file=sys.stderr)
+        return 130
+
+
+def reference_main(command: str, argv=None) -> int:
+    """``python train.py ...`` / ``python test.py ...`` from the repo root: the paper's commands."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    return main((["--debug"] if debug else []) + [command] + argv)

@@ -1,0 +1,114 @@
+"""The resolved configuration of a training run and the per-dataset defaults of the paper."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+
+# The paper's per-dataset settings (algorithms.md): model, batch size, image size, normalisation,
+# train-time augmentation, and the Vanilla learning rate (also the LfF default).
+DATASET_DEFAULTS = {
+    "cmnist": dict(model="mlp", batch_size=256, lr=0.01, image_size=None, normalize=False, augment=False),
+    "cifar10c": dict(model="resnet18", batch_size=256, lr=0.001, image_size=32, normalize=True, augment=True),
+    "bffhq": dict(model="resnet18", batch_size=64, lr=0.0001, image_size=224, normalize=True, augment=True),
+}
+GENERIC_DEFAULTS = dict(model="resnet18", batch_size=64, lr=0.001, image_size=None, normalize=True, augment=False)
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    dataset: str = "cmnist"
+    percent: str = "1pct"
+    method: str = "vanilla"
+    model: str | None = None
+    data_dir: str = "dataset"
+    log_dir: str = "log"
+    exp: str = "debugging"
+    seed: int = 0
+    device: str = "auto"
+    # optimisation
+    num_steps: int = 50_000
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float = 0.0
+    use_lr_decay: bool = False
+    lr_decay_step: int = 10_000
+    lr_gamma: float = 0.1
+    # LfF / DisEnt
+    q: float = 0.7
+    gce_form: str = "reference"
+    ema_alpha: float = 0.7
+    curr_step: int = 0
+    lambda_swap: float = 1.0
+    lambda_dis_align: float = 1.0
+    lambda_swap_align: float = 1.0
+    # inputs
+    image_size: int | None = None
+    normalize: bool | None = None
+    augment: bool | None = None
+    # evaluation, checkpoints, logging
+    valid_freq: int = 500
+    log_freq: int = 500
+    save_freq: int | None = None
+    eval_batch_size: int = 2048
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "debiaslab"
+    progress: bool = True
+    overwrite: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def resolved(self) -> "TrainConfig":
+        """Fill every ``None`` from the dataset defaults (an explicit value always wins)."""
+        defaults = DATASET_DEFAULTS.get(self.dataset, GENERIC_DEFAULTS)
+        changes = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        cfg = dataclasses.replace(self, **changes)
+        if cfg.save_freq is None:
+            cfg = dataclasses.replace(cfg, save_freq=cfg.valid_freq)
+        return cfg
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def run_dir(self) -> str:
+        import os
+
+        return os.path.join(self.log_dir, self.dataset, self.exp)
+
+    def validate(self) -> None:
+        from debiaslab import UserError
+        from debiaslab.methods import METHODS
+        from debiaslab.methods.losses import GCE_FORMS
+        from debiaslab.models import MODELS
+
+        positive_int = ("num_steps", "batch_size", "valid_freq", "log_freq", "save_freq", "lr_decay_step", "eval_batch_size")
+        for name in positive_int:
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise UserError(f"--{name} must be a positive integer, got {v}")
+        if self.lr is not None and not self.lr > 0:
+            raise UserError(f"--lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise UserError(f"--weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0.0 < self.q <= 1.0:
+            raise UserError(f"--q must be in (0, 1], got {self.q}")
+        if not 0.0 <= self.ema_alpha < 1.0:
+            raise UserError(f"--ema_alpha must be in [0, 1), got {self.ema_alpha}")
+        if not self.lr_gamma > 0:
+            raise UserError(f"--lr_gamma must be positive, got {self.lr_gamma}")
+        if self.curr_step < 0:
+            raise UserError(f"--curr_step must be >= 0, got {self.curr_step}")
+        if self.method not in METHODS:
+            raise UserError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.model is not None and self.model.lower() not in MODELS:
+            raise UserError(f"unknown --model {self.model!r}; choose one of {', '.join(MODELS)}")
+        if self.gce_form not in GCE_FORMS:
+            raise UserError(f"--gce_form must be one of {', '.join(GCE_FORMS)}, got {self.gce_form!r}")

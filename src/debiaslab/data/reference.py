@@ -1,0 +1,229 @@
+"""Reader and writer for the reference folder layout (the DisEnt code's datasets).
+
+Each image's labels are in its file name, ``<id>_<target>_<bias>.<ext>``::
+
+    <data_dir>/<dataset>/<pct>/align/<sub>/<id>_<t>_<b>.png     train, bias-aligned
+    <data_dir>/<dataset>/<pct>/conflict/<sub>/...                train, bias-conflicting ("conlict" accepted)
+    <data_dir>/<dataset>/<pct>/valid/...                         valid (bffhq: <dataset>/valid)
+    <data_dir>/<dataset>/test/...                                test, shared by every pct
+
+A split is decoded once into a uint8 tensor and cached next to the data (or under
+``~/.cache/debiaslab`` when the data folder is read-only). The cache is keyed by a fingerprint of
+the file listing (names, sizes, modification times), so editing the folder invalidates it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from debiaslab import UserError
+from debiaslab.data.splits import DatasetBundle, Split
+from debiaslab.io import atomic_torch_save
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
+_LABELS = re.compile(r"^(?P<id>.+)_(?P<target>\d+)_(?P<bias>\d+)$")
+CACHE_VERSION = 1
+DATASETS = ("cmnist", "cifar10c", "bffhq")
+# The percent folders the paper ships for each dataset.
+PERCENTS = {"cmnist": ("0.5pct", "1pct", "2pct", "5pct"), "cifar10c": ("0.5pct", "1pct", "2pct", "5pct"), "bffhq": ("0.5pct",)}
+
+
+def parse_labels(name: str) -> tuple[int, int]:
+    """``'123_4_7.png' -> (4, 7)``: (target, bias) from a reference-layout file name.
+
+    The id may itself contain underscores; the last two ``_``-separated fields are the labels.
+    """
+    stem = Path(name).stem
+    m = _LABELS.match(stem)
+    if m is None:
+        raise UserError(
+            f"file name {name!r} does not carry its labels: expected '<id>_<target>_<bias>.<ext>' "
+            "with integer target and bias (e.g. '123_4_7.png'); rename it or remove it from the dataset folder"
+        )
+    return int(m.group("target")), int(m.group("bias"))
+
+
+def is_junk(path: Path) -> bool:
+    return path.name.lower() in JUNK_NAMES or path.name.startswith("._")
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Every image file under ``folder`` (recursively), sorted; known junk is skipped with a warning."""
+    out = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for f in sorted(files):
+            p = Path(root) / f
+            if is_junk(p):
+                warnings.warn(f"skipping {p} (not an image)", stacklevel=2)
+                continue
+            if p.suffix.lower() not in IMAGE_EXTS:
+                raise UserError(f"{p} is not an image (extension {p.suffix or 'none'}); "
+                                f"expected one of {sorted(IMAGE_EXTS)}: move it out of the dataset folder")
+            out.append(p)
+    return out
+
+
+def _decode(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except Exception as e:  # PIL raises many kinds for broken files
+        raise UserError(f"cannot read image {path} ({type(e).__name__}: {e}); re-download or remove it") from None
+
+
+def decode_images(paths: list[Path], workers: int | None = None) -> torch.Tensor:
+    """Decode images to one uint8 tensor [N, 3, H, W]; all images must have the same size."""
+    if not paths:
+        raise ValueError("no images to decode")
+    workers = workers or min(8, (os.cpu_count() or 1) * 2)
+    with ThreadPoolExecutor(workers) as pool:
+        arrays = list(pool.map(_decode, paths, chunksize=256))
+    shape = arrays[0].shape
+    for p, a in zip(paths, arrays):
+        if a.shape != shape:
+            raise UserError(f"image {p} is {a.shape[1]}x{a.shape[0]} but the first image of its split "
+                            f"({paths[0]}) is {shape[1]}x{shape[0]}: every image of a split must have the same size")
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def _fingerprint(paths: list[Path], base: Path) -> str:
+    h = hashlib.sha256(f"v{CACHE_VERSION}".encode())
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.relative_to(base)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _cache_path(base: Path, key: str) -> Path:
+    local = base / ".debiaslab_cache"
+    if os.access(base, os.W_OK):
+        return local / f"{key}.pt"
+    digest = hashlib.sha256(str(base.resolve()).encode()).hexdigest()[:16]
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "debiaslab"
+    return root / digest / f"{key}.pt"
+
+
+def write_cache(paths: list[Path], base: Path, key: str, split: Split) -> str:
+    """Store ``split`` (whose samples are in the order of ``paths``) as the cache of those files."""
+    checksum = split.checksum()
+    atomic_torch_save(
+        {"version": CACHE_VERSION, "fingerprint": _fingerprint(paths, base), "checksum": checksum,
+         "images": split.images, "targets": split.targets, "biases": split.biases},
+        _cache_path(base, key),
+    )
+    return checksum
+
+
+def read_split(folders: list[Path], base: Path, key: str, use_cache: bool = True) -> tuple[Split, str]:
+    """Read one split made of the images under ``folders``; returns the split and its checksum."""
+    paths = [p for folder in folders for p in list_images(folder)]
+    if not paths:
+        raise UserError(f"no images found under {', '.join(map(str, folders))}; "
+                        "check --data_dir / --percent (the folder exists but is empty)")
+    cache = _cache_path(base, key)
+    if use_cache and cache.exists():
+        try:
+            blob = torch.load(cache, map_location="cpu", weights_only=True)
+            if blob.get("version") == CACHE_VERSION and blob["fingerprint"] == _fingerprint(paths, base):
+                return Split(blob["images"], blob["targets"], blob["biases"]), blob["checksum"]
+        except Exception:
+            warnings.warn(f"ignoring unreadable cache {cache}; rebuilding it", stacklevel=2)
+    labels = torch.tensor([parse_labels(p.name) for p in paths], dtype=torch.int64)
+    split = Split(decode_images(paths), labels[:, 0].contiguous(), labels[:, 1].contiguous())
+    checksum = split.checksum()
+    if use_cache:
+        try:
+            write_cache(paths, base, key, split)
+        except OSError as e:
+            warnings.warn(f"could not write the cache {cache} ({e}); the next run decodes the images again", stacklevel=2)
+    return split, checksum
+
+
+def split_folders(data_dir: Path, dataset: str, percent: str) -> dict[str, list[Path]]:
+    """Where each split of a reference-layout dataset lives, with clear errors when it does not."""
+    data_dir = Path(data_dir)
+    root = data_dir / dataset
+    if not data_dir.is_dir():
+        raise UserError(f"--data_dir {data_dir} does not exist; point it at the folder that holds '{dataset}/' "
+                        f"(build Colored MNIST there with: debiaslab data build cmnist --out {data_dir})")
+    if not root.is_dir():
+        raise UserError(f"{root} does not exist: --data_dir {data_dir} has no '{dataset}' folder; "
+                        "pass the folder that contains it with --data_dir")
+    pct_dir = root / percent
+    if not pct_dir.is_dir():
+        have = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.endswith("pct"))
+        raise UserError(f"--percent {percent} not found: {pct_dir} does not exist; "
+                        f"available under {root}: {', '.join(have) or 'none'}")
+    train = [pct_dir / "align"]
+    conflict = [d for d in (pct_dir / "conflict", pct_dir / "conlict") if d.is_dir()]
+    if not train[0].is_dir():
+        raise UserError(f"{train[0]} does not exist: a reference-layout training split needs align/ and conflict/ folders")
+    if not conflict:
+        raise UserError(f"{pct_dir} has no conflict/ (or conlict/) folder: the dataset looks incomplete; re-download or rebuild it")
+    train += conflict
+    valid = pct_dir / "valid" if (pct_dir / "valid").is_dir() else root / "valid"
+    test = root / "test"
+    for name, d in (("valid", valid), ("test", test)):
+        if not d.is_dir():
+            raise UserError(f"the {name} split is missing: neither {pct_dir / name} nor {root / name} exists")
+    return {"train": train, "valid": [valid], "test": [test]}
+
+
+def load_reference(data_dir, dataset: str, percent: str, use_cache: bool = True) -> DatasetBundle:
+    """Load train/valid/test of a reference-layout dataset into memory (uint8 tensors)."""
+    folders = split_folders(Path(data_dir), dataset, percent)
+    root = Path(data_dir) / dataset
+    splits, info = {}, {"source": str(Path(data_dir).resolve() / dataset), "percent": percent}
+    for name, dirs in folders.items():
+        key = "test" if name == "test" else f"{percent}_{name}"
+        splits[name], info[f"sha256_{name}"] = read_split(dirs, root, key, use_cache)
+    num_classes = int(max(int(s.targets.max()) for s in splits.values())) + 1
+    missing = sorted(set(range(num_classes)) - set(splits["train"].targets.unique().tolist()))
+    if missing:
+        raise UserError(f"classes {missing} appear in valid/test but not in the training split of {root / percent}; "
+                        "the dataset is incomplete or its labels are inconsistent")
+    shapes = {name: tuple(s.images.shape[1:]) for name, s in splits.items()}
+    if len(set(shapes.values())) != 1:
+        raise UserError(f"splits of {root} have different image sizes {shapes}; every split must have the same size")
+    return DatasetBundle(dataset, splits["train"], splits["valid"], splits["test"], num_classes, info)
+
+
+def _save_png(args):
+    array, path = args
+    Image.fromarray(array).save(path, compress_level=1)
+
+
+def write_split(split: Split, folder: Path, layout: str, start_id: int = 0) -> list[Path]:
+    """Write ``split`` as ``<id>_<t>_<b>.png`` files; returns the paths in sample order.
+
+    layout: ``"train"`` (align/<t>/ and conflict/<t>/ under ``folder``), ``"class"`` (``<t>/``
+    sub-folders) or ``"flat"``.
+    """
+    folder = Path(folder)
+    arrays = split.images.permute(0, 2, 3, 1).numpy()
+    if arrays.shape[-1] == 1:
+        arrays = arrays[..., 0]
+    paths = []
+    for i, (t, b) in enumerate(zip(split.targets.tolist(), split.biases.tolist())):
+        if layout == "train":
+            sub = folder / ("align" if t == b else "conflict") / str(t)
+        elif layout == "class":
+            sub = folder / str(t)
+        else:
+            sub = folder
+        paths.append(sub / f"{start_id + i}_{t}_{b}.png")
+    for d in sorted({p.parent for p in paths}):
+        d.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(min(8, (os.cpu_count() or 1) * 2)) as pool:
+        list(pool.map(_save_png, zip(arrays, paths), chunksize=256))
+    return paths

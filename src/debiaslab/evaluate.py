@@ -1,0 +1,95 @@
+"""Evaluate a saved checkpoint: ours (a run directory or .pt file) or the reference code's."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from debiaslab import UserError
+from debiaslab.config import TrainConfig
+from debiaslab.methods import METHODS
+from debiaslab.metrics import SELECTION_RULES
+from debiaslab.models import DATASET_MODEL, MODELS, build_model
+
+REFERENCE_FILES = {"disent": ("best_model_l.th", "best_model_b.th"), "vanilla": ("best_model.th",)}
+
+
+def _load(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"cannot load checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                        "the file is corrupted or not a PyTorch checkpoint") from None
+
+
+def _load_state(model, state: dict, path: Path) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise UserError(f"checkpoint {path} does not fit the {type(model).__name__} of this dataset ({first}); "
+                        "check --dataset / --model") from None
+
+
+def load_checkpoint(path, dataset: str, select: str = "last", model: str | None = None):
+    """Returns ``(method_cls, models, info)``; ``info['input_scale']`` is the pixel scale to use."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"--pretrained_path {path} does not exist")
+    if path.is_dir():
+        for method, files in REFERENCE_FILES.items():
+            if all((path / f).exists() for f in files):
+                return _load_reference(path, files, method, dataset, model)
+        if select not in SELECTION_RULES:
+            raise UserError(f"--select {select!r} is not a rule; choose one of {', '.join(SELECTION_RULES)}")
+        candidate = path / f"checkpoint_{select}.pt"
+        if not candidate.exists():
+            raise UserError(f"{path} holds neither a debiaslab checkpoint for rule '{select}' ({candidate.name}) nor the "
+                            "reference's best_model_l.th + best_model_b.th / best_model.th")
+        path = candidate
+    blob = _load(path)
+    if not isinstance(blob, dict) or "config" not in blob:
+        raise UserError(f"{path} is not a debiaslab checkpoint (no config inside)")
+    cfg = TrainConfig.from_dict(blob["config"])
+    method_cls = METHODS[blob["method"]]
+    states = blob["models"] if blob.get("kind") == "models" else blob["method_state"]["models"]
+    num_classes = next(iter(states.values()))["fc.weight"].shape[0]
+    models = {}
+    for name in method_cls.model_names:
+        m = build_model(cfg.model, num_classes, method_cls.head_inputs, _in_shape(states[name], cfg.model))
+        _load_state(m, states[name], path)
+        models[name] = m.eval()
+    info = {"source": "debiaslab", "path": str(path), "step": blob["step"], "rule": blob.get("rule", "last"),
+            "config": cfg, "input_scale": 1.0 / 255.0, "num_classes": num_classes}
+    return method_cls, models, info
+
+
+def _in_shape(state: dict, model: str):
+    if model == "mlp":
+        return (state["feature.0.weight"].shape[1],)
+    return (3, 224, 224)
+
+
+def _load_reference(path: Path, files, method: str, dataset: str, model: str | None):
+    """The reference's ``{'steps', 'state_dict', 'optimizer'}`` files; CMNIST ones used pixels / 255**2."""
+    model = model or DATASET_MODEL.get(dataset, "resnet18")
+    if model not in MODELS:
+        raise UserError(f"unknown --model {model!r}")
+    method_cls = METHODS[method]
+    models, steps = {}, None
+    for name, f in zip(method_cls.model_names, files):
+        blob = _load(path / f)
+        if not isinstance(blob, dict) or "state_dict" not in blob:
+            raise UserError(f"{path / f} is not a reference checkpoint (expected a dict with 'state_dict')")
+        state = blob["state_dict"]
+        if "fc.weight" not in state:
+            raise UserError(f"{path / f} has no 'fc' layer: not a reference {model} checkpoint")
+        num_classes = state["fc.weight"].shape[0]
+        m = build_model(model, num_classes, method_cls.head_inputs, _in_shape(state, model) if model == "mlp" else (3, 224, 224))
+        _load_state(m, state, path / f)
+        models[name] = m.eval()
+        steps = blob.get("steps", steps)
+    scale = 1.0 / 255.0 ** 2 if model == "mlp" else 1.0 / 255.0
+    info = {"source": "reference", "path": str(path), "step": steps, "rule": "reference 'best' (selected on test by its authors)",
+            "config": None, "input_scale": scale, "num_classes": num_classes}
+    return method_cls, models, info

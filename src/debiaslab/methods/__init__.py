@@ -1,0 +1,9 @@
+"""Method registry: a new method is one module plus one line here."""
+from debiaslab.methods.base import Method
+from debiaslab.methods.disent import DisEnt
+from debiaslab.methods.lff import LfF
+from debiaslab.methods.vanilla import Vanilla
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (Vanilla, LfF, DisEnt)}
+
+__all__ = ["METHODS", "Method"]

@@ -1,0 +1,105 @@
+"""The interface every method implements (DomainBed style: one class, one small ``update``)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+class Method:
+    """A training method owns its models, optimizers, LR schedulers and per-sample state.
+
+    Subclasses set ``model_names`` / ``head_inputs`` and implement ``update`` (one training step on
+    a batch, returning detached loss terms) and ``predict`` (a static function of the models, so a
+    checkpoint can be evaluated without rebuilding the training state).
+    """
+
+    name = ""
+    model_names: tuple[str, ...] = ("model",)
+    head_inputs = 1
+    uses_bias_labels = False  # True only for methods that read bias labels while training
+
+    def __init__(self, cfg, models: dict[str, nn.Module], train_targets: torch.Tensor, num_classes: int,
+                 generator: torch.Generator):
+        self.cfg = cfg
+        self.models = models
+        self.num_classes = num_classes
+        self.generator = generator
+        self.optimizers = {n: make_adam(m.parameters(), cfg.lr, cfg.weight_decay) for n, m in models.items()}
+        self.schedulers = {
+            n: torch.optim.lr_scheduler.StepLR(o, step_size=cfg.lr_decay_step, gamma=cfg.lr_gamma)
+            for n, o in self.optimizers.items()
+        } if cfg.use_lr_decay else {}
+
+    # -- training -----------------------------------------------------------------------------
+    def update(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def optimize(self, loss: torch.Tensor, step: int) -> None:
+        """Zero every grad, backward, step every optimizer, then the LR schedule.
+
+        The schedule counts from ``curr_step``: schedulers step once per iteration with
+        ``step >= curr_step``, so the LR first decays at ``curr_step + lr_decay_step``.
+        """
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in self.optimizers.values():
+            opt.step()
+        if self.schedulers and step >= self.cfg.curr_step:
+            for s in self.schedulers.values():
+                s.step()
+
+    def lr(self) -> float:
+        return next(iter(self.optimizers.values())).param_groups[0]["lr"]
+
+    def train(self) -> None:
+        for m in self.models.values():
+            m.train()
+
+    def eval(self) -> None:
+        for m in self.models.values():
+            m.eval()
+
+    # -- evaluation ---------------------------------------------------------------------------
+    @staticmethod
+    def predict(models: dict[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
+        return models["model"](x)
+
+    def sample_weights(self) -> torch.Tensor | None:
+        """The method's per-training-sample weight W (its own guess of "bias-conflicting"), if any."""
+        return None
+
+    # -- state --------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "models": {n: m.state_dict() for n, m in self.models.items()},
+            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for n, m in self.models.items():
+            m.load_state_dict(state["models"][n])
+        for n, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][n])
+        for n, s in self.schedulers.items():
+            s.load_state_dict(state["schedulers"][n])
+        self.load_extra_state(state.get("extra", {}))
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+
+def make_adam(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    params = list(params)
+    device = params[0].device.type
+    # the fused kernel is ~10% faster per step on CPU and CUDA; fall back where it does not exist
+    fused = device in ("cpu", "cuda")
+    try:
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)

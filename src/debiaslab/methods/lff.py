@@ -1,0 +1,27 @@
+import torch.nn.functional as F
+
+from debiaslab.methods.losses import gce_from_ce
+from debiaslab.methods.reweighting import RelativeDifficultyMethod
+
+
+class LfF(RelativeDifficultyMethod):
+    """Learning from Failure (Nam et al., 2020): a GCE-trained biased model re-weights a debiased one.
+
+    ``loss = mean(GCE(f_b(x), y)) + mean(W * CE(f_d(x), y))``; predictions come from ``f_d``.
+    """
+
+    name = "lff"
+    model_names = ("biased", "debiased")
+
+    def update(self, x, y, idx, step):
+        ce_b = F.cross_entropy(self.models["biased"](x), y, reduction="none")
+        ce_d = F.cross_entropy(self.models["debiased"](x), y, reduction="none")
+        w = self.weights(ce_b, ce_d, y, idx)
+        loss_b = gce_from_ce(ce_b, self.cfg.q, self.cfg.gce_form).mean()
+        loss_d = (w * ce_d).mean()
+        self.optimize(loss_b + loss_d, step)
+        return {"loss_b": loss_b.detach(), "loss_d": loss_d.detach(), "w_mean": w.mean()}
+
+    @staticmethod
+    def predict(models, x):
+        return models["debiased"](x)

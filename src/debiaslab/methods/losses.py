@@ -1,0 +1,84 @@
+"""The building blocks shared by LfF and DisEnt (algorithms.md, "Building blocks")."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+GCE_FORMS = ("reference", "textbook")
+
+
+def gce_from_ce(ce: torch.Tensor, q: float = 0.7, form: str = "reference") -> torch.Tensor:
+    """Per-sample generalized cross-entropy from per-sample cross-entropy ``ce = -log p_y``.
+
+    ``reference`` (LfF's and DisEnt's code): ``ce * q * sg(p_y)^q``; its gradient is that of
+    ``1 - p_y^q``, i.e. q times the textbook gradient. ``textbook`` (Zhang & Sabuncu 2018):
+    ``(1 - p_y^q) / q``. ``p_y^q = exp(-q * ce)``.
+    """
+    if form == "reference":
+        return ce * q * torch.exp(-q * ce.detach())
+    if form == "textbook":
+        return (1.0 - torch.exp(-q * ce)) / q
+    raise ValueError(f"unknown GCE form {form!r}; choose one of {GCE_FORMS}")
+
+
+def gce(logits: torch.Tensor, targets: torch.Tensor, q: float = 0.7, form: str = "reference") -> torch.Tensor:
+    return gce_from_ce(F.cross_entropy(logits, targets, reduction="none"), q, form)
+
+
+class PerSampleEMA:
+    """Exponential moving average of each training sample's loss, with class-wise maxima.
+
+    First visit: ``ema[i] = loss``; later: ``ema[i] = alpha * ema[i] + (1 - alpha) * loss``.
+    Values are kept in a [classes, max class size] table (unused cells hold 0, as do never-visited
+    samples; losses are >= 0) so that the class maxima are one fast row-wise reduction.
+    """
+
+    def __init__(self, targets: torch.Tensor, num_classes: int, alpha: float = 0.7):
+        targets = torch.as_tensor(targets, dtype=torch.int64)
+        device = targets.device
+        self.alpha = float(alpha)
+        self.num_classes = num_classes
+        counts = torch.bincount(targets, minlength=num_classes)
+        width = max(int(counts.max()), 1)
+        order = torch.argsort(targets, stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.empty_like(targets)
+        rank[order] = torch.arange(len(targets), device=device) - starts[targets[order]]
+        self.targets = targets
+        self.slot = targets * width + rank
+        self.table = torch.zeros(num_classes, width, device=device)
+        self.visited = torch.zeros(len(targets), dtype=torch.bool, device=device)
+
+    def update(self, idx: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        """Fold the detached per-sample ``loss`` of samples ``idx`` in; returns their new EMA values."""
+        flat = self.table.view(-1)
+        slot = self.slot[idx]
+        loss = loss.detach().to(flat.dtype)
+        new = torch.where(self.visited[idx], self.alpha * flat[slot] + (1.0 - self.alpha) * loss, loss)
+        flat[slot] = new
+        self.visited[idx] = True
+        return new
+
+    def class_max(self) -> torch.Tensor:
+        """Max EMA over all training samples of each class, shape [num_classes]."""
+        return self.table.amax(dim=1)
+
+    def normalize(self, values: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Divide each value by the class maximum of its sample's class."""
+        return values / self.class_max().clamp_min(1e-12)[targets]
+
+    def values(self) -> torch.Tensor:
+        """EMA of every training sample, in dataset order."""
+        return self.table.view(-1)[self.slot]
+
+    def state_dict(self) -> dict:
+        return {"values": self.values().clone(), "visited": self.visited.clone(), "alpha": self.alpha}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.table.view(-1)[self.slot] = state["values"].to(self.table)
+        self.visited.copy_(state["visited"].to(self.visited.device))
+
+
+def relative_difficulty(loss_b: torch.Tensor, loss_d: torch.Tensor) -> torch.Tensor:
+    """LfF's weight ``W = L_b / (L_b + L_d + 1e-8)`` from class-normalised EMAs (detached)."""
+    return (loss_b / (loss_b + loss_d + 1e-8)).detach()

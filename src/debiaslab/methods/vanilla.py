@@ -1,0 +1,14 @@
+import torch.nn.functional as F
+
+from debiaslab.methods.base import Method
+
+
+class Vanilla(Method):
+    """Empirical risk minimisation: one model, mean cross-entropy."""
+
+    name = "vanilla"
+
+    def update(self, x, y, idx, step):
+        loss = F.cross_entropy(self.models["model"](x), y)
+        self.optimize(loss, step)
+        return {"loss": loss.detach()}

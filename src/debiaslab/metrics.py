@@ -1,0 +1,69 @@
+"""Every metric, defined once (docs/metrics.md repeats these definitions).
+
+- ``accuracy``: plain top-1 accuracy on the split.
+- ``aligned`` / ``conflicting``: accuracy on samples with bias == target / bias != target.
+- ``unbiased``: mean over the (target, bias) grid cells that hold samples of the per-cell accuracy (LfF).
+- ``worst_group``: the lowest per-cell accuracy over those cells.
+- ``per_class``: accuracy of each target class.
+Metrics that need bias labels are ``None`` when the split has none.
+"""
+from __future__ import annotations
+
+import torch
+
+
+SELECTION_RULES = {
+    "last": "the model after the last training step",
+    "best_valid": "the evaluation with the highest validation accuracy (no bias labels needed)",
+    "best_valid_unbiased": "the evaluation with the highest unbiased (group-balanced) validation accuracy; uses the validation split's bias labels",
+    "oracle_best_test": "ORACLE: the evaluation with the highest test score (how the paper's numbers were selected); not a valid model-selection rule",
+}
+
+
+def group_accuracy(correct: torch.Tensor, targets: torch.Tensor, biases: torch.Tensor, num_classes: int):
+    """Per-(target, bias) cell counts and correct counts, each [C, C_bias]."""
+    nb = max(num_classes, int(biases.max()) + 1)
+    cell = targets * nb + biases
+    total = torch.bincount(cell, minlength=num_classes * nb).view(num_classes, nb)
+    hits = torch.bincount(cell, weights=correct.double(), minlength=num_classes * nb).view(num_classes, nb)
+    return hits, total
+
+
+def compute_metrics(preds: torch.Tensor, targets: torch.Tensor, biases: torch.Tensor | None, num_classes: int) -> dict:
+    preds, targets = preds.cpu(), targets.cpu()
+    correct = preds == targets
+    n_class = torch.bincount(targets, minlength=num_classes).double()
+    hit_class = torch.bincount(targets, weights=correct.double(), minlength=num_classes)
+    per_class = [float(h / n) if n > 0 else None for h, n in zip(hit_class, n_class)]
+    out = {"n": len(targets), "accuracy": float(correct.double().mean()), "aligned": None, "conflicting": None,
+           "unbiased": None, "worst_group": None, "per_class": per_class}
+    if biases is None:
+        return out
+    biases = biases.cpu()
+    aligned = targets == biases
+    if aligned.any():
+        out["aligned"] = float(correct[aligned].double().mean())
+    if (~aligned).any():
+        out["conflicting"] = float(correct[~aligned].double().mean())
+    hits, total = group_accuracy(correct, targets, biases, num_classes)
+    filled = total > 0
+    cell_acc = hits[filled] / total[filled]
+    out["unbiased"] = float(cell_acc.mean())
+    out["worst_group"] = float(cell_acc.min())
+    return out
+
+
+@torch.no_grad()
+def predict_split(predict, images: torch.Tensor, prepare, batch_size: int = 2048) -> torch.Tensor:
+    """Predicted classes for a whole uint8 image tensor, evaluated in batches."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        out.append(predict(prepare(images[i:i + batch_size])).argmax(1))
+    return torch.cat(out)
+
+
+def primary_metric(metrics: dict, dataset: str) -> float:
+    """The headline number of a dataset: unbiased accuracy; BFFHQ reports conflicting accuracy."""
+    key = "conflicting" if dataset == "bffhq" else "unbiased"
+    value = metrics.get(key)
+    return metrics["accuracy"] if value is None else value

@@ -1,0 +1,287 @@
+"""One method-agnostic training loop: sampling, steps, evaluation cadence, checkpoints, logging."""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from debiaslab import UserError, __version__
+from debiaslab.config import CIFAR_MEAN, CIFAR_STD, TrainConfig
+from debiaslab.data.reference import load_reference
+from debiaslab.data.splits import DatasetBundle, Split
+from debiaslab.data.transforms import BatchTransform, resize_uint8
+from debiaslab.io import atomic_torch_save, atomic_write_json
+from debiaslab.logging import RunLogger, require_wandb
+from debiaslab.methods import METHODS
+from debiaslab.metrics import SELECTION_RULES, compute_metrics, predict_split, primary_metric
+from debiaslab.models import DATASET_MODEL, build_model
+
+CHECKPOINT_LAST = "checkpoint_last.pt"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for, but this machine has no usable CUDA GPU; use --device cpu (or auto)")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class EpochSampler:
+    """Shuffled epochs of index batches (drop_last), drawn from its own seeded generator."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator, device):
+        if n < batch_size:
+            raise UserError(f"--batch_size {batch_size} is larger than the training split ({n} samples); lower it")
+        self.n, self.batch_size, self.generator, self.device = n, batch_size, generator, device
+        self.perm = None
+        self.pos = 0
+        self.epoch = 0
+
+    def next(self) -> torch.Tensor:
+        if self.perm is None or self.pos + self.batch_size > self.n:
+            self.perm = torch.randperm(self.n, generator=self.generator).to(self.device)
+            self.pos = 0
+            self.epoch += 1
+        idx = self.perm[self.pos:self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return idx
+
+    def state_dict(self) -> dict:
+        return {"perm": None if self.perm is None else self.perm.cpu(), "pos": self.pos, "epoch": self.epoch,
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.perm = None if s["perm"] is None else s["perm"].to(self.device)
+        self.pos, self.epoch = s["pos"], s["epoch"]
+        self.generator.set_state(s["generator"])
+
+
+class SelectionTracker:
+    """Keeps, for every model-selection rule, the evaluation it would pick (first best wins ties)."""
+
+    def __init__(self, dataset: str):
+        self.dataset = dataset
+        self.best: dict[str, dict] = {}
+
+    def scores(self, record: dict) -> dict[str, float | None]:
+        return {
+            "best_valid": record["valid"]["accuracy"],
+            "best_valid_unbiased": record["valid"]["unbiased"],
+            "oracle_best_test": primary_metric(record["test"], self.dataset),
+        }
+
+    def update(self, record: dict) -> list[str]:
+        """Returns the rules whose pick changed to this record."""
+        improved = []
+        for rule, score in self.scores(record).items():
+            if score is None:
+                continue
+            if rule not in self.best or score > self.best[rule]["score"]:
+                self.best[rule] = {"score": score, **record}
+                improved.append(rule)
+        self.best["last"] = {"score": None, **record}
+        return improved
+
+
+def make_transform(cfg: TrainConfig, generator: torch.Generator | None) -> BatchTransform:
+    return BatchTransform(
+        mean=CIFAR_MEAN if cfg.normalize else None, std=CIFAR_STD if cfg.normalize else None,
+        crop_padding=4 if cfg.augment else 0, flip=bool(cfg.augment), generator=generator,
+    )
+
+
+def prepare_split(split: Split, cfg: TrainConfig, device) -> Split:
+    images = split.images if cfg.image_size is None else resize_uint8(split.images, cfg.image_size)
+    return Split(images, split.targets, split.biases).to(device)
+
+
+def load_data(cfg: TrainConfig) -> DatasetBundle:
+    return load_reference(cfg.data_dir, cfg.dataset, cfg.percent)
+
+
+def _existing_run(cfg: TrainConfig) -> str:
+    """"fresh", or "done" when a finished identical run is there; refuses a different run's directory."""
+    run_dir = Path(cfg.run_dir())
+    if not run_dir.exists() or not any(run_dir.iterdir()) or cfg.overwrite:
+        return "fresh"
+    cfg_path = run_dir / "config.json"
+    try:
+        old = json.loads(cfg_path.read_text())["config"]
+    except (OSError, ValueError, KeyError):
+        old = None
+    if old is not None and _comparable(old) == _comparable(cfg.to_dict()):
+        return "done" if (run_dir / "results.json").exists() else "fresh"  # unfinished: start it again
+    raise UserError(f"{run_dir} already holds a different run; pass another --exp (or --log_dir), "
+                    "or --overwrite to replace it")
+
+
+def _comparable(d: dict) -> dict:
+    ignore = {"progress", "overwrite", "tensorboard", "wandb", "wandb_project", "device", "eval_batch_size"}
+    return {k: v for k, v in d.items() if k not in ignore}
+
+
+def evaluate(method_cls, models, split: Split, transform: BatchTransform, num_classes: int, batch_size: int) -> dict:
+    preds = predict_split(lambda x: method_cls.predict(models, x), split.images, transform.eval, batch_size)
+    return compute_metrics(preds, split.targets, split.biases, num_classes)
+
+
+def train(cfg: TrainConfig, bundle: DatasetBundle | None = None, progress_desc: str | None = None) -> dict:
+    """Train ``cfg.method`` and return the results dict written to ``<run_dir>/results.json``."""
+    cfg = cfg.resolved()
+    if cfg.model is None:
+        cfg.model = DATASET_MODEL.get(cfg.dataset, "resnet18")
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    if cfg.wandb:
+        require_wandb()
+    if _existing_run(cfg) == "done":
+        print(f"{cfg.run_dir()} already holds this finished run; not retraining (pass --overwrite to retrain)")
+        return json.loads((Path(cfg.run_dir()) / "results.json").read_text())
+    if bundle is None:
+        bundle = load_data(cfg)  # before the run directory exists: bad data leaves nothing behind
+    run_dir = Path(cfg.run_dir())
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    try:
+        return _train(cfg, bundle, device, run_dir, progress_desc)
+    except BaseException:
+        # never leave a results.json-less run that looks like something: mark it failed
+        (run_dir / "FAILED").write_text("training did not finish; rerun the same command to start it again\n")
+        raise
+
+
+def _train(cfg, bundle, device, run_dir: Path, progress_desc) -> dict:
+    from tqdm.auto import tqdm
+
+    t_start = time.time()
+    seed_everything(cfg.seed)
+    train_split, valid_split, test_split = (prepare_split(getattr(bundle, n), cfg, device) for n in ("train", "valid", "test"))
+    C = bundle.num_classes
+    method_cls = METHODS[cfg.method]
+    in_shape = tuple(train_split.images.shape[1:])
+    models = {n: build_model(cfg.model, C, method_cls.head_inputs, in_shape).to(device) for n in method_cls.model_names}
+    gen_device = device if device.type == "cuda" else torch.device("cpu")
+    method = method_cls(cfg, models, train_split.targets, C, torch.Generator(device=gen_device).manual_seed(cfg.seed + 1))
+    transform = make_transform(cfg, torch.Generator(device=gen_device).manual_seed(cfg.seed + 2))
+    sampler = EpochSampler(len(train_split), cfg.batch_size, torch.Generator().manual_seed(cfg.seed + 3), device)
+    tracker = SelectionTracker(cfg.dataset)
+
+    data_info = {"name": bundle.name, "num_classes": C, "counts": bundle.counts(), "sha256": bundle.checksums(), **bundle.info}
+    for k in [k for k in data_info if k.startswith("sha256_")]:
+        data_info.pop(k)
+    atomic_write_json(run_dir / "config.json", {
+        "config": cfg.to_dict(), "data": data_info, "debiaslab": __version__, "torch": torch.__version__,
+        "device": str(device), "uses_bias_labels_in_training": method_cls.uses_bias_labels,
+    })
+    logger = RunLogger(run_dir, cfg.to_dict(), cfg.tensorboard, cfg.wandb, cfg.wandb_project, cfg.exp)
+    sums: dict[str, torch.Tensor] = {}
+    n_sum = 0
+    t_loop = time.time()
+    bar = tqdm(total=cfg.num_steps, desc=progress_desc or f"{cfg.method} {cfg.dataset} {cfg.percent}",
+               disable=not cfg.progress, mininterval=0.5, dynamic_ncols=True, leave=True)
+    try:
+        method.train()
+        for step in range(cfg.num_steps):
+            idx = sampler.next()
+            x = transform(train_split.images[idx], train=True)
+            terms = method.update(x, train_split.targets[idx], idx, step)
+            for k, v in terms.items():
+                sums[k] = sums[k] + v if k in sums else v.clone()
+            n_sum += 1
+            done = step + 1
+            if done % cfg.log_freq == 0 or done == cfg.num_steps:
+                record = {"kind": "train", "step": done, "lr": method.lr(),
+                          **{k: float(v) / n_sum for k, v in sums.items()}}
+                logger.log(record)
+                sums, n_sum = {}, 0
+            if done % cfg.valid_freq == 0 or done == cfg.num_steps:
+                record = _evaluate_all(method, method_cls, valid_split, test_split, transform, C, cfg, train_split)
+                record.update(kind="eval", step=done)
+                logger.log(record)
+                improved = tracker.update(record)
+                method.eval()
+                for rule in improved:
+                    _save_best(run_dir, rule, method, cfg, record)
+                method.train()
+                bar.set_postfix(valid=f"{record['valid']['accuracy']:.3f}",
+                                test_unb=f"{primary_metric(record['test'], cfg.dataset):.3f}", refresh=False)
+            if done % cfg.save_freq == 0 or done == cfg.num_steps:
+                _save_checkpoint(run_dir / CHECKPOINT_LAST, method, cfg, done, sampler, tracker)
+            bar.update(1)
+    finally:
+        bar.close()
+        logger.close()
+    train_seconds = time.time() - t_loop
+    results = _results(cfg, tracker, data_info, train_seconds, time.time() - t_start)
+    atomic_write_json(run_dir / "results.json", results)
+    return results
+
+
+def _evaluate_all(method, method_cls, valid_split, test_split, transform, C, cfg, train_split) -> dict:
+    method.eval()
+    record = {
+        "valid": evaluate(method_cls, method.models, valid_split, transform, C, cfg.eval_batch_size),
+        "test": evaluate(method_cls, method.models, test_split, transform, C, cfg.eval_batch_size),
+    }
+    method.train()
+    w = method.sample_weights()
+    if w is not None and train_split.biases is not None:
+        # how well the method's weight W finds the truly conflicting samples (bias labels read for logging only)
+        conflicting = train_split.targets != train_split.biases
+        record["train_w"] = {"mean_aligned": float(w[~conflicting].mean()) if (~conflicting).any() else None,
+                             "mean_conflicting": float(w[conflicting].mean()) if conflicting.any() else None}
+    return record
+
+
+def _save_checkpoint(path: Path, method, cfg, step: int, sampler: EpochSampler, tracker: SelectionTracker) -> None:
+    state = {
+        "kind": "full", "format": 1, "config": cfg.to_dict(), "method": cfg.method, "step": step,
+        "method_state": method.state_dict(), "sampler": sampler.state_dict(), "tracker": tracker.best,
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+    }
+    atomic_torch_save(state, path)
+
+
+def _save_best(run_dir: Path, rule: str, method, cfg, record: dict) -> None:
+    atomic_torch_save({
+        "kind": "models", "format": 1, "config": cfg.to_dict(), "method": cfg.method, "step": record["step"],
+        "rule": rule, "models": {n: m.state_dict() for n, m in method.models.items()},
+        "metrics": {k: record[k] for k in ("valid", "test")},
+    }, run_dir / f"checkpoint_{rule}.pt")
+
+
+def _results(cfg: TrainConfig, tracker: SelectionTracker, data_info: dict, train_seconds: float, total_seconds: float) -> dict:
+    selections = {}
+    for rule, description in SELECTION_RULES.items():
+        pick = tracker.best.get(rule)
+        selections[rule] = None if pick is None else {
+            "description": description, "step": pick["step"], "valid": pick["valid"], "test": pick["test"],
+            "test_primary": primary_metric(pick["test"], cfg.dataset),
+        }
+    return {
+        "method": cfg.method, "dataset": cfg.dataset, "percent": cfg.percent, "seed": cfg.seed, "steps": cfg.num_steps,
+        "default_selection": "last",
+        "primary_metric": "conflicting accuracy" if cfg.dataset == "bffhq" else "unbiased accuracy",
+        "selections": selections, "data": data_info, "config": cfg.to_dict(),
+        "train_seconds": round(train_seconds, 2), "total_seconds": round(total_seconds, 2),
+        "steps_per_second": round(cfg.num_steps / train_seconds, 2) if train_seconds > 0 else math.nan,
+    }
