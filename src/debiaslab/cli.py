@@ -186,6 +186,7 @@ def add_build_cmnist_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--percent", nargs="+", default=["0.5", "1", "2", "5"], help="bias-conflicting percentages to build (default: 0.5 1 2 5)")
     p.add_argument("--seed", type=int, default=0, help="builder seed (default: 0)")
     p.add_argument("--severity", type=int, default=4, choices=[1, 2, 3, 4, 5], help="colour-noise severity, sigma 0.05..0.002 (default: 4, the paper's)")
+    p.add_argument("--valid_size", type=int, default=5000, help="MNIST training digits held out as the biased valid split (default: 5000)")
     p.add_argument("--download_dir", default=None, help="where torchvision downloads MNIST (default: <out>/.downloads)")
     p.add_argument("--force", action="store_true", help="replace an existing <out>/cmnist")
 
@@ -197,7 +198,9 @@ def cmd_build_cmnist(args) -> int:
     pcts = sorted({parse_pct(p) for p in args.percent})
     out = Path(args.out)
     mnist, prov = load_mnist(args.mnist, Path(args.download_dir) if args.download_dir else out / ".downloads")
-    manifest = write_cmnist(mnist, prov, out, pcts, args.seed, args.severity, force=args.force)
+    if not 0 < args.valid_size < len(mnist["x_train"]):
+        raise UserError(f"--valid_size {args.valid_size} must be between 1 and the {len(mnist['x_train'])} MNIST training digits")
+    manifest = write_cmnist(mnist, prov, out, pcts, args.seed, args.severity, args.valid_size, force=args.force)
     print(f"Colored MNIST written to {out / 'cmnist'} in {manifest['build_seconds']} s (manifest: {out / 'cmnist' / 'manifest.json'})")
     return 0
 

@@ -255,10 +255,17 @@ def _save_checkpoint(path: Path, method, cfg, step: int, sampler: EpochSampler, 
     state = {
         "kind": "full", "format": 1, "config": cfg.to_dict(), "method": cfg.method, "step": step,
         "method_state": method.state_dict(), "sampler": sampler.state_dict(), "tracker": tracker.best,
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "rng": rng_state(),
     }
     atomic_torch_save(state, path)
+
+
+def rng_state() -> dict:
+    """Every global RNG state, in types that ``torch.load(weights_only=True)`` accepts."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def _save_best(run_dir: Path, rule: str, method, cfg, record: dict) -> None:

@@ -8,8 +8,8 @@ import torch.nn as nn
 class Method:
     """A training method owns its models, optimizers, LR schedulers and per-sample state.
 
-    Subclasses set ``model_names`` / ``head_inputs`` and implement ``update`` (one training step on
-    a batch, returning detached loss terms) and ``predict`` (a static function of the models, so a
+    Subclasses set ``model_names`` / ``head_inputs`` and implement ``loss`` (the loss of one batch;
+    ``update`` backpropagates it and steps the optimizers) and ``predict`` (a static function of the models, so a
     checkpoint can be evaluated without rebuilding the training state).
     """
 
@@ -31,8 +31,15 @@ class Method:
         } if cfg.use_lr_decay else {}
 
     # -- training -----------------------------------------------------------------------------
-    def update(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+    def loss(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
+        """The training loss of one batch and its named terms (not detached). May update per-sample state."""
         raise NotImplementedError
+
+    def update(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        """One training step on a batch; returns the detached loss terms for logging."""
+        loss, terms = self.loss(x, y, idx, step)
+        self.optimize(loss, step)
+        return {k: v.detach() for k, v in terms.items()}
 
     def optimize(self, loss: torch.Tensor, step: int) -> None:
         """Zero every grad, backward, step every optimizer, then the LR schedule.

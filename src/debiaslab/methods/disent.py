@@ -17,7 +17,7 @@ class DisEnt(RelativeDifficultyMethod):
     model_names = ("intrinsic", "bias")
     head_inputs = 2
 
-    def update(self, x, y, idx, step):
+    def loss(self, x, y, idx, step):
         cfg = self.cfg
         m_i, m_b = self.models["intrinsic"], self.models["bias"]
         z_i, z_b = m_i.extract(x), m_b.extract(x)
@@ -28,7 +28,7 @@ class DisEnt(RelativeDifficultyMethod):
         loss_dis_conflict = (w * ce_i).mean()
         loss_dis_align = gce_from_ce(ce_b, cfg.q, cfg.gce_form).mean()
         loss = loss_dis_conflict + cfg.lambda_dis_align * loss_dis_align
-        terms = {"loss_dis_conflict": loss_dis_conflict.detach(), "loss_dis_align": loss_dis_align.detach()}
+        terms = {"loss_dis_conflict": loss_dis_conflict, "loss_dis_align": loss_dis_align}
         if step > cfg.curr_step:  # strictly greater, as in the reference
             perm = torch.randperm(len(y), generator=self.generator, device=self.generator.device).to(y.device)
             z_b_sw, y_sw = z_b[perm], y[perm]
@@ -37,10 +37,9 @@ class DisEnt(RelativeDifficultyMethod):
             loss_swap_conflict = (w * ce_sw_i).mean()
             loss_swap_align = gce_from_ce(ce_sw_b, cfg.q, cfg.gce_form).mean()
             loss = loss + cfg.lambda_swap * (loss_swap_conflict + cfg.lambda_swap_align * loss_swap_align)
-            terms.update(loss_swap_conflict=loss_swap_conflict.detach(), loss_swap_align=loss_swap_align.detach())
-        self.optimize(loss, step)
-        terms.update(loss=loss.detach(), w_mean=w.mean())
-        return terms
+            terms.update(loss_swap_conflict=loss_swap_conflict, loss_swap_align=loss_swap_align)
+        terms.update(loss=loss, w_mean=w.mean())
+        return loss, terms
 
     @staticmethod
     def predict(models, x):

@@ -13,14 +13,14 @@ class LfF(RelativeDifficultyMethod):
     name = "lff"
     model_names = ("biased", "debiased")
 
-    def update(self, x, y, idx, step):
+    def loss(self, x, y, idx, step):
         ce_b = F.cross_entropy(self.models["biased"](x), y, reduction="none")
         ce_d = F.cross_entropy(self.models["debiased"](x), y, reduction="none")
         w = self.weights(ce_b, ce_d, y, idx)
         loss_b = gce_from_ce(ce_b, self.cfg.q, self.cfg.gce_form).mean()
         loss_d = (w * ce_d).mean()
-        self.optimize(loss_b + loss_d, step)
-        return {"loss_b": loss_b.detach(), "loss_d": loss_d.detach(), "w_mean": w.mean()}
+        loss = loss_b + loss_d
+        return loss, {"loss": loss, "loss_b": loss_b, "loss_d": loss_d, "w_mean": w.mean()}
 
     @staticmethod
     def predict(models, x):

@@ -8,7 +8,6 @@ class Vanilla(Method):
 
     name = "vanilla"
 
-    def update(self, x, y, idx, step):
+    def loss(self, x, y, idx, step):
         loss = F.cross_entropy(self.models["model"](x), y)
-        self.optimize(loss, step)
-        return {"loss": loss.detach()}
+        return loss, {"loss": loss}

@@ -1,0 +1,160 @@
+"""End to end through subprocesses: train, test, the paper's commands, errors."""
+import json
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import REPO, run_cli
+
+PAPER_OURS = ["--dataset", "cmnist", "--exp=cmnist_1_ours", "--lr=0.01", "--percent=1pct", "--curr_step=10",
+              "--lambda_swap=1", "--lambda_dis_align=10", "--lambda_swap_align=10", "--use_lr_decay",
+              "--lr_decay_step=10000", "--lr_gamma=0.5", "--train_ours", "--tensorboard"]
+
+
+def quick(data, logs):
+    return ["--data_dir", data, "--log_dir", logs, "--num_steps", "40", "--valid_freq", "20", "--batch_size", "16",
+            "--no_progress", "--device", "cpu"]
+
+
+def test_paper_train_then_test_commands(tiny_reference, tmp_path):
+    logs = tmp_path / "log"
+    r = run_cli("train.py", *PAPER_OURS, *quick(tiny_reference, logs), module=False)
+    assert r.returncode == 0, r.stderr
+    run = logs / "cmnist" / "cmnist_1_ours"
+    for f in ("config.json", "metrics.jsonl", "results.json", "checkpoint_last.pt", "checkpoint_best_valid.pt",
+              "checkpoint_best_valid_unbiased.pt", "checkpoint_oracle_best_test.pt"):
+        assert (run / f).exists(), f
+    assert any((run / "tensorboard").iterdir())
+    results = json.loads((run / "results.json").read_text())
+    assert results["method"] == "disent" and results["steps"] == 40 and results["default_selection"] == "last"
+    assert set(results["selections"]) == {"last", "best_valid", "best_valid_unbiased", "oracle_best_test"}
+    assert "ORACLE" in results["selections"]["oracle_best_test"]["description"]
+    assert results["data"]["sha256"]["train"] and results["config"]["batch_size"] == 16
+    last = results["selections"]["last"]
+    assert last["step"] == 40
+    for key in ("accuracy", "aligned", "conflicting", "unbiased", "worst_group", "per_class"):
+        assert key in last["test"]
+    evals = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals if e["kind"] == "eval"] == [20, 40]
+    assert any("loss_swap_align" in e for e in evals if e["kind"] == "train")
+    ckpt = torch.load(run / "checkpoint_last.pt", weights_only=False)
+    for key in ("config", "step", "method_state", "rng", "sampler", "tracker"):
+        assert key in ckpt
+    assert set(ckpt["method_state"]) >= {"models", "optimizers", "extra"} and "ema_b" in ckpt["method_state"]["extra"]
+    assert "last (step 40)" in r.stdout and "oracle_best_test" in r.stdout
+
+    t = run_cli("test.py", f"--pretrained_path={run}", "--dataset=cmnist", "--percent=1pct", "--data_dir", tiny_reference,
+                "--json", module=False)
+    assert t.returncode == 0, t.stderr
+    out = json.loads(t.stdout)
+    assert out["metrics"]["test"] == last["test"]
+    t2 = run_cli("test", "--pretrained_path", run, "--select", "oracle_best_test", "--dataset", "cmnist",
+                 "--percent", "1pct", "--data_dir", tiny_reference)
+    assert t2.returncode == 0 and "unbiased accuracy" in t2.stdout
+
+
+@pytest.mark.parametrize("flags", [["--train_vanilla"], ["--train_lff"], ["--method", "lff"]])
+def test_other_methods_train(tiny_reference, tmp_path, flags):
+    r = run_cli("train", "--dataset", "cmnist", "--percent", "1pct", "--exp", "x", *flags, *quick(tiny_reference, tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "cmnist" / "x" / "results.json").read_text())["steps"] == 40
+
+
+def test_same_seed_same_metrics_different_seed_differs(tiny_reference, tmp_path):
+    res = []
+    for exp, seed in (("a", 3), ("b", 3), ("c", 4)):
+        r = run_cli("train", "--train_ours", "--curr_step", "5", "--exp", exp, "--seed", seed, *quick(tiny_reference, tmp_path))
+        assert r.returncode == 0, r.stderr
+        run = tmp_path / "cmnist" / exp
+        train_logs = [l for l in (run / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+        weights = torch.load(run / "checkpoint_last.pt", weights_only=True)["method_state"]["models"]["intrinsic"]
+        res.append((json.loads((run / "results.json").read_text())["selections"], train_logs, weights))
+    assert res[0][0] == res[1][0] and res[0][1] == res[1][1]
+    assert all(torch.equal(a, b) for a, b in zip(res[0][2].values(), res[1][2].values()))
+    assert res[0][1] != res[2][1]
+    assert not torch.equal(res[0][2]["fc.weight"], res[2][2]["fc.weight"])
+
+
+def test_finished_run_is_not_retrained_and_other_config_refused(tiny_reference, tmp_path):
+    args = ["train", "--train_vanilla", "--exp", "same", *quick(tiny_reference, tmp_path)]
+    assert run_cli(*args).returncode == 0
+    again = run_cli(*args)
+    assert again.returncode == 0 and "not retraining" in again.stdout
+    other = run_cli(*args, "--lr", "0.5")
+    assert other.returncode == 2 and "different run" in other.stderr and "Traceback" not in other.stderr
+
+
+def test_reference_checkpoint_is_evaluated_with_its_scaling(tiny_reference, tmp_path):
+    """A directory as the reference code writes it: best_model_l.th / best_model_b.th."""
+    from debiaslab.data.reference import load_reference
+    from debiaslab.methods import METHODS
+    from debiaslab.metrics import compute_metrics
+    from debiaslab.models import build_model
+
+    torch.manual_seed(0)
+    ref = tmp_path / "pretrained"
+    ref.mkdir()
+    models = {}
+    for name, f in (("intrinsic", "best_model_l.th"), ("bias", "best_model_b.th")):
+        m = build_model("mlp", 3, 2, (3, 8, 8))
+        keys = list(m.state_dict())
+        assert keys == ["feature.0.weight", "feature.0.bias", "feature.2.weight", "feature.2.bias",
+                        "feature.4.weight", "feature.4.bias", "fc.weight", "fc.bias"]
+        with torch.no_grad():
+            m.feature[0].weight.mul_(3000.0)  # so the [0, 1/255] inputs give a non-trivial prediction
+        torch.save({"steps": 1234, "state_dict": m.state_dict(), "optimizer": {}}, ref / f)
+        models[name] = m.eval()
+    r = run_cli("test.py", f"--pretrained_path={ref}", "--dataset=cmnist", "--percent=1pct", "--data_dir", tiny_reference,
+                "--json", module=False)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["source"] == "reference" and out["step"] == 1234 and out["input_scale"] == pytest.approx(1 / 255 ** 2)
+    test = load_reference(tiny_reference, "cmnist", "1pct").test
+    with torch.no_grad():
+        preds = METHODS["disent"].predict(models, test.images.float() / 255 / 255).argmax(1)
+    assert out["metrics"]["test"] == compute_metrics(preds, test.targets, test.biases, 3)
+
+
+def test_wandb_missing_gives_one_line_error(tiny_reference, tmp_path):
+    code = ("import sys; sys.modules['wandb'] = None; from debiaslab.cli import main; "
+            f"sys.exit(main(sys.argv[1:]))")
+    args = ["train", "--train_vanilla", "--wandb", *quick(tiny_reference, tmp_path)]
+    r = run_cli("-c", code, *args, module=False)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "pip install 'debiaslab[wandb]'" in r.stderr
+    assert not (tmp_path / "cmnist").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--train_ours", "--train_vanilla"], "not allowed with"),
+    (["--num_steps", "0", "--train_vanilla"], "--num_steps"),
+    (["--lr", "-1", "--train_vanilla"], "--lr"),
+    (["--batch_size", "0", "--train_vanilla"], "--batch_size"),
+    (["--percent", "3pct", "--train_vanilla"], "available"),
+    ([], "choose a method"),
+    (["--train_vanilla", "--device", "cuda:0"], "cuda"),
+])
+def test_bad_train_input_one_line_exit_2(tiny_reference, tmp_path, args, needle):
+    base = ["--data_dir", tiny_reference, "--log_dir", tmp_path, "--num_steps", "5", "--no_progress"]
+    if "--num_steps" in args:
+        base = base[:4] + base[6:]
+    r = run_cli("train", *base, *args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert needle in r.stderr and "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "cmnist").exists()
+
+
+def test_wrong_data_dir(tmp_path):
+    r = run_cli("train", "--train_vanilla", "--data_dir", tmp_path / "nowhere", "--log_dir", tmp_path)
+    assert r.returncode == 2 and "nowhere" in r.stderr and "debiaslab data build cmnist" in r.stderr
+
+
+def test_help_is_useful():
+    r = run_cli("train", "--help")
+    assert r.returncode == 0
+    for flag in ("--train_ours", "--curr_step", "--lambda_swap_align", "--q", "--ema_alpha", "--seed", "--valid_freq"):
+        assert flag in r.stdout
+    top = run_cli("--help")
+    for cmd in ("train", "test", "data", "demo"):
+        assert cmd in top.stdout

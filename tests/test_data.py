@@ -1,0 +1,164 @@
+"""Reference-layout reader/writer, the label parser, and the Colored MNIST protocol."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from debiaslab import UserError
+from debiaslab.data.colored import PALETTE, bias_labels, colorize
+from debiaslab.data.reference import load_reference, parse_labels, read_split, write_split
+from tests.conftest import run_cli, tiny_split
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("123_4_7.png", (4, 7)), ("0_0_0.jpg", (0, 0)), ("a_b_12_3.png", (12, 3)), ("img_1_9_1.jpeg", (9, 1)),
+])
+def test_parse_labels(name, expected):
+    assert parse_labels(name) == expected
+
+
+@pytest.mark.parametrize("name", ["123.png", "1_2.png", "a_b_c.png", "1_-2_3.png", "1_2_x.png", "_1.png"])
+def test_parse_labels_errors_name_the_file_and_the_fix(name):
+    with pytest.raises(UserError) as e:
+        parse_labels(name)
+    msg = str(e.value)
+    assert name in msg and "<id>_<target>_<bias>" in msg and "\n" not in msg
+
+
+def test_write_then_read_roundtrip_and_conlict_spelling(tmp_path):
+    split = tiny_split(5, 3, 4, 0)
+    base = tmp_path / "cmnist"
+    write_split(split, base / "1pct", "train")
+    (base / "1pct" / "conflict").rename(base / "1pct" / "conlict")  # the original README's spelling
+    write_split(split, base / "1pct" / "valid", "flat", start_id=100)
+    write_split(split, base / "test", "class", start_id=200)
+    (base / "test" / "0" / ".DS_Store").write_text("junk")
+    with pytest.warns(UserWarning, match="DS_Store"):
+        b = load_reference(tmp_path, "cmnist", "1pct")
+    assert b.num_classes == 3 and len(b.train) == len(split) and len(b.test) == len(split)
+    assert b.counts()["train"]["conflicting"] == int((split.targets != split.biases).sum())
+    order = torch.argsort(split.targets * 100 + split.biases, stable=True)
+    got = torch.argsort(b.test.targets * 100 + b.test.biases, stable=True)
+    assert torch.equal(b.test.images[got], split.images[order])  # PNG is lossless
+    # the second read comes from the cache and gives the same content
+    b2 = load_reference(tmp_path, "cmnist", "1pct")
+    assert b2.checksums() == b.checksums()
+    assert (base / ".debiaslab_cache").is_dir()
+
+
+def test_cache_is_invalidated_when_files_change(tmp_path):
+    split = tiny_split(4, 2, 0, 0)
+    folder = tmp_path / "d" / "test"
+    write_split(split, folder, "class")
+    s1, c1 = read_split([folder], tmp_path / "d", "test")
+    (folder / "0" / "0_0_0.png").unlink()
+    s2, c2 = read_split([folder], tmp_path / "d", "test")
+    assert len(s2) == len(s1) - 1 and c1 != c2
+
+
+def test_reader_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_reference(tmp_path / "nope", "cmnist", "1pct")
+    (tmp_path / "cmnist" / "0.5pct").mkdir(parents=True)
+    with pytest.raises(UserError, match="available under .*0.5pct"):
+        load_reference(tmp_path, "cmnist", "3pct")
+    folder = tmp_path / "x"
+    folder.mkdir()
+    (folder / "1_2_3.png").write_bytes(b"not a png")
+    with pytest.raises(UserError, match="cannot read image .*1_2_3.png"):
+        read_split([folder], tmp_path, "k", use_cache=False)
+    (folder / "1_2_3.png").unlink()
+    (folder / "nolabels.png").write_bytes(b"x")
+    with pytest.raises(UserError, match="nolabels.png"):
+        read_split([folder], tmp_path, "k", use_cache=False)
+
+
+def test_bias_labels_follow_the_lff_rule():
+    targets = torch.arange(10).repeat_interleave(1000)
+    b = bias_labels(targets, 0.95, 10, torch.Generator().manual_seed(0))
+    for c in range(10):
+        cls = b[targets == c]
+        assert (cls == c).sum() == 950
+        others = torch.bincount(cls[cls != c], minlength=10)
+        others = others[torch.arange(10) != c]
+        assert others.max() - others.min() <= 1 and others.sum() == 50
+    uniform = bias_labels(targets, 0.1, 10, torch.Generator().manual_seed(0))
+    assert torch.bincount(uniform[targets == 3], minlength=10).tolist() == [100] * 10
+    again = bias_labels(targets, 0.95, 10, torch.Generator().manual_seed(0))
+    assert torch.equal(b, again)
+
+
+def test_colorize_uses_the_palette_and_intensity():
+    gray = torch.full((4, 2, 2), 255, dtype=torch.uint8)
+    gray[:, 0, 0] = 0
+    rgb = colorize(gray, torch.tensor([0, 4, 6, 9]), 0.0, torch.Generator().manual_seed(0))
+    assert rgb.shape == (4, 3, 2, 2) and rgb.dtype == torch.uint8
+    assert torch.equal(rgb[:, :, 1, 1].float(), (PALETTE[[0, 4, 6, 9]] * 255).round())
+    assert rgb[:, :, 0, 0].sum() == 0
+    noisy = colorize(gray, torch.tensor([0, 4, 6, 9]), 0.05, torch.Generator().manual_seed(0))
+    assert not torch.equal(noisy, rgb)
+
+
+def test_build_cmnist_in_memory_follows_the_protocol(mnist_npz):
+    from debiaslab.data.cmnist import build_cmnist
+    from debiaslab.data.mnist import load_mnist
+
+    mnist, prov = load_mnist(str(mnist_npz), None)
+    assert prov["sha256"] == "094b831e432331f1f6d6829ab9bfff4551410a81e1f816c9cce482d3e9b3ba57"
+    b = build_cmnist(mnist, 0.5, seed=0)
+    counts = b.counts()
+    assert counts["train"]["n"] == 55000 and counts["valid"]["n"] == 5000 and counts["test"]["n"] == 10000
+    assert 250 <= counts["train"]["conflicting"] <= 280
+    assert 20 <= counts["valid"]["conflicting"] <= 30
+    # test: unbiased, every colour equally likely within each class
+    t = b.test
+    for c in range(10):
+        per = torch.bincount(t.biases[t.targets == c], minlength=10)
+        assert per.max() - per.min() <= 1
+    # the colour of a digit is its bias colour
+    img = b.train.images[:200].float().flatten(2)
+    for i in range(0, 200, 37):
+        colour = img[i][:, img[i].sum(0).argmax()] / 255  # the brightest stroke pixel
+        assert torch.allclose(colour / colour.max(), PALETTE[b.train.biases[i]] / PALETTE[b.train.biases[i]].max(), atol=0.08)
+    # deterministic under its seed; another seed differs
+    assert build_cmnist(mnist, 0.5, seed=0).checksums() == b.checksums()
+    assert build_cmnist(mnist, 0.5, seed=1).checksums()["train"] != b.checksums()["train"]
+
+
+def test_cli_builds_cmnist_from_npz(tmp_path, mnist_npz):
+    # a slice of the real MNIST keeps this test quick; the full build runs the same code
+    with np.load(mnist_npz) as z:
+        np.savez(tmp_path / "small.npz", x_train=z["x_train"][:3000], y_train=z["y_train"][:3000],
+                 x_test=z["x_test"][:1000], y_test=z["y_test"][:1000])
+    out = tmp_path / "dataset"
+    r = run_cli("data", "build", "cmnist", "--mnist", tmp_path / "small.npz", "--out", out, "--percent", "1", "5",
+                "--valid_size", "500", "--seed", "3")
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((out / "cmnist" / "manifest.json").read_text())
+    assert manifest["seed"] == 3 and manifest["sigma"] == 0.005 and manifest["source"]["kind"] == "npz"
+    assert set(manifest["splits"]) == {"test", "1pct", "5pct"}
+    assert manifest["splits"]["5pct"]["train"]["n"] == 2500
+    assert abs(manifest["splits"]["5pct"]["train"]["conflicting"] - 125) <= 5  # per-class rounding
+    b = load_reference(out, "cmnist", "5pct")
+    assert b.checksums()["train"] == manifest["splits"]["5pct"]["train"]["sha256"]
+    # decoding the PNGs without the cache gives exactly the cached content
+    from debiaslab.data.reference import split_folders
+
+    fresh, checksum = read_split(split_folders(out, "cmnist", "5pct")["train"], out / "cmnist", "x", use_cache=False)
+    assert checksum == manifest["splits"]["5pct"]["train"]["sha256"]
+    # rebuilding is refused without --force, and reproduces the same checksums with it
+    again = run_cli("data", "build", "cmnist", "--mnist", tmp_path / "small.npz", "--out", out, "--percent", "1", "5",
+                    "--valid_size", "500", "--seed", "3")
+    assert again.returncode == 2 and "--force" in again.stderr
+    forced = run_cli("data", "build", "cmnist", "--mnist", tmp_path / "small.npz", "--out", out, "--percent", "1", "5",
+                     "--valid_size", "500", "--seed", "3", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert json.loads((out / "cmnist" / "manifest.json").read_text())["splits"] == manifest["splits"]
+
+
+def test_cli_build_errors(tmp_path):
+    r = run_cli("data", "build", "cmnist", "--mnist", tmp_path / "missing.npz", "--out", tmp_path / "o")
+    assert r.returncode == 2 and "missing.npz" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("data", "build", "cmnist", "--mnist", tmp_path, "--out", tmp_path / "o", "--percent", "abc")
+    assert r.returncode == 2 and "abc" in r.stderr
