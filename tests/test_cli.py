@@ -41,7 +41,7 @@ def test_paper_train_then_test_commands(tiny_reference, tmp_path):
     ckpt = torch.load(run / "checkpoint_last.pt", weights_only=False)
     for key in ("config", "step", "method_state", "rng", "sampler", "tracker"):
         assert key in ckpt
-    assert set(ckpt["method_state"]) >= {"models", "optimizers", "extra"} and "ema_b" in ckpt["method_state"]["extra"]
+    assert set(ckpt["method_state"]) >= {"models", "optimizers", "extra"} and "ema" in ckpt["method_state"]["extra"]
     assert "last (step 40)" in r.stdout and "oracle_best_test" in r.stdout
 
     t = run_cli("test.py", f"--pretrained_path={run}", "--dataset=cmnist", "--percent=1pct", "--data_dir", tiny_reference,
@@ -54,11 +54,19 @@ def test_paper_train_then_test_commands(tiny_reference, tmp_path):
     assert t2.returncode == 0 and "unbiased accuracy" in t2.stdout
 
 
-@pytest.mark.parametrize("flags", [["--train_vanilla"], ["--train_lff"], ["--method", "lff"]])
-def test_other_methods_train(tiny_reference, tmp_path, flags):
+@pytest.mark.parametrize("flags", [["--train_vanilla"], ["--train_lff"], ["--method", "lff", "--input_scale", "unit"]])
+def test_other_methods_train_and_test(tiny_reference, tmp_path, flags):
     r = run_cli("train", "--dataset", "cmnist", "--percent", "1pct", "--exp", "x", *flags, *quick(tiny_reference, tmp_path))
     assert r.returncode == 0, r.stderr
-    assert json.loads((tmp_path / "cmnist" / "x" / "results.json").read_text())["steps"] == 40
+    results = json.loads((tmp_path / "cmnist" / "x" / "results.json").read_text())
+    assert results["steps"] == 40
+    t = run_cli("test", "--pretrained_path", tmp_path / "cmnist" / "x" / "checkpoint_last.pt", "--dataset", "cmnist",
+                "--percent", "1pct", "--data_dir", tiny_reference, "--json")
+    assert t.returncode == 0, t.stderr
+    out = json.loads(t.stdout)
+    assert out["metrics"]["test"] == results["selections"]["last"]["test"]  # same model, same pixel scaling
+    # cmnist defaults to the reference's pixel scaling (x / 255 / 255)
+    assert out["input_scale"] == pytest.approx(1 / 255 if "unit" in flags else 1 / 255 ** 2)
 
 
 def test_same_seed_same_metrics_different_seed_differs(tiny_reference, tmp_path):

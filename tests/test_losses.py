@@ -93,3 +93,23 @@ def test_relative_difficulty_weight():
     assert torch.allclose(w, torch.tensor([1.0 / (1.0 + 1e-8), 0.0, 0.5 / (1.0 + 1e-8), 0.0]))
     x = torch.tensor([0.3], requires_grad=True)
     assert not relative_difficulty(x, torch.tensor([0.2])).requires_grad  # detached
+
+
+def test_two_channel_ema_equals_two_single_emas():
+    torch.manual_seed(0)
+    targets = torch.randint(0, 4, (50,))
+    pair = PerSampleEMA(targets, 4, alpha=0.6, channels=2)
+    a, b = PerSampleEMA(targets, 4, alpha=0.6), PerSampleEMA(targets, 4, alpha=0.6)
+    for _ in range(5):
+        idx = torch.randperm(50)[:10]
+        la, lb = torch.rand(10), torch.rand(10) * 3
+        out = pair.update(idx, torch.stack([la, lb], 1))
+        assert torch.allclose(out[:, 0], a.update(idx, la)) and torch.allclose(out[:, 1], b.update(idx, lb))
+        y = targets[idx]
+        norm = pair.normalize(out, y)
+        assert torch.allclose(norm[:, 0], a.normalize(a.values()[idx], y))
+        assert torch.allclose(norm[:, 1], b.normalize(b.values()[idx], y))
+    assert torch.allclose(pair.class_max(), torch.stack([a.class_max(), b.class_max()]))
+    restored = PerSampleEMA(targets, 4, alpha=0.6, channels=2)
+    restored.load_state_dict(pair.state_dict())
+    assert torch.equal(restored.values(), pair.values())

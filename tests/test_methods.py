@@ -83,7 +83,7 @@ def test_lff_matches_a_loop_reimplementation():
     for name, ref in (("biased", mb), ("debiased", md)):
         for (k, a), b in zip(method.models[name].state_dict().items(), ref.state_dict().values()):
             assert torch.allclose(a, b, atol=1e-4), (name, k, (a - b).abs().max().item())
-    assert torch.allclose(method.ema_b.values(), eb.p, atol=1e-6)
+    assert torch.allclose(method.ema.values()[:, 0], eb.p, atol=1e-6) and torch.allclose(method.ema.values()[:, 1], ed.p, atol=1e-6)
 
 
 @pytest.mark.parametrize("curr_step", [0, 3, 100])

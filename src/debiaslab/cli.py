@@ -45,6 +45,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=None, help="mlp or resnet18 (default: mlp for cmnist, resnet18 otherwise)")
     g.add_argument("--seed", type=int, default=0, help="random seed; the same seed on CPU gives identical results (default: 0)")
     g.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda, cuda:N (default: auto)")
+    g.add_argument("--input_scale", choices=["unit", "reference"], default=None,
+                   help="pixel scaling: unit = x/255 in [0, 1]; reference = x/255/255, as the reference code trained CMNIST "
+                        "(default: reference for cmnist, which reproduces the reference's results; unit otherwise)")
     o = p.add_argument_group("optimisation")
     o.add_argument("--num_steps", type=int, default=50_000, help="training iterations (default: 50000)")
     o.add_argument("--batch_size", type=int, default=None, help="batch size (default per dataset: 256 cmnist/cifar10c, 64 bffhq); honoured, unlike the reference")
@@ -95,7 +98,7 @@ def config_from_args(args):
         lambda_dis_align=args.lambda_dis_align, lambda_swap_align=args.lambda_swap_align,
         valid_freq=args.valid_freq, log_freq=args.log_freq, save_freq=args.save_freq,
         tensorboard=args.tensorboard, wandb=args.wandb, wandb_project=args.wandb_project,
-        progress=not args.no_progress, overwrite=args.overwrite,
+        progress=not args.no_progress, overwrite=args.overwrite, input_scale=args.input_scale,
     )
 
 
@@ -138,7 +141,7 @@ def add_test_args(p: argparse.ArgumentParser) -> None:
 def cmd_test(args) -> int:
     import json
 
-    from debiaslab.config import CIFAR_MEAN, CIFAR_STD, DATASET_DEFAULTS, GENERIC_DEFAULTS
+    from debiaslab.config import CIFAR_MEAN, CIFAR_STD, DATASET_DEFAULTS, GENERIC_DEFAULTS, INPUT_SCALES
     from debiaslab.data.reference import load_reference
     from debiaslab.data.transforms import BatchTransform
     from debiaslab.evaluate import load_checkpoint
@@ -156,7 +159,7 @@ def cmd_test(args) -> int:
                         "check --dataset")
     defaults = DATASET_DEFAULTS.get(args.dataset, GENERIC_DEFAULTS)
     cfg = info["config"] or TrainConfig(dataset=args.dataset).resolved()
-    scale = {"auto": info["input_scale"], "unit": 1 / 255.0, "reference": 1 / 255.0 ** 2}[args.input_scale]
+    scale = info["input_scale"] if args.input_scale == "auto" else INPUT_SCALES[args.input_scale]
     normalize = cfg.normalize if cfg.normalize is not None else defaults["normalize"]
     transform = BatchTransform(mean=CIFAR_MEAN if normalize else None, std=CIFAR_STD if normalize else None, scale=scale)
     for m in models.values():

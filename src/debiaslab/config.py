@@ -9,12 +9,20 @@ CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
 # The paper's per-dataset settings (algorithms.md): model, batch size, image size, normalisation,
 # train-time augmentation, and the Vanilla learning rate (also the LfF default).
+# Pixel scaling: the reference divided CMNIST pixels by 255 twice.
+INPUT_SCALES = {"unit": 1.0 / 255.0, "reference": 1.0 / 255.0 ** 2}
 DATASET_DEFAULTS = {
-    "cmnist": dict(model="mlp", batch_size=256, lr=0.01, image_size=None, normalize=False, augment=False),
-    "cifar10c": dict(model="resnet18", batch_size=256, lr=0.001, image_size=32, normalize=True, augment=True),
-    "bffhq": dict(model="resnet18", batch_size=64, lr=0.0001, image_size=224, normalize=True, augment=True),
+    # CMNIST keeps the reference's pixel scaling (x/255/255): measured here, DisEnt at 0.5pct ends
+    # ~15 points lower with x/255 under the paper's hyper-parameters (see README).
+    "cmnist": dict(model="mlp", batch_size=256, lr=0.01, image_size=None, normalize=False, augment=False,
+                   input_scale="reference"),
+    "cifar10c": dict(model="resnet18", batch_size=256, lr=0.001, image_size=32, normalize=True, augment=True,
+                     input_scale="unit"),
+    "bffhq": dict(model="resnet18", batch_size=64, lr=0.0001, image_size=224, normalize=True, augment=True,
+                  input_scale="unit"),
 }
-GENERIC_DEFAULTS = dict(model="resnet18", batch_size=64, lr=0.001, image_size=None, normalize=True, augment=False)
+GENERIC_DEFAULTS = dict(model="resnet18", batch_size=64, lr=0.001, image_size=None, normalize=True, augment=False,
+                        input_scale="unit")
 
 
 @dataclass
@@ -46,6 +54,7 @@ class TrainConfig:
     lambda_dis_align: float = 1.0
     lambda_swap_align: float = 1.0
     # inputs
+    input_scale: str | None = None  # "unit": pixels / 255; "reference": pixels / 255 / 255 (the reference's CMNIST)
     image_size: int | None = None
     normalize: bool | None = None
     augment: bool | None = None
@@ -110,5 +119,7 @@ class TrainConfig:
             raise UserError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.model is not None and self.model.lower() not in MODELS:
             raise UserError(f"unknown --model {self.model!r}; choose one of {', '.join(MODELS)}")
+        if self.input_scale is not None and self.input_scale not in INPUT_SCALES:
+            raise UserError(f"--input_scale must be one of {', '.join(INPUT_SCALES)}, got {self.input_scale!r}")
         if self.gce_form not in GCE_FORMS:
             raise UserError(f"--gce_form must be one of {', '.join(GCE_FORMS)}, got {self.gce_form!r}")

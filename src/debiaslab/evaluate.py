@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from debiaslab import UserError
-from debiaslab.config import TrainConfig
+from debiaslab.config import INPUT_SCALES, TrainConfig
 from debiaslab.methods import METHODS
 from debiaslab.metrics import SELECTION_RULES
 from debiaslab.models import DATASET_MODEL, MODELS, build_model
@@ -50,7 +50,7 @@ def load_checkpoint(path, dataset: str, select: str = "last", model: str | None 
     blob = _load(path)
     if not isinstance(blob, dict) or "config" not in blob:
         raise UserError(f"{path} is not a debiaslab checkpoint (no config inside)")
-    cfg = TrainConfig.from_dict(blob["config"])
+    cfg = TrainConfig.from_dict(blob["config"]).resolved()
     method_cls = METHODS[blob["method"]]
     states = blob["models"] if blob.get("kind") == "models" else blob["method_state"]["models"]
     num_classes = next(iter(states.values()))["fc.weight"].shape[0]
@@ -60,7 +60,7 @@ def load_checkpoint(path, dataset: str, select: str = "last", model: str | None 
         _load_state(m, states[name], path)
         models[name] = m.eval()
     info = {"source": "debiaslab", "path": str(path), "step": blob["step"], "rule": blob.get("rule", "last"),
-            "config": cfg, "input_scale": 1.0 / 255.0, "num_classes": num_classes}
+            "config": cfg, "input_scale": INPUT_SCALES[cfg.input_scale], "num_classes": num_classes}
     return method_cls, models, info
 
 
@@ -89,7 +89,7 @@ def _load_reference(path: Path, files, method: str, dataset: str, model: str | N
         _load_state(m, state, path / f)
         models[name] = m.eval()
         steps = blob.get("steps", steps)
-    scale = 1.0 / 255.0 ** 2 if model == "mlp" else 1.0 / 255.0
+    scale = INPUT_SCALES["reference"] if model == "mlp" else INPUT_SCALES["unit"]
     info = {"source": "reference", "path": str(path), "step": steps, "rule": "reference 'best' (selected on test by its authors)",
             "config": None, "input_scale": scale, "num_classes": num_classes}
     return method_cls, models, info

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from debiaslab import UserError, __version__
-from debiaslab.config import CIFAR_MEAN, CIFAR_STD, TrainConfig
+from debiaslab.config import CIFAR_MEAN, CIFAR_STD, INPUT_SCALES, TrainConfig
 from debiaslab.data.reference import load_reference
 from debiaslab.data.splits import DatasetBundle, Split
 from debiaslab.data.transforms import BatchTransform, resize_uint8
@@ -104,6 +104,7 @@ def make_transform(cfg: TrainConfig, generator: torch.Generator | None) -> Batch
     return BatchTransform(
         mean=CIFAR_MEAN if cfg.normalize else None, std=CIFAR_STD if cfg.normalize else None,
         crop_padding=4 if cfg.augment else 0, flip=bool(cfg.augment), generator=generator,
+        scale=INPUT_SCALES[cfg.input_scale],
     )
 
 
@@ -201,8 +202,9 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc) -> dict:
         method.train()
         for step in range(cfg.num_steps):
             idx = sampler.next()
-            x = transform(train_split.images[idx], train=True)
-            terms = method.update(x, train_split.targets[idx], idx, step)
+            # index_select copies whole rows: ~10x faster than advanced indexing of a 4-D tensor
+            x = transform(torch.index_select(train_split.images, 0, idx), train=True)
+            terms = method.update(x, torch.index_select(train_split.targets, 0, idx), idx, step)
             for k, v in terms.items():
                 sums[k] = sums[k] + v if k in sums else v.clone()
             n_sum += 1

@@ -16,7 +16,7 @@ import torch
 
 from debiaslab import UserError, __version__
 from debiaslab.data.colored import PALETTE, SEVERITY_SIGMA, bias_labels, colorize, percent_to_rho, split_indices
-from debiaslab.data.reference import list_images, write_cache, write_split
+from debiaslab.data.reference import scan_folders, write_cache, write_split
 from debiaslab.data.splits import DatasetBundle, Split
 from debiaslab.io import atomic_write_json
 
@@ -74,14 +74,11 @@ def build_cmnist(mnist: dict, pct: float, seed: int = 0, severity: int = 4, vali
 def _write_with_cache(split: Split, folder: Path, layout: str, base: Path, key: str, start_id: int) -> str:
     """Write a split as PNGs and its decode cache (in the reader's file order)."""
     paths = write_split(split, folder, layout, start_id)
-    order = {p: i for i, p in enumerate(paths)}
-    if layout == "train":
-        listed = list_images(folder / "align") + list_images(folder / "conflict")
-    else:
-        listed = list_images(folder)
-    perm = torch.tensor([order[p] for p in listed])
+    order = {str(p): i for i, p in enumerate(paths)}
+    folders = [folder / "align", folder / "conflict"] if layout == "train" else [folder]
+    perm = torch.tensor([order[p] for p, _ in scan_folders(folders)])
     reordered = Split(split.images[perm], split.targets[perm], split.biases[perm])
-    return write_cache(listed, base, key, reordered)
+    return write_cache(folders, base, key, reordered)
 
 
 def write_cmnist(mnist: dict, provenance: dict, out: Path, percents=PERCENTS, seed: int = 0,

@@ -21,21 +21,30 @@ class DisEnt(RelativeDifficultyMethod):
         cfg = self.cfg
         m_i, m_b = self.models["intrinsic"], self.models["bias"]
         z_i, z_b = m_i.extract(x), m_b.extract(x)
-        z_i_sg, z_b_sg = z_i.detach(), z_b.detach()
-        ce_i = F.cross_entropy(m_i.fc(torch.cat([z_i, z_b_sg], 1)), y, reduction="none")
-        ce_b = F.cross_entropy(m_b.fc(torch.cat([z_i_sg, z_b], 1)), y, reduction="none")
-        w = self.weights(ce_b, ce_i, y, idx)
-        loss_dis_conflict = (w * ce_i).mean()
-        loss_dis_align = gce_from_ce(ce_b, cfg.q, cfg.gce_form).mean()
+        n = len(y)
+        swap = step > cfg.curr_step  # strictly greater, as in the reference
+        if swap:
+            # Feature swap: a random permutation p of the batch gives pairs [z_i, z_b[p]]. Both
+            # classifiers see the original pairs (rows :n) and the swapped pairs (rows n:) in one
+            # batch. The intrinsic side keeps its own label y; the bias side takes y[p], the label
+            # of the bias features it received.
+            perm = torch.randperm(n, generator=self.generator, device=self.generator.device).to(y.device)
+            z_i, z_b = torch.cat([z_i, z_i]), torch.cat([z_b, z_b[perm]])
+            y_i, y_b = torch.cat([y, y]), torch.cat([y, y[perm]])
+        else:
+            y_i = y_b = y
+        # each classifier sees [z_i, z_b] with the other branch's feature detached
+        ce_i = F.cross_entropy(m_i.fc(torch.cat([z_i, z_b.detach()], 1)), y_i, reduction="none")
+        ce_b = F.cross_entropy(m_b.fc(torch.cat([z_i.detach(), z_b], 1)), y_b, reduction="none")
+        gce_b = gce_from_ce(ce_b, cfg.q, cfg.gce_form)
+        w = self.weights(ce_b[:n], ce_i[:n], y, idx)  # from the original pairs only
+        loss_dis_conflict = (w * ce_i[:n]).mean()
+        loss_dis_align = gce_b[:n].mean()
         loss = loss_dis_conflict + cfg.lambda_dis_align * loss_dis_align
         terms = {"loss_dis_conflict": loss_dis_conflict, "loss_dis_align": loss_dis_align}
-        if step > cfg.curr_step:  # strictly greater, as in the reference
-            perm = torch.randperm(len(y), generator=self.generator, device=self.generator.device).to(y.device)
-            z_b_sw, y_sw = z_b[perm], y[perm]
-            ce_sw_i = F.cross_entropy(m_i.fc(torch.cat([z_i, z_b_sw.detach()], 1)), y, reduction="none")
-            ce_sw_b = F.cross_entropy(m_b.fc(torch.cat([z_i_sg, z_b_sw], 1)), y_sw, reduction="none")
-            loss_swap_conflict = (w * ce_sw_i).mean()
-            loss_swap_align = gce_from_ce(ce_sw_b, cfg.q, cfg.gce_form).mean()
+        if swap:
+            loss_swap_conflict = (w * ce_i[n:]).mean()
+            loss_swap_align = gce_b[n:].mean()
             loss = loss + cfg.lambda_swap * (loss_swap_conflict + cfg.lambda_swap_align * loss_swap_align)
             terms.update(loss_swap_conflict=loss_swap_conflict, loss_swap_align=loss_swap_align)
         terms.update(loss=loss, w_mean=w.mean())

@@ -29,15 +29,19 @@ class PerSampleEMA:
     """Exponential moving average of each training sample's loss, with class-wise maxima.
 
     First visit: ``ema[i] = loss``; later: ``ema[i] = alpha * ema[i] + (1 - alpha) * loss``.
-    Values are kept in a [classes, max class size] table (unused cells hold 0, as do never-visited
-    samples; losses are >= 0) so that the class maxima are one fast row-wise reduction.
+    ``channels`` independent EMAs (e.g. one per model) share the bookkeeping and are updated
+    together; each is normalised by its own class maxima. Values live in a
+    [channels, classes, max class size] table (unused cells hold 0, as do never-visited samples;
+    losses are >= 0) so the class maxima are one fast reduction. With ``channels == 1`` losses and
+    values are [B]; otherwise [B, channels].
     """
 
-    def __init__(self, targets: torch.Tensor, num_classes: int, alpha: float = 0.7):
+    def __init__(self, targets: torch.Tensor, num_classes: int, alpha: float = 0.7, channels: int = 1):
         targets = torch.as_tensor(targets, dtype=torch.int64)
         device = targets.device
         self.alpha = float(alpha)
         self.num_classes = num_classes
+        self.channels = channels
         counts = torch.bincount(targets, minlength=num_classes)
         width = max(int(counts.max()), 1)
         order = torch.argsort(targets, stable=True)
@@ -46,36 +50,44 @@ class PerSampleEMA:
         rank[order] = torch.arange(len(targets), device=device) - starts[targets[order]]
         self.targets = targets
         self.slot = targets * width + rank
-        self.table = torch.zeros(num_classes, width, device=device)
+        self.table = torch.zeros(channels, num_classes, width, device=device)
         self.visited = torch.zeros(len(targets), dtype=torch.bool, device=device)
+
+    def _flat(self) -> torch.Tensor:
+        return self.table.view(self.channels, -1)
 
     def update(self, idx: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         """Fold the detached per-sample ``loss`` of samples ``idx`` in; returns their new EMA values."""
-        flat = self.table.view(-1)
+        flat = self._flat()
         slot = self.slot[idx]
-        loss = loss.detach().to(flat.dtype)
-        new = torch.where(self.visited[idx], self.alpha * flat[slot] + (1.0 - self.alpha) * loss, loss)
-        flat[slot] = new
+        loss = loss.detach().reshape(len(idx), self.channels).t()
+        new = torch.where(self.visited[idx], self.alpha * flat[:, slot] + (1.0 - self.alpha) * loss, loss)
+        flat[:, slot] = new
         self.visited[idx] = True
-        return new
+        return self._shape(new.t())
+
+    def _shape(self, values: torch.Tensor) -> torch.Tensor:
+        return values.squeeze(1) if self.channels == 1 else values
 
     def class_max(self) -> torch.Tensor:
-        """Max EMA over all training samples of each class, shape [num_classes]."""
-        return self.table.amax(dim=1)
+        """Max EMA over all training samples of each class: [num_classes] ([channels, num_classes])."""
+        m = self.table.amax(dim=2)
+        return m.squeeze(0) if self.channels == 1 else m
 
     def normalize(self, values: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Divide each value by the class maximum of its sample's class."""
-        return values / self.class_max().clamp_min(1e-12)[targets]
+        """Divide each value by the class maximum (of its channel) of its sample's class."""
+        m = self.table.amax(dim=2).clamp_min(1e-12)[:, targets].t()
+        return values / self._shape(m)
 
     def values(self) -> torch.Tensor:
         """EMA of every training sample, in dataset order."""
-        return self.table.view(-1)[self.slot]
+        return self._shape(self._flat()[:, self.slot].t())
 
     def state_dict(self) -> dict:
         return {"values": self.values().clone(), "visited": self.visited.clone(), "alpha": self.alpha}
 
     def load_state_dict(self, state: dict) -> None:
-        self.table.view(-1)[self.slot] = state["values"].to(self.table)
+        self._flat()[:, self.slot] = state["values"].to(self.table).reshape(len(self.slot), self.channels).t()
         self.visited.copy_(state["visited"].to(self.visited.device))
 
 

@@ -12,22 +12,20 @@ class RelativeDifficultyMethod(Method):
 
     def __init__(self, cfg, models, train_targets, num_classes, generator):
         super().__init__(cfg, models, train_targets, num_classes, generator)
-        self.ema_b = PerSampleEMA(train_targets, num_classes, cfg.ema_alpha)
-        self.ema_d = PerSampleEMA(train_targets, num_classes, cfg.ema_alpha)
+        # channel 0: the biased branch's loss EMA (L_b); channel 1: the debiased branch's (L_d)
+        self.ema = PerSampleEMA(train_targets, num_classes, cfg.ema_alpha, channels=2)
 
     def weights(self, ce_b: torch.Tensor, ce_d: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Update both EMAs with the batch's detached CE, class-max normalise, return W."""
-        loss_b = self.ema_b.normalize(self.ema_b.update(idx, ce_b), y)
-        loss_d = self.ema_d.normalize(self.ema_d.update(idx, ce_d), y)
-        return relative_difficulty(loss_b, loss_d)
+        """Update both EMAs with the batch's detached CE, class-max normalise each, return W."""
+        loss = self.ema.normalize(self.ema.update(idx, torch.stack([ce_b, ce_d], 1)), y)
+        return relative_difficulty(loss[:, 0], loss[:, 1])
 
     def sample_weights(self) -> torch.Tensor:
-        t = self.ema_b.targets
-        return relative_difficulty(self.ema_b.normalize(self.ema_b.values(), t), self.ema_d.normalize(self.ema_d.values(), t))
+        loss = self.ema.normalize(self.ema.values(), self.ema.targets)
+        return relative_difficulty(loss[:, 0], loss[:, 1])
 
     def extra_state(self) -> dict:
-        return {"ema_b": self.ema_b.state_dict(), "ema_d": self.ema_d.state_dict()}
+        return {"ema": self.ema.state_dict()}
 
     def load_extra_state(self, state: dict) -> None:
-        self.ema_b.load_state_dict(state["ema_b"])
-        self.ema_d.load_state_dict(state["ema_d"])
+        self.ema.load_state_dict(state["ema"])
