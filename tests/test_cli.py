@@ -166,3 +166,42 @@ def test_help_is_useful():
     top = run_cli("--help")
     for cmd in ("train", "test", "data", "demo"):
         assert cmd in top.stdout
+
+
+def test_resnet18_on_cifar10c_and_bffhq_layouts(tmp_path):
+    """ResNet18 datasets: C-CIFAR10 layout (valid under pct) and BFFHQ layout (valid/test one level up)."""
+    from debiaslab.data.reference import write_split
+    from tests.conftest import tiny_split
+
+    data = tmp_path / "data"
+    write_split(tiny_split(6, 2, 3, 0, size=32), data / "cifar10c" / "1pct", "train")
+    write_split(tiny_split(2, 2, 2, 1, size=32), data / "cifar10c" / "1pct" / "valid", "class", start_id=100)
+    write_split(tiny_split(2, 2, 2, 2, size=32), data / "cifar10c" / "test", "class", start_id=200)
+    write_split(tiny_split(6, 2, 3, 0, size=32), data / "bffhq" / "0.5pct", "train")
+    write_split(tiny_split(2, 2, 2, 1, size=32), data / "bffhq" / "valid", "flat", start_id=100)
+    write_split(tiny_split(2, 2, 2, 2, size=32), data / "bffhq" / "test", "flat", start_id=200)
+    for dataset, pct, method in (("cifar10c", "1pct", "--train_ours"), ("bffhq", "0.5pct", "--train_vanilla")):
+        r = run_cli("train", "--dataset", dataset, "--percent", pct, method, "--exp", "r", "--data_dir", data,
+                    "--log_dir", tmp_path / "log", "--num_steps", "2", "--valid_freq", "1", "--batch_size", "4",
+                    "--no_progress", "--device", "cpu")
+        assert r.returncode == 0, r.stderr
+        results = json.loads((tmp_path / "log" / dataset / "r" / "results.json").read_text())
+        assert results["config"]["model"] == "resnet18"
+        if dataset == "bffhq":
+            assert results["primary_metric"] == "conflicting accuracy" and results["config"]["image_size"] == 224
+            sel = results["selections"]["last"]
+            assert sel["test_primary"] == sel["test"]["conflicting"]
+        ckpt = torch.load(tmp_path / "log" / dataset / "r" / "checkpoint_last.pt", weights_only=True)
+        models = ckpt["method_state"]["models"]
+        name = "intrinsic" if dataset == "cifar10c" else "model"
+        assert models[name]["fc.weight"].shape == (2, 1024 if dataset == "cifar10c" else 512)
+        assert "layer4.1.conv2.weight" in models[name]  # torchvision's keys, as the reference checkpoints
+
+
+def test_wandb_logs_offline_without_credentials(tiny_reference, tmp_path):
+    pytest.importorskip("wandb", reason="wandb is in the dev extra: pip install -e '.[dev]'")
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "HOME": str(tmp_path)}
+    r = run_cli("train", "--train_vanilla", "--wandb", "--exp", "wb", *quick(tiny_reference, tmp_path), env=env)
+    assert r.returncode == 0, r.stderr
+    runs = list((tmp_path / "cmnist" / "wb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))

@@ -162,3 +162,47 @@ def test_cli_build_errors(tmp_path):
     assert r.returncode == 2 and "missing.npz" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("data", "build", "cmnist", "--mnist", tmp_path, "--out", tmp_path / "o", "--percent", "abc")
     assert r.returncode == 2 and "abc" in r.stderr
+
+
+def _write_idx(path, array):
+    import struct
+
+    magic = 0x0803 if array.ndim == 3 else 0x0801
+    with open(path, "wb") as f:
+        f.write(struct.pack(">II", magic, len(array)))
+        if array.ndim == 3:
+            f.write(struct.pack(">II", *array.shape[1:]))
+        f.write(array.astype(np.uint8).tobytes())
+
+
+def test_mnist_sources_agree(tmp_path):
+    """The .npz, torchvision-root and image-folder sources give the same digits."""
+    from PIL import Image
+
+    from debiaslab.data.mnist import load_mnist
+
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.integers(0, 256, (20, 28, 28), dtype=np.uint8), "y_train": np.arange(20) % 10,
+              "x_test": rng.integers(0, 256, (10, 28, 28), dtype=np.uint8), "y_test": np.arange(10) % 10}
+    np.savez(tmp_path / "m.npz", **arrays)
+    raw = tmp_path / "tv" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, split in (("train", "train"), ("t10k", "test")):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", arrays[f"x_{split}"])
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", arrays[f"y_{split}"])
+    for split in ("train", "test"):
+        for i, (img, label) in enumerate(zip(arrays[f"x_{split}"], arrays[f"y_{split}"])):
+            d = tmp_path / "folder" / split / str(label)
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(d / f"{i:03d}.png")
+    npz, prov = load_mnist(str(tmp_path / "m.npz"), None)
+    tv, prov_tv = load_mnist(str(tmp_path / "tv"), None)
+    folder, prov_f = load_mnist(str(tmp_path / "folder"), None)
+    assert (prov["kind"], prov_tv["kind"], prov_f["kind"]) == ("npz", "torchvision-folder", "image-folder")
+    for k in arrays:
+        assert torch.equal(npz[k], tv[k]), k
+    # the image folder is read class by class: same digits, grouped by label
+    order = np.argsort(arrays["y_train"], kind="stable")
+    assert torch.equal(folder["x_train"], npz["x_train"][order]) and torch.equal(folder["y_train"], npz["y_train"][order])
+    with pytest.raises(UserError, match="not an .npz file"):
+        load_mnist(str(tmp_path / "folder" / "train"), None)

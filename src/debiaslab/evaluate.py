@@ -37,9 +37,11 @@ def load_checkpoint(path, dataset: str, select: str = "last", model: str | None 
     if not path.exists():
         raise UserError(f"--pretrained_path {path} does not exist")
     if path.is_dir():
-        for method, files in REFERENCE_FILES.items():
-            if all((path / f).exists() for f in files):
-                return _load_reference(path, files, method, dataset, model)
+        # the reference writes <log_dir>/<dataset>/<exp>/result/best_model_*.th; accept either folder
+        for folder in (path, path / "result"):
+            for method, files in REFERENCE_FILES.items():
+                if all((folder / f).exists() for f in files):
+                    return _load_reference(folder, files, method, dataset, model)
         if select not in SELECTION_RULES:
             raise UserError(f"--select {select!r} is not a rule; choose one of {', '.join(SELECTION_RULES)}")
         candidate = path / f"checkpoint_{select}.pt"

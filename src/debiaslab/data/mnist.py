@@ -56,12 +56,10 @@ def _from_torchvision(root: Path, download: bool):
     try:
         train = MNIST(str(root), train=True, download=download)
         test = MNIST(str(root), train=False, download=download)
-    except RuntimeError as e:
-        raise UserError(f"MNIST not found under {root} ({e}); pass --mnist with a local copy "
-                        "(.npz, torchvision root or image folder) or allow the download") from None
-    except OSError as e:
-        raise UserError(f"downloading MNIST into {root} failed ({e}); without internet pass --mnist "
-                        "with a local copy (.npz, torchvision root, or image folder with train/ and test/)") from None
+    except (RuntimeError, OSError) as e:
+        what = "downloading MNIST into" if download else "reading MNIST from"
+        raise UserError(f"{what} {root} failed ({str(e).splitlines()[0][:200]}); pass --mnist with a local copy "
+                        "(.npz, torchvision root, or image folder with train/<digit>/ and test/<digit>/)") from None
     return train.data.numpy(), train.targets.numpy(), test.data.numpy(), test.targets.numpy()
 
 
