@@ -94,7 +94,7 @@ def test_colorize_uses_the_palette_and_intensity():
     gray[:, 0, 0] = 0
     rgb = colorize(gray, torch.tensor([0, 4, 6, 9]), 0.0, torch.Generator().manual_seed(0))
     assert rgb.shape == (4, 3, 2, 2) and rgb.dtype == torch.uint8
-    assert torch.equal(rgb[:, :, 1, 1].float(), (PALETTE[[0, 4, 6, 9]] * 255).round())
+    assert torch.equal(rgb[:, :, 1, 1].double(), (PALETTE[[0, 4, 6, 9]].double() * 255).floor())
     assert rgb[:, :, 0, 0].sum() == 0
     noisy = colorize(gray, torch.tensor([0, 4, 6, 9]), 0.05, torch.Generator().manual_seed(0))
     assert not torch.equal(noisy, rgb)

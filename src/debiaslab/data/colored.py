@@ -68,7 +68,7 @@ def colorize(gray: torch.Tensor, biases: torch.Tensor, sigma: float, generator: 
     noise = torch.randn(len(gray), 3, generator=generator, dtype=torch.float64) * sigma
     colours = (palette.to(torch.float64)[biases] + noise).clamp(0.0, 1.0)
     rgb = gray.to(torch.float64)[:, None, :, :] * colours[:, :, None, None]
-    return rgb.round().clamp(0, 255).to(torch.uint8)
+    return rgb.floor().clamp(0, 255).to(torch.uint8)  # truncation, as LfF's np.uint8(...)
 
 
 def split_indices(n: int, n_valid: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
