@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -139,15 +138,14 @@ def add_test_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_test(args) -> int:
+    import dataclasses
     import json
 
-    from debiaslab.config import CIFAR_MEAN, CIFAR_STD, DATASET_DEFAULTS, GENERIC_DEFAULTS, INPUT_SCALES
-    from debiaslab.data.reference import load_reference
-    from debiaslab.data.transforms import BatchTransform
-    from debiaslab.evaluate import load_checkpoint
-    from debiaslab.metrics import compute_metrics, predict_split, primary_metric
-    from debiaslab.train import prepare_split, resolve_device
     from debiaslab.config import TrainConfig
+    from debiaslab.data.reference import load_reference
+    from debiaslab.evaluate import load_checkpoint
+    from debiaslab.metrics import primary_metric
+    from debiaslab.train import evaluate, make_transform, prepare_split, resolve_device
 
     if args.batch_size <= 0:
         raise UserError(f"--batch_size must be positive, got {args.batch_size}")
@@ -157,24 +155,22 @@ def cmd_test(args) -> int:
     if info["num_classes"] != bundle.num_classes:
         raise UserError(f"the checkpoint predicts {info['num_classes']} classes but {args.dataset} has {bundle.num_classes}; "
                         "check --dataset")
-    defaults = DATASET_DEFAULTS.get(args.dataset, GENERIC_DEFAULTS)
     cfg = info["config"] or TrainConfig(dataset=args.dataset).resolved()
-    scale = info["input_scale"] if args.input_scale == "auto" else INPUT_SCALES[args.input_scale]
-    normalize = cfg.normalize if cfg.normalize is not None else defaults["normalize"]
-    transform = BatchTransform(mean=CIFAR_MEAN if normalize else None, std=CIFAR_STD if normalize else None, scale=scale)
+    scale = info["input_scale"] if args.input_scale == "auto" else args.input_scale
+    cfg = dataclasses.replace(cfg, input_scale=scale)
+    transform = make_transform(cfg, None)
     for m in models.values():
         m.to(device)
     out = {"checkpoint": info["path"], "source": info["source"], "step": info["step"], "selection": info["rule"],
            "input_scale": scale, "metrics": {}}
     for split_name in ("valid", "test"):
         split = prepare_split(getattr(bundle, split_name), cfg, device)
-        preds = predict_split(lambda x: method_cls.predict(models, x), split.images, transform.eval, args.batch_size)
-        out["metrics"][split_name] = compute_metrics(preds, split.targets, split.biases, bundle.num_classes)
+        out["metrics"][split_name] = evaluate(method_cls, models, split, transform, bundle.num_classes, args.batch_size)
     if args.json:
         print(json.dumps(out, indent=2))
     else:
         print(f"{info['source']} checkpoint {info['path']} (step {info['step']}, selection: {info['rule']}), "
-              f"{method_cls.name} on {args.dataset} {args.percent}; metrics in %:")
+              f"{method_cls.name} on {args.dataset} {args.percent}, pixel scaling {scale}; metrics in %:")
         print(metrics_table([(k, v) for k, v in out["metrics"].items()]))
         print(f"test {'conflicting' if args.dataset == 'bffhq' else 'unbiased'} accuracy: "
               f"{100 * primary_metric(out['metrics']['test'], args.dataset):.2f}")

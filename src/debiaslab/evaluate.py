@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from debiaslab import UserError
-from debiaslab.config import INPUT_SCALES, TrainConfig
+from debiaslab.config import TrainConfig
 from debiaslab.methods import METHODS
 from debiaslab.metrics import SELECTION_RULES
 from debiaslab.models import DATASET_MODEL, MODELS, build_model
@@ -32,7 +32,7 @@ def _load_state(model, state: dict, path: Path) -> None:
 
 
 def load_checkpoint(path, dataset: str, select: str = "last", model: str | None = None):
-    """Returns ``(method_cls, models, info)``; ``info['input_scale']`` is the pixel scale to use."""
+    """Returns ``(method_cls, models, info)``; ``info['input_scale']`` names the pixel scaling to use."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"--pretrained_path {path} does not exist")
@@ -62,7 +62,7 @@ def load_checkpoint(path, dataset: str, select: str = "last", model: str | None 
         _load_state(m, states[name], path)
         models[name] = m.eval()
     info = {"source": "debiaslab", "path": str(path), "step": blob["step"], "rule": blob.get("rule", "last"),
-            "config": cfg, "input_scale": INPUT_SCALES[cfg.input_scale], "num_classes": num_classes}
+            "config": cfg, "input_scale": cfg.input_scale, "num_classes": num_classes}
     return method_cls, models, info
 
 
@@ -91,7 +91,7 @@ def _load_reference(path: Path, files, method: str, dataset: str, model: str | N
         _load_state(m, state, path / f)
         models[name] = m.eval()
         steps = blob.get("steps", steps)
-    scale = INPUT_SCALES["reference"] if model == "mlp" else INPUT_SCALES["unit"]
+    scale = "reference" if model == "mlp" else "unit"
     info = {"source": "reference", "path": str(path), "step": steps, "rule": "reference 'best' (selected on test by its authors)",
             "config": None, "input_scale": scale, "num_classes": num_classes}
     return method_cls, models, info
