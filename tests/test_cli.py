@@ -1,11 +1,10 @@
 """End to end through subprocesses: train, test, the paper's commands, errors."""
 import json
-import sys
 
 import pytest
 import torch
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import run_cli
 
 PAPER_OURS = ["--dataset", "cmnist", "--exp=cmnist_1_ours", "--lr=0.01", "--percent=1pct", "--curr_step=10",
               "--lambda_swap=1", "--lambda_dis_align=10", "--lambda_swap_align=10", "--use_lr_decay",
@@ -126,7 +125,7 @@ def test_reference_checkpoint_is_evaluated_with_its_scaling(tiny_reference, tmp_
 
 def test_wandb_missing_gives_one_line_error(tiny_reference, tmp_path):
     code = ("import sys; sys.modules['wandb'] = None; from debiaslab.cli import main; "
-            f"sys.exit(main(sys.argv[1:]))")
+            "sys.exit(main(sys.argv[1:]))")
     args = ["train", "--train_vanilla", "--wandb", *quick(tiny_reference, tmp_path)]
     r = run_cli("-c", code, *args, module=False)
     assert r.returncode == 2

@@ -65,6 +65,21 @@ def adam(models, lr=0.01):
     return [torch.optim.Adam(m.parameters(), lr=lr) for m in models]
 
 
+def ref_step(opts, loss):
+    """The reference's step: zero both grads, one backward, step both optimizers."""
+    for o in opts:
+        o.zero_grad()
+    loss.backward()
+    for o in opts:
+        o.step()
+
+
+def assert_same_weights(method, refs):
+    for name, ref in refs.items():
+        for (k, a), b in zip(method.models[name].state_dict().items(), ref.state_dict().values()):
+            assert torch.allclose(a, b, atol=1e-4), (name, k, (a - b).abs().max().item())
+
+
 def test_lff_matches_a_loop_reimplementation():
     method, targets = make("lff")
     mb, md = (copy.deepcopy(method.models[n]) for n in ("biased", "debiased"))
@@ -75,14 +90,8 @@ def test_lff_matches_a_loop_reimplementation():
         lb, ld = mb(x), md(x)
         w = ref_weights(eb, ed, F.cross_entropy(lb, y, reduction="none"), F.cross_entropy(ld, y, reduction="none"), y, idx)
         loss = ref_gce(lb, y).mean() + (F.cross_entropy(ld, y, reduction="none") * w).mean()
-        for o in opts:
-            o.zero_grad()
-        loss.backward()
-        for o in opts:
-            o.step()
-    for name, ref in (("biased", mb), ("debiased", md)):
-        for (k, a), b in zip(method.models[name].state_dict().items(), ref.state_dict().values()):
-            assert torch.allclose(a, b, atol=1e-4), (name, k, (a - b).abs().max().item())
+        ref_step(opts, loss)
+    assert_same_weights(method, {"biased": mb, "debiased": md})
     assert torch.allclose(method.ema.values()[:, 0], eb.p, atol=1e-6) and torch.allclose(method.ema.values()[:, 1], ed.p, atol=1e-6)
 
 
@@ -106,14 +115,8 @@ def test_disent_matches_a_loop_reimplementation(curr_step):
             pc = ml.fc(torch.cat([z_l, z_b[p].detach()], 1))
             pa = mb.fc(torch.cat([z_l.detach(), z_b[p]], 1))
             loss = loss + 0.5 * ((F.cross_entropy(pc, y, reduction="none") * w).mean() + 5.0 * ref_gce(pa, y[p]).mean())
-        for o in opts:
-            o.zero_grad()
-        loss.backward()
-        for o in opts:
-            o.step()
-    for name, ref in (("intrinsic", ml), ("bias", mb)):
-        for (k, a), b in zip(method.models[name].state_dict().items(), ref.state_dict().values()):
-            assert torch.allclose(a, b, atol=1e-4), (name, k, (a - b).abs().max().item())
+        ref_step(opts, loss)
+    assert_same_weights(method, {"intrinsic": ml, "bias": mb})
 
 
 def test_disent_swap_labels_weights_and_no_gradient_leak():

@@ -144,7 +144,7 @@ def cmd_test(args) -> int:
     from debiaslab.config import TrainConfig
     from debiaslab.data.reference import load_reference
     from debiaslab.evaluate import load_checkpoint
-    from debiaslab.metrics import primary_metric
+    from debiaslab.metrics import primary_key, primary_metric
     from debiaslab.train import evaluate, make_transform, prepare_split, resolve_device
 
     if args.batch_size <= 0:
@@ -172,7 +172,7 @@ def cmd_test(args) -> int:
         print(f"{info['source']} checkpoint {info['path']} (step {info['step']}, selection: {info['rule']}), "
               f"{method_cls.name} on {args.dataset} {args.percent}, pixel scaling {scale}; metrics in %:")
         print(metrics_table([(k, v) for k, v in out["metrics"].items()]))
-        print(f"test {'conflicting' if args.dataset == 'bffhq' else 'unbiased'} accuracy: "
+        print(f"test {primary_key(args.dataset)} accuracy: "
               f"{100 * primary_metric(out['metrics']['test'], args.dataset):.2f}")
     return 0
 

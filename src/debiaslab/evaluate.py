@@ -87,7 +87,7 @@ def _load_reference(path: Path, files, method: str, dataset: str, model: str | N
         if "fc.weight" not in state:
             raise UserError(f"{path / f} has no 'fc' layer: not a reference {model} checkpoint")
         num_classes = state["fc.weight"].shape[0]
-        m = build_model(model, num_classes, method_cls.head_inputs, _in_shape(state, model) if model == "mlp" else (3, 224, 224))
+        m = build_model(model, num_classes, method_cls.head_inputs, _in_shape(state, model))
         _load_state(m, state, path / f)
         models[name] = m.eval()
         steps = blob.get("steps", steps)

@@ -62,8 +62,12 @@ def predict_split(predict, images: torch.Tensor, prepare, batch_size: int = 2048
     return torch.cat(out)
 
 
+def primary_key(dataset: str) -> str:
+    """The metric a dataset is reported by: unbiased accuracy; BFFHQ reports conflicting accuracy."""
+    return "conflicting" if dataset == "bffhq" else "unbiased"
+
+
 def primary_metric(metrics: dict, dataset: str) -> float:
-    """The headline number of a dataset: unbiased accuracy; BFFHQ reports conflicting accuracy."""
-    key = "conflicting" if dataset == "bffhq" else "unbiased"
-    value = metrics.get(key)
+    """The headline number of a dataset (``primary_key``), plain accuracy where bias labels are missing."""
+    value = metrics.get(primary_key(dataset))
     return metrics["accuracy"] if value is None else value

@@ -19,7 +19,7 @@ from debiaslab.data.transforms import BatchTransform, resize_uint8
 from debiaslab.io import atomic_torch_save, atomic_write_json
 from debiaslab.logging import RunLogger, require_wandb
 from debiaslab.methods import METHODS
-from debiaslab.metrics import SELECTION_RULES, compute_metrics, predict_split, primary_metric
+from debiaslab.metrics import SELECTION_RULES, compute_metrics, predict_split, primary_key, primary_metric
 from debiaslab.models import DATASET_MODEL, build_model
 
 CHECKPOINT_LAST = "checkpoint_last.pt"
@@ -289,7 +289,7 @@ def _results(cfg: TrainConfig, tracker: SelectionTracker, data_info: dict, train
     return {
         "method": cfg.method, "dataset": cfg.dataset, "percent": cfg.percent, "seed": cfg.seed, "steps": cfg.num_steps,
         "default_selection": "last",
-        "primary_metric": "conflicting accuracy" if cfg.dataset == "bffhq" else "unbiased accuracy",
+        "primary_metric": f"{primary_key(cfg.dataset)} accuracy",
         "selections": selections, "data": data_info, "config": cfg.to_dict(),
         "train_seconds": round(train_seconds, 2), "total_seconds": round(total_seconds, 2),
         "steps_per_second": round(cfg.num_steps / train_seconds, 2) if train_seconds > 0 else math.nan,

@@ -52,11 +52,6 @@ def parse_labels(name: str) -> tuple[int, int]:
     return int(m.group("target")), int(m.group("bias"))
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Every image file under ``folder`` (recursively), sorted; known junk is skipped with a warning."""
-    return [Path(p) for p, _ in _scan(str(folder))]
-
-
 def _scan(folder: str) -> list[tuple[str, os.stat_result]]:
     """(path, stat) of every image under ``folder``, sorted by path; os.scandir keeps 70k files fast."""
     out = []

@@ -69,15 +69,17 @@ class PerSampleEMA:
     def _shape(self, values: torch.Tensor) -> torch.Tensor:
         return values.squeeze(1) if self.channels == 1 else values
 
+    def _maxima(self) -> torch.Tensor:
+        return self.table.amax(dim=2)  # [channels, num_classes]
+
     def class_max(self) -> torch.Tensor:
         """Max EMA over all training samples of each class: [num_classes] ([channels, num_classes])."""
-        m = self.table.amax(dim=2)
+        m = self._maxima()
         return m.squeeze(0) if self.channels == 1 else m
 
     def normalize(self, values: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Divide each value by the class maximum (of its channel) of its sample's class."""
-        m = self.table.amax(dim=2).clamp_min(1e-12)[:, targets].t()
-        return values / self._shape(m)
+        return values / self._shape(self._maxima().clamp_min(1e-12)[:, targets].t())
 
     def values(self) -> torch.Tensor:
         """EMA of every training sample, in dataset order."""
