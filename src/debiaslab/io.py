@@ -38,3 +38,7 @@ def atomic_write_text(path, text: str) -> None:
 
 def atomic_write_json(path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    _atomic_write(Path(path), lambda f: f.write(data))

@@ -156,16 +156,31 @@ def read_split(folders: list[Path], base: Path, key: str, use_cache: bool = True
     return split, checksum
 
 
-def split_folders(data_dir: Path, dataset: str, percent: str) -> dict[str, list[Path]]:
-    """Where each split of a reference-layout dataset lives, with clear errors when it does not."""
+def cifar10c_folder(corruption_type: int) -> str:
+    """Corrupted CIFAR-10's folder: type 0 is the paper's ``cifar10c``; type 1 lives beside it in ``cifar10c_type1``."""
+    return "cifar10c" if corruption_type == 0 else f"cifar10c_type{corruption_type}"
+
+
+BUILD_HINTS = {"cmnist": "debiaslab data build cmnist", "cifar10c": "debiaslab data build cifar10c",
+               "cifar10c_type1": "debiaslab data build cifar10c --type 1"}
+
+
+def dataset_root(data_dir, dataset: str) -> Path:
+    """``<data_dir>/<dataset>``, or a one-line error saying what is missing and how to get it."""
     data_dir = Path(data_dir)
     root = data_dir / dataset
+    hint = f" (build it there with: {BUILD_HINTS[dataset]} --out {data_dir})" if dataset in BUILD_HINTS else ""
     if not data_dir.is_dir():
-        raise UserError(f"--data_dir {data_dir} does not exist; point it at the folder that holds '{dataset}/' "
-                        f"(build Colored MNIST there with: debiaslab data build cmnist --out {data_dir})")
+        raise UserError(f"--data_dir {data_dir} does not exist; point it at the folder that holds '{dataset}/'{hint}")
     if not root.is_dir():
         raise UserError(f"{root} does not exist: --data_dir {data_dir} has no '{dataset}' folder; "
-                        "pass the folder that contains it with --data_dir")
+                        f"pass the folder that contains it with --data_dir{hint}")
+    return root
+
+
+def split_folders(data_dir: Path, dataset: str, percent: str) -> dict[str, list[Path]]:
+    """Where each split of a reference-layout dataset lives, with clear errors when it does not."""
+    root = dataset_root(data_dir, dataset)
     pct_dir = root / percent
     if not pct_dir.is_dir():
         have = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.endswith("pct"))

@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch.nn as nn
 
 from debiaslab.models.mlp import MLP
-from debiaslab.models.resnet import ResNet18
+from debiaslab.models.resnet import ResNet18, ResNet20, ResNet50
 
-MODELS = {"mlp": MLP, "resnet18": ResNet18}
-DATASET_MODEL = {"cmnist": "mlp", "cifar10c": "resnet18", "bffhq": "resnet18"}
+MODELS = {"mlp": MLP, "resnet18": ResNet18, "resnet20": ResNet20, "resnet50": ResNet50}
+DATASET_MODEL = {"cmnist": "mlp", "cifar10c": "resnet18", "bffhq": "resnet18", "bar": "resnet18"}
 
 
 def build_model(name: str, num_classes: int, head_inputs: int = 1, in_shape=(3, 28, 28)) -> nn.Module:
