@@ -38,10 +38,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--train_vanilla", action="store_true", help="train Vanilla (ERM), as in the reference")
     m.add_argument("--train_lff", action="store_true", help="train LfF (Learning from Failure)")
     m.add_argument("--train_ours", action="store_true", help="train DisEnt (the paper's method), as in the reference")
-    g.add_argument("--dataset", default="cmnist", help="dataset folder under --data_dir: cmnist, cifar10c, bffhq (default: cmnist)")
-    g.add_argument("--percent", default="1pct", help="ratio of bias-conflicting training samples, a folder name such as 0.5pct, 1pct, 2pct, 5pct (default: 1pct, as the reference)")
-    g.add_argument("--data_dir", default="dataset", help="folder holding <dataset>/ in the reference layout (default: dataset)")
-    g.add_argument("--model", default=None, help="mlp or resnet18 (default: mlp for cmnist, resnet18 otherwise)")
+    add_data_args(g)
+    g.add_argument("--model", default=None, help="mlp, resnet18, resnet20 (LfF's CIFAR ResNet) or resnet50 (default: mlp for cmnist, resnet18 otherwise)")
+    g.add_argument("--use_resnet20", action="store_true", help="same as --model resnet20 (the reference's flag; LfF's C-CIFAR10 backbone)")
     g.add_argument("--seed", type=int, default=0, help="random seed; the same seed on CPU gives identical results (default: 0)")
     g.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda, cuda:N (default: auto)")
     g.add_argument("--input_scale", choices=["unit", "reference"], default=None,
@@ -64,6 +63,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     d.add_argument("--lambda_swap", type=float, default=1.0, help="DisEnt: weight of the swap loss (default: 1)")
     d.add_argument("--lambda_dis_align", type=float, default=1.0, help="DisEnt: weight of the bias branch's GCE in L_dis (default: 1)")
     d.add_argument("--lambda_swap_align", type=float, default=1.0, help="DisEnt: weight of the bias branch's GCE in L_swap (default: 1)")
+    h = p.add_argument_group("speed (CUDA only; ignored on CPU)")
+    h.add_argument("--no_amp", action="store_true", help="turn off bf16 automatic mixed precision (on by default on CUDA)")
+    h.add_argument("--no_channels_last", action="store_true", help="turn off the channels_last memory format of convolutional models (on by default on CUDA)")
     lg = p.add_argument_group("evaluation and logging")
     lg.add_argument("--exp", default="debugging", help="experiment name; the run goes to <log_dir>/<dataset>/<exp> (default: debugging)")
     lg.add_argument("--log_dir", default="log", help="root of run directories (default: log)")
@@ -82,15 +84,41 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--bias_attr_idx", type=int, default=1, choices=[1], help="only 1 is supported")
 
 
+def add_data_args(g) -> None:
+    g.add_argument("--dataset", default=None, help="dataset folder under --data_dir: cmnist, cifar10c, bffhq, bar "
+                   "(default: cmnist; with --manifest / --image_folder: that file's or folder's name)")
+    g.add_argument("--percent", default="1pct", help="ratio of bias-conflicting training samples, a folder name such as 0.5pct, 1pct, 2pct, 5pct (default: 1pct, as the reference)")
+    g.add_argument("--data_dir", default="dataset", help="folder holding <dataset>/ in the reference layout (default: dataset)")
+    t = g.add_mutually_exclusive_group()
+    t.add_argument("--use_type0", action="store_true", help="cifar10c: corruption type 0 in <data_dir>/cifar10c (the default)")
+    t.add_argument("--use_type1", action="store_true", help="cifar10c: corruption type 1 in <data_dir>/cifar10c_type1")
+    u = g.add_mutually_exclusive_group()
+    u.add_argument("--manifest", default=None, help="your own dataset: a CSV with columns path, target and optionally bias, split (see README)")
+    u.add_argument("--image_folder", default=None, help="your own dataset: a folder with train/<class>/, test/<class>/ and optionally valid/<class>/ images")
+    g.add_argument("--image_size", type=int, default=None, help="resize every image to N x N once, at load time (default per dataset: 32 cifar10c, 224 bffhq and bar, none otherwise)")
+
+
+def data_config(args) -> dict:
+    """The TrainConfig fields that say which dataset to read."""
+    dataset = args.dataset
+    if dataset is None:
+        source = args.manifest or args.image_folder
+        dataset = Path(source).resolve().stem if source else "cmnist"
+    return dict(dataset=dataset, percent=args.percent, data_dir=args.data_dir, corruption_type=1 if args.use_type1 else 0,
+                manifest=args.manifest, image_folder=args.image_folder, image_size=args.image_size)
+
+
 def config_from_args(args):
     from debiaslab.config import TrainConfig
 
     method = args.method or next((m for flag, m in METHOD_FLAGS.items() if getattr(args, flag, False)), None)
     if method is None:
         raise UserError("choose a method: --train_vanilla, --train_lff, --train_ours (DisEnt) or --method NAME")
+    if args.use_resnet20 and args.model not in (None, "resnet20"):
+        raise UserError(f"--use_resnet20 contradicts --model {args.model}; pass one of them")
     return TrainConfig(
-        dataset=args.dataset, percent=args.percent, method=method, model=args.model, data_dir=args.data_dir,
-        log_dir=args.log_dir, exp=args.exp, seed=args.seed, device=args.device, num_steps=args.num_steps,
+        **data_config(args), method=method, model="resnet20" if args.use_resnet20 else args.model,
+        amp=not args.no_amp, channels_last=not args.no_channels_last, log_dir=args.log_dir, exp=args.exp, seed=args.seed, device=args.device, num_steps=args.num_steps,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, use_lr_decay=args.use_lr_decay,
         lr_decay_step=args.lr_decay_step, lr_gamma=args.lr_gamma, q=args.q, gce_form=args.gce_form,
         ema_alpha=args.ema_alpha, curr_step=args.curr_step, lambda_swap=args.lambda_swap,
@@ -125,9 +153,7 @@ def results_summary(results: dict) -> str:
 def add_test_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained_path", required=True, help="a debiaslab run directory or checkpoint .pt, or a reference "
                    "directory with best_model_l.th + best_model_b.th (DisEnt) or best_model.th (Vanilla)")
-    p.add_argument("--dataset", default="cmnist", help="dataset folder under --data_dir (default: cmnist)")
-    p.add_argument("--percent", default="1pct", help="percent folder whose valid split is also evaluated (default: 1pct)")
-    p.add_argument("--data_dir", default="dataset", help="folder holding <dataset>/ in the reference layout (default: dataset)")
+    add_data_args(p)
     p.add_argument("--select", default="last", help="for a debiaslab run directory: which checkpoint, one of last, best_valid, "
                    "best_valid_unbiased, oracle_best_test (default: last)")
     p.add_argument("--input_scale", choices=["auto", "unit", "reference"], default="auto",
@@ -141,39 +167,43 @@ def cmd_test(args) -> int:
     import dataclasses
     import json
 
+    import torch
+
     from debiaslab.config import TrainConfig
-    from debiaslab.data.reference import load_reference
     from debiaslab.evaluate import load_checkpoint
     from debiaslab.metrics import primary_key, primary_metric
-    from debiaslab.train import evaluate, make_transform, prepare_split, resolve_device
+    from debiaslab.train import evaluate, load_data, make_transform, prepare_split, resolve_device, uses_cuda_extras
 
     if args.batch_size <= 0:
         raise UserError(f"--batch_size must be positive, got {args.batch_size}")
     device = resolve_device(args.device)
-    method_cls, models, info = load_checkpoint(args.pretrained_path, args.dataset, args.select)
-    bundle = load_reference(args.data_dir, args.dataset, args.percent)
-    if info["num_classes"] != bundle.num_classes:
-        raise UserError(f"the checkpoint predicts {info['num_classes']} classes but {args.dataset} has {bundle.num_classes}; "
-                        "check --dataset")
-    cfg = info["config"] or TrainConfig(dataset=args.dataset).resolved()
+    data = data_config(args)
+    method_cls, models, info = load_checkpoint(args.pretrained_path, data["dataset"], args.select)
+    cfg = info["config"] or TrainConfig(dataset=data["dataset"]).resolved()
     scale = info["input_scale"] if args.input_scale == "auto" else args.input_scale
-    cfg = dataclasses.replace(cfg, input_scale=scale)
-    transform = make_transform(cfg, None)
+    given = {k: v for k, v in data.items() if v is not None and (k != "image_size" or args.image_size is not None)}
+    cfg = dataclasses.replace(cfg, **given, input_scale=scale)
+    bundle = load_data(cfg)
+    if info["num_classes"] != bundle.num_classes:
+        raise UserError(f"the checkpoint predicts {info['num_classes']} classes but {cfg.dataset} has {bundle.num_classes}; "
+                        "check --dataset")
+    amp, channels_last = uses_cuda_extras(cfg, device)
+    transform = make_transform(cfg, None, device)
     for m in models.values():
-        m.to(device)
+        m.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     out = {"checkpoint": info["path"], "source": info["source"], "step": info["step"], "selection": info["rule"],
            "input_scale": scale, "metrics": {}}
     for split_name in ("valid", "test"):
         split = prepare_split(getattr(bundle, split_name), cfg, device)
-        out["metrics"][split_name] = evaluate(method_cls, models, split, transform, bundle.num_classes, args.batch_size)
+        out["metrics"][split_name] = evaluate(method_cls, models, split, transform, bundle.num_classes, args.batch_size, amp)
     if args.json:
         print(json.dumps(out, indent=2))
     else:
         print(f"{info['source']} checkpoint {info['path']} (step {info['step']}, selection: {info['rule']}), "
-              f"{method_cls.name} on {args.dataset} {args.percent}, pixel scaling {scale}; metrics in %:")
+              f"{method_cls.name} on {cfg.dataset} {cfg.percent}, pixel scaling {scale}; metrics in %:")
         print(metrics_table([(k, v) for k, v in out["metrics"].items()]))
-        print(f"test {primary_key(args.dataset)} accuracy: "
-              f"{100 * primary_metric(out['metrics']['test'], args.dataset):.2f}")
+        print(f"test {primary_key(cfg.dataset)} accuracy: "
+              f"{100 * primary_metric(out['metrics']['test'], cfg.dataset):.2f}")
     return 0
 
 
@@ -191,7 +221,8 @@ def add_build_cmnist_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_build_cmnist(args) -> int:
-    from debiaslab.data.cmnist import parse_pct, write_cmnist
+    from debiaslab.data.builder import parse_pct
+    from debiaslab.data.cmnist import write_cmnist
     from debiaslab.data.mnist import load_mnist
 
     pcts = sorted({parse_pct(p) for p in args.percent})
@@ -201,6 +232,76 @@ def cmd_build_cmnist(args) -> int:
         raise UserError(f"--valid_size {args.valid_size} must be between 1 and the {len(mnist['x_train'])} MNIST training digits")
     manifest = write_cmnist(mnist, prov, out, pcts, args.seed, args.severity, args.valid_size, force=args.force)
     print(f"Colored MNIST written to {out / 'cmnist'} in {manifest['build_seconds']} s (manifest: {out / 'cmnist' / 'manifest.json'})")
+    return 0
+
+
+def add_cifar10_source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cifar10", default=None, help="local CIFAR-10: an .npz (x_train, y_train, x_test, y_test), a .zip or folder with "
+                   "train/<class>/ and test/<class>/ images (e.g. ../shared/data/cifar10-jpeg.zip), or a torchvision root "
+                   "(default: download with torchvision)")
+    p.add_argument("--download_dir", default=None, help="where torchvision downloads CIFAR-10 (default: <out>/.downloads)")
+    p.add_argument("--type", type=int, default=0, choices=[0, 1], dest="corruption_type",
+                   help="corruption set: 0 = snow, frost, fog, brightness, contrast, spatter, elastic, jpeg, pixelate, saturate "
+                        "(the paper's); 1 = gaussian/shot/impulse/speckle noise, gaussian/defocus/glass/motion/zoom blur, original (default: 0)")
+    p.add_argument("--severity", type=int, default=5, choices=[1, 2, 3, 4, 5],
+                   help="CIFAR-10-C severity (default: 5, the hardest, which is what LfF's 'Severity4' runs used)")
+    p.add_argument("--seed", type=int, default=0, help="builder seed (default: 0)")
+
+
+def add_build_cifar10c_args(p: argparse.ArgumentParser) -> None:
+    add_cifar10_source_args(p)
+    p.add_argument("--out", default="dataset", help="output folder; the dataset goes to <out>/cifar10c (type 1: <out>/cifar10c_type1) (default: dataset)")
+    p.add_argument("--percent", nargs="+", default=["0.5", "1", "2", "5"], help="bias-conflicting percentages to build (default: 0.5 1 2 5)")
+    p.add_argument("--valid_size", type=int, default=5000, help="CIFAR-10 training images held out as the biased valid split (default: 5000)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes for the corruptions (default: one per CPU core)")
+    p.add_argument("--force", action="store_true", help="replace an existing dataset folder")
+
+
+def _load_cifar10(args):
+    from debiaslab.data.cifar10 import load_cifar10
+
+    out = Path(getattr(args, "out", ".") or ".")
+    return load_cifar10(args.cifar10, Path(args.download_dir) if args.download_dir else out / ".downloads")
+
+
+def cmd_build_cifar10c(args) -> int:
+    from debiaslab.data.builder import parse_pct
+    from debiaslab.data.cifar10c import write_cifar10c
+    from debiaslab.data.reference import cifar10c_folder
+
+    pcts = sorted({parse_pct(p) for p in args.percent})
+    if args.workers is not None and args.workers <= 0:
+        raise UserError(f"--workers must be positive, got {args.workers}")
+    cifar, prov = _load_cifar10(args)
+    if not 0 < args.valid_size < len(cifar["x_train"]):
+        raise UserError(f"--valid_size {args.valid_size} must be between 1 and the {len(cifar['x_train'])} CIFAR-10 training images")
+    manifest = write_cifar10c(cifar, prov, Path(args.out), pcts, args.seed, args.severity, args.corruption_type,
+                              args.valid_size, force=args.force, workers=args.workers)
+    root = Path(args.out) / cifar10c_folder(args.corruption_type)
+    print(f"Corrupted CIFAR-10 (type {args.corruption_type}, severity {args.severity}) written to {root} "
+          f"in {manifest['build_seconds']} s (manifest: {root / 'manifest.json'})")
+    return 0
+
+
+def add_preview_cifar10c_args(p: argparse.ArgumentParser) -> None:
+    add_cifar10_source_args(p)
+    p.add_argument("--output", default="cifar10c_preview.png", help="PNG to write (default: cifar10c_preview.png)")
+    p.add_argument("--columns", type=int, default=10, help="images per row, one class each first (default: 10)")
+
+
+def cmd_preview_cifar10c(args) -> int:
+    from torchvision.io import encode_png
+
+    from debiaslab.data.cifar10c import preview_grid
+    from debiaslab.io import atomic_write_bytes
+
+    if args.columns <= 0:
+        raise UserError(f"--columns must be positive, got {args.columns}")
+    cifar, _ = _load_cifar10(args)
+    grid = preview_grid(cifar, args.corruption_type, args.severity, args.seed, args.columns)
+    atomic_write_bytes(Path(args.output), encode_png(grid).numpy().tobytes())
+    print(f"preview of type {args.corruption_type} at severity {args.severity} written to {args.output} "
+          f"(rows: clean, then one per corruption in bias-label order)")
     return 0
 
 
@@ -248,6 +349,17 @@ def build_parser() -> argparse.ArgumentParser:
                                     "10k unbiased test from MNIST test; reference layout + cache + manifest.json.")
     add_build_cmnist_args(c)
     c.set_defaults(func=cmd_build_cmnist)
+    cc = bsub.add_parser("cifar10c", help="Corrupted CIFAR-10 (LfF protocol): 0.5/1/2/5 pct, type 0 or 1, CIFAR-10-C severities",
+                         description="Build Corrupted CIFAR-10 by the LfF protocol: 45k train / 5k biased valid from CIFAR-10 train, "
+                                     "10k unbiased test from CIFAR-10 test; reference layout + cache + manifest.json.")
+    add_build_cifar10c_args(cc)
+    cc.set_defaults(func=cmd_build_cifar10c)
+    pv = dsub.add_parser("preview", help="write a PNG grid of a dataset's biases", description="Write a PNG grid to look at a builder's output.")
+    psub = pv.add_subparsers(dest="preview_dataset", metavar="DATASET", parser_class=Parser)
+    pc = psub.add_parser("cifar10c", help="one row per corruption, one column per class",
+                         description="Apply each corruption of a type to a few CIFAR-10 test images and write a labelled PNG grid.")
+    add_preview_cifar10c_args(pc)
+    pc.set_defaults(func=cmd_preview_cifar10c)
     m = sub.add_parser("demo", help="compare Vanilla, LfF and DisEnt on Colored Digits (no download, a few minutes on CPU)",
                        description="Train each method briefly on Colored Digits (scikit-learn's bundled digits, coloured "
                                    "by the Colored MNIST protocol) and print aligned / conflicting / unbiased test accuracy.")

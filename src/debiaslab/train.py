@@ -100,21 +100,44 @@ class SelectionTracker:
         return improved
 
 
-def make_transform(cfg: TrainConfig, generator: torch.Generator | None) -> BatchTransform:
+def uses_cuda_extras(cfg: TrainConfig, device: torch.device) -> tuple[bool, bool]:
+    """(bf16 autocast, channels_last): each on when its flag is on, the device is CUDA and (channels_last) the model convolves."""
+    cuda = torch.device(device).type == "cuda"
+    return cfg.amp and cuda, cfg.channels_last and cuda and cfg.model != "mlp"
+
+
+def make_transform(cfg: TrainConfig, generator: torch.Generator | None, device="cpu") -> BatchTransform:
     return BatchTransform(
         mean=CIFAR_MEAN if cfg.normalize else None, std=CIFAR_STD if cfg.normalize else None,
         crop_padding=4 if cfg.augment else 0, flip=bool(cfg.augment), generator=generator,
-        scale=INPUT_SCALES[cfg.input_scale],
+        scale=INPUT_SCALES[cfg.input_scale], channels_last=uses_cuda_extras(cfg, device)[1],
     )
 
 
 def prepare_split(split: Split, cfg: TrainConfig, device) -> Split:
-    images = split.images if cfg.image_size is None else resize_uint8(split.images, cfg.image_size)
-    return Split(images, split.targets, split.biases).to(device)
+    """Move a split to the device, then resize it there once (never per step)."""
+    split = split.to(device)
+    if cfg.image_size is not None:
+        split = Split(resize_uint8(split.images, cfg.image_size), split.targets, split.biases)
+    return split
+
+
+DATA_SEED = 0  # seeds the valid hold-out of datasets without one, the same for every training seed
 
 
 def load_data(cfg: TrainConfig) -> DatasetBundle:
-    return load_reference(cfg.data_dir, cfg.dataset, cfg.percent)
+    """The dataset a config names: a user manifest or image folder, BAR, or a reference-layout folder."""
+    from debiaslab.data.folders import load_bar, load_image_folder, load_manifest
+    from debiaslab.data.reference import cifar10c_folder, dataset_root
+
+    if cfg.manifest:
+        return load_manifest(cfg.manifest, cfg.image_size, seed=DATA_SEED)
+    if cfg.image_folder:
+        return load_image_folder(cfg.image_folder, cfg.image_size, seed=DATA_SEED)
+    if cfg.dataset == "bar":
+        return load_bar(dataset_root(cfg.data_dir, "bar"), cfg.image_size or 224, seed=DATA_SEED)
+    folder = cifar10c_folder(cfg.corruption_type) if cfg.dataset == "cifar10c" else cfg.dataset
+    return load_reference(cfg.data_dir, folder, cfg.percent)
 
 
 def _existing_run(cfg: TrainConfig) -> str:
@@ -138,8 +161,13 @@ def _comparable(d: dict) -> dict:
     return {k: v for k, v in d.items() if k not in ignore}
 
 
-def evaluate(method_cls, models, split: Split, transform: BatchTransform, num_classes: int, batch_size: int) -> dict:
-    preds = predict_split(lambda x: method_cls.predict(models, x), split.images, transform.eval, batch_size)
+def evaluate(method_cls, models, split: Split, transform: BatchTransform, num_classes: int, batch_size: int,
+             amp: bool = False) -> dict:
+    def predict(x):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            return method_cls.predict(models, x)
+
+    preds = predict_split(predict, split.images, transform.eval, batch_size)
     return compute_metrics(preds, split.targets, split.biases, num_classes)
 
 
@@ -178,10 +206,13 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc) -> dict:
     C = bundle.num_classes
     method_cls = METHODS[cfg.method]
     in_shape = tuple(train_split.images.shape[1:])
-    models = {n: build_model(cfg.model, C, method_cls.head_inputs, in_shape).to(device) for n in method_cls.model_names}
+    amp, channels_last = uses_cuda_extras(cfg, device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    models = {n: build_model(cfg.model, C, method_cls.head_inputs, in_shape).to(device, memory_format=memory_format)
+              for n in method_cls.model_names}
     gen_device = device if device.type == "cuda" else torch.device("cpu")
     method = method_cls(cfg, models, train_split.targets, C, torch.Generator(device=gen_device).manual_seed(cfg.seed + 1))
-    transform = make_transform(cfg, torch.Generator(device=gen_device).manual_seed(cfg.seed + 2))
+    transform = make_transform(cfg, torch.Generator(device=gen_device).manual_seed(cfg.seed + 2), device)
     sampler = EpochSampler(len(train_split), cfg.batch_size, torch.Generator().manual_seed(cfg.seed + 3), device)
     tracker = SelectionTracker(cfg.dataset)
 
@@ -240,8 +271,8 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc) -> dict:
 def _evaluate_all(method, method_cls, valid_split, test_split, transform, C, cfg, train_split) -> dict:
     method.eval()
     record = {
-        "valid": evaluate(method_cls, method.models, valid_split, transform, C, cfg.eval_batch_size),
-        "test": evaluate(method_cls, method.models, test_split, transform, C, cfg.eval_batch_size),
+        name: evaluate(method_cls, method.models, split, transform, C, cfg.eval_batch_size, method.amp)
+        for name, split in (("valid", valid_split), ("test", test_split))
     }
     method.train()
     w = method.sample_weights()
@@ -289,7 +320,8 @@ def _results(cfg: TrainConfig, tracker: SelectionTracker, data_info: dict, train
     return {
         "method": cfg.method, "dataset": cfg.dataset, "percent": cfg.percent, "seed": cfg.seed, "steps": cfg.num_steps,
         "default_selection": "last",
-        "primary_metric": f"{primary_key(cfg.dataset)} accuracy",
+        "primary_metric": f"{primary_key(cfg.dataset)} accuracy" if "conflicting" in data_info["counts"]["test"]
+                          else "accuracy (no bias labels)",
         "selections": selections, "data": data_info, "config": cfg.to_dict(),
         "train_seconds": round(train_seconds, 2), "total_seconds": round(total_seconds, 2),
         "steps_per_second": round(cfg.num_steps / train_seconds, 2) if train_seconds > 0 else math.nan,

@@ -13,13 +13,14 @@ class BatchTransform:
     """
 
     def __init__(self, mean=None, std=None, crop_padding: int = 0, flip: bool = False,
-                 scale: float = 1.0 / 255.0, generator: torch.Generator | None = None):
+                 scale: float = 1.0 / 255.0, generator: torch.Generator | None = None, channels_last: bool = False):
         self.mean = None if mean is None else torch.tensor(mean).view(1, -1, 1, 1)
         self.std = None if std is None else torch.tensor(std).view(1, -1, 1, 1)
         self.crop_padding = crop_padding
         self.flip = flip
         self.scale = scale
         self.generator = generator
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
         x = images.float().mul_(self.scale)
@@ -29,7 +30,7 @@ class BatchTransform:
             x = random_hflip(x, self.generator)
         if self.mean is not None:
             x = (x - self.mean.to(x.device)) / self.std.to(x.device)
-        return x
+        return x.contiguous(memory_format=self.memory_format)
 
     def eval(self, images: torch.Tensor) -> torch.Tensor:
         return self(images, train=False)

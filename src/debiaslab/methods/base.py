@@ -24,6 +24,7 @@ class Method:
         self.models = models
         self.num_classes = num_classes
         self.generator = generator
+        self.amp = cfg.amp and train_targets.device.type == "cuda"  # bf16 autocast of the forward pass
         self.optimizers = {n: make_adam(m.parameters(), cfg.lr, cfg.weight_decay) for n, m in models.items()}
         self.schedulers = {
             n: torch.optim.lr_scheduler.StepLR(o, step_size=cfg.lr_decay_step, gamma=cfg.lr_gamma)
@@ -37,7 +38,8 @@ class Method:
 
     def update(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         """One training step on a batch; returns the detached loss terms for logging."""
-        loss, terms = self.loss(x, y, idx, step)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            loss, terms = self.loss(x, y, idx, step)
         self.optimize(loss, step)
         return {k: v.detach() for k, v in terms.items()}
 
