@@ -123,3 +123,23 @@ def test_builder_errors_are_one_line(tmp_path, cifar_slice):
     r = run_cli("data", "build", "cifar10c", "--out", tmp_path / "o", "--cifar10", tmp_path / "junk.zip")
     assert r.returncode == 2 and "zip" in r.stderr
     assert not (tmp_path / "o" / "cifar10c").exists()
+
+
+def test_cifar10_sources_agree(cifar_slice, tmp_path):
+    from debiaslab import UserError
+    from debiaslab.data.cifar10 import load_cifar10
+
+    zipped, prov = load_cifar10(str(cifar_slice), None)
+    assert prov["kind"] == "zip" and zipped["x_train"].shape == (10 * PER_CLASS_TRAIN, 32, 32, 3)
+    assert (np.bincount(zipped["y_test"]) == PER_CLASS_TEST).all()
+    np.savez(tmp_path / "c.npz", x_train=zipped["x_train"].transpose(0, 3, 1, 2), y_train=zipped["y_train"],
+             x_test=zipped["x_test"], y_test=zipped["y_test"])  # NCHW is accepted too
+    from_npz, prov = load_cifar10(str(tmp_path / "c.npz"), None)
+    assert prov["kind"] == "npz" and all(np.array_equal(zipped[k], from_npz[k]) for k in zipped)
+    with zipfile.ZipFile(cifar_slice) as z:
+        z.extractall(tmp_path / "folder")
+    from_folder, prov = load_cifar10(str(tmp_path / "folder"), None)
+    assert prov["kind"] == "image-folder" and all(np.array_equal(zipped[k], from_folder[k]) for k in zipped)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="is not a CIFAR-10 .npz"):
+        load_cifar10(str(tmp_path / "empty"), None)

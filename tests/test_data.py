@@ -204,5 +204,5 @@ def test_mnist_sources_agree(tmp_path):
     # the image folder is read class by class: same digits, grouped by label
     order = np.argsort(arrays["y_train"], kind="stable")
     assert torch.equal(folder["x_train"], npz["x_train"][order]) and torch.equal(folder["y_train"], npz["y_train"][order])
-    with pytest.raises(UserError, match="not an .npz file"):
+    with pytest.raises(UserError, match="is not an MNIST .npz file"):
         load_mnist(str(tmp_path / "folder" / "train"), None)

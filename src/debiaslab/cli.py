@@ -144,7 +144,7 @@ def results_summary(results: dict) -> str:
     for rule, sel in results["selections"].items():
         if sel is not None:
             rows.append((f"{rule} (step {sel['step']})", sel["test"]))
-    return (f"{results['method']} on {results['dataset']} {results['percent']}, seed {results['seed']}, "
+    return (f"{results['method']} on {results['dataset']} {results['percent'] or ''}".rstrip() + f", seed {results['seed']}, "
             f"{results['steps']} steps, {results.get('steps_per_second', 0):.1f} steps/s — test metrics (%) per selection rule "
             f"(default: last; oracle_best_test selects on test labels):\n" + metrics_table(rows))
 
@@ -200,7 +200,7 @@ def cmd_test(args) -> int:
         print(json.dumps(out, indent=2))
     else:
         print(f"{info['source']} checkpoint {info['path']} (step {info['step']}, selection: {info['rule']}), "
-              f"{method_cls.name} on {cfg.dataset} {cfg.percent}, pixel scaling {scale}; metrics in %:")
+              f"{method_cls.name} on {cfg.data_label()}, pixel scaling {scale}; metrics in %:")
         print(metrics_table([(k, v) for k, v in out["metrics"].items()]))
         print(f"test {primary_key(cfg.dataset)} accuracy: "
               f"{100 * primary_metric(out['metrics']['test'], cfg.dataset):.2f}")

@@ -95,6 +95,14 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
+    def uses_percent(self) -> bool:
+        """Reference-layout datasets come in ratio folders; BAR and user datasets do not."""
+        return not (self.manifest or self.image_folder or self.dataset == "bar")
+
+    def data_label(self) -> str:
+        """'cmnist 0.5pct', or just the dataset's name where ``percent`` does not apply."""
+        return f"{self.dataset} {self.percent}" if self.uses_percent() else self.dataset
+
     def run_dir(self) -> str:
         import os
 

@@ -227,7 +227,7 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc) -> dict:
     sums: dict[str, torch.Tensor] = {}
     n_sum = 0
     t_loop = time.time()
-    bar = tqdm(total=cfg.num_steps, desc=progress_desc or f"{cfg.method} {cfg.dataset} {cfg.percent}",
+    bar = tqdm(total=cfg.num_steps, desc=progress_desc or f"{cfg.method} {cfg.data_label()}",
                disable=not cfg.progress, mininterval=0.5, dynamic_ncols=True, leave=True)
     try:
         method.train()
@@ -318,7 +318,7 @@ def _results(cfg: TrainConfig, tracker: SelectionTracker, data_info: dict, train
             "test_primary": primary_metric(pick["test"], cfg.dataset),
         }
     return {
-        "method": cfg.method, "dataset": cfg.dataset, "percent": cfg.percent, "seed": cfg.seed, "steps": cfg.num_steps,
+        "method": cfg.method, "dataset": cfg.dataset, "percent": cfg.percent if cfg.uses_percent() else None, "seed": cfg.seed, "steps": cfg.num_steps,
         "default_selection": "last",
         "primary_metric": f"{primary_key(cfg.dataset)} accuracy" if "conflicting" in data_info["counts"]["test"]
                           else "accuracy (no bias labels)",

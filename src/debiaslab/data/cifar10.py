@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image
 
 from debiaslab import UserError
-from debiaslab.data.mnist import file_sha256
 from debiaslab.data.reference import IMAGE_EXTS
+from debiaslab.data.sources import load_source, read_npz, torchvision_splits
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SPLITS = ("train", "test")
@@ -86,13 +86,7 @@ def _from_class_tree(path: Path) -> tuple:
 
 
 def _from_npz(path: Path) -> tuple:
-    try:
-        with np.load(path) as z:
-            arrays = [z[k] for k in ("x_train", "y_train", "x_test", "y_test")]
-    except KeyError as e:
-        raise UserError(f"{path} lacks the array {e}; a CIFAR-10 .npz needs x_train, y_train, x_test, y_test") from None
-    except Exception as e:
-        raise UserError(f"cannot read {path} as .npz ({type(e).__name__}: {e}); is the file complete?") from None
+    arrays = read_npz(path, "CIFAR-10")
     for i in (0, 2):  # accept NCHW as well as NHWC
         if arrays[i].ndim == 4 and arrays[i].shape[1] == 3 and arrays[i].shape[-1] != 3:
             arrays[i] = arrays[i].transpose(0, 2, 3, 1)
@@ -102,47 +96,26 @@ def _from_npz(path: Path) -> tuple:
 def _from_torchvision(root: Path, download: bool) -> tuple:
     from torchvision.datasets import CIFAR10
 
-    try:
-        train = CIFAR10(str(root), train=True, download=download)
-        test = CIFAR10(str(root), train=False, download=download)
-    except (RuntimeError, OSError) as e:
-        what = "downloading CIFAR-10 into" if download else "reading CIFAR-10 from"
-        raise UserError(f"{what} {root} failed ({str(e).splitlines()[0][:200]}); pass --cifar10 with a local copy "
-                        "(.npz, .zip or folder with train/<class>/ and test/<class>/, or a torchvision root)") from None
+    train, test = torchvision_splits(CIFAR10, root, download, "--cifar10",
+                                     ".npz, .zip or folder with train/<class>/ and test/<class>/, or a torchvision root")
     return train.data, np.asarray(train.targets), test.data, np.asarray(test.targets)
 
 
 def load_cifar10(source: str | None, download_root: Path) -> tuple[dict, dict]:
     """``({'x_train', 'y_train', 'x_test', 'y_test'} as numpy arrays (images uint8 NHWC), provenance)``."""
-    if source is None:
-        arrays = _from_torchvision(download_root, download=True)
-        prov = {"kind": "torchvision-download", "root": str(download_root)}
-    else:
-        path = Path(source)
-        if not path.exists():
-            raise UserError(f"--cifar10 {path} does not exist; pass a CIFAR-10 .npz, .zip, image folder or torchvision root")
-        if path.is_file() and path.suffix.lower() == ".npz":
-            arrays, kind = _from_npz(path), "npz"
-        elif path.is_file():
-            arrays, kind = _from_class_tree(path), "zip"
-        elif (path / "cifar-10-batches-py").is_dir():
-            arrays, kind = _from_torchvision(path, download=False), "torchvision-folder"
-        elif (path / "train").is_dir() and (path / "test").is_dir():
-            arrays, kind = _from_class_tree(path), "image-folder"
-        else:
-            raise UserError(f"--cifar10 {path}: not an .npz, a .zip, a torchvision root (with cifar-10-batches-py/) "
-                            "or an image folder (with train/<class>/ and test/<class>/)")
-        prov = {"kind": kind, "path": str(path.resolve())}
-        if path.is_file():
-            prov["sha256"] = file_sha256(path)
-    data = dict(zip(("x_train", "y_train", "x_test", "y_test"), (np.ascontiguousarray(a) for a in arrays)))
+    forms = [
+        (lambda p: p.is_file() and p.suffix.lower() == ".npz", _from_npz, "npz"),
+        (lambda p: p.is_file(), _from_class_tree, "zip"),
+        (lambda p: (p / "cifar-10-batches-py").is_dir(), lambda p: _from_torchvision(p, download=False), "torchvision-folder"),
+        (lambda p: (p / "train").is_dir() and (p / "test").is_dir(), _from_class_tree, "image-folder"),
+    ]
+    data, prov = load_source(source, download_root, lambda root: _from_torchvision(root, download=True), forms, "--cifar10",
+                             "a CIFAR-10 .npz, a .zip or image folder with train/<class>/ and test/<class>/, "
+                             "or a torchvision root (with cifar-10-batches-py/)")
     for k in ("x_train", "x_test"):
         if data[k].dtype != np.uint8 or data[k].ndim != 4 or data[k].shape[1:] != (32, 32, 3):
             raise UserError(f"CIFAR-10 {k} must be uint8 [N, 32, 32, 3], got {data[k].dtype} {data[k].shape}")
     for k in ("y_train", "y_test"):
-        data[k] = data[k].astype(np.int64)
-        if len(data[k]) != len(data["x" + k[1:]]):
-            raise UserError(f"CIFAR-10 {k} has {len(data[k])} labels for {len(data['x' + k[1:]])} images")
         if data[k].min() < 0 or data[k].max() >= len(CLASSES):
             raise UserError(f"CIFAR-10 {k} has labels outside 0..9")
     return data, prov

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from debiaslab import UserError
-from debiaslab.data.reference import CACHE_VERSION, JUNK_NAMES, _cache_path, _scan
+from debiaslab.data.reference import CACHE_VERSION, JUNK_NAMES, _cache_path, _scan, read_cache
 from debiaslab.data.splits import DatasetBundle, Split
 from debiaslab.io import atomic_torch_save
 
@@ -89,13 +89,9 @@ def _load_split(listing: _Listing, base: Path, key: str, image_size: int | None,
     """Decode one split, or read it from its cache when the fingerprint matches; returns it and its checksum."""
     cache = _cache_path(base, key)
     fingerprint = _fingerprint(listing, base)
-    if use_cache and cache.exists():
-        try:
-            blob = torch.load(cache, map_location="cpu", weights_only=True)
-            if blob.get("version") == CACHE_VERSION and blob["fingerprint"] == fingerprint:
-                return Split(blob["images"], blob["targets"], blob["biases"]), blob["checksum"]
-        except Exception:
-            warnings.warn(f"ignoring unreadable cache {cache}; rebuilding it", stacklevel=2)
+    cached = read_cache(cache, fingerprint) if use_cache else None
+    if cached is not None:
+        return cached
     biases = None if listing.biases is None else torch.tensor(listing.biases, dtype=torch.int64)
     split = Split(decode_resized([p for p, _ in listing.entries], image_size),
                   torch.tensor(listing.targets, dtype=torch.int64), biases)

@@ -129,6 +129,19 @@ def write_cache(folders, base: Path, key: str, split: Split) -> str:
     return checksum
 
 
+def read_cache(cache: Path, fingerprint: str) -> tuple[Split, str] | None:
+    """The cached split and its checksum, or None when the cache is missing, stale or unreadable."""
+    if not cache.exists():
+        return None
+    try:
+        blob = torch.load(cache, map_location="cpu", weights_only=True)
+        if blob.get("version") == CACHE_VERSION and blob["fingerprint"] == fingerprint:
+            return Split(blob["images"], blob["targets"], blob["biases"]), blob["checksum"]
+    except Exception:
+        warnings.warn(f"ignoring unreadable cache {cache}; rebuilding it", stacklevel=3)
+    return None
+
+
 def read_split(folders: list[Path], base: Path, key: str, use_cache: bool = True) -> tuple[Split, str]:
     """Read one split made of the images under ``folders``; returns the split and its checksum."""
     entries = scan_folders(folders)
@@ -137,13 +150,9 @@ def read_split(folders: list[Path], base: Path, key: str, use_cache: bool = True
                         "check --data_dir / --percent (the folder exists but is empty)")
     cache = _cache_path(base, key)
     fingerprint = _fingerprint(entries, base)
-    if use_cache and cache.exists():
-        try:
-            blob = torch.load(cache, map_location="cpu", weights_only=True)
-            if blob.get("version") == CACHE_VERSION and blob["fingerprint"] == fingerprint:
-                return Split(blob["images"], blob["targets"], blob["biases"]), blob["checksum"]
-        except Exception:
-            warnings.warn(f"ignoring unreadable cache {cache}; rebuilding it", stacklevel=2)
+    cached = read_cache(cache, fingerprint) if use_cache else None
+    if cached is not None:
+        return cached
     paths = [Path(p) for p, _ in entries]
     labels = torch.tensor([parse_labels(p.name) for p in paths], dtype=torch.int64)
     split = Split(decode_images(paths), labels[:, 0].contiguous(), labels[:, 1].contiguous())

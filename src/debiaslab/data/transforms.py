@@ -1,4 +1,11 @@
-"""Batch transforms on uint8 image tensors, run on the training device (no PIL per step)."""
+"""Batch transforms on uint8 image tensors, run on the training device (no PIL per step).
+
+The paper's augmentation (RandomCrop with zero padding, RandomHorizontalFlip, Normalize) applied to
+a whole batch at once, with a crop offset and a flip drawn for every image, as the per-image
+torchvision pipeline does. (torchvision's transforms v2 on a batched tensor draw one set of
+parameters for the whole batch, which is a different augmentation.) Random draws come from the
+transform's own generator, on the batch's device, so a seed gives the same batches.
+"""
 from __future__ import annotations
 
 import torch

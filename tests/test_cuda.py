@@ -1,0 +1,58 @@
+"""CUDA only (skipped elsewhere): device augmentation, bf16 autocast and channels_last in training."""
+import json
+
+import pytest
+import torch
+
+from debiaslab.config import TrainConfig
+from debiaslab.data.splits import DatasetBundle
+from debiaslab.data.transforms import BatchTransform
+from tests.conftest import tiny_split
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def test_batch_transform_on_cuda_is_seeded_and_channels_last():
+    x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, device="cuda")
+
+    def run(seed):
+        t = BatchTransform(mean=(0.5,) * 3, std=(0.2,) * 3, crop_padding=4, flip=True, channels_last=True,
+                           generator=torch.Generator(device="cuda").manual_seed(seed))
+        return t(x, train=True)
+
+    a, b, c = run(0), run(0), run(1)
+    assert a.device.type == "cuda" and a.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def bundle(size=32):
+    return DatasetBundle("tiny", tiny_split(40, 2, 5, 0, size), tiny_split(8, 2, 4, 1, size), tiny_split(8, 2, 2, 2, size), 2)
+
+
+@pytest.mark.parametrize("amp", [True, False])
+@pytest.mark.parametrize("method", ["vanilla", "disent"])
+def test_training_on_cuda_uses_bf16_and_channels_last(tmp_path, amp, method, monkeypatch):
+    from debiaslab.models.resnet import ResNet18
+    from debiaslab.train import train
+
+    seen = {}
+    original = ResNet18.extract
+
+    def spy(self, x):
+        z = original(self, x)
+        if self.training:
+            seen.update(input_channels_last=x.is_contiguous(memory_format=torch.channels_last),
+                        weight_channels_last=self.conv1.weight.is_contiguous(memory_format=torch.channels_last),
+                        feature_dtype=z.dtype)
+        return z
+
+    monkeypatch.setattr(ResNet18, "extract", spy)
+    cfg = TrainConfig(dataset="tiny", method=method, model="resnet18", num_steps=6, valid_freq=3, batch_size=16, lr=1e-3,
+                      curr_step=2, log_dir=str(tmp_path), exp="e", progress=False, device="cuda", amp=amp)
+    res = train(cfg, bundle())
+    assert seen["feature_dtype"] == (torch.bfloat16 if amp else torch.float32)
+    assert seen["input_channels_last"] and seen["weight_channels_last"]
+    assert res["selections"]["last"]["test"]["accuracy"] is not None
+    log = [json.loads(line) for line in (tmp_path / "tiny" / "e" / "metrics.jsonl").read_text().splitlines()]
+    train_losses = [v for r in log if r["kind"] == "train" for k, v in r.items() if k not in ("kind", "step", "lr")]
+    assert train_losses and all(torch.isfinite(torch.tensor(v)) for v in train_losses)
