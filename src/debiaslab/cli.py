@@ -77,6 +77,15 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     lg.add_argument("--wandb_project", default="debiaslab", help="wandb project name (default: debiaslab)")
     lg.add_argument("--no_progress", action="store_true", help="no progress bar")
     lg.add_argument("--overwrite", action="store_true", help="replace an existing run directory of the same --exp")
+    lg.add_argument("--resume", action="store_true", help="continue the run in <log_dir>/<dataset>/<exp> from its last checkpoint "
+                    "(an unfinished run of the same config resumes anyway); with --resume, a finished run continues when "
+                    "--num_steps is raised")
+    lg.add_argument("--keep_checkpoints", type=int, default=1, help="full checkpoints to keep: checkpoint_last.pt plus k-1 "
+                    "older checkpoint_step<N>.pt (default: 1)")
+    lg.add_argument("--no_best_checkpoints", action="store_true", help="do not write checkpoint_<rule>.pt (the models each "
+                    "selection rule picks)")
+    lg.add_argument("--on_nonfinite", choices=["stop", "skip"], default="stop", help="a NaN or infinite loss: stop the run "
+                    "(the last checkpoint stays) or skip that step (default: stop)")
     r = p.add_argument_group("accepted for compatibility with the reference code")
     r.add_argument("--num_workers", type=int, default=None, help="ignored: data lives in memory, no loader workers")
     r.add_argument("--momentum", type=float, default=None, help="ignored: the optimizer is Adam, as in the reference")
@@ -125,7 +134,8 @@ def config_from_args(args):
         lambda_dis_align=args.lambda_dis_align, lambda_swap_align=args.lambda_swap_align,
         valid_freq=args.valid_freq, log_freq=args.log_freq, save_freq=args.save_freq,
         tensorboard=args.tensorboard, wandb=args.wandb, wandb_project=args.wandb_project,
-        progress=not args.no_progress, overwrite=args.overwrite, input_scale=args.input_scale,
+        progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
+        best_checkpoints=not args.no_best_checkpoints, on_nonfinite=args.on_nonfinite, input_scale=args.input_scale,
     )
 
 

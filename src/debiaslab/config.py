@@ -76,6 +76,10 @@ class TrainConfig:
     wandb_project: str = "debiaslab"
     progress: bool = True
     overwrite: bool = False
+    resume: bool = False  # continue an unfinished run (also automatic); with it, --num_steps may grow a finished one
+    keep_checkpoints: int = 1  # full checkpoints kept: checkpoint_last.pt plus k - 1 older checkpoint_step<N>.pt
+    best_checkpoints: bool = True  # keep checkpoint_<rule>.pt, the models each selection rule picks
+    on_nonfinite: str = "stop"  # a NaN / inf loss: "stop" the run, or "skip" the step
     extra: dict = field(default_factory=dict)
 
     def resolved(self) -> "TrainConfig":
@@ -141,5 +145,9 @@ class TrainConfig:
             raise UserError(f"--image_size must be a positive integer, got {self.image_size}")
         if self.manifest and self.image_folder:
             raise UserError("pass either --manifest or --image_folder, not both")
+        if self.keep_checkpoints < 1:
+            raise UserError(f"--keep_checkpoints must be at least 1, got {self.keep_checkpoints}")
+        if self.on_nonfinite not in ("stop", "skip"):
+            raise UserError(f"--on_nonfinite must be stop or skip, got {self.on_nonfinite!r}")
         if self.gce_form not in GCE_FORMS:
             raise UserError(f"--gce_form must be one of {', '.join(GCE_FORMS)}, got {self.gce_form!r}")

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from debiaslab import UserError
+from debiaslab.io import atomic_write_text
 
 
 def _flat(prefix: str, d: dict) -> dict:
@@ -21,8 +22,11 @@ def _flat(prefix: str, d: dict) -> dict:
 
 class RunLogger:
     def __init__(self, run_dir: Path, config: dict, tensorboard: bool = False, wandb: bool = False,
-                 wandb_project: str = "debiaslab", name: str | None = None):
+                 wandb_project: str = "debiaslab", name: str | None = None, resume_step: int = 0):
+        """``resume_step`` > 0: the run continues from that step; later records (logged before a kill) are dropped."""
         self.path = Path(run_dir) / "metrics.jsonl"
+        if resume_step:
+            self._truncate(resume_step)
         self.file = open(self.path, "a", buffering=1)
         self.tb = None
         self.wandb = None
@@ -31,7 +35,20 @@ class RunLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+            self.tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+
+    def _truncate(self, step: int) -> None:
+        """Keep the records up to ``step``; a line cut short by a kill is dropped."""
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue
+        atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
 
     def log(self, record: dict) -> None:
         """``record`` has a ``step`` and a ``kind`` ("train" / "eval"); nested dicts are flattened for tb/wandb."""

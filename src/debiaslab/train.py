@@ -1,6 +1,7 @@
 """One method-agnostic training loop: sampling, steps, evaluation cadence, checkpoints, logging."""
 from __future__ import annotations
 
+import errno
 import json
 import math
 import random
@@ -11,18 +12,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from debiaslab import UserError, __version__
+from debiaslab import UserError, __version__, checkpoints
 from debiaslab.config import CIFAR_MEAN, CIFAR_STD, INPUT_SCALES, TrainConfig
 from debiaslab.data.reference import load_reference
 from debiaslab.data.splits import DatasetBundle, Split
 from debiaslab.data.transforms import BatchTransform, resize_uint8
-from debiaslab.io import atomic_torch_save, atomic_write_json
+from debiaslab.io import atomic_write_json
 from debiaslab.logging import RunLogger, require_wandb
 from debiaslab.methods import METHODS
+from debiaslab.methods.base import NonFiniteLoss
 from debiaslab.metrics import SELECTION_RULES, compute_metrics, predict_split, primary_key, primary_metric
 from debiaslab.models import DATASET_MODEL, build_model
 
-CHECKPOINT_LAST = "checkpoint_last.pt"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -140,25 +141,44 @@ def load_data(cfg: TrainConfig) -> DatasetBundle:
     return load_reference(cfg.data_dir, folder, cfg.percent)
 
 
-def _existing_run(cfg: TrainConfig) -> str:
-    """"fresh", or "done" when a finished identical run is there; refuses a different run's directory."""
+def _existing_run(cfg: TrainConfig) -> tuple[str, dict | None]:
+    """("fresh", None), ("done", None) for a finished identical run, or ("resume", checkpoint).
+
+    Refuses a directory that holds a different run. An unfinished run of the same config resumes
+    from its last checkpoint (or starts again if it never saved one); with ``cfg.resume`` a finished
+    run also continues when ``--num_steps`` grew.
+    """
     run_dir = Path(cfg.run_dir())
     if not run_dir.exists() or not any(run_dir.iterdir()) or cfg.overwrite:
-        return "fresh"
-    cfg_path = run_dir / "config.json"
+        return "fresh", None
     try:
-        old = json.loads(cfg_path.read_text())["config"]
-    except (OSError, ValueError, KeyError):
-        old = None
-    if old is not None and _comparable(old) == _comparable(cfg.to_dict()):
-        return "done" if (run_dir / "results.json").exists() else "fresh"  # unfinished: start it again
-    raise UserError(f"{run_dir} already holds a different run; pass another --exp (or --log_dir), "
-                    "or --overwrite to replace it")
+        old = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text())["config"]).to_dict()
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{run_dir} exists but holds no readable config.json, so it cannot be resumed; "
+                        "pass another --exp (or --log_dir), or --overwrite to replace it") from None
+    ignore = {"num_steps"} if cfg.resume else set()
+    if _comparable(old, ignore) != _comparable(cfg.to_dict(), ignore):
+        diff = sorted(k for k in _comparable(old, ignore) if old.get(k) != cfg.to_dict().get(k))
+        raise UserError(f"{run_dir} already holds a different run (differs in {', '.join(diff[:5])}); pass another --exp "
+                        "(or --log_dir), or --overwrite to replace it")
+    finished = (run_dir / "results.json").exists()
+    if finished and not (cfg.resume and cfg.num_steps > old["num_steps"]):
+        return "done", None
+    state = checkpoints.load_for_resume(run_dir)
+    if state is None:
+        return "fresh", None
+    if state["step"] > cfg.num_steps:
+        raise UserError(f"{run_dir} is at step {state['step']}, beyond --num_steps {cfg.num_steps}; raise --num_steps")
+    return "resume", state
 
 
-def _comparable(d: dict) -> dict:
-    ignore = {"progress", "overwrite", "tensorboard", "wandb", "wandb_project", "device", "eval_batch_size"}
-    return {k: v for k, v in d.items() if k not in ignore}
+# runtime choices that do not change what a run computes
+RUNTIME_FIELDS = {"progress", "overwrite", "resume", "tensorboard", "wandb", "wandb_project", "device", "eval_batch_size",
+                  "keep_checkpoints", "best_checkpoints", "on_nonfinite"}
+
+
+def _comparable(d: dict, ignore=frozenset()) -> dict:
+    return {k: v for k, v in d.items() if k not in RUNTIME_FIELDS and k not in ignore}
 
 
 def evaluate(method_cls, models, split: Split, transform: BatchTransform, num_classes: int, batch_size: int,
@@ -180,24 +200,46 @@ def train(cfg: TrainConfig, bundle: DatasetBundle | None = None, progress_desc: 
     device = resolve_device(cfg.device)
     if cfg.wandb:
         require_wandb()
-    if _existing_run(cfg) == "done":
+    mode, state = _existing_run(cfg)
+    if mode == "done":
         print(f"{cfg.run_dir()} already holds this finished run; not retraining (pass --overwrite to retrain)")
         return json.loads((Path(cfg.run_dir()) / "results.json").read_text())
     if bundle is None:
         bundle = load_data(cfg)  # before the run directory exists: bad data leaves nothing behind
     run_dir = Path(cfg.run_dir())
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+    if mode == "fresh":
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+    else:
+        (run_dir / "FAILED").unlink(missing_ok=True)
+        for tmp in run_dir.glob(".*.tmp"):  # half-written files of a killed save; the complete ones are in place
+            tmp.unlink()
+        (run_dir / "results.json").unlink(missing_ok=True)  # a grown --num_steps: the old results no longer hold
+        print(f"resuming {run_dir} from step {state['step']}")
     try:
-        return _train(cfg, bundle, device, run_dir, progress_desc)
-    except BaseException:
+        return _train(cfg, bundle, device, run_dir, progress_desc, state)
+    except BaseException as e:
         # never leave a results.json-less run that looks like something: mark it failed
-        (run_dir / "FAILED").write_text("training did not finish; rerun the same command to start it again\n")
+        try:
+            (run_dir / "FAILED").write_text(f"training did not finish ({type(e).__name__}); "
+                                            "rerun the same command to resume from the last checkpoint\n")
+        except OSError:
+            pass
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"no space left on the device while writing {e.filename or run_dir}; the last complete checkpoint "
+                            f"({_last_step(run_dir)}) is intact: free space and rerun the same command to resume") from None
         raise
 
 
-def _train(cfg, bundle, device, run_dir: Path, progress_desc) -> dict:
+def _last_step(run_dir: Path) -> str:
+    try:
+        return f"{run_dir / checkpoints.LAST}, step {torch.load(run_dir / checkpoints.LAST, weights_only=True)['step']}"
+    except Exception:
+        return "none was written yet"
+
+
+def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None = None) -> dict:
     from tqdm.auto import tqdm
 
     t_start = time.time()
@@ -223,24 +265,56 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc) -> dict:
         "config": cfg.to_dict(), "data": data_info, "debiaslab": __version__, "torch": torch.__version__,
         "device": str(device), "uses_bias_labels_in_training": method_cls.uses_bias_labels,
     })
-    logger = RunLogger(run_dir, cfg.to_dict(), cfg.tensorboard, cfg.wandb, cfg.wandb_project, cfg.exp)
     sums: dict[str, torch.Tensor] = {}
-    n_sum = 0
+    n_sum, start, skipped, seconds_before = 0, 0, [], 0.0
+    if state is not None:
+        method.load_state_dict(state["method_state"])
+        sampler.load_state_dict(state["sampler"])
+        transform.generator.set_state(state["transform_generator"])
+        tracker.best = state["tracker"]
+        sums, n_sum = {k: v.to(device) for k, v in state["log_sums"].items()}, state["log_count"]
+        start, skipped, seconds_before = state["step"], list(state["skipped"]), state["train_seconds"]
+    logger = RunLogger(run_dir, cfg.to_dict(), cfg.tensorboard, cfg.wandb, cfg.wandb_project, cfg.exp, resume_step=start)
+    if state is not None:
+        checkpoints.set_rng_state(state["rng"])  # last: building the models above drew from the global RNG
     t_loop = time.time()
-    bar = tqdm(total=cfg.num_steps, desc=progress_desc or f"{cfg.method} {cfg.data_label()}",
+    last_saved = start if state is not None else None
+
+    def save(done: int) -> None:
+        nonlocal last_saved
+        checkpoints.save_full(run_dir, {
+            "config": cfg.to_dict(), "method": cfg.method, "step": done, "method_state": method.state_dict(),
+            "sampler": sampler.state_dict(), "transform_generator": transform.generator.get_state(), "tracker": tracker.best,
+            "log_sums": {k: v.detach().cpu() for k, v in sums.items()}, "log_count": n_sum, "skipped": skipped,
+            "train_seconds": seconds_before + time.time() - t_loop, "rng": checkpoints.rng_state(),
+        }, cfg.keep_checkpoints, last_saved)
+        last_saved = done
+
+    bar = tqdm(total=cfg.num_steps, initial=start, desc=progress_desc or f"{cfg.method} {cfg.data_label()}",
                disable=not cfg.progress, mininterval=0.5, dynamic_ncols=True, leave=True)
     try:
         method.train()
-        for step in range(cfg.num_steps):
+        for step in range(start, cfg.num_steps):
             idx = sampler.next()
             # index_select copies whole rows: ~10x faster than advanced indexing of a 4-D tensor
             x = transform(torch.index_select(train_split.images, 0, idx), train=True)
-            terms = method.update(x, torch.index_select(train_split.targets, 0, idx), idx, step)
+            done = step + 1
+            try:
+                terms = method.update(x, torch.index_select(train_split.targets, 0, idx), idx, step)
+            except NonFiniteLoss as e:
+                if cfg.on_nonfinite != "skip":
+                    raise UserError(f"{e} of {cfg.method}; stopped. The last good checkpoint is "
+                                    f"{_last_step(run_dir) if last_saved is not None else 'none (nothing was saved yet)'}: "
+                                    "rerun with a lower --lr to start again, or the same command with "
+                                    "--on_nonfinite skip to resume and skip such steps") from None
+                method.skip_step(step)
+                skipped.append(done)
+                logger.log({"kind": "skip", "step": done, "nonfinite": e.terms})
+                terms = {}
             for k, v in terms.items():
                 sums[k] = sums[k] + v if k in sums else v.clone()
-            n_sum += 1
-            done = step + 1
-            if done % cfg.log_freq == 0 or done == cfg.num_steps:
+            n_sum += 1 if terms else 0
+            if (done % cfg.log_freq == 0 or done == cfg.num_steps) and n_sum:
                 record = {"kind": "train", "step": done, "lr": method.lr(),
                           **{k: float(v) / n_sum for k, v in sums.items()}}
                 logger.log(record)
@@ -251,19 +325,22 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc) -> dict:
                 logger.log(record)
                 improved = tracker.update(record)
                 method.eval()
-                for rule in improved:
-                    _save_best(run_dir, rule, method, cfg, record)
+                for rule in improved if cfg.best_checkpoints else ():
+                    checkpoints.save_models(run_dir, rule, {
+                        "config": cfg.to_dict(), "method": cfg.method, "step": done,
+                        "models": {n: m.state_dict() for n, m in method.models.items()},
+                        "metrics": {k: record[k] for k in ("valid", "test")}})
                 method.train()
                 bar.set_postfix(valid=f"{record['valid']['accuracy']:.3f}",
                                 test_unb=f"{primary_metric(record['test'], cfg.dataset):.3f}", refresh=False)
             if done % cfg.save_freq == 0 or done == cfg.num_steps:
-                _save_checkpoint(run_dir / CHECKPOINT_LAST, method, cfg, done, sampler, tracker)
+                save(done)
             bar.update(1)
     finally:
         bar.close()
         logger.close()
-    train_seconds = time.time() - t_loop
-    results = _results(cfg, tracker, data_info, train_seconds, time.time() - t_start)
+    train_seconds = seconds_before + time.time() - t_loop
+    results = _results(cfg, tracker, data_info, train_seconds, time.time() - t_start, skipped)
     atomic_write_json(run_dir / "results.json", results)
     return results
 
@@ -284,32 +361,8 @@ def _evaluate_all(method, method_cls, valid_split, test_split, transform, C, cfg
     return record
 
 
-def _save_checkpoint(path: Path, method, cfg, step: int, sampler: EpochSampler, tracker: SelectionTracker) -> None:
-    state = {
-        "kind": "full", "format": 1, "config": cfg.to_dict(), "method": cfg.method, "step": step,
-        "method_state": method.state_dict(), "sampler": sampler.state_dict(), "tracker": tracker.best,
-        "rng": rng_state(),
-    }
-    atomic_torch_save(state, path)
-
-
-def rng_state() -> dict:
-    """Every global RNG state, in types that ``torch.load(weights_only=True)`` accepts."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def _save_best(run_dir: Path, rule: str, method, cfg, record: dict) -> None:
-    atomic_torch_save({
-        "kind": "models", "format": 1, "config": cfg.to_dict(), "method": cfg.method, "step": record["step"],
-        "rule": rule, "models": {n: m.state_dict() for n, m in method.models.items()},
-        "metrics": {k: record[k] for k in ("valid", "test")},
-    }, run_dir / f"checkpoint_{rule}.pt")
-
-
-def _results(cfg: TrainConfig, tracker: SelectionTracker, data_info: dict, train_seconds: float, total_seconds: float) -> dict:
+def _results(cfg: TrainConfig, tracker: SelectionTracker, data_info: dict, train_seconds: float, total_seconds: float,
+             skipped: list[int]) -> dict:
     selections = {}
     for rule, description in SELECTION_RULES.items():
         pick = tracker.best.get(rule)
@@ -323,6 +376,7 @@ def _results(cfg: TrainConfig, tracker: SelectionTracker, data_info: dict, train
         "primary_metric": f"{primary_key(cfg.dataset)} accuracy" if "conflicting" in data_info["counts"]["test"]
                           else "accuracy (no bias labels)",
         "selections": selections, "data": data_info, "config": cfg.to_dict(),
+        "skipped_steps": skipped,  # steps whose loss was NaN / inf, skipped under --on_nonfinite skip
         "train_seconds": round(train_seconds, 2), "total_seconds": round(total_seconds, 2),
         "steps_per_second": round(cfg.num_steps / train_seconds, 2) if train_seconds > 0 else math.nan,
     }

@@ -37,11 +37,25 @@ class Method:
         raise NotImplementedError
 
     def update(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
-        """One training step on a batch; returns the detached loss terms for logging."""
+        """One training step on a batch; returns the detached loss terms for logging.
+
+        A NaN or infinite loss raises ``NonFiniteLoss`` before any parameter moves; with
+        ``cfg.on_nonfinite == "skip"`` the batch's per-sample state is put back first, so the caller
+        can skip the step (``skip_step``) and go on.
+        """
+        saved = self.sample_state(idx) if self.cfg.on_nonfinite == "skip" else None
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
             loss, terms = self.loss(x, y, idx, step)
+        if not bool(torch.isfinite(loss)):
+            if saved is not None:
+                self.set_sample_state(idx, saved)
+            raise NonFiniteLoss(step + 1, [k for k, v in terms.items() if not bool(torch.isfinite(v).all())] or ["loss"])
         self.optimize(loss, step)
         return {k: v.detach() for k, v in terms.items()}
+
+    def skip_step(self, step: int) -> None:
+        """A skipped step still counts for the LR schedule, which follows the iteration count."""
+        self._schedule(step)
 
     def optimize(self, loss: torch.Tensor, step: int) -> None:
         """Zero every grad, backward, step every optimizer, then the LR schedule.
@@ -54,6 +68,9 @@ class Method:
         loss.backward()
         for opt in self.optimizers.values():
             opt.step()
+        self._schedule(step)
+
+    def _schedule(self, step: int) -> None:
         if self.schedulers and step >= self.cfg.curr_step:
             for s in self.schedulers.values():
                 s.step()
@@ -74,6 +91,13 @@ class Method:
     def predict(models: dict[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
         return models["model"](x)
 
+    def sample_state(self, idx: torch.Tensor):
+        """The per-sample state of samples ``idx`` (restored by ``set_sample_state`` when a step is skipped)."""
+        return None
+
+    def set_sample_state(self, idx: torch.Tensor, state) -> None:
+        pass
+
     def sample_weights(self) -> torch.Tensor | None:
         """The method's per-training-sample weight W (its own guess of "bias-conflicting"), if any."""
         return None
@@ -84,6 +108,7 @@ class Method:
             "models": {n: m.state_dict() for n, m in self.models.items()},
             "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
             "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
+            "generator": self.generator.get_state(),
             "extra": self.extra_state(),
         }
 
@@ -94,6 +119,8 @@ class Method:
             o.load_state_dict(state["optimizers"][n])
         for n, s in self.schedulers.items():
             s.load_state_dict(state["schedulers"][n])
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
         self.load_extra_state(state.get("extra", {}))
 
     def extra_state(self) -> dict:
@@ -101,6 +128,14 @@ class Method:
 
     def load_extra_state(self, state: dict) -> None:
         pass
+
+
+class NonFiniteLoss(Exception):
+    """A training loss was NaN or infinite at ``step`` (1-based); ``terms`` names the offending terms."""
+
+    def __init__(self, step: int, terms: list[str]):
+        super().__init__(f"non-finite loss at step {step} ({', '.join(terms)})")
+        self.step, self.terms = step, terms
 
 
 def make_adam(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:

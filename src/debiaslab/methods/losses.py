@@ -85,6 +85,14 @@ class PerSampleEMA:
         """EMA of every training sample, in dataset order."""
         return self._shape(self._flat()[:, self.slot].t())
 
+    def rows(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A copy of the EMA values and visited flags of samples ``idx``."""
+        return self._flat()[:, self.slot[idx]].clone(), self.visited[idx].clone()
+
+    def set_rows(self, idx: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self._flat()[:, self.slot[idx]] = rows[0]
+        self.visited[idx] = rows[1]
+
     def state_dict(self) -> dict:
         return {"values": self.values().clone(), "visited": self.visited.clone(), "alpha": self.alpha}
 

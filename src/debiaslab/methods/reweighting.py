@@ -24,6 +24,12 @@ class RelativeDifficultyMethod(Method):
         loss = self.ema.normalize(self.ema.values(), self.ema.targets)
         return relative_difficulty(loss[:, 0], loss[:, 1])
 
+    def sample_state(self, idx):
+        return self.ema.rows(idx)
+
+    def set_sample_state(self, idx, state) -> None:
+        self.ema.set_rows(idx, state)
+
     def extra_state(self) -> dict:
         return {"ema": self.ema.state_dict()}
 
