@@ -206,3 +206,39 @@ def test_mnist_sources_agree(tmp_path):
     assert torch.equal(folder["x_train"], npz["x_train"][order]) and torch.equal(folder["y_train"], npz["y_train"][order])
     with pytest.raises(UserError, match="is not an MNIST .npz file"):
         load_mnist(str(tmp_path / "folder" / "train"), None)
+
+
+def test_killed_build_leaves_no_dataset_and_restarts_cleanly(tmp_path):
+    """SIGKILL a build mid-way: nothing that looks like a dataset (or its cache) is left; the rerun completes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    g = np.random.default_rng(0)
+    np.savez(tmp_path / "m.npz", x_train=g.integers(0, 256, (20000, 28, 28), dtype=np.uint8), y_train=np.arange(20000) % 10,
+             x_test=g.integers(0, 256, (2000, 28, 28), dtype=np.uint8), y_test=np.arange(2000) % 10)
+    cmd = [sys.executable, "-m", "debiaslab", "data", "build", "cmnist", "--mnist", str(tmp_path / "m.npz"),
+           "--valid_size", "1000", "--percent", "1", "5"]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd + ["--out", str(tmp_path / "a")], env=env, stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("test:"):  # the test split is written; the 1pct split is being written
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "a" / "cmnist").exists()  # only the hidden staging folder is left
+    assert (tmp_path / "a" / ".cmnist.partial").exists()
+    with pytest.raises(UserError):
+        load_reference(tmp_path / "a", "cmnist", "1pct")
+    again = subprocess.run(cmd + ["--out", str(tmp_path / "a")], env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert not (tmp_path / "a" / ".cmnist.partial").exists()
+    straight = subprocess.run(cmd + ["--out", str(tmp_path / "b")], env=env, capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0
+    read = [json.loads((tmp_path / o / "cmnist" / "manifest.json").read_text())["splits"] for o in ("a", "b")]
+    assert read[0] == read[1]
+    assert load_reference(tmp_path / "a", "cmnist", "5pct").train.checksum() == read[0]["5pct"]["train"]["sha256"]

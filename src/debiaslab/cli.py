@@ -205,6 +205,13 @@ def cmd_test(args) -> int:
            "input_scale": scale, "metrics": {}}
     for split_name in ("valid", "test"):
         split = prepare_split(getattr(bundle, split_name), cfg, device)
+        try:
+            with torch.no_grad():
+                method_cls.predict(models, transform.eval(split.images[:1]))
+        except RuntimeError as e:
+            raise UserError(f"checkpoint {info['path']} does not fit the images of {cfg.data_label()} "
+                            f"({'x'.join(map(str, split.images.shape[1:]))}): {str(e).splitlines()[0][:120]}; "
+                            "check --dataset / --image_size") from None
         out["metrics"][split_name] = evaluate(method_cls, models, split, transform, bundle.num_classes, args.batch_size, amp)
     if args.json:
         print(json.dumps(out, indent=2))

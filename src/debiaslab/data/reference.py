@@ -30,7 +30,7 @@ from debiaslab.io import atomic_torch_save
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
-_LABELS = re.compile(r"^(?P<id>.+)_(?P<target>\d+)_(?P<bias>\d+)$")
+_LABELS = re.compile(r"(?P<id>.+)_(?P<target>[0-9]+)_(?P<bias>[0-9]+)", re.DOTALL)
 CACHE_VERSION = 1
 DATASETS = ("cmnist", "cifar10c", "bffhq")
 # The percent folders the paper ships for each dataset.
@@ -43,7 +43,7 @@ def parse_labels(name: str) -> tuple[int, int]:
     The id may itself contain underscores; the last two ``_``-separated fields are the labels.
     """
     stem = Path(name).stem
-    m = _LABELS.match(stem)
+    m = _LABELS.fullmatch(stem)
     if m is None:
         raise UserError(
             f"file name {name!r} does not carry its labels: expected '<id>_<target>_<bias>.<ext>' "
@@ -135,11 +135,16 @@ def read_cache(cache: Path, fingerprint: str) -> tuple[Split, str] | None:
         return None
     try:
         blob = torch.load(cache, map_location="cpu", weights_only=True)
-        if blob.get("version") == CACHE_VERSION and blob["fingerprint"] == fingerprint:
-            return Split(blob["images"], blob["targets"], blob["biases"]), blob["checksum"]
+        if blob.get("version") != CACHE_VERSION or blob["fingerprint"] != fingerprint:
+            return None
+        split = Split(blob["images"], blob["targets"], blob["biases"])
     except Exception:
         warnings.warn(f"ignoring unreadable cache {cache}; rebuilding it", stacklevel=3)
-    return None
+        return None
+    if split.checksum() != blob["checksum"]:
+        warnings.warn(f"cache {cache} does not match its checksum (damaged); rebuilding it from the images", stacklevel=3)
+        return None
+    return split, blob["checksum"]
 
 
 def read_split(folders: list[Path], base: Path, key: str, use_cache: bool = True) -> tuple[Split, str]:
@@ -210,6 +215,23 @@ def split_folders(data_dir: Path, dataset: str, percent: str) -> dict[str, list[
     return {"train": train, "valid": [valid], "test": [test]}
 
 
+# Classes (and bias values) of the datasets whose label sets are known.
+KNOWN_CLASSES = {"cmnist": 10, "cifar10c": 10, "cifar10c_type1": 10, "bffhq": 2}
+
+
+def _check_label_range(splits: dict[str, Split], folders: dict[str, list[Path]], dataset: str) -> None:
+    n = KNOWN_CLASSES.get(dataset)
+    if n is None:
+        return
+    for name, split in splits.items():
+        for kind, labels in (("target", split.targets), ("bias", split.biases)):
+            bad = labels[(labels < 0) | (labels >= n)]
+            if len(bad):
+                pattern = f"*_{int(bad[0])}_*" if kind == "target" else f"*_*_{int(bad[0])}.*"
+                raise UserError(f"{kind} label {int(bad[0])} in {folders[name][0]} is out of range: {dataset} has {n} classes "
+                                f"(0..{n - 1}); fix or remove the files named {pattern}")
+
+
 def load_reference(data_dir, dataset: str, percent: str, use_cache: bool = True) -> DatasetBundle:
     """Load train/valid/test of a reference-layout dataset into memory (uint8 tensors)."""
     folders = split_folders(Path(data_dir), dataset, percent)
@@ -218,6 +240,7 @@ def load_reference(data_dir, dataset: str, percent: str, use_cache: bool = True)
     for name, dirs in folders.items():
         key = "test" if name == "test" else f"{percent}_{name}"
         splits[name], info[f"sha256_{name}"] = read_split(dirs, root, key, use_cache)
+    _check_label_range(splits, folders, dataset)
     num_classes = int(max(int(s.targets.max()) for s in splits.values())) + 1
     missing = sorted(set(range(num_classes)) - set(splits["train"].targets.unique().tolist()))
     if missing:

@@ -1,0 +1,140 @@
+"""Every bad input a user can type or point at: one line naming the problem and the fix, exit 2, no traceback,
+nothing left behind that a later run would trust."""
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import run_cli
+
+RUN = ["--train_vanilla", "--dataset", "cmnist", "--percent", "1pct", "--num_steps", "3", "--valid_freq", "3",
+       "--batch_size", "8", "--no_progress", "--device", "cpu", "--exp", "x"]
+
+
+def first_png(folder):
+    return sorted(folder.rglob("*.png"))[0]
+
+
+def no_labels(root):
+    Image.new("RGB", (8, 8)).save(root / "cmnist" / "1pct" / "align" / "0" / "holiday.png")
+
+
+def target_out_of_range(root):
+    Image.new("RGB", (8, 8)).save(root / "cmnist" / "test" / "0" / "999_12_0.png")
+
+
+def bias_out_of_range(root):
+    Image.new("RGB", (8, 8)).save(root / "cmnist" / "1pct" / "valid" / "998_1_10.png")
+
+
+def class_missing_in_train(root):
+    Image.new("RGB", (8, 8)).save(root / "cmnist" / "test" / "0" / "999_5_5.png")
+
+
+def empty_split(root):
+    shutil.rmtree(root / "cmnist" / "test")
+    (root / "cmnist" / "test").mkdir()
+
+
+def truncated_image(root):
+    p = first_png(root / "cmnist" / "1pct" / "align")
+    p.write_bytes(p.read_bytes()[:40])
+
+
+def other_size(root):
+    p = first_png(root / "cmnist" / "1pct" / "conflict")
+    Image.new("RGB", (10, 8)).save(p)
+
+
+def not_an_image(root):
+    (root / "cmnist" / "1pct" / "align" / "notes.txt").write_text("hello")
+
+
+def missing_conflict(root):
+    shutil.rmtree(root / "cmnist" / "1pct" / "conflict")
+
+
+@pytest.mark.parametrize("mutate,needles", [
+    (no_labels, ["holiday.png", "<id>_<target>_<bias>"]),
+    (target_out_of_range, ["target label 12", "out of range", "*_12_*"]),
+    (bias_out_of_range, ["bias label 10", "out of range"]),
+    (class_missing_in_train, ["not in the training split"]),
+    (empty_split, ["no images found", "test"]),
+    (truncated_image, ["cannot read image", "re-download or remove it"]),
+    (other_size, ["10x8", "same size"]),
+    (not_an_image, ["notes.txt", "not an image"]),
+    (missing_conflict, ["conflict", "incomplete"]),
+])
+def test_bad_dataset_one_line_exit_2_nothing_left(tiny_reference, tmp_path, mutate, needles):
+    mutate(tiny_reference)
+    r = run_cli("train", *RUN, "--data_dir", tiny_reference, "--log_dir", tmp_path / "log")
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = [line for line in r.stderr.strip().splitlines() if "Warning" not in line and "warnings.warn" not in line]
+    assert len(lines) == 1 and lines[0].startswith("debiaslab: error:") and "Traceback" not in r.stderr, r.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert not (tmp_path / "log").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--num_steps", "-5"], "--num_steps"),
+    (["--valid_freq", "0"], "--valid_freq"),
+    (["--keep_checkpoints", "0"], "--keep_checkpoints"),
+    (["--q", "0"], "--q"),
+    (["--image_size", "0"], "--image_size"),
+    (["--train_ours"], "not allowed with"),
+    (["--use_resnet20", "--model", "mlp"], "--use_resnet20"),
+    (["--model", "vgg"], "unknown --model"),
+    (["--on_nonfinite", "ignore"], "invalid choice"),
+])
+def test_bad_flags(tiny_reference, tmp_path, args, needle):
+    r = run_cli("train", *RUN, *args, "--data_dir", tiny_reference, "--log_dir", tmp_path / "log")
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
+    assert not (tmp_path / "log").exists()
+
+
+def test_junk_grey_and_rgba_images_are_handled(tiny_reference, tmp_path):
+    align = tiny_reference / "cmnist" / "1pct" / "align"
+    (align / ".DS_Store").write_bytes(b"\0\0")
+    (align / "0" / "Thumbs.db").write_bytes(b"\0")
+    grey, rgba = sorted(align.rglob("*.png"))[:2]
+    Image.open(grey).convert("L").save(grey)
+    Image.open(rgba).convert("RGBA").save(rgba)
+    r = run_cli("train", *RUN, "--data_dir", tiny_reference, "--log_dir", tmp_path / "log")
+    assert r.returncode == 0, r.stderr
+    assert "skipping" in r.stderr and ".DS_Store" in r.stderr and "Thumbs.db" in r.stderr
+
+
+@pytest.mark.parametrize("damage", ["truncate", "tamper"])
+def test_damaged_cache_is_rebuilt(tiny_reference, tmp_path, damage):
+    from debiaslab.data.reference import load_reference
+
+    good = load_reference(tiny_reference, "cmnist", "1pct")
+    cache = tiny_reference / "cmnist" / ".debiaslab_cache" / "1pct_train.pt"
+    if damage == "truncate":
+        cache.write_bytes(cache.read_bytes()[:100])
+    else:
+        blob = torch.load(cache, weights_only=True)
+        blob["images"][0] = 255 - blob["images"][0]
+        torch.save(blob, cache)
+    with pytest.warns(UserWarning, match="unreadable cache" if damage == "truncate" else "does not match its checksum"):
+        again = load_reference(tiny_reference, "cmnist", "1pct")
+    assert torch.equal(again.train.images, good.train.images)
+    assert load_reference(tiny_reference, "cmnist", "1pct").train.checksum() == good.train.checksum()  # rewritten
+
+
+def test_bad_checkpoints(tiny_reference, tmp_path):
+    r = run_cli("train", *RUN, "--data_dir", tiny_reference, "--log_dir", tmp_path / "log")
+    assert r.returncode == 0, r.stderr
+    ckpt = tmp_path / "log" / "cmnist" / "x" / "checkpoint_last.pt"
+    state = torch.load(ckpt, weights_only=True)
+    state["method_state"]["models"]["model"]["feature.0.weight"] = torch.zeros(100, 5)
+    torch.save(state, tmp_path / "other_arch.pt")
+    (tmp_path / "garbage.pt").write_bytes(ckpt.read_bytes()[:500])
+    for path, needle in ((tmp_path / "other_arch.pt", "does not fit"), (tmp_path / "garbage.pt", "cannot load checkpoint"),
+                         (tmp_path / "nope.pt", "does not exist")):
+        t = run_cli("test", "--pretrained_path", path, "--dataset", "cmnist", "--percent", "1pct", "--data_dir", tiny_reference)
+        assert t.returncode == 2 and needle in t.stderr and str(path.name) in t.stderr and "Traceback" not in t.stderr, t.stderr
+    debug = run_cli("--debug", "test", "--pretrained_path", tmp_path / "garbage.pt", "--data_dir", tiny_reference)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr  # --debug shows where it came from
