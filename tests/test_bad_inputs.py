@@ -138,3 +138,55 @@ def test_bad_checkpoints(tiny_reference, tmp_path):
         assert t.returncode == 2 and needle in t.stderr and str(path.name) in t.stderr and "Traceback" not in t.stderr, t.stderr
     debug = run_cli("--debug", "test", "--pretrained_path", tmp_path / "garbage.pt", "--data_dir", tiny_reference)
     assert debug.returncode != 0 and "Traceback" in debug.stderr  # --debug shows where it came from
+
+
+def test_more_paths_and_names(tiny_reference, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        (["--data_dir", tmp_path / "afile"], "is a file, not a folder"),
+        (["--data_dir", tiny_reference / "cmnist"], f"--data_dir {tiny_reference}"),  # the dataset folder itself: the fix
+        (["--data_dir", tiny_reference, "--dataset", "cifar10"], "it has: cmnist"),
+        (["--data_dir", tiny_reference, "--exp", "../escape"], "plain name"),
+        (["--data_dir", tiny_reference, "--lr", "inf"], "--lr"),
+        (["--data_dir", tiny_reference, "--log_dir", tmp_path / "afile"], "writable folder"),
+    ]
+    for args, needle in cases:
+        r = run_cli("train", *RUN[:-2], "--exp", "x", "--log_dir", tmp_path / "log", *args)
+        assert r.returncode == 2 and needle in r.stderr and r.stderr.strip().count("\n") == 0, (args, r.stderr)
+    assert not (tmp_path / "log").exists() and not (tmp_path / "escape").exists()
+    ok = run_cli("train", *RUN[:-2], "--exp", "x", "--log_dir", tmp_path / "log", "--data_dir", tiny_reference,
+                 "--percent", "1")  # --percent 1 means the 1pct folder
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_builder_output_that_is_a_file(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    np = pytest.importorskip("numpy")
+    np.savez(tmp_path / "m.npz", x_train=np.zeros((20, 28, 28), np.uint8), y_train=np.arange(20) % 10,
+             x_test=np.zeros((10, 28, 28), np.uint8), y_test=np.arange(10))
+    r = run_cli("data", "build", "cmnist", "--mnist", tmp_path / "m.npz", "--valid_size", "5", "--out", tmp_path / "afile")
+    assert r.returncode == 2 and "afile" in r.stderr and r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
+
+
+def test_sigterm_marks_the_run_and_the_rerun_resumes(tiny_reference, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    cmd = [sys.executable, "-m", "debiaslab", "train", *map(str, RUN[:-4]), "--num_steps", "3000", "--save_freq", "10",
+           "--valid_freq", "1000", "--exp", "x", "--data_dir", str(tiny_reference), "--log_dir", str(tmp_path / "log")]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "log" / "cmnist" / "x"
+    deadline = time.time() + 120
+    while not (run / "checkpoint_last.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM and (run / "FAILED").exists()
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "resuming" in again.stdout and not (run / "FAILED").exists(), again.stderr

@@ -401,6 +401,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("debiaslab: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # the file system said no: a full disk, a permission, a path that is not what it should be
+        if args.debug:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"debiaslab: error: {e.strerror or e}{where}; check the path, its permissions and the free space "
+              "(--debug shows where it happened)", file=sys.stderr)
+        return 2
 
 
 def reference_main(command: str, argv=None) -> int:

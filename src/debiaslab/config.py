@@ -123,8 +123,16 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise UserError(f"--{name} must be a positive integer, got {v}")
-        if self.lr is not None and not self.lr > 0:
-            raise UserError(f"--lr must be positive, got {self.lr}")
+        if self.lr is not None and not 0 < self.lr < float("inf"):
+            raise UserError(f"--lr must be a positive number, got {self.lr}")
+        for name in ("exp", "dataset"):
+            value = getattr(self, name)
+            if not value or value in (".", "..") or "/" in value or "\\" in value:
+                raise UserError(f"--{name} {value!r} must be a plain name (it names a folder under --log_dir), "
+                                "without '/' and not '.' or '..'")
+        for name in ("lambda_swap", "lambda_dis_align", "lambda_swap_align"):
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise UserError(f"--{name} must be a finite number >= 0, got {getattr(self, name)}")
         if self.weight_decay < 0:
             raise UserError(f"--weight_decay must be >= 0, got {self.weight_decay}")
         if not 0.0 < self.q <= 1.0:

@@ -1,6 +1,7 @@
 """One method-agnostic training loop: sampling, steps, evaluation cadence, checkpoints, logging."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -208,9 +209,13 @@ def train(cfg: TrainConfig, bundle: DatasetBundle | None = None, progress_desc: 
         bundle = load_data(cfg)  # before the run directory exists: bad data leaves nothing behind
     run_dir = Path(cfg.run_dir())
     if mode == "fresh":
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
+        try:
+            if run_dir.exists():
+                shutil.rmtree(run_dir)
+            run_dir.mkdir(parents=True)
+        except OSError as e:
+            raise UserError(f"cannot create the run directory {run_dir} ({e.strerror}); check --log_dir "
+                            f"{cfg.log_dir}: it must be a writable folder") from None
     else:
         (run_dir / "FAILED").unlink(missing_ok=True)
         for tmp in run_dir.glob(".*.tmp"):  # half-written files of a killed save; the complete ones are in place
@@ -218,7 +223,8 @@ def train(cfg: TrainConfig, bundle: DatasetBundle | None = None, progress_desc: 
         (run_dir / "results.json").unlink(missing_ok=True)  # a grown --num_steps: the old results no longer hold
         print(f"resuming {run_dir} from step {state['step']}")
     try:
-        return _train(cfg, bundle, device, run_dir, progress_desc, state)
+        with _sigterm_as_exit():
+            return _train(cfg, bundle, device, run_dir, progress_desc, state)
     except BaseException as e:
         # never leave a results.json-less run that looks like something: mark it failed
         try:
@@ -230,6 +236,26 @@ def train(cfg: TrainConfig, bundle: DatasetBundle | None = None, progress_desc: 
             raise UserError(f"no space left on the device while writing {e.filename or run_dir}; the last complete checkpoint "
                             f"({_last_step(run_dir)}) is intact: free space and rerun the same command to resume") from None
         raise
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit():
+    """A pre-empted job gets SIGTERM: end like an interrupt (marked FAILED, resumable) instead of vanishing."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _last_step(run_dir: Path) -> str:

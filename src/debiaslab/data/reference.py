@@ -184,11 +184,18 @@ def dataset_root(data_dir, dataset: str) -> Path:
     data_dir = Path(data_dir)
     root = data_dir / dataset
     hint = f" (build it there with: {BUILD_HINTS[dataset]} --out {data_dir})" if dataset in BUILD_HINTS else ""
+    if data_dir.exists() and not data_dir.is_dir():
+        raise UserError(f"--data_dir {data_dir} is a file, not a folder; point it at the folder that holds '{dataset}/'")
     if not data_dir.is_dir():
         raise UserError(f"--data_dir {data_dir} does not exist; point it at the folder that holds '{dataset}/'{hint}")
     if not root.is_dir():
-        raise UserError(f"{root} does not exist: --data_dir {data_dir} has no '{dataset}' folder; "
-                        f"pass the folder that contains it with --data_dir{hint}")
+        if data_dir.name == dataset or (data_dir / "align").is_dir() or data_dir.name.endswith("pct"):
+            raise UserError(f"--data_dir {data_dir} looks like the dataset folder itself; pass the folder that holds "
+                            f"'{dataset}/' (e.g. --data_dir {data_dir.parent if data_dir.name == dataset else data_dir.parent.parent})")
+        have = sorted(p.name for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise UserError(f"{root} does not exist: --data_dir {data_dir} has no '{dataset}' folder "
+                        f"(it has: {', '.join(have[:8]) or 'no folders'}); check --dataset, or pass the folder that contains "
+                        f"'{dataset}/' with --data_dir{hint}")
     return root
 
 
@@ -196,6 +203,8 @@ def split_folders(data_dir: Path, dataset: str, percent: str) -> dict[str, list[
     """Where each split of a reference-layout dataset lives, with clear errors when it does not."""
     root = dataset_root(data_dir, dataset)
     pct_dir = root / percent
+    if not pct_dir.is_dir() and (root / f"{percent}pct").is_dir():
+        pct_dir = root / f"{percent}pct"  # --percent 0.5 means the 0.5pct folder
     if not pct_dir.is_dir():
         have = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.endswith("pct"))
         raise UserError(f"--percent {percent} not found: {pct_dir} does not exist; "
