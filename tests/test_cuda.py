@@ -56,3 +56,33 @@ def test_training_on_cuda_uses_bf16_and_channels_last(tmp_path, amp, method, mon
     log = [json.loads(line) for line in (tmp_path / "tiny" / "e" / "metrics.jsonl").read_text().splitlines()]
     train_losses = [v for r in log if r["kind"] == "train" for k, v in r.items() if k not in ("kind", "step", "lr")]
     assert train_losses and all(torch.isfinite(torch.tensor(v)) for v in train_losses)
+
+
+def test_resume_on_cuda_continues_from_the_checkpoint(tmp_path, monkeypatch):
+    """An interrupted CUDA run resumes (CUDA generators, device-side sampler and EMA state restored)."""
+    from debiaslab.methods.disent import DisEnt
+    from debiaslab.train import train
+
+    def cfg(log):
+        return TrainConfig(dataset="tiny", method="disent", model="resnet18", num_steps=30, valid_freq=10, save_freq=5,
+                           batch_size=16, lr=1e-3, curr_step=8, log_dir=str(log), exp="e", progress=False, device="cuda",
+                           amp=False, channels_last=False)
+
+    straight = train(cfg(tmp_path / "a"), bundle())
+    original = DisEnt.loss
+
+    def crash_at_17(self, x, y, idx, step):
+        if step == 16:
+            raise KeyboardInterrupt
+        return original(self, x, y, idx, step)
+
+    monkeypatch.setattr(DisEnt, "loss", crash_at_17)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(tmp_path / "b"), bundle())
+    monkeypatch.setattr(DisEnt, "loss", original)
+    resumed = train(cfg(tmp_path / "b"), bundle())
+    assert resumed["steps"] == 30
+    a, b = straight["selections"]["last"]["test"], resumed["selections"]["last"]["test"]
+    assert abs(a["accuracy"] - b["accuracy"]) <= 0.25  # same run up to CUDA's non-deterministic kernels
+    state = torch.load(tmp_path / "b" / "tiny" / "e" / "checkpoint_last.pt", weights_only=True)
+    assert state["step"] == 30 and state["sampler"]["epoch"] >= 1
