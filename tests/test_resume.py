@@ -36,7 +36,10 @@ def kill_during(proc, logs, during_save: bool, rng: random.Random) -> str:
     folder = run_dir(logs)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        names = os.listdir(folder) if folder.exists() else []
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:  # not created yet, or being replaced by a restart that had nothing to resume
+            names = []
         if during_save:
             if any(n.startswith(".checkpoint_last.pt.") for n in names):
                 proc.send_signal(signal.SIGKILL)
