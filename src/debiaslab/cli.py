@@ -191,7 +191,7 @@ def cmd_test(args) -> int:
     method_cls, models, info = load_checkpoint(args.pretrained_path, data["dataset"], args.select)
     cfg = info["config"] or TrainConfig(dataset=data["dataset"]).resolved()
     scale = info["input_scale"] if args.input_scale == "auto" else args.input_scale
-    given = {k: v for k, v in data.items() if v is not None and (k != "image_size" or args.image_size is not None)}
+    given = {k: v for k, v in data.items() if v is not None}
     cfg = dataclasses.replace(cfg, **given, input_scale=scale)
     bundle = load_data(cfg)
     if info["num_classes"] != bundle.num_classes:
@@ -203,16 +203,16 @@ def cmd_test(args) -> int:
         m.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     out = {"checkpoint": info["path"], "source": info["source"], "step": info["step"], "selection": info["rule"],
            "input_scale": scale, "metrics": {}}
-    for split_name in ("valid", "test"):
-        split = prepare_split(getattr(bundle, split_name), cfg, device)
-        try:
-            with torch.no_grad():
-                method_cls.predict(models, transform.eval(split.images[:1]))
-        except RuntimeError as e:
-            raise UserError(f"checkpoint {info['path']} does not fit the images of {cfg.data_label()} "
-                            f"({'x'.join(map(str, split.images.shape[1:]))}): {str(e).splitlines()[0][:120]}; "
-                            "check --dataset / --image_size") from None
-        out["metrics"][split_name] = evaluate(method_cls, models, split, transform, bundle.num_classes, args.batch_size, amp)
+    splits = {name: prepare_split(getattr(bundle, name), cfg, device) for name in ("valid", "test")}
+    try:  # one image first: a checkpoint of another input shape fails here with a clear message
+        with torch.no_grad():
+            method_cls.predict(models, transform.eval(splits["test"].images[:1]))
+    except RuntimeError as e:
+        raise UserError(f"checkpoint {info['path']} does not fit the images of {cfg.data_label()} "
+                        f"({'x'.join(map(str, splits['test'].images.shape[1:]))}): {str(e).splitlines()[0][:120]}; "
+                        "check --dataset / --image_size") from None
+    for name, split in splits.items():
+        out["metrics"][name] = evaluate(method_cls, models, split, transform, bundle.num_classes, args.batch_size, amp)
     if args.json:
         print(json.dumps(out, indent=2))
     else:

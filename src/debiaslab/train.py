@@ -26,7 +26,6 @@ from debiaslab.metrics import SELECTION_RULES, compute_metrics, predict_split, p
 from debiaslab.models import DATASET_MODEL, build_model
 
 
-
 def resolve_device(name: str) -> torch.device:
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -329,8 +328,9 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
                 terms = method.update(x, torch.index_select(train_split.targets, 0, idx), idx, step)
             except NonFiniteLoss as e:
                 if cfg.on_nonfinite != "skip":
-                    raise UserError(f"{e} of {cfg.method}; stopped. The last good checkpoint is "
-                                    f"{_last_step(run_dir) if last_saved is not None else 'none (nothing was saved yet)'}: "
+                    last = f"{run_dir / checkpoints.LAST}, step {last_saved}" if last_saved is not None else \
+                        "none (nothing was saved yet)"
+                    raise UserError(f"{e} of {cfg.method}; stopped. The last good checkpoint is {last}: "
                                     "rerun with a lower --lr to start again, or the same command with "
                                     "--on_nonfinite skip to resume and skip such steps") from None
                 method.skip_step(step)
@@ -350,13 +350,11 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
                 record.update(kind="eval", step=done)
                 logger.log(record)
                 improved = tracker.update(record)
-                method.eval()
                 for rule in improved if cfg.best_checkpoints else ():
                     checkpoints.save_models(run_dir, rule, {
                         "config": cfg.to_dict(), "method": cfg.method, "step": done,
                         "models": {n: m.state_dict() for n, m in method.models.items()},
                         "metrics": {k: record[k] for k in ("valid", "test")}})
-                method.train()
                 bar.set_postfix(valid=f"{record['valid']['accuracy']:.3f}",
                                 test_unb=f"{primary_metric(record['test'], cfg.dataset):.3f}", refresh=False)
             if done % cfg.save_freq == 0 or done == cfg.num_steps:

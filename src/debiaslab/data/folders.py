@@ -16,24 +16,19 @@ every label, so renaming, touching or relabelling a file (editing the CSV) rebui
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import re
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from itertools import repeat
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from debiaslab import UserError
-from debiaslab.data.reference import CACHE_VERSION, JUNK_NAMES, _cache_path, _scan, read_cache
+from debiaslab.data.reference import (JUNK_NAMES, _cache_path, _scan, decode_images, listing_fingerprint, read_cache,
+                                      store_cache)
 from debiaslab.data.splits import DatasetBundle, Split
-from debiaslab.io import atomic_torch_save
 
 SPLITS = ("train", "valid", "test")
 BAR_CLASSES = ("climbing", "diving", "fishing", "vaulting", "racing", "throwing")
@@ -54,41 +49,16 @@ class _Listing:
 
 # ----------------------------------------------------------------------------- decoding and cache
 
-def _decode(path: str, image_size: int | None) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            rgb = im.convert("RGB")
-    except Exception as e:  # PIL raises many kinds for broken files
-        raise UserError(f"cannot read image {path} ({type(e).__name__}: {e}); re-download, fix or remove it") from None
-    if image_size is not None and rgb.size != (image_size, image_size):
-        rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    return np.asarray(rgb)
-
-
 def decode_resized(paths: list[str], image_size: int | None) -> torch.Tensor:
     """Decode images to one uint8 tensor [N, 3, H, W], resized to ``image_size`` x ``image_size`` if given."""
-    with ThreadPoolExecutor(min(8, (os.cpu_count() or 1) * 2)) as pool:
-        arrays = list(pool.map(partial(_decode, image_size=image_size), paths, chunksize=64))
-    height, width = arrays[0].shape[:2]
-    for p, a in zip(paths, arrays):
-        if a.shape[:2] != (height, width):
-            raise UserError(f"image {p} is {a.shape[1]}x{a.shape[0]} but {paths[0]} is {width}x{height}: "
-                            f"the images have different sizes; {_IMAGE_SIZE_HINT}")
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-
-
-def _fingerprint(listing: _Listing, base: Path) -> str:
-    """Identifies a split by its files (path relative to ``base``, size, mtime) and labels."""
-    h = hashlib.sha256(f"v{CACHE_VERSION}".encode())
-    for (p, st), t, b in zip(listing.entries, listing.targets, listing.biases or repeat(None)):
-        h.update(f"{os.path.relpath(p, base)}\0{st.st_size}\0{st.st_mtime_ns}\0{t}\0{b}\n".encode())
-    return h.hexdigest()
+    return decode_images(paths, image_size, size_hint=f"; {_IMAGE_SIZE_HINT}")
 
 
 def _load_split(listing: _Listing, base: Path, key: str, image_size: int | None, use_cache: bool) -> tuple[Split, str]:
     """Decode one split, or read it from its cache when the fingerprint matches; returns it and its checksum."""
     cache = _cache_path(base, key)
-    fingerprint = _fingerprint(listing, base)
+    labels = list(zip(listing.targets, listing.biases or repeat(None)))
+    fingerprint = listing_fingerprint(listing.entries, base, labels)
     cached = read_cache(cache, fingerprint) if use_cache else None
     if cached is not None:
         return cached
@@ -97,11 +67,7 @@ def _load_split(listing: _Listing, base: Path, key: str, image_size: int | None,
                   torch.tensor(listing.targets, dtype=torch.int64), biases)
     checksum = split.checksum()
     if use_cache:
-        try:
-            atomic_torch_save({"version": CACHE_VERSION, "fingerprint": fingerprint, "checksum": checksum,
-                               "images": split.images, "targets": split.targets, "biases": split.biases}, cache)
-        except OSError as e:
-            warnings.warn(f"could not write the cache {cache} ({e}); the next run decodes the images again", stacklevel=2)
+        store_cache(cache, fingerprint, split, checksum)
     return split, checksum
 
 

@@ -18,6 +18,7 @@ import os
 import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -73,26 +74,31 @@ def _scan(folder: str) -> list[tuple[str, os.stat_result]]:
     return out
 
 
-def _decode(path: Path) -> np.ndarray:
+def _decode(path, image_size: int | None = None) -> np.ndarray:
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            rgb = im.convert("RGB")
     except Exception as e:  # PIL raises many kinds for broken files
         raise UserError(f"cannot read image {path} ({type(e).__name__}: {e}); re-download or remove it") from None
+    if image_size is not None and rgb.size != (image_size, image_size):
+        rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    return np.asarray(rgb)
 
 
-def decode_images(paths: list[Path], workers: int | None = None) -> torch.Tensor:
-    """Decode images to one uint8 tensor [N, 3, H, W]; all images must have the same size."""
+def decode_images(paths: list, image_size: int | None = None, size_hint: str = "") -> torch.Tensor:
+    """Decode images to one uint8 tensor [N, 3, H, W], each resized to ``image_size`` x ``image_size`` if given.
+
+    Without ``image_size`` all images must have the same size; ``size_hint`` ends the error that says otherwise.
+    """
     if not paths:
         raise ValueError("no images to decode")
-    workers = workers or min(8, (os.cpu_count() or 1) * 2)
-    with ThreadPoolExecutor(workers) as pool:
-        arrays = list(pool.map(_decode, paths, chunksize=256))
+    with ThreadPoolExecutor(min(8, (os.cpu_count() or 1) * 2)) as pool:
+        arrays = list(pool.map(partial(_decode, image_size=image_size), paths, chunksize=256))
     shape = arrays[0].shape
     for p, a in zip(paths, arrays):
         if a.shape != shape:
             raise UserError(f"image {p} is {a.shape[1]}x{a.shape[0]} but the first image of its split "
-                            f"({paths[0]}) is {shape[1]}x{shape[0]}: every image of a split must have the same size")
+                            f"({paths[0]}) is {shape[1]}x{shape[0]}: every image of a split must have the same size{size_hint}")
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -100,12 +106,16 @@ def scan_folders(folders) -> list[tuple[str, os.stat_result]]:
     return [entry for folder in folders for entry in _scan(str(folder))]
 
 
-def _fingerprint(entries: list[tuple[str, os.stat_result]], base: Path) -> str:
-    """Identifies a file listing by relative names, sizes and modification times."""
+def listing_fingerprint(entries: list[tuple[str, os.stat_result]], base: Path, labels=None) -> str:
+    """Identifies a file listing by names relative to ``base``, sizes, modification times and, if given, labels."""
     h = hashlib.sha256(f"v{CACHE_VERSION}".encode())
-    prefix = len(str(base)) + 1
-    for p, st in entries:
-        h.update(f"{p[prefix:]}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    prefix = str(base) + os.sep
+    for i, (p, st) in enumerate(entries):
+        rel = p[len(prefix):] if p.startswith(prefix) else os.path.relpath(p, base)
+        line = f"{rel}\0{st.st_size}\0{st.st_mtime_ns}"
+        if labels is not None:
+            line += "\0{}\0{}".format(*labels[i])
+        h.update(f"{line}\n".encode())
     return h.hexdigest()
 
 
@@ -118,15 +128,24 @@ def _cache_path(base: Path, key: str) -> Path:
     return root / digest / f"{key}.pt"
 
 
+def _save_cache(cache: Path, fingerprint: str, split: Split, checksum: str) -> None:
+    atomic_torch_save({"version": CACHE_VERSION, "fingerprint": fingerprint, "checksum": checksum,
+                       "images": split.images, "targets": split.targets, "biases": split.biases}, cache)
+
+
 def write_cache(folders, base: Path, key: str, split: Split) -> str:
     """Store ``split`` (whose samples are in the reader's file order) as the cache of ``folders``."""
     checksum = split.checksum()
-    atomic_torch_save(
-        {"version": CACHE_VERSION, "fingerprint": _fingerprint(scan_folders(folders), base), "checksum": checksum,
-         "images": split.images, "targets": split.targets, "biases": split.biases},
-        _cache_path(base, key),
-    )
+    _save_cache(_cache_path(base, key), listing_fingerprint(scan_folders(folders), base), split, checksum)
     return checksum
+
+
+def store_cache(cache: Path, fingerprint: str, split: Split, checksum: str) -> None:
+    """Cache a split a reader just decoded; a cache that cannot be written is only a warning."""
+    try:
+        _save_cache(cache, fingerprint, split, checksum)
+    except OSError as e:
+        warnings.warn(f"could not write the cache {cache} ({e}); the next run decodes the images again", stacklevel=3)
 
 
 def read_cache(cache: Path, fingerprint: str) -> tuple[Split, str] | None:
@@ -154,7 +173,7 @@ def read_split(folders: list[Path], base: Path, key: str, use_cache: bool = True
         raise UserError(f"no images found under {', '.join(map(str, folders))}; "
                         "check --data_dir / --percent (the folder exists but is empty)")
     cache = _cache_path(base, key)
-    fingerprint = _fingerprint(entries, base)
+    fingerprint = listing_fingerprint(entries, base)
     cached = read_cache(cache, fingerprint) if use_cache else None
     if cached is not None:
         return cached
@@ -163,10 +182,7 @@ def read_split(folders: list[Path], base: Path, key: str, use_cache: bool = True
     split = Split(decode_images(paths), labels[:, 0].contiguous(), labels[:, 1].contiguous())
     checksum = split.checksum()
     if use_cache:
-        try:
-            write_cache(folders, base, key, split)
-        except OSError as e:
-            warnings.warn(f"could not write the cache {cache} ({e}); the next run decodes the images again", stacklevel=2)
+        store_cache(cache, fingerprint, split, checksum)
     return split, checksum
 
 
