@@ -33,6 +33,8 @@ def metrics_table(rows: list[tuple[str, dict]]) -> str:
 # ----------------------------------------------------------------------------------------- train
 def add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what to train")
+    g.add_argument("--preset", default=None, help="start from a cell of the paper's table, e.g. cmnist-0.5pct-disent: its "
+                   "dataset, ratio, method and hyper-parameters (flags given explicitly override it; debiaslab presets lists them)")
     m = g.add_mutually_exclusive_group()
     m.add_argument("--method", choices=["vanilla", "lff", "disent"], help="training method")
     m.add_argument("--train_vanilla", action="store_true", help="train Vanilla (ERM), as in the reference")
@@ -120,7 +122,7 @@ def data_config(args) -> dict:
 def config_from_args(args):
     from debiaslab.config import TrainConfig
 
-    method = args.method or next((m for flag, m in METHOD_FLAGS.items() if getattr(args, flag, False)), None)
+    method = next((m for flag, m in METHOD_FLAGS.items() if getattr(args, flag, False)), None) or args.method
     if method is None:
         raise UserError("choose a method: --train_vanilla, --train_lff, --train_ours (DisEnt) or --method NAME")
     if args.use_resnet20 and args.model not in (None, "resnet20"):
@@ -322,6 +324,96 @@ def cmd_preview_cifar10c(args) -> int:
     return 0
 
 
+def preset_defaults(name: str) -> dict:
+    """A preset as argparse defaults of the train command (explicit flags still win)."""
+    from debiaslab.presets import get_preset
+
+    return {**get_preset(name).config, "exp": name}
+
+
+def cmd_presets(args) -> int:
+    from debiaslab.presets import PAPER_SOURCE, PRESETS, match_presets
+
+    presets = match_presets(args.patterns) if args.patterns else list(PRESETS.values())
+    if args.json:
+        import json
+
+        print(json.dumps({p.name: {"config": p.config, "paper": {"mean": p.paper_mean, "std": p.paper_std, "metric": p.metric,
+                                                                "source": PAPER_SOURCE}} for p in presets}, indent=2))
+        return 0
+    print(f"{len(presets)} presets (paper numbers: {PAPER_SOURCE}); run one with: debiaslab train --preset NAME")
+    for p in presets:
+        print("  " + p.describe())
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- sweep
+def add_sweep_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("the grid (a config file and/or flags; flags override the file's top-level keys)")
+    g.add_argument("--config", default=None, help="TOML or JSON grid file (see docs/sweeps.md and configs/)")
+    g.add_argument("--presets", nargs="+", default=None, metavar="PATTERN", help="run these presets (shell patterns, "
+                   "e.g. 'cmnist-*' or '*-disent') instead of datasets x ratios x methods")
+    g.add_argument("--datasets", nargs="+", default=None, help="datasets (default: cmnist)")
+    g.add_argument("--methods", nargs="+", default=None, help="methods (default: vanilla lff disent)")
+    g.add_argument("--ratios", nargs="+", default=None, help="bias-conflicting percentages, e.g. 0.5 1 2 5 (default: the paper's for each dataset)")
+    g.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: 0)")
+    g.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=V[,V...]", dest="set_values",
+                   help="any train setting, e.g. num_steps=1000 data_dir=dataset; a comma list adds an axis (lr=0.01,0.001)")
+    x = p.add_argument_group("execution")
+    x.add_argument("--out", default="runs", help="results directory; runs go to <out>/<dataset>/<method>-<ratio>-seed<seed>-<hash> (default: runs)")
+    x.add_argument("--backend", choices=["local", "ray"], default="local", help="local subprocesses, or Ray tasks "
+                   "(needs: pip install 'debiaslab[ray]') (default: local)")
+    x.add_argument("--jobs", type=int, default=None, help="local: runs at once (default: one per GPU, or 1 on CPU); "
+                   "CPU runs share the cores between them")
+    x.add_argument("--devices", default="auto", help="local: auto, cpu, cuda (every GPU) or GPU indices such as 0,1 (default: auto)")
+    x.add_argument("--address", default=None, help="ray: cluster address, e.g. ray://head:10001 or auto (default: start a local Ray)")
+    x.add_argument("--cpus_per_run", type=float, default=None, help="ray: CPUs each run asks for (default: 1 with a GPU, 2 without)")
+    x.add_argument("--gpus_per_run", type=float, default=None, help="ray: GPUs each run asks for (default: 1 if the cluster has GPUs, else 0)")
+    x.add_argument("--dry_run", action="store_true", help="list the runs and their status, run nothing")
+    x.add_argument("--no_progress", action="store_true", help="no progress bar (one line per finished run only)")
+
+
+def sweep_spec(args) -> dict:
+    from debiaslab.sweep import load_spec_file, parse_set
+
+    spec = load_spec_file(args.config) if args.config else {}
+    for key in ("presets", "datasets", "methods", "ratios", "seeds"):
+        if getattr(args, key) is not None:  # a flag overrides the file everywhere, sub-grids included
+            spec[key] = getattr(args, key)
+            for sub in spec.get("grid", []):
+                sub.pop(key, None)
+    if args.set_values:
+        spec["set"] = {**spec.get("set", {}), **parse_set(args.set_values)}
+    return spec
+
+
+def cmd_sweep(args) -> int:
+    from debiaslab.sweep import sweep
+
+    if args.jobs is not None and args.jobs <= 0:
+        raise UserError(f"--jobs must be positive, got {args.jobs}")
+    return sweep(sweep_spec(args), Path(args.out), args.backend, args.jobs, args.devices, args.address,
+                 args.cpus_per_run, args.gpus_per_run, not args.no_progress, args.dry_run)
+
+
+def cmd_collect(args) -> int:
+    from debiaslab.collect import collect
+    from debiaslab.io import atomic_write_bytes
+
+    text = collect(args.dir, args.format, args.rules)
+    if args.into:
+        from debiaslab.collect import update_block
+
+        atomic_write_bytes(Path(args.into), update_block(Path(args.into), text).encode())
+        print(f"table updated in {args.into}")
+    elif args.output:
+        atomic_write_bytes(Path(args.output), text.encode())
+        print(f"table written to {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ demo
 def add_demo_args(p: argparse.ArgumentParser) -> None:
     from debiaslab.demo import DEMO_DEFAULTS
@@ -353,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train Vanilla, LfF or DisEnt. The paper's flags work as in its README.")
     add_train_args(t)
     t.set_defaults(func=cmd_train)
+    p._train_parser = t
     e = sub.add_parser("test", help="evaluate a checkpoint (debiaslab's or the reference code's)",
                        description="Evaluate a checkpoint on the valid and test splits and print every metric.")
     add_test_args(e)
@@ -377,6 +470,28 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Apply each corruption of a type to a few CIFAR-10 test images and write a labelled PNG grid.")
     add_preview_cifar10c_args(pc)
     pc.set_defaults(func=cmd_preview_cifar10c)
+    ps = sub.add_parser("presets", help="list the presets: one per cell of the paper's table, with its number",
+                        description="List the presets (the paper's hyper-parameters and number for each table cell).")
+    ps.add_argument("patterns", nargs="*", help="shell patterns, e.g. 'cmnist-*' (default: all)")
+    ps.add_argument("--json", action="store_true", help="print them as JSON")
+    ps.set_defaults(func=cmd_presets)
+    sw = sub.add_parser("sweep", help="run a grid of runs (methods x datasets x ratios x seeds x any flag), resumably",
+                        description="Run every cell of a grid, locally in parallel or on Ray. Each run directory is named "
+                                    "by the hash of its config: finished runs are skipped, unfinished ones resumed.")
+    add_sweep_args(sw)
+    sw.set_defaults(func=cmd_sweep)
+    co = sub.add_parser("collect", help="the results table of every run under a folder, beside the paper's numbers",
+                        description="Read every run under DIR and print mean ± std over seeds per cell, one table per "
+                                    "selection rule, with the paper's number and the difference; missing and unfinished "
+                                    "runs are shown as such.")
+    co.add_argument("dir", help="a sweep's --out folder, or any folder holding run directories")
+    co.add_argument("--format", choices=["markdown", "csv", "latex"], default="markdown", help="output format (default: markdown)")
+    co.add_argument("--rules", nargs="+", default=None, choices=["last", "best_valid", "best_valid_unbiased", "oracle_best_test"],
+                    help="selection rules to show (default: all four)")
+    co.add_argument("--output", default=None, help="write to this file instead of stdout")
+    co.add_argument("--into", default=None, metavar="DOC", help="replace the block between '<!-- collect:begin -->' and "
+                    "'<!-- collect:end -->' in DOC (e.g. docs/results/cmnist.md) with the table; the rest of DOC stays")
+    co.set_defaults(func=cmd_collect)
     m = sub.add_parser("demo", help="compare Vanilla, LfF and DisEnt on Colored Digits (no download, a few minutes on CPU)",
                        description="Train each method briefly on Colored Digits (scikit-learn's bundled digits, coloured "
                                    "by the Colored MNIST protocol) and print aligned / conflicting / unbiased test accuracy.")
@@ -388,6 +503,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "preset", None):
+        try:
+            parser._train_parser.set_defaults(**preset_defaults(args.preset))
+        except UserError as e:
+            print(f"debiaslab: error: {e}", file=sys.stderr)
+            return 2
+        args = parser.parse_args(argv)  # again: explicit flags override the preset's values
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
@@ -401,6 +523,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("debiaslab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `debiaslab presets | head`: the reader left, nothing went wrong
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as e:  # the file system said no: a full disk, a permission, a path that is not what it should be
         if args.debug:
             raise

@@ -24,6 +24,13 @@ DATASET_DEFAULTS = {
     "bar": dict(model="resnet18", batch_size=64, lr=0.0001, image_size=224, normalize=True, augment=True,
                 input_scale="unit"),
 }
+# Fields that say how a run is executed or observed, not what it computes: they may change between a
+# run and its resume, and they do not enter the config hash.
+RUNTIME_FIELDS = frozenset({"progress", "overwrite", "resume", "tensorboard", "wandb", "wandb_project", "device",
+                            "eval_batch_size", "keep_checkpoints", "best_checkpoints", "on_nonfinite"})
+# Where a run is written; the hash names that place, so it cannot depend on it.
+LOCATION_FIELDS = frozenset({"log_dir", "exp"})
+
 GENERIC_DEFAULTS = dict(model="resnet18", batch_size=64, lr=0.001, image_size=None, normalize=True, augment=False,
                         input_scale="unit")
 
@@ -98,6 +105,21 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+    def identity(self) -> dict:
+        """What the run computes: the resolved config without runtime and location fields."""
+        d = self.resolved().to_dict()
+        floats = {f.name for f in dataclasses.fields(self) if str(f.type).startswith("float")}
+        return {k: float(d[k]) if k in floats and isinstance(d[k], int) and not isinstance(d[k], bool) else d[k]
+                for k in sorted(d) if k not in RUNTIME_FIELDS and k not in LOCATION_FIELDS}
+
+    def config_hash(self, length: int = 10) -> str:
+        """A short sha256 of :meth:`identity`: same config -> same hash, any change -> another."""
+        import hashlib
+        import json
+
+        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
     def uses_percent(self) -> bool:
         """Reference-layout datasets come in ratio folders; BAR and user datasets do not."""

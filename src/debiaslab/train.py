@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from debiaslab import UserError, __version__, checkpoints
-from debiaslab.config import CIFAR_MEAN, CIFAR_STD, INPUT_SCALES, TrainConfig
+from debiaslab.config import CIFAR_MEAN, CIFAR_STD, INPUT_SCALES, RUNTIME_FIELDS, TrainConfig
 from debiaslab.data.reference import load_reference
 from debiaslab.data.splits import DatasetBundle, Split
 from debiaslab.data.transforms import BatchTransform, resize_uint8
@@ -170,11 +170,6 @@ def _existing_run(cfg: TrainConfig) -> tuple[str, dict | None]:
     if state["step"] > cfg.num_steps:
         raise UserError(f"{run_dir} is at step {state['step']}, beyond --num_steps {cfg.num_steps}; raise --num_steps")
     return "resume", state
-
-
-# runtime choices that do not change what a run computes
-RUNTIME_FIELDS = {"progress", "overwrite", "resume", "tensorboard", "wandb", "wandb_project", "device", "eval_batch_size",
-                  "keep_checkpoints", "best_checkpoints", "on_nonfinite"}
 
 
 def _comparable(d: dict, ignore=frozenset()) -> dict:

@@ -1,0 +1,323 @@
+"""``debiaslab collect <dir>``: the results table of every run under a folder, next to the paper's.
+
+Runs are grouped into cells (dataset, ratio, method and every other setting except the seed);
+each cell shows mean ± std over its finished seeds for each selection rule, the paper's number
+and the difference. Planned runs (``sweep.json``) that never started, unfinished and failed runs
+are listed in the cell, never dropped; paper cells of a dataset with no run at all are shown as
+not run. The output is deterministic: the same run folders always print the same table.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from debiaslab import UserError
+from debiaslab.config import TrainConfig
+from debiaslab.metrics import SELECTION_RULES
+from debiaslab.presets import METHODS, PAPER_SOURCE, PRESETS, RATIOS, Preset, find_preset
+from debiaslab.sweep import PLAN_FILE, last_step, status
+
+RULE_TITLES = {
+    "last": "last step (no model selection)",
+    "best_valid": "best validation accuracy (no bias labels needed)",
+    "best_valid_unbiased": "best unbiased validation accuracy (uses the validation split's bias labels)",
+    "oracle_best_test": "ORACLE best test accuracy (how the paper selected; not a valid model selection)",
+}
+# settings that identify the data's location, not the experiment: they never split a cell
+NOT_A_VARIANT = {"seed", "data_dir", "manifest", "image_folder"}
+
+
+@dataclass
+class Record:
+    seed: int
+    status: str  # finished | unfinished | failed | missing
+    step: int
+    num_steps: int
+    values: dict = field(default_factory=dict)  # rule -> primary test metric in [0, 1] (None when the rule picked nothing)
+    metric: str | None = None
+    data_sha: tuple = ()
+
+
+@dataclass
+class Cell:
+    dataset: str
+    percent: str | None
+    method: str
+    identity: dict
+    records: list[Record] = field(default_factory=list)
+    variant: str = ""
+
+    @property
+    def preset(self) -> Preset | None:
+        return find_preset(self.dataset, self.percent, self.method)
+
+
+def _cell_key(identity: dict) -> str:
+    core = {k: v for k, v in identity.items() if k not in NOT_A_VARIANT}
+    return hashlib.sha256(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _identity(cfg: dict) -> dict:
+    return TrainConfig.from_dict(cfg).identity()
+
+
+def read(root: Path) -> list[Cell]:
+    if not root.is_dir():
+        raise UserError(f"{root} is not a folder; pass the --out folder of a sweep (or any folder holding run directories)")
+    cells: dict[str, Cell] = {}
+    seen: set[str] = set()
+
+    def cell_for(identity: dict) -> Cell:
+        key = _cell_key(identity)
+        if key not in cells:
+            pct = identity["percent"] if TrainConfig.from_dict(identity).uses_percent() else None
+            cells[key] = Cell(identity["dataset"], pct, identity["method"], identity)
+        return cells[key]
+
+    for cfg_path in sorted(root.rglob("config.json")):
+        run_dir = cfg_path.parent
+        if any(part.startswith(".") for part in run_dir.relative_to(root).parts):
+            continue
+        try:
+            meta = json.loads(cfg_path.read_text())
+            identity = _identity(meta["config"])
+        except (ValueError, KeyError, TypeError):
+            continue  # not a debiaslab run directory
+        seen.add(TrainConfig.from_dict(identity).config_hash())
+        st = status(run_dir)
+        rec = Record(identity["seed"], st, identity["num_steps"] if st == "finished" else last_step(run_dir),
+                     identity["num_steps"], data_sha=tuple(sorted((meta.get("data") or {}).get("sha256", {}).items())))
+        if st == "finished":
+            try:
+                res = json.loads((run_dir / "results.json").read_text())
+                rec.values = {r: (s or {}).get("test_primary") for r, s in res["selections"].items()}
+                rec.metric = res.get("primary_metric")
+            except (ValueError, KeyError, TypeError):
+                rec.status = "unfinished"
+        cell_for(identity).records.append(rec)
+    for plan in sorted(root.rglob(PLAN_FILE)):
+        try:
+            entries = json.loads(plan.read_text())["runs"].values()
+        except (ValueError, KeyError, AttributeError):
+            continue
+        for e in entries:
+            identity = _identity(e["config"])
+            h = TrainConfig.from_dict(identity).config_hash()
+            if h not in seen:
+                seen.add(h)
+                cell_for(identity).records.append(Record(identity["seed"], "missing", 0, identity["num_steps"]))
+    if not cells:
+        raise UserError(f"no runs under {root} (a run directory holds config.json; a sweep folder holds {PLAN_FILE})")
+    _label_variants(list(cells.values()))
+    return _with_paper_cells(list(cells.values()))
+
+
+def _label_variants(cells: list[Cell]) -> None:
+    """Name what sets a cell apart from its preset (or from its siblings), e.g. 'lr=0.001, num_steps=1000'."""
+    for c in cells:
+        if c.preset is not None:
+            ref = TrainConfig.from_dict(c.preset.config).identity()
+        else:
+            siblings = [o for o in cells if (o.dataset, o.percent, o.method) == (c.dataset, c.percent, c.method) and o is not c]
+            if not siblings:
+                continue
+            ref = siblings[0].identity
+        diff = [f"{k}={c.identity[k]}" for k in sorted(c.identity) if k not in NOT_A_VARIANT and c.identity[k] != ref.get(k)]
+        c.variant = ", ".join(diff)
+
+
+def _with_paper_cells(cells: list[Cell]) -> list[Cell]:
+    """Add an empty cell for every preset of the datasets present, then order like the paper's table."""
+    present = {(c.dataset, c.percent, c.method) for c in cells}
+    datasets = {c.dataset for c in cells}
+    for p in PRESETS.values():
+        if p.dataset in datasets and (p.dataset, p.percent, p.method) not in present:
+            cells.append(Cell(p.dataset, p.percent, p.method, TrainConfig.from_dict(p.config).identity()))
+
+    def order(c: Cell):
+        ds = list(RATIOS).index(c.dataset) if c.dataset in RATIOS else len(RATIOS)
+        pct = float(c.percent.removesuffix("pct")) if c.percent else 0.0
+        m = METHODS.index(c.method) if c.method in METHODS else len(METHODS)
+        return (ds, c.dataset, pct, m, c.method, c.variant)
+
+    return sorted(cells, key=order)
+
+
+# ------------------------------------------------------------------------------------------ table
+@dataclass
+class Row:
+    dataset: str
+    ratio: str
+    method: str
+    variant: str
+    mean: float | None
+    std: float | None
+    n: int
+    seeds: list[int]
+    paper_mean: float | None
+    paper_std: float | None
+    runs: str
+    mixed_data: bool
+
+    @property
+    def diff(self) -> float | None:
+        return None if self.mean is None or self.paper_mean is None else self.mean - self.paper_mean
+
+
+def _runs_note(c: Cell) -> str:
+    if not c.records:
+        return "not run"
+    parts = []
+    for st in ("finished", "unfinished", "failed", "missing"):
+        recs = [r for r in c.records if r.status == st]
+        if not recs:
+            continue
+        if st in ("unfinished", "failed"):
+            steps = ", ".join(f"seed {r.seed} at step {r.step:,}/{r.num_steps:,}" for r in sorted(recs, key=lambda r: r.seed))
+            parts.append(f"{len(recs)} {st} ({steps})")
+        elif st == "missing":
+            parts.append(f"{len(recs)} not started (seed {', '.join(str(r.seed) for r in sorted(recs, key=lambda r: r.seed))})")
+        else:
+            parts.append(f"{len(recs)} finished")
+    return "; ".join(parts)
+
+
+def rows(cells: list[Cell], rule: str) -> list[Row]:
+    out = []
+    for c in cells:
+        done = sorted((r for r in c.records if r.status == "finished" and r.values.get(rule) is not None), key=lambda r: r.seed)
+        vals = [100 * r.values[rule] for r in done]
+        p = c.preset
+        out.append(Row(c.dataset, c.percent or "-", c.method, c.variant,
+                       statistics.fmean(vals) if vals else None, statistics.stdev(vals) if len(vals) > 1 else None,
+                       len(vals), [r.seed for r in done], p.paper_mean if p else None, p.paper_std if p else None,
+                       _runs_note(c), len({r.data_sha for r in done}) > 1))
+    return out
+
+
+def _pm(mean, std, digits=2) -> str:
+    if mean is None:
+        return "—"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def _signed(v) -> str:
+    return "—" if v is None else f"{v:+.2f}"
+
+
+def _method(r: Row) -> str:
+    return r.method + (f" ({r.variant})" if r.variant else "")
+
+
+def data_lines(root: Path) -> list[str]:
+    """The data checksums the runs were trained on, one line per dataset and ratio."""
+    found: dict[tuple, set] = {}
+    for cfg_path in sorted(root.rglob("config.json")):
+        try:
+            meta = json.loads(cfg_path.read_text())
+            c = meta["config"]
+            sha = meta["data"]["sha256"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        key = (c["dataset"], c["percent"] if TrainConfig.from_dict(c).uses_percent() else "")
+        found.setdefault(key, set()).add(tuple(f"{s} {sha[s]}" for s in sorted(sha)))
+    lines = []
+    for (ds, pct), shas in sorted(found.items()):
+        for s in sorted(shas):
+            lines.append(f"{ds} {pct}".strip() + ": " + ", ".join(f"{x.split()[0]} sha256 {x.split()[1][:16]}" for x in s))
+    return lines
+
+
+def render(cells: list[Cell], root: Path, fmt: str = "markdown", rules: list[str] | None = None) -> str:
+    rules = rules or list(SELECTION_RULES)
+    for r in rules:
+        if r not in SELECTION_RULES:
+            raise UserError(f"unknown selection rule {r!r}; choose from {', '.join(SELECTION_RULES)}")
+    metrics = sorted({r.metric for c in cells for r in c.records if r.metric}) or \
+        sorted({f"{c.preset.metric} accuracy" for c in cells if c.preset})
+    if fmt == "csv":
+        return _csv(cells, rules)
+    if fmt == "latex":
+        return _latex(cells, rules, metrics)
+    if fmt != "markdown":
+        raise UserError(f"unknown --format {fmt!r}; choose markdown, csv or latex")
+    out = [f"Test metric: {', '.join(metrics) or 'n/a'} (%), mean ± std (sample std over seeds; none with one seed).",
+           f"Paper: {PAPER_SOURCE}; \"ours − paper\" compares different data and selection, see the note of each table.", ""]
+    for rule in rules:
+        out += [f"### Selection: {rule} — {RULE_TITLES[rule]}", "",
+                "| dataset | ratio | method | ours | seeds | paper (own data, best test) | ours − paper | runs |",
+                "|---|---|---|---|---|---|---|---|"]
+        for r in rows(cells, rule):
+            seeds = f"{r.n} ({', '.join(map(str, r.seeds))})" if r.n else "0"
+            out.append(f"| {r.dataset} | {r.ratio} | {_method(r)} | {_pm(r.mean, r.std)}{' ‡' if r.mixed_data else ''} | {seeds} | "
+                       f"{_pm(r.paper_mean, r.paper_std)} | {_signed(r.diff)} | {r.runs} |")
+        out.append("")
+    if any(r.mixed_data for rule in rules for r in rows(cells, rule)):
+        out += ["‡ the seeds of this cell were trained on different data (checksums differ).", ""]
+    out += ["Data (sha256 of each split's decoded images, as recorded by every run):", ""]
+    out += [f"- {line}" for line in data_lines(root)]
+    return "\n".join(out) + "\n"
+
+
+def _csv(cells: list[Cell], rules: list[str]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["rule", "dataset", "ratio", "method", "variant", "mean", "std", "n", "seeds", "paper_mean", "paper_std",
+                "ours_minus_paper", "runs"])
+    fmt = (lambda v: "" if v is None else f"{v:.4f}")
+    for rule in rules:
+        for r in rows(cells, rule):
+            w.writerow([rule, r.dataset, r.ratio, r.method, r.variant, fmt(r.mean), fmt(r.std), r.n,
+                        " ".join(map(str, r.seeds)), fmt(r.paper_mean), fmt(r.paper_std), fmt(r.diff), r.runs])
+    return buf.getvalue()
+
+
+def _tex(s: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
+        s = s.replace(a, b)
+    return s
+
+
+def _latex(cells: list[Cell], rules: list[str], metrics: list[str]) -> str:
+    out = ["% debiaslab collect: " + _tex(", ".join(metrics) or "n/a") + " (%), mean $\\pm$ std over seeds",
+           "% paper: " + _tex(PAPER_SOURCE)]
+    for rule in rules:
+        out += [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{lllrrrr}", r"\toprule",
+                r"dataset & ratio & method & ours & $n$ & paper & ours $-$ paper \\", r"\midrule"]
+        for r in rows(cells, rule):
+            ours = _pm(r.mean, r.std).replace("±", r"$\pm$").replace("—", "--")
+            paper = _pm(r.paper_mean, r.paper_std).replace("±", r"$\pm$").replace("—", "--")
+            out.append(f"{_tex(r.dataset)} & {_tex(r.ratio)} & {_tex(_method(r))} & {ours} & {r.n} & {paper} & "
+                       f"{_signed(r.diff).replace('—', '--')} \\\\")
+        out += [r"\bottomrule", r"\end{tabular}", f"\\caption{{Selection: {_tex(rule)} --- {_tex(RULE_TITLES[rule])}.}}",
+                r"\end{table}", ""]
+    return "\n".join(out)
+
+
+def collect(root: str, fmt: str = "markdown", rules: list[str] | None = None) -> str:
+    path = Path(root)
+    return render(read(path), path, fmt, rules)
+
+
+BEGIN, END = "<!-- collect:begin -->\n", "<!-- collect:end -->"
+
+
+def update_block(doc: Path, table: str) -> str:
+    """``doc`` with the text between its collect markers replaced by ``table`` (the rest is left as written)."""
+    try:
+        text = doc.read_text()
+    except OSError as e:
+        raise UserError(f"cannot read {doc}: {e.strerror}") from None
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        raise UserError(f"{doc} has no '<!-- collect:begin -->' ... '<!-- collect:end -->' block (each marker on its own "
+                        "line) to replace; add one where the table goes")
+    return text[:start + len(BEGIN)] + table + text[end:]
+
+
+__all__ = ["collect", "read", "rows", "render", "update_block"]

@@ -1,0 +1,51 @@
+"""Run one resolved config: the unit of work of a sweep, in a subprocess (local) or a Ray task.
+
+``python -m debiaslab.runner '<config json>'`` trains it; ``train`` itself skips a finished run
+and resumes an unfinished one, so running a config twice never loses or repeats work.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+def run_config(cfg_dict: dict, threads: int | None = None, cwd: str | None = None) -> dict:
+    """Train one config; returns {"status": "finished" | "error", "message": str}. Never raises on bad runs."""
+    from debiaslab import UserError
+    from debiaslab.config import TrainConfig
+    from debiaslab.train import train
+
+    if cwd and os.path.isdir(cwd):  # Ray workers start elsewhere: relative data paths mean the driver's directory
+        os.chdir(cwd)
+    set_threads(threads)
+    try:
+        results = train(TrainConfig.from_dict(cfg_dict))
+    except UserError as e:
+        return {"status": "error", "message": str(e)}
+    except Exception as e:  # noqa: BLE001 - a sweep reports a crashed run and goes on with the others
+        return {"status": "error", "message": f"{type(e).__name__}: {e}"}
+    primary = (results["selections"].get("last") or {}).get("test_primary")
+    return {"status": "finished", "message": "", "last_primary": primary}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    threads = int(os.environ["DEBIASLAB_THREADS"]) if os.environ.get("DEBIASLAB_THREADS") else None
+    out = run_config(json.loads(argv[0]), threads)
+    if out["status"] != "finished":
+        print(f"debiaslab: error: {out['message']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

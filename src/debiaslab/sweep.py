@@ -1,0 +1,448 @@
+"""``debiaslab sweep``: expand a grid of runs and execute every cell, resumably.
+
+A grid comes from the command line and/or a small TOML / JSON file::
+
+    datasets = ["cmnist"]                 # default: cmnist
+    methods = ["vanilla", "lff", "disent"] # default: all three
+    ratios = [0.5, 1, 2, 5]               # default: the dataset's ratios in the paper
+    seeds = [0, 1, 2]                     # default: [0]
+    presets = ["cmnist-*"]                # instead of datasets x ratios x methods: matching presets
+    [set]                                 # any train flag; a list is one more axis of the grid
+    num_steps = 50000
+    lr = [0.01, 0.001]
+    [[grid]]                              # optional: a union of sub-grids, each overriding the keys above
+    ratios = [0.5]
+    seeds = [0, 1, 2]
+
+Every cell starts from its preset (the paper's hyper-parameters) when one exists. Its run goes to
+``<out>/<dataset>/<method>-<ratio>-seed<seed>-<hash>``, the hash being that of the resolved config
+(``TrainConfig.config_hash``): the same config always lands in the same directory, so a finished
+run is skipped and an unfinished one resumes from its checkpoint when the sweep is relaunched.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from debiaslab import UserError
+from debiaslab.config import RUNTIME_FIELDS, TrainConfig
+from debiaslab.presets import RATIOS, find_preset, match_presets
+
+PLAN_FILE = "sweep.json"
+GRID_KEYS = {"datasets", "methods", "ratios", "seeds", "presets", "set", "grid"}
+FIELDS = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig) if f.name != "extra"}
+NOT_SETTABLE = {"log_dir", "exp", "overwrite", "method", "dataset", "percent", "seed"}
+
+
+# ------------------------------------------------------------------------------------------- grid
+def coerce(key: str, value):
+    """A value for TrainConfig field ``key`` from TOML/JSON or a command-line string."""
+    if key not in FIELDS or key in NOT_SETTABLE:
+        hint = {"method": "methods", "dataset": "datasets", "percent": "ratios", "seed": "seeds"}.get(key)
+        raise UserError(f"cannot set {key!r} in a sweep" + (f"; use --{hint}" if hint else
+                        f"; settable: {', '.join(sorted(set(FIELDS) - NOT_SETTABLE))}"))
+    kind = FIELDS[key]
+    if isinstance(value, str):
+        v = value.strip()
+        if v.lower() in ("none", "null") and "None" in kind:
+            return None
+        try:
+            if kind.startswith("bool"):
+                if v.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return v.lower() in ("true", "1", "yes")
+            if kind.startswith("int"):
+                return int(v)
+            if kind.startswith("float"):
+                return float(v)
+        except ValueError:
+            raise UserError(f"--set {key}={value}: not a valid {kind.split(' ')[0]}") from None
+        return v
+    if kind.startswith("float") and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def parse_set(items: list[str]) -> dict:
+    """``["lr=0.01,0.001", "num_steps=1000"]`` -> ``{"lr": ["0.01", "0.001"], "num_steps": "1000"}``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: expected KEY=VALUE or KEY=V1,V2,... (e.g. --set num_steps=1000)")
+        values = value.split(",")
+        out[key.strip()] = values if len(values) > 1 else value
+    return out
+
+
+def load_spec_file(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"sweep config {path} not found; pass a .toml or .json file")
+    try:
+        if p.suffix == ".json":
+            spec = json.loads(p.read_text())
+        else:
+            import tomllib
+
+            spec = tomllib.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"sweep config {path} is not valid {'JSON' if p.suffix == '.json' else 'TOML'}: {e}") from None
+    unknown = set(spec) - GRID_KEYS
+    if unknown:
+        raise UserError(f"sweep config {path}: unknown keys {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(GRID_KEYS))}")
+    return spec
+
+
+def _as_list(v) -> list:
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def _ratio(r) -> str:
+    from debiaslab.data.builder import parse_pct, pct_name
+
+    return pct_name(parse_pct(r))
+
+
+def _cells(spec: dict) -> list[tuple[str, str | None, str]]:
+    """(dataset, percent, method) of one sub-grid."""
+    if spec.get("presets"):
+        return [(p.dataset, p.percent, p.method) for p in match_presets(_as_list(spec["presets"]))]
+    datasets = _as_list(spec.get("datasets") or ["cmnist"])
+    methods = _as_list(spec.get("methods") or ["vanilla", "lff", "disent"])
+    for m in methods:
+        if m not in ("vanilla", "lff", "disent"):
+            from debiaslab.methods import METHODS
+
+            if m not in METHODS:
+                raise UserError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+    cells = []
+    for d in datasets:
+        uses_percent = TrainConfig(dataset=d).uses_percent() and not (spec.get("set", {}).get("manifest")
+                                                                       or spec.get("set", {}).get("image_folder"))
+        if not uses_percent:
+            ratios = [None]
+        elif spec.get("ratios"):
+            ratios = [_ratio(r) for r in _as_list(spec["ratios"])]
+        else:
+            ratios = list(RATIOS.get(d, ("1pct",)))
+        cells += [(d, r, m) for r in ratios for m in methods]
+    return cells
+
+
+def expand(spec: dict) -> list[TrainConfig]:
+    """Every TrainConfig of the grid (a union over ``grid`` entries), without duplicates, in run order."""
+    subs = spec.get("grid") or [{}]
+    top = {k: v for k, v in spec.items() if k != "grid"}
+    out: dict[str, TrainConfig] = {}
+    for sub in _as_list(subs):
+        unknown = set(sub) - (GRID_KEYS - {"grid"})
+        if unknown:
+            raise UserError(f"unknown grid keys {', '.join(sorted(unknown))}")
+        merged = {**top, **sub, "set": {**top.get("set", {}), **sub.get("set", {})}}
+        sets = {k: [coerce(k, x) for x in v] if isinstance(v, list) else coerce(k, v) for k, v in merged["set"].items()}
+        axes = {k: v for k, v in sets.items() if isinstance(v, list)}
+        fixed = {k: v for k, v in sets.items() if not isinstance(v, list)}
+        seeds = [int(s) for s in _as_list(merged.get("seeds", [0]))]
+        for dataset, percent, method in _cells(merged):
+            preset = find_preset(dataset, percent, method)
+            base = dict(preset.config) if preset else dict(dataset=dataset, method=method)
+            if percent is not None:
+                base["percent"] = percent
+            for combo in itertools.product(*axes.values()):
+                for seed in seeds:
+                    cfg = TrainConfig(**{**base, **fixed, **dict(zip(axes, combo)), "seed": seed, "progress": False})
+                    cfg.validate()
+                    out.setdefault(cfg.config_hash(), cfg)
+    # every cell's first seed before any cell's second: a sweep cut short still covers the table
+    return sorted(out.values(), key=lambda c: c.seed)
+
+
+# ------------------------------------------------------------------------------------------- plan
+@dataclass
+class Run:
+    name: str
+    cfg: TrainConfig
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.run_dir())
+
+
+def run_name(cfg: TrainConfig) -> str:
+    ratio = f"{cfg.percent}-" if cfg.uses_percent() else ""
+    return f"{cfg.method}-{ratio}seed{cfg.seed}-{cfg.config_hash()}"
+
+
+def plan(cfgs: list[TrainConfig], out: Path) -> list[Run]:
+    return [Run(run_name(c), dataclasses.replace(c, log_dir=str(out), exp=run_name(c))) for c in cfgs]
+
+
+def write_plan(out: Path, runs: list[Run]) -> None:
+    """Record the planned runs in ``<out>/sweep.json`` (merged with earlier sweeps into the same folder), so
+    ``collect`` can show runs that never started."""
+    from debiaslab.io import atomic_write_json
+
+    path = out / PLAN_FILE
+    try:
+        old = json.loads(path.read_text()).get("runs", {}) if path.exists() else {}
+    except ValueError:
+        old = {}
+    for r in runs:
+        ident = r.cfg.identity()
+        old[f"{r.cfg.dataset}/{r.name}"] = {"dataset": r.cfg.dataset, "percent": r.cfg.percent if r.cfg.uses_percent() else None,
+                                            "method": r.cfg.method, "seed": r.cfg.seed, "hash": r.cfg.config_hash(),
+                                            "num_steps": r.cfg.num_steps, "config": ident}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"runs": dict(sorted(old.items()))})
+
+
+def last_step(run_dir: Path) -> int:
+    """The last step logged in ``metrics.jsonl`` (0 when none)."""
+    path = run_dir / "metrics.jsonl"
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            lines = f.read().splitlines()
+    except OSError:
+        return 0
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return 0
+
+
+def status(run_dir: Path) -> str:
+    """finished | failed (stopped; resumable) | unfinished (running, or killed) | missing."""
+    if (run_dir / "results.json").exists():
+        return "finished"
+    if (run_dir / "FAILED").exists():
+        return "failed"
+    if (run_dir / "config.json").exists():
+        return "unfinished"
+    return "missing"
+
+
+# --------------------------------------------------------------------------------------- progress
+class Progress:
+    """One view of the whole sweep: a bar over the steps of every run, and a line per finished run."""
+
+    def __init__(self, runs: list[Run], enabled: bool):
+        from tqdm.auto import tqdm
+
+        self.runs = runs
+        self.total = sum(r.cfg.num_steps for r in runs)
+        self.bar = tqdm(total=self.total, unit="step", desc="sweep", disable=not enabled, dynamic_ncols=True,
+                        smoothing=0.05)
+        self.counts = {"finished": 0, "failed": 0}
+        self.running: set[str] = set()
+        self.done_steps = 0
+
+    def write(self, msg: str) -> None:
+        self.bar.write(msg)
+
+    def finish(self, run: Run, ok: bool, msg: str) -> None:
+        self.counts["finished" if ok else "failed"] += 1
+        self.running.discard(run.name)
+        if ok:
+            self.done_steps += run.cfg.num_steps
+        self.write(("done    " if ok else "FAILED  ") + f"{run.cfg.dataset}/{run.name}" + (f"  {msg}" if msg else ""))
+
+    def poll(self, active: list[Run]) -> None:
+        steps = self.done_steps + sum(min(last_step(r.run_dir), r.cfg.num_steps) for r in active)
+        self.bar.n = min(steps, self.total)
+        self.bar.set_postfix_str(f"runs: {self.counts['finished']}/{len(self.runs)} done, {len(active)} running, "
+                                 f"{self.counts['failed']} failed", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+# ------------------------------------------------------------------------------------------ local
+def parse_devices(spec: str) -> list[str]:
+    """``auto`` (every GPU, else the CPU), ``cpu``, ``cuda`` (every GPU), ``0,1`` or ``cuda:0,cuda:1``."""
+    import torch
+
+    n = torch.cuda.device_count()
+    spec = spec.strip().lower()
+    if spec == "cpu" or (spec == "auto" and n == 0):
+        return ["cpu"]
+    if spec in ("auto", "cuda", "gpu"):
+        if n == 0:
+            raise UserError("--devices cuda: no CUDA GPU is visible; use --devices cpu")
+        return [f"cuda:{i}" for i in range(n)]
+    out = []
+    for part in spec.split(","):
+        idx = part.strip().removeprefix("cuda:")
+        if not idx.isdigit():
+            raise UserError(f"--devices {spec!r}: expected auto, cpu, cuda or GPU indices such as 0,1")
+        if int(idx) >= n:
+            raise UserError(f"--devices: GPU {idx} does not exist ({n} visible)")
+        out.append(f"cuda:{idx}")
+    return out
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _error_line(log: Path) -> str:
+    try:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    errors = [ln for ln in lines if ln.startswith("debiaslab: error")]
+    return (errors or lines or [""])[-1][:300]
+
+
+def _child_env(device: str, threads: int) -> tuple[dict, str]:
+    env = {**os.environ, "DEBIASLAB_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    src = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if device.startswith("cuda"):
+        env["CUDA_VISIBLE_DEVICES"] = device.split(":")[1]
+        return env, "cuda"
+    return env, "cpu"
+
+
+def run_local(runs: list[Run], out: Path, jobs: int, devices: list[str], progress: bool) -> dict:
+    """Run every run in subprocesses, ``jobs`` at a time, spread over ``devices``; returns the status counts."""
+    slots = [devices[i % len(devices)] for i in range(jobs)]
+    threads = max(1, cpu_count() // jobs)  # CPU runs share the cores; GPU runs need a few for their Python
+    logs = out / ".sweep-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    view = Progress(runs, progress)
+    pending = list(runs)
+    active: dict[int, tuple[subprocess.Popen, Run, float]] = {}  # slot -> process
+    free = list(range(jobs))
+    interrupted = []
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
+    try:
+        while pending or active:
+            while pending and free:
+                run = pending.pop(0)
+                slot = free.pop(0)
+                env, device = _child_env(slots[slot], threads)
+                cfg = dataclasses.replace(run.cfg, device=device)
+                log = open(logs / f"{run.cfg.dataset}-{run.name}.log", "a")
+                log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {slots[slot]}, {threads} threads\n")
+                log.flush()
+                proc = subprocess.Popen([sys.executable, "-m", "debiaslab.runner", json.dumps(cfg.to_dict())],
+                                        stdout=log, stderr=subprocess.STDOUT, env=env)
+                log.close()
+                active[slot] = (proc, run, time.time())
+            time.sleep(0.5)
+            for slot, (proc, run, t0) in list(active.items()):
+                rc = proc.poll()
+                if rc is None:
+                    continue
+                del active[slot]
+                free.append(slot)
+                minutes = (time.time() - t0) / 60
+                if rc == 0:
+                    view.finish(run, True, f"({minutes:.1f} min){_headline(run.run_dir)}")
+                else:
+                    view.finish(run, False, f"exit {rc}: {_error_line(logs / f'{run.cfg.dataset}-{run.name}.log')} "
+                                            f"(log: {logs / f'{run.cfg.dataset}-{run.name}.log'})")
+            view.poll([r for _, r, _ in active.values()])
+    except KeyboardInterrupt:
+        for proc, run, _ in active.values():
+            proc.send_signal(signal.SIGTERM)  # each run saves nothing more, marks itself FAILED and stays resumable
+        deadline = time.time() + 60
+        for proc, run, _ in active.values():
+            try:
+                proc.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            interrupted.append(run)
+        view.close()
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    view.close()
+    return view.counts
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _headline(run_dir: Path) -> str:
+    try:
+        r = json.loads((run_dir / "results.json").read_text())
+        v = r["selections"]["last"]["test_primary"]
+        return f"  last-step test {r['primary_metric']}: {100 * v:.2f}%" if v is not None else ""
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+# -------------------------------------------------------------------------------------------- api
+def sweep(spec: dict, out: Path, backend: str = "local", jobs: int | None = None, devices: str = "auto",
+          address: str | None = None, cpus_per_run: float | None = None, gpus_per_run: float | None = None,
+          progress: bool = True, dry_run: bool = False) -> int:
+    cfgs = expand(spec)
+    if not cfgs:
+        raise UserError("the sweep grid is empty")
+    runs = plan(cfgs, out)
+    states = {r.name: status(r.run_dir) for r in runs}
+    todo = [r for r in runs if states[r.name] != "finished"]
+    n_resume = sum(states[r.name] in ("failed", "unfinished") for r in todo)
+    print(f"sweep: {len(runs)} runs in {out}: {len(runs) - len(todo)} finished (skipped), {n_resume} to resume, "
+          f"{len(todo) - n_resume} to start")
+    if dry_run:
+        for r in runs:
+            print(f"  {states[r.name]:10s} {r.run_dir}")
+        return 0
+    write_plan(out, runs)
+    if not todo:
+        print(f"nothing to do; collect the table with: debiaslab collect {out}")
+        return 0
+    t0 = time.time()
+    try:
+        if backend == "ray":
+            from debiaslab.sweep_ray import run_ray
+
+            counts = run_ray(todo, out, address, cpus_per_run, gpus_per_run, progress)
+        else:
+            devs = parse_devices(devices)
+            n_jobs = jobs or (len(devs) if devs != ["cpu"] else 1)
+            if n_jobs <= 0:
+                raise UserError(f"--jobs must be positive, got {n_jobs}")
+            counts = run_local(todo, out, n_jobs, devs, progress)
+    except KeyboardInterrupt:
+        done = sum(status(r.run_dir) == "finished" for r in runs)
+        print(f"sweep interrupted: {done}/{len(runs)} runs finished; the others keep their checkpoints. "
+              "Rerun the same command to resume.", file=sys.stderr)
+        return 130
+    print(f"sweep: {counts['finished']} runs finished and {counts['failed']} failed in {(time.time() - t0) / 60:.1f} min; "
+          f"table: debiaslab collect {out}")
+    if counts["failed"]:
+        print("failed runs keep their last checkpoint: fix the cause and rerun the same command to resume them",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+__all__ = ["expand", "plan", "sweep", "status", "last_step", "parse_set", "load_spec_file", "RUNTIME_FIELDS"]

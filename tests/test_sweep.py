@@ -1,0 +1,254 @@
+"""Presets, grid expansion, config hashing and ``collect`` (no training: fast)."""
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from debiaslab import UserError
+from debiaslab.collect import collect
+from debiaslab.config import TrainConfig
+from debiaslab.presets import PAPER, PRESETS, get_preset
+from debiaslab.sweep import expand, parse_set, plan, run_name
+from tests.conftest import REPO, run_cli
+
+SPEC = REPO.parent / "shared" / "spec"
+
+
+# ---------------------------------------------------------------------------------------- presets
+def _spec_table(path: Path, first_col: str) -> list[list[str]]:
+    lines = [ln for ln in path.read_text().splitlines() if ln.startswith("|")]
+    start = next(i for i, ln in enumerate(lines) if ln.split("|")[1].strip() == first_col)
+    return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[start + 2:] if not ln.startswith("|---")]
+
+
+def _num(text: str):
+    mean, _, std = text.partition("±")
+    return float(mean), (float(std) if std else None)
+
+
+def test_preset_paper_numbers_equal_the_papers_table():
+    path = SPEC / "paper-results.md"
+    if not path.exists():
+        pytest.skip("../shared/spec/paper-results.md not beside the checkout")
+    columns = [("cmnist", p) for p in ("0.5pct", "1pct", "2pct", "5pct")] + \
+              [("cifar10c", p) for p in ("0.5pct", "1pct", "2pct", "5pct")] + [("bffhq", "0.5pct")]
+    rows = {r[0]: r[1:] for r in _spec_table(path, "method") if r[0] in ("Vanilla", "LfF", "DisEnt")}
+    assert len(rows) == 3
+    checked = 0
+    for name, method in (("Vanilla", "vanilla"), ("LfF", "lff"), ("DisEnt", "disent")):
+        for (dataset, pct), text in zip(columns, rows[name]):
+            p = get_preset(f"{dataset}-{pct}-{method}")
+            assert (p.paper_mean, p.paper_std) == _num(text), p.name
+            checked += 1
+    assert checked == len(PRESETS) == 27
+
+
+def test_preset_hyper_parameters_equal_the_papers_settings():
+    path = SPEC / "algorithms.md"
+    if not path.exists():
+        pytest.skip("../shared/spec/algorithms.md not beside the checkout")
+    table = {r[0]: r[1:] for r in _spec_table(path, "setting")}
+    settings = {"cmnist": {p: table["CMNIST 0.5/1/2/5 pct"] for p in ("0.5pct", "1pct", "2pct", "5pct")},
+                "cifar10c": {"0.5pct": table["C-CIFAR10 0.5 pct"], "1pct": table["C-CIFAR10 1, 2 pct"],
+                             "2pct": table["C-CIFAR10 1, 2 pct"], "5pct": table["C-CIFAR10 5 pct"]},
+                "bffhq": {"0.5pct": table["BFFHQ 0.5 pct"]}}
+    vanilla_lr = dict(zip(("cmnist", "cifar10c", "bffhq"), map(float, table["Vanilla CMNIST / C-CIFAR10 / BFFHQ"][0].split("/"))))
+    vanilla_batch = dict(zip(("cmnist", "cifar10c", "bffhq"), map(int, table["Vanilla CMNIST / C-CIFAR10 / BFFHQ"][1].split("/"))))
+    for dataset, by_pct in settings.items():
+        for pct, (lr, batch, curr, swap, dis, swap_align, decay) in by_pct.items():
+            c = get_preset(f"{dataset}-{pct}-disent").config
+            step, gamma = (float(x) for x in decay.split("/"))
+            assert (c["lr"], c["batch_size"], c["curr_step"], c["lambda_swap"], c["lambda_dis_align"], c["lambda_swap_align"],
+                    c["lr_decay_step"], c["lr_gamma"], c["use_lr_decay"]) == \
+                (float(lr), int(batch), int(curr), float(swap), float(dis), float(swap_align), step, gamma, True)
+            for method in ("vanilla", "lff"):
+                c = get_preset(f"{dataset}-{pct}-{method}").config
+                assert (c["lr"], c["batch_size"], c.get("use_lr_decay", False)) == (vanilla_lr[dataset], vanilla_batch[dataset], False)
+            for method in ("vanilla", "lff", "disent"):
+                c = get_preset(f"{dataset}-{pct}-{method}").config
+                assert (c["num_steps"], c["weight_decay"], c["q"], c["ema_alpha"]) == (50_000, 0.0, 0.7, 0.7)
+
+
+def test_every_preset_is_a_valid_config():
+    for p in PRESETS.values():
+        TrainConfig(**p.config).validate()
+        assert p.name == f"{p.dataset}-{p.percent}-{p.method}"
+    assert {(d, m) for d, m in PAPER} == {(p.dataset, p.method) for p in PRESETS.values()}
+
+
+def test_train_preset_and_flags_override_it(tiny_reference, tmp_path):
+    r = run_cli("train", "--preset", "cmnist-1pct-disent", "--data_dir", tiny_reference, "--log_dir", tmp_path,
+                "--num_steps", "6", "--batch_size", "16", "--valid_freq", "3", "--lambda_swap", "0.5", "--no_progress",
+                "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((tmp_path / "cmnist" / "cmnist-1pct-disent" / "config.json").read_text())["config"]
+    assert (cfg["method"], cfg["percent"], cfg["lr"], cfg["curr_step"], cfg["lambda_dis_align"], cfg["lambda_swap_align"],
+            cfg["use_lr_decay"], cfg["lr_gamma"]) == ("disent", "1pct", 0.01, 10_000, 10.0, 10.0, True, 0.5)
+    assert (cfg["num_steps"], cfg["batch_size"], cfg["lambda_swap"]) == (6, 16, 0.5)  # explicit flags win
+    r = run_cli("train", "--preset", "cmnist-1pct-disent", "--train_vanilla", "--exp", "v", "--data_dir", tiny_reference,
+                "--log_dir", tmp_path, "--num_steps", "3", "--batch_size", "16", "--no_progress", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "cmnist" / "v" / "config.json").read_text())["config"]["method"] == "vanilla"
+
+
+def test_unknown_preset_is_one_line(tmp_path):
+    r = run_cli("train", "--preset", "cmnist-3pct-disent", "--log_dir", tmp_path)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "unknown preset" in r.stderr
+    r = run_cli("presets", "cifar10c-*")
+    assert r.returncode == 0 and r.stdout.count("cifar10c-") == 12
+
+
+# ------------------------------------------------------------------------------------------- grid
+def test_grid_expansion_with_presets_axes_and_fixed_values():
+    cfgs = expand({"datasets": ["cmnist"], "methods": ["vanilla", "disent"], "ratios": [0.5, "1pct"], "seeds": [0, 1],
+                   "set": {"num_steps": 100, "lr": [0.01, 0.001]}})
+    assert len(cfgs) == 2 * 2 * 2 * 2
+    assert {(c.method, c.percent, c.seed, c.lr) for c in cfgs} == {
+        (m, p, s, lr) for m in ("vanilla", "disent") for p in ("0.5pct", "1pct") for s in (0, 1) for lr in (0.01, 0.001)}
+    assert all(c.num_steps == 100 and not c.progress for c in cfgs)
+    disent = [c for c in cfgs if c.method == "disent"]
+    assert all((c.curr_step, c.lambda_dis_align, c.use_lr_decay, c.lr_gamma) == (10_000, 10.0, True, 0.5) for c in disent)
+    assert [c.seed for c in cfgs] == sorted(c.seed for c in cfgs)  # every cell's seed 0 first
+
+
+def test_grid_union_dedups_and_default_ratios():
+    cfgs = expand({"methods": ["lff"], "grid": [{"ratios": [0.5, 5], "seeds": [0, 1, 2]}, {"ratios": [1, 2, 5], "seeds": [0]}]})
+    assert sorted((c.percent, c.seed) for c in cfgs) == sorted(
+        [(p, s) for p in ("0.5pct", "5pct") for s in (0, 1, 2)] + [("1pct", 0), ("2pct", 0)])
+    assert {c.percent for c in expand({"datasets": ["cifar10c"], "methods": ["vanilla"]})} == {"0.5pct", "1pct", "2pct", "5pct"}
+    assert len(expand({"presets": ["cmnist-*"]})) == 12
+    assert {c.method for c in expand({"presets": ["*-5pct-disent"]})} == {"disent"}
+
+
+@pytest.mark.parametrize("spec, needle", [
+    ({"set": {"nope": 1}}, "cannot set 'nope'"),
+    ({"set": {"seed": 1}}, "use --seeds"),
+    ({"set": {"num_steps": "ten"}}, "not a valid int"),
+    ({"set": {"lr": -1.0}}, "--lr must be"),
+    ({"methods": ["erm"]}, "unknown method"),
+    ({"ratios": ["x"]}, "not a number"),
+    ({"presets": ["nothing-*"]}, "no preset matches"),
+])
+def test_grid_errors_name_the_problem(spec, needle):
+    with pytest.raises(UserError, match=re.escape(needle)):
+        expand(spec)
+
+
+def test_parse_set():
+    assert parse_set(["lr=0.01,0.001", "num_steps=10"]) == {"lr": ["0.01", "0.001"], "num_steps": "10"}
+    with pytest.raises(UserError):
+        parse_set(["lr"])
+    assert expand({"methods": ["vanilla"], "ratios": [1], "set": parse_set(["use_lr_decay=true", "lr=0.5,0.1"])})[0].use_lr_decay
+
+
+# ---------------------------------------------------------------------------------------- hashing
+def test_same_config_same_hash_and_directory(tmp_path):
+    a = TrainConfig(method="disent", percent="1pct", lr=0.01, lambda_swap=1)
+    b = TrainConfig(method="disent", percent="1pct", lambda_swap=1.0, exp="other", log_dir="elsewhere", progress=False,
+                    device="cuda", tensorboard=True, keep_checkpoints=3)
+    assert a.config_hash() == b.config_hash()  # runtime and location fields, int vs float, an explicit default
+    assert plan([a], tmp_path)[0].run_dir == plan([b], tmp_path)[0].run_dir
+    assert expand({"methods": ["disent"], "ratios": [1]})[0].config_hash() == \
+        expand({"presets": ["cmnist-1pct-disent"]})[0].config_hash()
+
+
+@pytest.mark.parametrize("change", [dict(lr=0.001), dict(seed=1), dict(num_steps=10), dict(lambda_swap=0.5), dict(percent="2pct"),
+                                    dict(method="lff"), dict(data_dir="other"), dict(q=0.5), dict(model="resnet18"),
+                                    dict(batch_size=128), dict(use_lr_decay=True), dict(valid_freq=100)])
+def test_any_change_gives_another_hash(change, tmp_path):
+    base = TrainConfig(method="disent", percent="1pct")
+    other = TrainConfig(**{**dict(method="disent", percent="1pct"), **change})
+    assert base.config_hash() != other.config_hash()
+    assert plan([base], tmp_path)[0].run_dir != plan([other], tmp_path)[0].run_dir
+    assert run_name(other).endswith(other.config_hash())
+
+
+# ---------------------------------------------------------------------------------------- collect
+def fake_run(root: Path, *, method="disent", percent="0.5pct", seed=0, values=None, state="finished", step=0, **cfg):
+    c = TrainConfig(**{**get_preset(f"cmnist-{percent}-{method}").config, **cfg, "seed": seed})
+    d = root / "cmnist" / run_name(c)
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"config": c.resolved().to_dict(), "data": {"sha256": {
+        "train": f"train{percent}" + "0" * 40, "test": "t" * 64}}}))
+    if step:
+        (d / "metrics.jsonl").write_text(json.dumps({"kind": "eval", "step": step}) + "\n")
+    if state == "failed":
+        (d / "FAILED").write_text("x")
+    if state == "finished":
+        (d / "results.json").write_text(json.dumps({"primary_metric": "unbiased accuracy", "selections": {
+            r: {"test_primary": v} for r, v in values.items()}}))
+    return c
+
+
+RULES = ("last", "best_valid", "best_valid_unbiased", "oracle_best_test")
+
+
+@pytest.fixture
+def runs(tmp_path):
+    root = tmp_path / "sweep"
+    for seed, base in enumerate((0.70, 0.80, 0.90)):
+        fake_run(root, seed=seed, values={r: base + 0.01 * i for i, r in enumerate(RULES)})
+    fake_run(root, method="vanilla", seed=0, values={"last": 0.40, "best_valid": 0.41, "best_valid_unbiased": None,
+                                                     "oracle_best_test": 0.45})
+    fake_run(root, method="vanilla", seed=1, state="unfinished", step=1234)
+    fake_run(root, method="lff", seed=0, state="failed", step=500)
+    planned = TrainConfig(**{**get_preset("cmnist-0.5pct-lff").config, "seed": 4, "progress": False})
+    from debiaslab.sweep import write_plan
+
+    write_plan(root, plan([planned], root))
+    fake_run(root, method="disent", percent="5pct", seed=0, values={r: 0.5 for r in RULES}, lr=0.001)  # a variant
+    return root
+
+
+def _row(text, method, ratio="0.5pct"):
+    return next(ln for ln in text.splitlines() if ln.startswith(f"| cmnist | {ratio} | {method}"))
+
+
+def test_collect_markdown_mean_std_paper_and_status(runs):
+    text = collect(str(runs))
+    tables = re.split(r"^### Selection: ", text, flags=re.M)[1:]
+    assert [t.split(" ")[0] for t in tables] == list(RULES)
+    last, best_valid, bvu, oracle = tables
+    assert "| 80.00 ± 10.00 | 3 (0, 1, 2) | 65.22 | +14.78 | 3 finished |" in _row(last, "disent")
+    assert "| 83.00 ± 10.00 |" in _row(oracle, "disent")  # every rule reads its own pick
+    assert "| 81.00 ± 10.00 |" in _row(best_valid, "disent")
+    assert "| 40.00 | 1 (0) | 35.19 ± 3.49 | +4.81 | 1 finished; 1 unfinished (seed 1 at step 1,234/50,000) |" in _row(last, "vanilla")
+    assert "| — | 0 | 35.19 ± 3.49 | — |" in _row(bvu, "vanilla")  # the rule picked nothing for that run
+    lff = _row(last, "lff")
+    assert "| — | 0 | 52.50 | — | 1 failed (seed 0 at step 500/50,000); 1 not started (seed 4) |" in lff
+    assert "not run" in _row(last, "disent", "2pct") and "84.79" in _row(last, "disent", "2pct")  # missing paper cell shown
+    assert "| disent (lr=0.001) | 50.00 |" in _row(last, "disent (lr", "5pct")
+    assert "ORACLE" in text and "paper's own data release" in text
+    assert "cmnist 0.5pct: test sha256 tttttttttttttttt, train sha256 train0.5pct00000" in text
+    assert collect(str(runs)) == text  # deterministic
+
+
+def test_collect_csv_and_latex(runs):
+    rows = list(csv.DictReader(io.StringIO(collect(str(runs), "csv"))))
+    assert {r["rule"] for r in rows} == set(RULES)
+    d = next(r for r in rows if r["rule"] == "oracle_best_test" and r["method"] == "disent" and r["ratio"] == "0.5pct")
+    assert (float(d["mean"]), float(d["std"]), int(d["n"]), d["seeds"], float(d["paper_mean"])) == (83.0, 10.0, 3, "0 1 2", 65.22)
+    assert float(d["ours_minus_paper"]) == pytest.approx(83.0 - 65.22)
+    missing = next(r for r in rows if r["rule"] == "last" and r["method"] == "disent" and r["ratio"] == "1pct")
+    assert (missing["mean"], missing["n"], missing["runs"]) == ("", "0", "not run")
+    tex = collect(str(runs), "latex", ["last", "oracle_best_test"])
+    assert tex.count(r"\begin{tabular}") == 2 and r"80.00 $\pm$ 10.00" in tex and "ORACLE" in tex
+
+
+def test_collect_cli_errors_and_output_file(runs, tmp_path):
+    r = run_cli("collect", tmp_path / "nowhere")
+    assert r.returncode == 2 and "is not a folder" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    (tmp_path / "empty").mkdir()
+    r = run_cli("collect", tmp_path / "empty")
+    assert r.returncode == 2 and "no runs under" in r.stderr
+    r = run_cli("collect", runs, "--format", "csv", "--output", tmp_path / "t.csv")
+    assert r.returncode == 0 and (tmp_path / "t.csv").read_text() == collect(str(runs), "csv")
+
+
+def test_committed_cmnist_table_is_what_collect_prints():
+    doc = (REPO / "docs" / "results" / "cmnist.md").read_text()
+    block = re.search(r"<!-- collect:begin -->\n(.*?)<!-- collect:end -->", doc, flags=re.S).group(1)
+    assert block == collect(str(REPO / "docs" / "results" / "cmnist_runs"))

@@ -1,0 +1,92 @@
+"""Sweeps end to end on a tiny real dataset: killed and relaunched, nothing finished is lost or redone."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from tests.conftest import REPO
+
+
+def sweep_cmd(data, out, *extra, ratio="1", seeds=("0", "1")):
+    return [sys.executable, "-m", "debiaslab", "sweep", "--methods", "vanilla", "disent", "--ratios", ratio, "--seeds", *seeds,
+            "--set", f"data_dir={data}", "num_steps=1500", "batch_size=16", "valid_freq=100", "save_freq=25", "log_freq=25",
+            "--out", str(out), "--jobs", "2", "--devices", "cpu", "--no_progress", *extra]
+
+
+def env():
+    return {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+
+
+def run_dirs(out):
+    return sorted((out / "cmnist").iterdir()) if (out / "cmnist").exists() else []
+
+
+def wait_for(proc, cond, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def finished_and_midway(out):
+    dirs = run_dirs(out)
+    done = [d for d in dirs if (d / "results.json").exists()]
+    midway = [d for d in dirs if (d / "checkpoint_last.pt").exists() and not (d / "results.json").exists()]
+    return bool(done) and bool(midway)
+
+
+def test_sweep_killed_and_relaunched_skips_finished_and_resumes_unfinished(tiny_reference, tmp_path):
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen(sweep_cmd(tiny_reference, out), env=env(), start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert wait_for(proc, lambda: finished_and_midway(out)), proc.communicate()[0]
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and every run, with no chance to clean up
+    proc.wait()
+    done = {d.name: (d / "results.json").stat().st_mtime_ns for d in run_dirs(out) if (d / "results.json").exists()}
+    midway = [d.name for d in run_dirs(out) if (d / "checkpoint_last.pt").exists() and d.name not in done]
+    assert done and midway and len(run_dirs(out)) <= 4
+
+    r = subprocess.run(sweep_cmd(tiny_reference, out), env=env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"4 runs in {out}: {len(done)} finished (skipped), {len(midway)} to resume" in r.stdout
+    assert all((out / "cmnist" / n / "results.json").stat().st_mtime_ns == t for n, t in done.items())  # not retrained
+    for name in midway:
+        log = (out / ".sweep-logs" / f"cmnist-{name}.log").read_text()
+        assert "resuming" in log and "from step" in log, log
+    assert len(run_dirs(out)) == 4 and all((d / "results.json").exists() for d in run_dirs(out))
+    for d in run_dirs(out):
+        steps = [json.loads(ln)["step"] for ln in (d / "metrics.jsonl").read_text().splitlines()
+                 if json.loads(ln).get("kind") == "eval"]
+        assert steps == list(range(100, 1501, 100)), d.name  # one evaluation per period: nothing lost, nothing twice
+
+    r = subprocess.run(sweep_cmd(tiny_reference, out), env=env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "4 finished (skipped), 0 to resume, 0 to start" in r.stdout and "nothing to do" in r.stdout
+    plan = json.loads((out / "sweep.json").read_text())["runs"]
+    assert sorted(plan) == sorted(f"cmnist/{d.name}" for d in run_dirs(out))
+
+
+def test_sweep_sigterm_stops_runs_resumably(tiny_reference, tmp_path):
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen(sweep_cmd(tiny_reference, out), env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert wait_for(proc, lambda: any((d / "checkpoint_last.pt").exists() for d in run_dirs(out)))
+    proc.send_signal(signal.SIGTERM)  # e.g. the job scheduler's pre-emption: the sweep passes it on to its runs
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stdout + stderr
+    assert "Rerun the same command to resume" in stderr
+    stopped = [d for d in run_dirs(out) if not (d / "results.json").exists()]
+    assert stopped and all((d / "FAILED").exists() for d in stopped)
+    r = subprocess.run(sweep_cmd(tiny_reference, out, "--dry_run"), env=env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "failed" in r.stdout and f"{len(stopped)} to resume" in r.stdout
+
+
+def test_sweep_reports_a_failing_run_and_goes_on(tiny_reference, tmp_path):
+    out = tmp_path / "sweep"
+    # the tiny dataset has no 2pct folder: both runs fail with the reader's message
+    r = subprocess.run(sweep_cmd(tiny_reference, out, ratio="2", seeds=("0",)), env=env(), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stdout.count("FAILED") == 2 and "2pct not found" in r.stdout and "0 runs finished and 2 failed" in r.stdout
