@@ -12,6 +12,7 @@
 #   OUT       results folder (default: runs/table1); the table goes to $OUT/table1.md
 #   DATA_DIR  datasets folder (default: dataset)
 #   JOBS      runs at once (default: one per GPU; on CPU, one per 2 cores)
+#   DRY_RUN=1 list the runs and their status, build and run nothing
 #   MNIST / CIFAR10  local sources for the builders (default: ../shared/data/... when present,
 #             otherwise torchvision downloads them)
 #
@@ -49,10 +50,10 @@ presets=()
 for ds in $DATASETS; do
   case $ds in
     cmnist)
-      [ -d "$DATA_DIR/cmnist" ] || debiaslab data build cmnist --out "$DATA_DIR" ${MNIST:+--mnist "$MNIST"}
+      [ -d "$DATA_DIR/cmnist" ] || [ -n "${DRY_RUN:-}" ] || debiaslab data build cmnist --out "$DATA_DIR" ${MNIST:+--mnist "$MNIST"}
       presets+=("cmnist-*") ;;
     cifar10c)
-      [ -d "$DATA_DIR/cifar10c" ] || debiaslab data build cifar10c --out "$DATA_DIR" ${CIFAR10:+--cifar10 "$CIFAR10"}
+      [ -d "$DATA_DIR/cifar10c" ] || [ -n "${DRY_RUN:-}" ] || debiaslab data build cifar10c --out "$DATA_DIR" ${CIFAR10:+--cifar10 "$CIFAR10"}
       presets+=("cifar10c-*") ;;
     bffhq)
       if [ -d "$DATA_DIR/bffhq" ]; then presets+=("bffhq-*")
@@ -61,6 +62,10 @@ for ds in $DATASETS; do
   esac
 done
 
+if [ -n "${DRY_RUN:-}" ]; then
+  # shellcheck disable=SC2086
+  exec debiaslab sweep --presets "${presets[@]}" --seeds $SEEDS --set "data_dir=$DATA_DIR" --out "$OUT" --dry_run
+fi
 status=0
 # shellcheck disable=SC2086
 debiaslab sweep --presets "${presets[@]}" --seeds $SEEDS --set "data_dir=$DATA_DIR" --out "$OUT" --jobs "$JOBS" --devices "$DEVICES" || status=$?

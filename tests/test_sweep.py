@@ -252,3 +252,34 @@ def test_committed_cmnist_table_is_what_collect_prints():
     doc = (REPO / "docs" / "results" / "cmnist.md").read_text()
     block = re.search(r"<!-- collect:begin -->\n(.*?)<!-- collect:end -->", doc, flags=re.S).group(1)
     assert block == collect(str(REPO / "docs" / "results" / "cmnist_runs"))
+
+
+def test_devices_and_child_environment():
+    from debiaslab.sweep import _child_env, parse_devices
+
+    assert parse_devices("cpu") == ["cpu"]
+    env, device = _child_env("cuda:3", 4)
+    assert (env["CUDA_VISIBLE_DEVICES"], device, env["DEBIASLAB_THREADS"]) == ("3", "cuda", "4")
+    env, device = _child_env("cpu", 1)
+    assert device == "cpu" and "CUDA_VISIBLE_DEVICES" not in {k for k in env if env[k] != __import__("os").environ.get(k)}
+    import torch
+
+    if torch.cuda.device_count() == 0:
+        with pytest.raises(UserError, match="no CUDA GPU"):
+            parse_devices("cuda")
+        with pytest.raises(UserError, match="does not exist"):
+            parse_devices("0,1")
+    with pytest.raises(UserError, match="expected auto, cpu, cuda"):
+        parse_devices("tpu")
+
+
+def test_reproduce_table1_script_dry_run(tiny_reference, tmp_path):
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "DRY_RUN": "1", "DATASETS": "cmnist bffhq", "SEEDS": "0 1",
+           "DATA_DIR": str(tiny_reference), "OUT": str(tmp_path / "t1"), "PATH": f"{Path(__import__('sys').executable).parent}:{os.environ['PATH']}"}
+    r = subprocess.run(["bash", str(REPO / "scripts" / "reproduce_table1.sh")], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "skipping BFFHQ" in r.stdout and "sweep: 24 runs in" in r.stdout and r.stdout.count("missing ") == 24
+    assert "CPU cores" in r.stdout

@@ -75,6 +75,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     lg.add_argument("--log_freq", type=int, default=500, help="log mean train losses every N steps (default: 500)")
     lg.add_argument("--save_freq", type=int, default=None, help="write the last-step checkpoint every N steps (default: --valid_freq)")
     lg.add_argument("--tensorboard", action="store_true", help="also write tensorboard events to <run_dir>/tensorboard")
+    lg.add_argument("--report", action="store_true", help="at the end, write <run_dir>/report/report.html (see debiaslab report)")
     lg.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (needs: pip install 'debiaslab[wandb]'; offline without credentials)")
     lg.add_argument("--wandb_project", default="debiaslab", help="wandb project name (default: debiaslab)")
     lg.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -148,6 +149,10 @@ def cmd_train(args) -> int:
     results = train(cfg)
     print(results_summary(results))
     print(f"run directory: {Path(cfg.log_dir) / cfg.dataset / cfg.exp}")
+    if args.report:
+        from debiaslab.report import make_report
+
+        print(f"report: {make_report([cfg.run_dir()], device=cfg.device)}")
     return 0
 
 
@@ -396,6 +401,17 @@ def cmd_sweep(args) -> int:
                  args.cpus_per_run, args.gpus_per_run, not args.no_progress, args.dry_run)
 
 
+def cmd_report(args) -> int:
+    from debiaslab.report import make_report
+
+    if args.max_points <= 1:
+        raise UserError(f"--max_points must be at least 2, got {args.max_points}")
+    path = make_report(args.runs, Path(args.output) if args.output else None, args.select, args.tsne, args.device,
+                       args.max_points)
+    print(f"report written to {path} (figures beside it)")
+    return 0
+
+
 def cmd_collect(args) -> int:
     from debiaslab.collect import collect
     from debiaslab.io import atomic_write_bytes
@@ -480,6 +496,18 @@ def build_parser() -> argparse.ArgumentParser:
                                     "by the hash of its config: finished runs are skipped, unfinished ones resumed.")
     add_sweep_args(sw)
     sw.set_defaults(func=cmd_sweep)
+    rp = sub.add_parser("report", help="an HTML report of one or more runs: curves, W detection, features, accuracy grid",
+                        description="Write a self-contained report.html (images embedded) and its PNG figures for one or "
+                                    "more run directories.")
+    rp.add_argument("runs", nargs="+", help="run directories (several: curves overlaid and a summary table)")
+    rp.add_argument("--output", default=None, help="folder for report.html and the PNGs (default: <run_dir>/report for one "
+                    "run, ./report for several)")
+    rp.add_argument("--select", default="last", choices=["last", "best_valid", "best_valid_unbiased", "oracle_best_test"],
+                    help="the checkpoint the feature and accuracy-grid figures use (default: last)")
+    rp.add_argument("--tsne", action="store_true", help="add a t-SNE projection of the features (slower) to the PCA one")
+    rp.add_argument("--device", default="cpu", help="device for extracting features (default: cpu)")
+    rp.add_argument("--max_points", type=int, default=2000, help="test samples per projection plot (default: 2000)")
+    rp.set_defaults(func=cmd_report)
     co = sub.add_parser("collect", help="the results table of every run under a folder, beside the paper's numbers",
                         description="Read every run under DIR and print mean ± std over seeds per cell, one table per "
                                     "selection rule, with the paper's number and the difference; missing and unfinished "

@@ -18,6 +18,7 @@ from debiaslab.config import CIFAR_MEAN, CIFAR_STD, INPUT_SCALES, RUNTIME_FIELDS
 from debiaslab.data.reference import load_reference
 from debiaslab.data.splits import DatasetBundle, Split
 from debiaslab.data.transforms import BatchTransform, resize_uint8
+from debiaslab.diagnostics import detector_metrics, save_w_snapshot, snapshot_steps
 from debiaslab.io import atomic_write_json
 from debiaslab.logging import RunLogger, require_wandb
 from debiaslab.methods import METHODS
@@ -283,7 +284,7 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
         data_info.pop(k)
     atomic_write_json(run_dir / "config.json", {
         "config": cfg.to_dict(), "data": data_info, "debiaslab": __version__, "torch": torch.__version__,
-        "device": str(device), "uses_bias_labels_in_training": method_cls.uses_bias_labels,
+        "device": str(device), "torch_threads": torch.get_num_threads(), "uses_bias_labels_in_training": method_cls.uses_bias_labels,
     })
     sums: dict[str, torch.Tensor] = {}
     n_sum, start, skipped, seconds_before = 0, 0, [], 0.0
@@ -299,6 +300,7 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
         checkpoints.set_rng_state(state["rng"])  # last: building the models above drew from the global RNG
     t_loop = time.time()
     last_saved = start if state is not None else None
+    w_steps = snapshot_steps(cfg.num_steps, cfg.valid_freq)
 
     def save(done: int) -> None:
         nonlocal last_saved
@@ -344,6 +346,9 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
                 record = _evaluate_all(method, method_cls, valid_split, test_split, transform, C, cfg, train_split)
                 record.update(kind="eval", step=done)
                 logger.log(record)
+                if done in w_steps and method.sample_weights() is not None:
+                    save_w_snapshot(run_dir, done, method.sample_weights(), None if train_split.biases is None
+                                    else train_split.targets != train_split.biases)
                 improved = tracker.update(record)
                 for rule in improved if cfg.best_checkpoints else ():
                     checkpoints.save_models(run_dir, rule, {
@@ -376,7 +381,8 @@ def _evaluate_all(method, method_cls, valid_split, test_split, transform, C, cfg
         # how well the method's weight W finds the truly conflicting samples (bias labels read for logging only)
         conflicting = train_split.targets != train_split.biases
         record["train_w"] = {"mean_aligned": float(w[~conflicting].mean()) if (~conflicting).any() else None,
-                             "mean_conflicting": float(w[conflicting].mean()) if conflicting.any() else None}
+                             "mean_conflicting": float(w[conflicting].mean()) if conflicting.any() else None,
+                             **detector_metrics(w, conflicting)}
     return record
 
 
