@@ -138,39 +138,54 @@ def fig_w_detection(run: RunData, out: Path, prefix: str) -> Figure:
     if run.cfg.method not in ("lff", "disent"):
         return Figure(title, reason=f"{run.cfg.method} has no per-sample weight W (only LfF and DisEnt reweight samples)")
     history = [(r["step"], r.get("train_w") or {}) for r in run.evals]
+    has_mean = any(w.get("mean_conflicting") is not None for _, w in history)
     has_ap = any(w.get("ap") is not None for _, w in history)
     snaps = load_w_snapshots(run.path)
-    if not has_ap and (snaps is None or snaps.get("conflicting") is None):
-        reason = "the training split has no bias labels to evaluate W against" if history and not any(w for _, w in history) \
-            else "this run logged no W detection metrics (it predates them, or its training split has no bias labels)"
-        return Figure(title, reason=reason)
-    plt = _plt()
     steps = sorted(snaps["steps"]) if snaps and snaps.get("conflicting") is not None else []
-    fig, axes = plt.subplots(1, len(steps) + 1, figsize=(3.4 * (len(steps) + 1), 3.4), squeeze=False)
-    axes = axes[0]
+    if not has_mean and not steps:
+        return Figure(title, reason="the training split has no bias labels to evaluate W against" if run.evals
+                      else "no evaluation has been logged yet")
+    plt = _plt()
+    panels = len(steps) + 1 + has_ap
+    fig, axes = plt.subplots(1, panels, figsize=(3.6 * panels, 3.4), squeeze=False)
+    axes = list(axes[0])
     conflicting = snaps["conflicting"].numpy() if steps else None
-    for ax, s in zip(axes, steps):
-        w = snaps["steps"][s].float().numpy()
-        bins = np.linspace(0, 1, 41)
+    bins = np.linspace(0, 1, 41)
+    for s in steps:
+        ax, w = axes.pop(0), snaps["steps"][s].float().numpy()
         ax.hist(w[~conflicting], bins=bins, density=True, alpha=0.6, color="tab:green", label="aligned")
         ax.hist(w[conflicting], bins=bins, density=True, alpha=0.6, color="tab:red", label="conflicting")
-        ax.set(title=f"W at step {s}", xlabel="W", ylabel="density")
+        ax.set(title=f"W at step {s}", xlabel="W", ylabel="density (log)")
         ax.set_yscale("log")
         ax.legend(fontsize=7)
-    ax = axes[-1]
-    es = [s for s, w in history if w.get("ap") is not None]
-    for key, color in (("ap", "tab:blue"), ("precision", "tab:orange"), ("recall", "tab:green")):
-        ax.plot(es, [w[key] for s, w in history if w.get("ap") is not None], color=color,
-                label={"ap": "average precision", "precision": "precision (W > 0.5)", "recall": "recall (W > 0.5)"}[key])
-    base = next((w["base_rate"] for _, w in history if w.get("base_rate") is not None), None)
-    if base is not None:
-        ax.axhline(base, color="k", ls="--", lw=1, label=f"base rate {100 * base:.2f}% (random detector's AP)")
+    ax = axes.pop(0)
+    es = [s for s, w in history if w.get("mean_conflicting") is not None]
+    ax.plot(es, [w["mean_aligned"] for s, w in history if w.get("mean_conflicting") is not None], color="tab:green",
+            label="aligned")
+    ax.plot(es, [w["mean_conflicting"] for s, w in history if w.get("mean_conflicting") is not None], color="tab:red",
+            label="conflicting")
     _swap_line(ax, run)
-    ax.set(title="W as a detector over training", xlabel="step", ylim=(0, 1.02))
+    ax.set(title="mean W over training", xlabel="step", ylabel="mean W", ylim=(0, 1.02))
     ax.legend(fontsize=7)
+    if has_ap:
+        ax = axes.pop(0)
+        es = [s for s, w in history if w.get("ap") is not None]
+        for key, color in (("ap", "tab:blue"), ("precision", "tab:orange"), ("recall", "tab:green")):
+            ax.plot(es, [w[key] for s, w in history if w.get("ap") is not None], color=color,
+                    label={"ap": "average precision", "precision": "precision (W > 0.5)", "recall": "recall (W > 0.5)"}[key])
+        base = next((w["base_rate"] for _, w in history if w.get("base_rate") is not None), None)
+        if base is not None:
+            ax.axhline(base, color="k", ls="--", lw=1, label=f"base rate {100 * base:.2f}% (random detector's AP)")
+        _swap_line(ax, run)
+        ax.set(title="W as a detector over training", xlabel="step", ylim=(0, 1.02))
+        ax.legend(fontsize=7)
+    caption = ("Histograms of W for truly aligned (green) and conflicting (red) training samples at a few steps, the mean "
+               "W of each group over training, and precision / recall / average precision of W as a detector of the "
+               "conflicting samples.")
+    missing = [what for what, ok in (("the histograms (w_snapshots.pt)", bool(steps)), ("AP / precision / recall", has_ap)) if not ok]
+    if missing:
+        caption += f" Not recorded by this run (it predates them): {' and '.join(missing)}."
     last = next((w for _, w in reversed(history) if w.get("ap") is not None), None)
-    caption = ("Histograms of W for truly aligned (green) and conflicting (red) training samples at a few steps (log "
-               "density), and precision / recall / average precision of W as a detector of the conflicting ones.")
     if last:
         caption += (f" At the last evaluation: AP {last['ap']:.3f} (random: {last['base_rate']:.3f}), precision "
                     f"{last['precision']:.3f}, recall {last['recall']:.3f}.")
