@@ -124,11 +124,16 @@ def test_manifest_dataset_train_and_test(tmp_path, with_bias, method):
     assert json.loads(t.stdout)["metrics"]["test"]["accuracy"] == pytest.approx(test["accuracy"])
 
 
-def test_image_folder_dataset_trains(tmp_path):
-    for split, n in (("train", 6), ("test", 2)):
+def write_image_folder(root, counts: dict, ext="jpg"):
+    """``root/<split>/{ants,bees}/<i>.<ext>``: two classes of plain colours, ``counts[split]`` images each."""
+    for split, n in counts.items():
         for c, colour in (("ants", (200, 0, 0)), ("bees", (0, 200, 0))):
             for i in range(n):
-                write_png(tmp_path / "insects" / split / c / f"{i}.jpg", colour)
+                write_png(root / split / c / f"{i}.{ext}", colour)
+
+
+def test_image_folder_dataset_trains(tmp_path):
+    write_image_folder(tmp_path / "insects", {"train": 6, "test": 2})
     r = run_cli("train", "--image_folder", tmp_path / "insects", "--train_lff", "--exp", "f", "--log_dir", tmp_path / "log",
                 "--model", "resnet20", *FAST)
     assert r.returncode == 0, r.stderr[-2000:]

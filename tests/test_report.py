@@ -11,7 +11,7 @@ import torch
 from debiaslab.diagnostics import detector_metrics, probe_accuracy, snapshot_steps
 from debiaslab.report import METRIC_KEYS, make_report
 from tests.conftest import run_cli
-from tests.test_datasets_cli import write_png
+from tests.test_datasets_cli import write_image_folder
 
 FAST = ("--num_steps", "40", "--valid_freq", "10", "--batch_size", "16", "--no_progress", "--device", "cpu")
 IMG = re.compile(r"<img src='data:image/png;base64,([A-Za-z0-9+/=]+)' alt='[^']*' data-file='([^']+)'>")
@@ -121,10 +121,7 @@ def test_several_runs_overlay_and_summary(runs, tmp_path):
 
 
 def test_report_without_bias_labels_says_what_is_unavailable(tmp_path):
-    for split, n in (("train", 20), ("test", 6)):
-        for c, colour in (("ants", (200, 0, 0)), ("bees", (0, 200, 0))):
-            for i in range(n):
-                write_png(tmp_path / "insects" / split / c / f"{i}.png", colour)
+    write_image_folder(tmp_path / "insects", {"train": 20, "test": 6}, "png")
     r = run_cli("train", "--image_folder", tmp_path / "insects", "--train_lff", "--exp", "f", "--log_dir", tmp_path / "log",
                 "--model", "mlp", "--report", *FAST)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -451,80 +451,92 @@ def cmd_demo(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------ main
+def add_presets_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("patterns", nargs="*", help="shell patterns, e.g. 'cmnist-*' (default: all)")
+    p.add_argument("--json", action="store_true", help="print them as JSON")
+
+
+RULE_CHOICES = ["last", "best_valid", "best_valid_unbiased", "oracle_best_test"]
+
+
+def add_report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", help="run directories (several: curves overlaid and a summary table)")
+    p.add_argument("--output", default=None, help="folder for report.html and the PNGs (default: <run_dir>/report for one "
+                   "run, ./report for several)")
+    p.add_argument("--select", default="last", choices=RULE_CHOICES,
+                   help="the checkpoint the feature and accuracy-grid figures use (default: last)")
+    p.add_argument("--tsne", action="store_true", help="add a t-SNE projection of the features (slower) to the PCA one")
+    p.add_argument("--device", default="cpu", help="device for extracting features (default: cpu)")
+    p.add_argument("--max_points", type=int, default=2000, help="test samples per projection plot (default: 2000)")
+
+
+def add_collect_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", help="a sweep's --out folder, or any folder holding run directories")
+    p.add_argument("--format", choices=["markdown", "csv", "latex"], default="markdown", help="output format (default: markdown)")
+    p.add_argument("--rules", nargs="+", default=None, choices=RULE_CHOICES, help="selection rules to show (default: all four)")
+    p.add_argument("--output", default=None, help="write to this file instead of stdout")
+    p.add_argument("--into", default=None, metavar="DOC", help="replace the block between '<!-- collect:begin -->' and "
+                   "'<!-- collect:end -->' in DOC (e.g. docs/results/cmnist.md) with the table; the rest of DOC stays")
+
+
+# (name, function, argument adder, help, description) of every command; nested ones under data build / preview
+COMMANDS = [
+    ("train", cmd_train, add_train_args, "train a method on a reference-layout dataset",
+     "Train Vanilla, LfF or DisEnt. The paper's flags work as in its README."),
+    ("test", cmd_test, add_test_args, "evaluate a checkpoint (debiaslab's or the reference code's)",
+     "Evaluate a checkpoint on the valid and test splits and print every metric."),
+    ("presets", cmd_presets, add_presets_args, "list the presets: one per cell of the paper's table, with its number",
+     "List the presets (the paper's hyper-parameters and number for each table cell)."),
+    ("sweep", cmd_sweep, add_sweep_args, "run a grid of runs (methods x datasets x ratios x seeds x any flag), resumably",
+     "Run every cell of a grid, locally in parallel or on Ray. Each run directory is named by the hash of its config: "
+     "finished runs are skipped, unfinished ones resumed."),
+    ("collect", cmd_collect, add_collect_args, "the results table of every run under a folder, beside the paper's numbers",
+     "Read every run under DIR and print mean ± std over seeds per cell, one table per selection rule, with the paper's "
+     "number and the difference; missing and unfinished runs are shown as such."),
+    ("report", cmd_report, add_report_args, "an HTML report of one or more runs: curves, W detection, features, accuracy grid",
+     "Write a self-contained report.html (images embedded) and its PNG figures for one or more run directories."),
+    ("demo", cmd_demo, add_demo_args, "compare Vanilla, LfF and DisEnt on Colored Digits (no download, a few minutes on CPU)",
+     "Train each method briefly on Colored Digits (scikit-learn's bundled digits, coloured by the Colored MNIST protocol) "
+     "and print aligned / conflicting / unbiased test accuracy."),
+]
+BUILD_COMMANDS = [
+    ("cmnist", cmd_build_cmnist, add_build_cmnist_args, "Colored MNIST (LfF protocol): 0.5/1/2/5 pct",
+     "Build Colored MNIST by the LfF protocol: 55k train / 5k biased valid from MNIST train, 10k unbiased test from MNIST "
+     "test; reference layout + cache + manifest.json."),
+    ("cifar10c", cmd_build_cifar10c, add_build_cifar10c_args,
+     "Corrupted CIFAR-10 (LfF protocol): 0.5/1/2/5 pct, type 0 or 1, CIFAR-10-C severities",
+     "Build Corrupted CIFAR-10 by the LfF protocol: 45k train / 5k biased valid from CIFAR-10 train, 10k unbiased test from "
+     "CIFAR-10 test; reference layout + cache + manifest.json."),
+]
+PREVIEW_COMMANDS = [
+    ("cifar10c", cmd_preview_cifar10c, add_preview_cifar10c_args, "one row per corruption, one column per class",
+     "Apply each corruption of a type to a few CIFAR-10 test images and write a labelled PNG grid."),
+]
+
+
+def _add_commands(sub, commands) -> dict:
+    parsers = {}
+    for name, func, add_args, help_text, description in commands:
+        parsers[name] = sub.add_parser(name, help=help_text, description=description)
+        add_args(parsers[name])
+        parsers[name].set_defaults(func=func)
+    return parsers
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="debiaslab", description="Train and evaluate debiased image classifiers (Vanilla, LfF, DisEnt).",
-)
+    p = Parser(prog="debiaslab", description="Train and evaluate debiased image classifiers (Vanilla, LfF, DisEnt).")
     p.add_argument("--version", action="version", version=f"debiaslab {__version__}")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    t = sub.add_parser("train", help="train a method on a reference-layout dataset",
-                       description="Train Vanilla, LfF or DisEnt. The paper's flags work as in its README.")
-    add_train_args(t)
-    t.set_defaults(func=cmd_train)
-    p._train_parser = t
-    e = sub.add_parser("test", help="evaluate a checkpoint (debiaslab's or the reference code's)",
-                       description="Evaluate a checkpoint on the valid and test splits and print every metric.")
-    add_test_args(e)
-    e.set_defaults(func=cmd_test)
+    parsers = _add_commands(sub, COMMANDS[:2])
     d = sub.add_parser("data", help="build datasets", description="Build datasets in the reference layout.")
     dsub = d.add_subparsers(dest="data_command", metavar="ACTION", parser_class=Parser)
     b = dsub.add_parser("build", help="build a dataset", description="Build a dataset in the reference layout, with a fast cache and a manifest.")
-    bsub = b.add_subparsers(dest="build_dataset", metavar="DATASET", parser_class=Parser)
-    c = bsub.add_parser("cmnist", help="Colored MNIST (LfF protocol): 0.5/1/2/5 pct",
-                        description="Build Colored MNIST by the LfF protocol: 55k train / 5k biased valid from MNIST train, "
-                                    "10k unbiased test from MNIST test; reference layout + cache + manifest.json.")
-    add_build_cmnist_args(c)
-    c.set_defaults(func=cmd_build_cmnist)
-    cc = bsub.add_parser("cifar10c", help="Corrupted CIFAR-10 (LfF protocol): 0.5/1/2/5 pct, type 0 or 1, CIFAR-10-C severities",
-                         description="Build Corrupted CIFAR-10 by the LfF protocol: 45k train / 5k biased valid from CIFAR-10 train, "
-                                     "10k unbiased test from CIFAR-10 test; reference layout + cache + manifest.json.")
-    add_build_cifar10c_args(cc)
-    cc.set_defaults(func=cmd_build_cifar10c)
+    _add_commands(b.add_subparsers(dest="build_dataset", metavar="DATASET", parser_class=Parser), BUILD_COMMANDS)
     pv = dsub.add_parser("preview", help="write a PNG grid of a dataset's biases", description="Write a PNG grid to look at a builder's output.")
-    psub = pv.add_subparsers(dest="preview_dataset", metavar="DATASET", parser_class=Parser)
-    pc = psub.add_parser("cifar10c", help="one row per corruption, one column per class",
-                         description="Apply each corruption of a type to a few CIFAR-10 test images and write a labelled PNG grid.")
-    add_preview_cifar10c_args(pc)
-    pc.set_defaults(func=cmd_preview_cifar10c)
-    ps = sub.add_parser("presets", help="list the presets: one per cell of the paper's table, with its number",
-                        description="List the presets (the paper's hyper-parameters and number for each table cell).")
-    ps.add_argument("patterns", nargs="*", help="shell patterns, e.g. 'cmnist-*' (default: all)")
-    ps.add_argument("--json", action="store_true", help="print them as JSON")
-    ps.set_defaults(func=cmd_presets)
-    sw = sub.add_parser("sweep", help="run a grid of runs (methods x datasets x ratios x seeds x any flag), resumably",
-                        description="Run every cell of a grid, locally in parallel or on Ray. Each run directory is named "
-                                    "by the hash of its config: finished runs are skipped, unfinished ones resumed.")
-    add_sweep_args(sw)
-    sw.set_defaults(func=cmd_sweep)
-    rp = sub.add_parser("report", help="an HTML report of one or more runs: curves, W detection, features, accuracy grid",
-                        description="Write a self-contained report.html (images embedded) and its PNG figures for one or "
-                                    "more run directories.")
-    rp.add_argument("runs", nargs="+", help="run directories (several: curves overlaid and a summary table)")
-    rp.add_argument("--output", default=None, help="folder for report.html and the PNGs (default: <run_dir>/report for one "
-                    "run, ./report for several)")
-    rp.add_argument("--select", default="last", choices=["last", "best_valid", "best_valid_unbiased", "oracle_best_test"],
-                    help="the checkpoint the feature and accuracy-grid figures use (default: last)")
-    rp.add_argument("--tsne", action="store_true", help="add a t-SNE projection of the features (slower) to the PCA one")
-    rp.add_argument("--device", default="cpu", help="device for extracting features (default: cpu)")
-    rp.add_argument("--max_points", type=int, default=2000, help="test samples per projection plot (default: 2000)")
-    rp.set_defaults(func=cmd_report)
-    co = sub.add_parser("collect", help="the results table of every run under a folder, beside the paper's numbers",
-                        description="Read every run under DIR and print mean ± std over seeds per cell, one table per "
-                                    "selection rule, with the paper's number and the difference; missing and unfinished "
-                                    "runs are shown as such.")
-    co.add_argument("dir", help="a sweep's --out folder, or any folder holding run directories")
-    co.add_argument("--format", choices=["markdown", "csv", "latex"], default="markdown", help="output format (default: markdown)")
-    co.add_argument("--rules", nargs="+", default=None, choices=["last", "best_valid", "best_valid_unbiased", "oracle_best_test"],
-                    help="selection rules to show (default: all four)")
-    co.add_argument("--output", default=None, help="write to this file instead of stdout")
-    co.add_argument("--into", default=None, metavar="DOC", help="replace the block between '<!-- collect:begin -->' and "
-                    "'<!-- collect:end -->' in DOC (e.g. docs/results/cmnist.md) with the table; the rest of DOC stays")
-    co.set_defaults(func=cmd_collect)
-    m = sub.add_parser("demo", help="compare Vanilla, LfF and DisEnt on Colored Digits (no download, a few minutes on CPU)",
-                       description="Train each method briefly on Colored Digits (scikit-learn's bundled digits, coloured "
-                                   "by the Colored MNIST protocol) and print aligned / conflicting / unbiased test accuracy.")
-    add_demo_args(m)
-    m.set_defaults(func=cmd_demo)
+    _add_commands(pv.add_subparsers(dest="preview_dataset", metavar="DATASET", parser_class=Parser), PREVIEW_COMMANDS)
+    _add_commands(sub, COMMANDS[2:])
+    p._train_parser = parsers["train"]
     return p
 
 
