@@ -146,9 +146,11 @@ def fig_w_detection(run: RunData, out: Path, prefix: str) -> Figure:
         return Figure(title, reason="the training split has no bias labels to evaluate W against" if run.evals
                       else "no evaluation has been logged yet")
     plt = _plt()
-    panels = len(steps) + 1 + has_ap
-    fig, axes = plt.subplots(1, panels, figsize=(3.6 * panels, 3.4), squeeze=False)
-    axes = list(axes[0])
+    # histograms on a first row, the curves over training below them
+    fig = plt.figure(figsize=(16, 7.6 if steps else 3.8), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.15]) if steps else (None, fig)
+    axes = list(top.subplots(1, len(steps))) if len(steps) > 1 else ([top.subplots()] if steps else [])
+    axes += list(bottom.subplots(1, 2)) if has_ap else [bottom.subplots()]
     conflicting = snaps["conflicting"].numpy() if steps else None
     bins = np.linspace(0, 1, 41)
     for s in steps:
