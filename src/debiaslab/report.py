@@ -114,9 +114,9 @@ def fig_curves(run: RunData, out: Path, prefix: str) -> Figure:
             vals = [r[split].get(key) for r in run.evals]
             if any(v is not None for v in vals):
                 ax.plot(es, [np.nan if v is None else 100 * v for v in vals], ls=ls, color=color, label=f"{split} {key}")
-    ax.set(title="accuracy (%): test solid, valid dashed", xlabel="step", ylabel="%", ylim=(0, 100))
+    ax.set(title="accuracy (%): test solid, valid dashed", xlabel="step", ylabel="%", ylim=(0, 102))
     _swap_line(ax, run)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.16))  # below the axes: curves stay visible
     ax = axes[2]
     ax.plot(steps, [r.get("lr") for r in run.train], color="tab:purple")
     ax.set(title="learning rate", xlabel="step", ylabel="lr")
@@ -253,8 +253,8 @@ def probe_table(ev: Evaluated) -> tuple[dict, str]:
     chance = f"{100 / ev.num_classes:.1f}%"
     table = (f"<table class='probes'><tr><th>feature</th><th>probe accuracy: target</th><th>probe accuracy: bias</th></tr>{rows}"
              f"</table><p class='note'>Logistic-regression probes, trained on half of the test samples shown and scored on "
-             f"the other half (chance {chance}). Disentangled features: z_intrinsic predicts the target, not the bias; "
-             f"z_bias the bias.</p>")
+             f"the other half (chance {chance}). For DisEnt, disentangled features mean that z_intrinsic predicts the "
+             f"target and not the bias, and z_bias the bias.</p>")
     return probes, table
 
 
