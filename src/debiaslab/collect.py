@@ -214,26 +214,21 @@ def _method(r: Row) -> str:
     return r.method + (f" ({r.variant})" if r.variant else "")
 
 
-def data_lines(root: Path) -> list[str]:
-    """The data checksums the runs were trained on, one line per dataset and ratio."""
+def data_lines(cells: list[Cell]) -> list[str]:
+    """The data checksums the runs were trained on (as each run's config.json recorded them), per dataset and ratio."""
     found: dict[tuple, set] = {}
-    for cfg_path in sorted(root.rglob("config.json")):
-        try:
-            meta = json.loads(cfg_path.read_text())
-            c = meta["config"]
-            sha = meta["data"]["sha256"]
-        except (ValueError, KeyError, TypeError):
-            continue
-        key = (c["dataset"], c["percent"] if TrainConfig.from_dict(c).uses_percent() else "")
-        found.setdefault(key, set()).add(tuple(f"{s} {sha[s]}" for s in sorted(sha)))
+    for c in cells:
+        for r in c.records:
+            if r.data_sha:
+                found.setdefault((c.dataset, c.percent or ""), set()).add(r.data_sha)
     lines = []
     for (ds, pct), shas in sorted(found.items()):
-        for s in sorted(shas):
-            lines.append(f"{ds} {pct}".strip() + ": " + ", ".join(f"{x.split()[0]} sha256 {x.split()[1][:16]}" for x in s))
+        for sha in sorted(shas):
+            lines.append(f"{ds} {pct}".strip() + ": " + ", ".join(f"{split} sha256 {h[:16]}" for split, h in sha))
     return lines
 
 
-def render(cells: list[Cell], root: Path, fmt: str = "markdown", rules: list[str] | None = None) -> str:
+def render(cells: list[Cell], fmt: str = "markdown", rules: list[str] | None = None) -> str:
     rules = rules or list(SELECTION_RULES)
     for r in rules:
         if r not in SELECTION_RULES:
@@ -260,7 +255,7 @@ def render(cells: list[Cell], root: Path, fmt: str = "markdown", rules: list[str
     if any(r.mixed_data for rule in rules for r in rows(cells, rule)):
         out += ["‡ the seeds of this cell were trained on different data (checksums differ).", ""]
     out += ["Data (sha256 of each split's decoded images, as recorded by every run):", ""]
-    out += [f"- {line}" for line in data_lines(root)]
+    out += [f"- {line}" for line in data_lines(cells)]
     return "\n".join(out) + "\n"
 
 
@@ -301,7 +296,7 @@ def _latex(cells: list[Cell], rules: list[str], metrics: list[str]) -> str:
 
 def collect(root: str, fmt: str = "markdown", rules: list[str] | None = None) -> str:
     path = Path(root)
-    return render(read(path), path, fmt, rules)
+    return render(read(path), fmt, rules)
 
 
 BEGIN, END = "<!-- collect:begin -->\n", "<!-- collect:end -->"
