@@ -108,6 +108,10 @@ def add_data_args(g) -> None:
     u.add_argument("--manifest", default=None, help="your own dataset: a CSV with columns path, target and optionally bias, split (see README)")
     u.add_argument("--image_folder", default=None, help="your own dataset: a folder with train/<class>/, test/<class>/ and optionally valid/<class>/ images")
     g.add_argument("--image_size", type=int, default=None, help="resize every image to N x N once, at load time (default per dataset: 32 cifar10c, 224 bffhq and bar, none otherwise)")
+    g.add_argument("--palette", choices=["disent", "lff", "any"], default=None,
+                   help="cmnist: the colours the data must have, read back from its images: disent (the default; the "
+                   "paper's data), lff (LfF's protocol) or any (whatever the folder holds); a folder of the other palette "
+                   "is refused")
 
 
 def data_config(args) -> dict:
@@ -117,7 +121,7 @@ def data_config(args) -> dict:
         source = args.manifest or args.image_folder
         dataset = Path(source).resolve().stem if source else "cmnist"
     return dict(dataset=dataset, percent=args.percent, data_dir=args.data_dir, corruption_type=1 if args.use_type1 else 0,
-                manifest=args.manifest, image_folder=args.image_folder, image_size=args.image_size)
+                manifest=args.manifest, image_folder=args.image_folder, image_size=args.image_size, palette=args.palette)
 
 
 def config_from_args(args):
@@ -239,6 +243,10 @@ def add_build_cmnist_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--percent", nargs="+", default=["0.5", "1", "2", "5"], help="bias-conflicting percentages to build (default: 0.5 1 2 5)")
     p.add_argument("--seed", type=int, default=0, help="builder seed (default: 0)")
     p.add_argument("--severity", type=int, default=4, choices=[1, 2, 3, 4, 5], help="colour-noise severity, sigma 0.05..0.002 (default: 4, the paper's)")
+    p.add_argument("--palette", choices=["disent", "lff"], default="disent",
+                   help="digit colours: disent = the ten saturated hues of the DisEnt paper's data, read off the dataset "
+                   "figure of its code repository (assets/data.png; the default, the data of the paper's Table 1); "
+                   "lff = LfF's palette (Nam et al. 2020), an easier problem")
     p.add_argument("--valid_size", type=int, default=5000, help="MNIST training digits held out as the biased valid split (default: 5000)")
     p.add_argument("--download_dir", default=None, help="where torchvision downloads MNIST (default: <out>/.downloads)")
     p.add_argument("--force", action="store_true", help="replace an existing <out>/cmnist")
@@ -254,8 +262,9 @@ def cmd_build_cmnist(args) -> int:
     mnist, prov = load_mnist(args.mnist, Path(args.download_dir) if args.download_dir else out / ".downloads")
     if not 0 < args.valid_size < len(mnist["x_train"]):
         raise UserError(f"--valid_size {args.valid_size} must be between 1 and the {len(mnist['x_train'])} MNIST training digits")
-    manifest = write_cmnist(mnist, prov, out, pcts, args.seed, args.severity, args.valid_size, force=args.force)
-    print(f"Colored MNIST written to {out / 'cmnist'} in {manifest['build_seconds']} s (manifest: {out / 'cmnist' / 'manifest.json'})")
+    manifest = write_cmnist(mnist, prov, out, pcts, args.seed, args.severity, args.valid_size, force=args.force,
+                            palette=args.palette)
+    print(f"Colored MNIST ({args.palette} palette) written to {out / 'cmnist'} in {manifest['build_seconds']} s (manifest: {out / 'cmnist' / 'manifest.json'})")
     return 0
 
 

@@ -63,7 +63,7 @@ def _cell_key(identity: dict) -> str:
 
 
 def _identity(cfg: dict) -> dict:
-    return TrainConfig.from_dict(cfg).identity()
+    return TrainConfig.from_saved(cfg).identity()
 
 
 def read(root: Path) -> list[Cell]:

@@ -30,6 +30,12 @@ RUNTIME_FIELDS = frozenset({"progress", "overwrite", "resume", "tensorboard", "w
                             "eval_batch_size", "keep_checkpoints", "best_checkpoints", "on_nonfinite"})
 # Where a run is written; the hash names that place, so it cannot depend on it.
 LOCATION_FIELDS = frozenset({"log_dir", "exp"})
+# Fields that apply to some datasets only: left out of the identity where they do not apply (None),
+# so adding one does not change the hash of runs on the other datasets.
+DATASET_SPECIFIC_FIELDS = frozenset({"palette"})
+# Colored MNIST's palettes (data/colored.py); "any" accepts whatever colours the data holds.
+PALETTE_CHOICES = ("disent", "lff", "any")
+COLORED_DATASETS = ("cmnist", "colored_digits")
 
 GENERIC_DEFAULTS = dict(model="resnet18", batch_size=64, lr=0.001, image_size=None, normalize=True, augment=False,
                         input_scale="unit")
@@ -44,6 +50,7 @@ class TrainConfig:
     model: str | None = None
     data_dir: str = "dataset"
     corruption_type: int = 0  # cifar10c only: 0 reads <data_dir>/cifar10c, 1 reads <data_dir>/cifar10c_type1
+    palette: str | None = None  # cmnist only: the colours the data must have (default disent, the paper's data)
     manifest: str | None = None  # a user dataset: CSV with path, target[, bias][, split]
     image_folder: str | None = None  # a user dataset: <dir>/train|valid|test/<class>/<image>
     log_dir: str = "log"
@@ -94,6 +101,8 @@ class TrainConfig:
         defaults = DATASET_DEFAULTS.get(self.dataset, GENERIC_DEFAULTS)
         changes = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         cfg = dataclasses.replace(self, **changes)
+        if cfg.palette is None and cfg.dataset in COLORED_DATASETS and cfg.uses_percent():
+            cfg = dataclasses.replace(cfg, palette="disent")
         if cfg.save_freq is None:
             cfg = dataclasses.replace(cfg, save_freq=cfg.valid_freq)
         return cfg
@@ -106,12 +115,21 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
+    @classmethod
+    def from_saved(cls, d: dict) -> "TrainConfig":
+        """The config a run directory recorded. Runs saved before ``palette`` existed all trained on
+        LfF's palette (the only one then), so a Colored MNIST config without it means ``lff``."""
+        if d.get("dataset") in COLORED_DATASETS and "palette" not in d:
+            d = {**d, "palette": "lff"}
+        return cls.from_dict(d)
+
     def identity(self) -> dict:
         """What the run computes: the resolved config without runtime and location fields."""
         d = self.resolved().to_dict()
         floats = {f.name for f in dataclasses.fields(self) if str(f.type).startswith("float")}
         return {k: float(d[k]) if k in floats and isinstance(d[k], int) and not isinstance(d[k], bool) else d[k]
-                for k in sorted(d) if k not in RUNTIME_FIELDS and k not in LOCATION_FIELDS}
+                for k in sorted(d) if k not in RUNTIME_FIELDS and k not in LOCATION_FIELDS
+                and not (k in DATASET_SPECIFIC_FIELDS and d[k] is None)}
 
     def config_hash(self, length: int = 10) -> str:
         """A short sha256 of :meth:`identity`: same config -> same hash, any change -> another."""
@@ -175,6 +193,10 @@ class TrainConfig:
             raise UserError(f"--image_size must be a positive integer, got {self.image_size}")
         if self.manifest and self.image_folder:
             raise UserError("pass either --manifest or --image_folder, not both")
+        if self.palette is not None and self.palette not in PALETTE_CHOICES:
+            raise UserError(f"--palette must be one of {', '.join(PALETTE_CHOICES)}, got {self.palette!r}")
+        if self.palette is not None and not (self.dataset in COLORED_DATASETS and self.uses_percent()):
+            raise UserError(f"--palette applies to Colored MNIST only, not to {self.data_label()}; drop it")
         if self.keep_checkpoints < 1:
             raise UserError(f"--keep_checkpoints must be at least 1, got {self.keep_checkpoints}")
         if self.on_nonfinite not in ("stop", "skip"):

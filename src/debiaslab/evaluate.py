@@ -52,7 +52,7 @@ def load_checkpoint(path, dataset: str, select: str = "last", model: str | None 
     blob = _load(path)
     if not isinstance(blob, dict) or "config" not in blob:
         raise UserError(f"{path} is not a debiaslab checkpoint (no config inside)")
-    cfg = TrainConfig.from_dict(blob["config"]).resolved()
+    cfg = TrainConfig.from_saved(blob["config"]).resolved()
     method_cls = METHODS[blob["method"]]
     states = blob["models"] if blob.get("kind") == "models" else blob["method_state"]["models"]
     num_classes = next(iter(states.values()))["fc.weight"].shape[0]

@@ -54,7 +54,7 @@ def load_run(path: Path) -> RunData:
     path = Path(path)
     try:
         meta = json.loads((path / "config.json").read_text())
-        cfg = TrainConfig.from_dict(meta["config"])
+        cfg = TrainConfig.from_saved(meta["config"])
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(f"{path} is not a debiaslab run directory (no readable config.json); pass a folder written by "
                         "debiaslab train or sweep") from None

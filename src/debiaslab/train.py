@@ -139,7 +139,12 @@ def load_data(cfg: TrainConfig) -> DatasetBundle:
     if cfg.dataset == "bar":
         return load_bar(dataset_root(cfg.data_dir, "bar"), cfg.image_size or 224, seed=DATA_SEED)
     folder = cifar10c_folder(cfg.corruption_type) if cfg.dataset == "cifar10c" else cfg.dataset
-    return load_reference(cfg.data_dir, folder, cfg.percent)
+    bundle = load_reference(cfg.data_dir, folder, cfg.percent)
+    if cfg.dataset == "cmnist":
+        from debiaslab.data.cmnist import check_palette
+
+        bundle.info.update(check_palette(bundle, cfg.resolved().palette, Path(cfg.data_dir)))
+    return bundle
 
 
 def _existing_run(cfg: TrainConfig) -> tuple[str, dict | None]:
@@ -153,7 +158,7 @@ def _existing_run(cfg: TrainConfig) -> tuple[str, dict | None]:
     if not run_dir.exists() or not any(run_dir.iterdir()) or cfg.overwrite:
         return "fresh", None
     try:
-        old = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text())["config"]).to_dict()
+        old = TrainConfig.from_saved(json.loads((run_dir / "config.json").read_text())["config"]).to_dict()
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(f"{run_dir} exists but holds no readable config.json, so it cannot be resumed; "
                         "pass another --exp (or --log_dir), or --overwrite to replace it") from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from debiaslab.data.colored import SEVERITY_SIGMA, percent_to_rho
+from debiaslab.data.colored import DEFAULT_PALETTE, SEVERITY_SIGMA, palette_tensor, percent_to_rho
 from debiaslab.data.cmnist import colored_split
 from debiaslab.data.splits import DatasetBundle
 
@@ -24,7 +24,7 @@ def digits_gray() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def colored_digits(percent: float = 5.0, seed: int = 0, severity: int = 4,
-                   fractions=(0.6, 0.1, 0.3)) -> DatasetBundle:
+                   fractions=(0.6, 0.1, 0.3), palette: str = DEFAULT_PALETTE) -> DatasetBundle:
     """Train (rho = 1 - percent/100), valid (same rho) and unbiased test (rho = 0.1) splits."""
     gray, targets = digits_gray()
     g = torch.Generator().manual_seed(seed)
@@ -40,6 +40,9 @@ def colored_digits(percent: float = 5.0, seed: int = 0, severity: int = 4,
     idx = {k: torch.cat(v).sort().values for k, v in parts.items()}
     sigma = SEVERITY_SIGMA[severity]
     rho = percent_to_rho(percent)
-    splits = {k: colored_split(gray[i], targets[i], rho if k != "test" else 0.1, sigma, g) for k, i in idx.items()}
-    info = {"source": "sklearn.datasets.load_digits (bundled)", "percent": f"{percent:g}pct", "seed": seed, "severity": severity}
+    colours = palette_tensor(palette)
+    splits = {k: colored_split(gray[i], targets[i], rho if k != "test" else 0.1, sigma, g, palette=colours)
+              for k, i in idx.items()}
+    info = {"source": "sklearn.datasets.load_digits (bundled)", "percent": f"{percent:g}pct", "seed": seed,
+            "severity": severity, "palette": palette}
     return DatasetBundle("colored_digits", splits["train"], splits["valid"], splits["test"], 10, info)
