@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from debiaslab import UserError
-from debiaslab.data.colored import PALETTE, bias_labels, colorize
+from debiaslab.data.colored import PALETTE, PALETTES, bias_labels, colorize, match_palette, read_palette
 from debiaslab.data.reference import load_reference, parse_labels, read_split, write_split
 from tests.conftest import run_cli, tiny_split
 
@@ -100,6 +100,42 @@ def test_colorize_uses_the_palette_and_intensity():
     assert not torch.equal(noisy, rgb)
 
 
+def test_the_default_palette_is_disents_saturated_hues():
+    expected = [(1, 0, 0), (1, .5, 0), (1, 1, 0), (.5, 1, 0), (0, 1, 0), (0, 1, 1), (0, 0, 1), (.5, 0, 1), (1, 0, .5), (1, 0, 1)]
+    assert torch.equal(PALETTE, torch.tensor(expected, dtype=torch.float32))
+    assert PALETTES["lff"][0].tolist() == pytest.approx([0.9837, 0.3125, 0.1686])
+
+
+@pytest.mark.parametrize("name", ["disent", "lff"])
+def test_read_palette_gives_back_the_colours_of_each_label(name):
+    g = torch.Generator().manual_seed(0)
+    gray = torch.randint(0, 200, (300, 6, 6), generator=g, dtype=torch.uint8)
+    gray[:, 2, 3] = 255  # a full-intensity stroke pixel, as MNIST digits have
+    biases = torch.arange(10).repeat(30)
+    rgb = colorize(gray, biases, 0.005, g, PALETTES[name])
+    measured = read_palette(rgb, biases)
+    assert (measured - PALETTES[name]).abs().max() < 0.01
+    assert match_palette(measured) == name
+    assert match_palette(measured.flip(0)) is None  # colours that are no known palette
+    assert read_palette(rgb[biases != 4], biases[biases != 4])[4].isnan().all()
+
+
+def test_palettes_change_only_the_colours(mnist_npz):
+    from debiaslab.data.cmnist import build_cmnist
+    from debiaslab.data.mnist import load_mnist
+
+    mnist, _ = load_mnist(str(mnist_npz), None)
+    small = {k: v[:4000] for k, v in mnist.items()}
+    disent, lff = (build_cmnist(small, 1.0, seed=0, valid_size=500, palette=p) for p in ("disent", "lff"))
+    for name in ("train", "valid", "test"):
+        a, b = getattr(disent, name), getattr(lff, name)
+        assert torch.equal(a.targets, b.targets) and torch.equal(a.biases, b.biases)
+        assert not torch.equal(a.images, b.images)
+        assert match_palette(read_palette(a.images, a.biases)) == "disent"
+        assert match_palette(read_palette(b.images, b.biases)) == "lff"
+    assert disent.info["palette"] == "disent" and lff.info["palette"] == "lff"
+
+
 def test_build_cmnist_in_memory_follows_the_protocol(mnist_npz):
     from debiaslab.data.cmnist import build_cmnist
     from debiaslab.data.mnist import load_mnist
@@ -138,6 +174,8 @@ def test_cli_builds_cmnist_from_npz(tmp_path, mnist_npz):
     manifest = json.loads((out / "cmnist" / "manifest.json").read_text())
     assert manifest["seed"] == 3 and manifest["sigma"] == 0.005 and manifest["source"]["kind"] == "npz"
     assert set(manifest["splits"]) == {"test", "1pct", "5pct"}
+    assert manifest["palette"] == "disent" and manifest["palette_rgb"] == PALETTE.tolist()
+    assert "assets/data.png" in manifest["palette_source"]
     assert manifest["splits"]["5pct"]["train"]["n"] == 2500
     assert abs(manifest["splits"]["5pct"]["train"]["conflicting"] - 125) <= 5  # per-class rounding
     b = load_reference(out, "cmnist", "5pct")
@@ -155,6 +193,34 @@ def test_cli_builds_cmnist_from_npz(tmp_path, mnist_npz):
                      "--valid_size", "500", "--seed", "3", "--force")
     assert forced.returncode == 0, forced.stderr
     assert json.loads((out / "cmnist" / "manifest.json").read_text())["splits"] == manifest["splits"]
+
+
+def test_a_folder_of_one_palette_is_never_used_as_the_other(tmp_path, mnist_npz):
+    with np.load(mnist_npz) as z:
+        np.savez(tmp_path / "small.npz", x_train=z["x_train"][:2000], y_train=z["y_train"][:2000],
+                 x_test=z["x_test"][:500], y_test=z["y_test"][:500])
+    out = tmp_path / "lff_data"
+    r = run_cli("data", "build", "cmnist", "--palette", "lff", "--mnist", tmp_path / "small.npz", "--out", out,
+                "--percent", "5", "--valid_size", "200")
+    assert r.returncode == 0 and "lff palette" in r.stdout, r.stderr
+    manifest = json.loads((out / "cmnist" / "manifest.json").read_text())
+    assert manifest["palette"] == "lff" and manifest["palette_rgb"] == PALETTES["lff"].tolist()
+    train = ["train", "--train_vanilla", "--percent", "5pct", "--data_dir", out, "--num_steps", "20", "--valid_freq", "10",
+             "--log_dir", tmp_path / "log", "--no_progress"]
+    refused = run_cli(*train, "--exp", "default")  # the default palette is DisEnt's
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.count("\n") == 1 and "lff palette" in refused.stderr and "--palette disent" in refused.stderr
+    assert "--palette lff" in refused.stderr and not (tmp_path / "log" / "cmnist" / "default").exists()
+    for palette in ("lff", "any"):
+        ok = run_cli(*train, "--exp", palette, "--palette", palette)
+        assert ok.returncode == 0, ok.stderr
+        meta = json.loads((tmp_path / "log" / "cmnist" / palette / "config.json").read_text())
+        assert meta["config"]["palette"] == palette and meta["data"]["palette"] == "lff"
+        assert meta["data"]["palette_measured"][3] == pytest.approx(PALETTES["lff"][3].tolist(), abs=0.01)
+    # test.py checks the data it evaluates on in the same way
+    bad = run_cli("test", "--pretrained_path", tmp_path / "log" / "cmnist" / "lff", "--dataset", "cmnist",
+                  "--percent", "5pct", "--data_dir", out, "--palette", "disent")
+    assert bad.returncode == 2 and "lff palette" in bad.stderr
 
 
 def test_cli_build_errors(tmp_path):

@@ -157,7 +157,8 @@ def test_same_config_same_hash_and_directory(tmp_path):
 
 @pytest.mark.parametrize("change", [dict(lr=0.001), dict(seed=1), dict(num_steps=10), dict(lambda_swap=0.5), dict(percent="2pct"),
                                     dict(method="lff"), dict(data_dir="other"), dict(q=0.5), dict(model="resnet18"),
-                                    dict(batch_size=128), dict(use_lr_decay=True), dict(valid_freq=100)])
+                                    dict(batch_size=128), dict(use_lr_decay=True), dict(valid_freq=100),
+                                    dict(palette="lff")])
 def test_any_change_gives_another_hash(change, tmp_path):
     base = TrainConfig(method="disent", percent="1pct")
     other = TrainConfig(**{**dict(method="disent", percent="1pct"), **change})
@@ -248,10 +249,33 @@ def test_collect_cli_errors_and_output_file(runs, tmp_path):
     assert r.returncode == 0 and (tmp_path / "t.csv").read_text() == collect(str(runs), "csv")
 
 
-def test_committed_cmnist_table_is_what_collect_prints():
-    doc = (REPO / "docs" / "results" / "cmnist.md").read_text()
-    block = re.search(r"<!-- collect:begin -->\n(.*?)<!-- collect:end -->", doc, flags=re.S).group(1)
-    assert block == collect(str(REPO / "docs" / "results" / "cmnist_runs"))
+@pytest.mark.parametrize("doc,runs", [("cmnist.md", "cmnist_runs"), ("cmnist_lff.md", "cmnist_lff_runs")])
+def test_committed_cmnist_tables_are_what_collect_prints(doc, runs):
+    text = (REPO / "docs" / "results" / doc).read_text()
+    block = re.search(r"<!-- collect:begin -->\n(.*?)<!-- collect:end -->", text, flags=re.S).group(1)
+    assert block == collect(str(REPO / "docs" / "results" / runs))
+
+
+def test_palette_is_part_of_a_colored_mnist_config_only():
+    disent = TrainConfig(method="disent", percent="1pct")
+    assert disent.resolved().palette == "disent" and disent.identity()["palette"] == "disent"
+    assert TrainConfig(method="disent", percent="1pct", palette="lff").config_hash() != disent.config_hash()
+    cifar = TrainConfig(dataset="cifar10c", method="disent", percent="1pct")
+    assert "palette" not in cifar.identity()  # so hashes of runs on other datasets did not change
+    with pytest.raises(UserError, match="Colored MNIST only"):
+        TrainConfig(dataset="cifar10c", method="disent", palette="lff").validate()
+    with pytest.raises(UserError, match="disent, lff, any"):
+        TrainConfig(method="disent", palette="blue").validate()
+
+
+def test_runs_saved_before_the_palette_existed_mean_lff():
+    legacy = TrainConfig(method="disent", percent="1pct").to_dict()
+    legacy.pop("palette")
+    assert TrainConfig.from_saved(legacy).palette == "lff"
+    assert TrainConfig.from_saved({**legacy, "palette": "disent"}).palette == "disent"
+    assert TrainConfig.from_saved({**legacy, "dataset": "cifar10c"}).palette is None
+    committed = REPO / "docs" / "results" / "cmnist_lff_runs"
+    assert "palette=lff" in collect(str(committed))
 
 
 def test_devices_and_child_environment():
