@@ -337,8 +337,10 @@ def header_html(run: RunData, select: str) -> str:
     cfg = run.cfg
     rows = [("method", cfg.method), ("data", cfg.data_label()), ("seed", cfg.seed), ("steps", cfg.num_steps),
             ("figures' checkpoint (selection rule)", select), ("status", "finished" if run.results else "unfinished (no results.json)")]
-    sha = (run.meta.get("data") or {}).get("sha256", {})
-    rows += [(f"data sha256 ({k})", v) for k, v in sorted(sha.items())]
+    data = run.meta.get("data") or {}
+    if cfg.palette is not None:
+        rows.append(("palette (asked / read from the images)", f"{cfg.palette} / {data.get('palette', 'not recorded')}"))
+    rows += [(f"data sha256 ({k})", v) for k, v in sorted(data.get("sha256", {}).items())]
     if run.results:
         rows += [("primary metric", run.results.get("primary_metric")), ("train seconds", run.results.get("train_seconds")),
                  ("steps / second", run.results.get("steps_per_second"))]
