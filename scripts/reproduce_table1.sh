@@ -29,7 +29,7 @@
 #   BFFHQ    Vanilla     days (224x224)       ~13 min (62 steps/s at batch 64)
 #   BFFHQ    LfF/DisEnt  days                 ~est 25-30 min
 # The full table (27 cells x 3 seeds) is about 10 GPU-hours on one GPU; on a 2-core CPU only
-# CMNIST is practical (about 1.5 h for 24 runs with two at a time).
+# CMNIST is practical (36 runs, about 3 h with two at a time; one run takes 5-12 min on one core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
