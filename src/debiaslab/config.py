@@ -101,7 +101,7 @@ class TrainConfig:
         defaults = DATASET_DEFAULTS.get(self.dataset, GENERIC_DEFAULTS)
         changes = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         cfg = dataclasses.replace(self, **changes)
-        if cfg.palette is None and cfg.dataset in COLORED_DATASETS and cfg.uses_percent():
+        if cfg.palette is None and cfg.uses_palette():
             cfg = dataclasses.replace(cfg, palette="disent")
         if cfg.save_freq is None:
             cfg = dataclasses.replace(cfg, save_freq=cfg.valid_freq)
@@ -142,6 +142,10 @@ class TrainConfig:
     def uses_percent(self) -> bool:
         """Reference-layout datasets come in ratio folders; BAR and user datasets do not."""
         return not (self.manifest or self.image_folder or self.dataset == "bar")
+
+    def uses_palette(self) -> bool:
+        """Colored MNIST (and the demo's Colored Digits) in ratio folders: their data has a palette."""
+        return self.dataset in COLORED_DATASETS and self.uses_percent()
 
     def data_label(self) -> str:
         """'cmnist 0.5pct', or just the dataset's name where ``percent`` does not apply."""
@@ -195,7 +199,7 @@ class TrainConfig:
             raise UserError("pass either --manifest or --image_folder, not both")
         if self.palette is not None and self.palette not in PALETTE_CHOICES:
             raise UserError(f"--palette must be one of {', '.join(PALETTE_CHOICES)}, got {self.palette!r}")
-        if self.palette is not None and not (self.dataset in COLORED_DATASETS and self.uses_percent()):
+        if self.palette is not None and not self.uses_palette():
             raise UserError(f"--palette applies to Colored MNIST only, not to {self.data_label()}; drop it")
         if self.keep_checkpoints < 1:
             raise UserError(f"--keep_checkpoints must be at least 1, got {self.keep_checkpoints}")

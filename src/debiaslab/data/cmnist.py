@@ -15,7 +15,7 @@ import torch
 
 from debiaslab import UserError
 from debiaslab.data.builder import pct_name, write_dataset
-from debiaslab.data.colored import (DEFAULT_PALETTE, PALETTE, PALETTE_SOURCES, SEVERITY_SIGMA, bias_labels, colorize,
+from debiaslab.data.colored import (DEFAULT_PALETTE, PALETTE_SOURCES, SEVERITY_SIGMA, bias_labels, colorize,
                                     match_palette, palette_tensor, percent_to_rho, read_palette, split_indices)
 from debiaslab.data.splits import DatasetBundle, Split
 
@@ -28,14 +28,14 @@ def _generator(seed: int, stream: int) -> torch.Generator:
 
 
 def colored_split(gray: torch.Tensor, targets: torch.Tensor, rho: float, sigma: float,
-                  generator: torch.Generator, num_classes: int = 10, palette: torch.Tensor = PALETTE) -> Split:
+                  generator: torch.Generator, num_classes: int = 10, palette: str = DEFAULT_PALETTE) -> Split:
     biases = bias_labels(targets, rho, num_classes, generator)
-    return Split(colorize(gray, biases, sigma, generator, palette), targets.clone(), biases)
+    return Split(colorize(gray, biases, sigma, generator, palette_tensor(palette)), targets.clone(), biases)
 
 
 def build_test(mnist: dict, seed: int, severity: int, palette: str = DEFAULT_PALETTE) -> Split:
     return colored_split(mnist["x_test"], mnist["y_test"], 0.1, SEVERITY_SIGMA[severity], _generator(seed, 0),
-                         palette=palette_tensor(palette))
+                         palette=palette)
 
 
 def build_cmnist(mnist: dict, pct: float, seed: int = 0, severity: int = 4, valid_size: int = VALID_SIZE,
@@ -48,9 +48,8 @@ def build_cmnist(mnist: dict, pct: float, seed: int = 0, severity: int = 4, vali
     g = _generator(seed, 1 + int(round(pct * 1000)))
     train_idx, valid_idx = split_indices(len(mnist["x_train"]), valid_size, _generator(seed, 1))
     rho = percent_to_rho(pct)
-    colours = palette_tensor(palette)
-    train = colored_split(mnist["x_train"][train_idx], mnist["y_train"][train_idx], rho, sigma, g, palette=colours)
-    valid = colored_split(mnist["x_train"][valid_idx], mnist["y_train"][valid_idx], rho, sigma, g, palette=colours)
+    train = colored_split(mnist["x_train"][train_idx], mnist["y_train"][train_idx], rho, sigma, g, palette=palette)
+    valid = colored_split(mnist["x_train"][valid_idx], mnist["y_train"][valid_idx], rho, sigma, g, palette=palette)
     test = test if test is not None else build_test(mnist, seed, severity, palette)
     info = {"percent": pct_name(pct), "seed": seed, "severity": severity, "sigma": sigma, "palette": palette}
     return DatasetBundle("cmnist", train, valid, test, 10, info)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from debiaslab.data.colored import DEFAULT_PALETTE, SEVERITY_SIGMA, palette_tensor, percent_to_rho
+from debiaslab.data.colored import DEFAULT_PALETTE, SEVERITY_SIGMA, percent_to_rho
 from debiaslab.data.cmnist import colored_split
 from debiaslab.data.splits import DatasetBundle
 
@@ -40,8 +40,7 @@ def colored_digits(percent: float = 5.0, seed: int = 0, severity: int = 4,
     idx = {k: torch.cat(v).sort().values for k, v in parts.items()}
     sigma = SEVERITY_SIGMA[severity]
     rho = percent_to_rho(percent)
-    colours = palette_tensor(palette)
-    splits = {k: colored_split(gray[i], targets[i], rho if k != "test" else 0.1, sigma, g, palette=colours)
+    splits = {k: colored_split(gray[i], targets[i], rho if k != "test" else 0.1, sigma, g, palette=palette)
               for k, i in idx.items()}
     info = {"source": "sklearn.datasets.load_digits (bundled)", "percent": f"{percent:g}pct", "seed": seed,
             "severity": severity, "palette": palette}
