@@ -3,7 +3,12 @@
 Runs the real ``debiaslab train`` code path (in-memory data, evaluation on valid + test every
 ``--valid_freq`` steps, checkpoints, JSON log) on a reference-layout CMNIST, e.g. one built with
 ``debiaslab data build cmnist --mnist ../shared/data/mnist.npz``. DisEnt runs with the feature swap
-on from the start (``--curr_step 0``), its most expensive step. Not a test: it prints numbers.
+on from the start (``--curr_step 0``), its most expensive step. Each method runs eagerly
+(``--no-compile``) and through ``torch.compile`` (``--compile``), one after the other in the same
+session, for ``--num_steps`` and for twice that: the steady speed is the extra steps over the extra
+training seconds, so start-up (a compiled step's tracing and code generation, the first
+evaluation) cancels out; the last column is the long run's steps over its whole wall time.
+Not a test: it prints numbers.
 
     python benchmarks/steps_per_second.py --data_dir dataset --num_steps 3000
 """
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,24 +33,43 @@ def main() -> None:
     p.add_argument("--num_steps", type=int, default=3000, help="steps per method (default: 3000)")
     p.add_argument("--methods", nargs="+", default=["vanilla", "lff", "disent"])
     p.add_argument("--device", default="auto")
+    p.add_argument("--modes", nargs="+", choices=["eager", "compiled"], default=["eager", "compiled"])
+    p.add_argument("--repeats", type=int, default=1, help="runs of each (method, mode), interleaved; the "
+                   "median is printed (default: 1)")
     args = p.parse_args()
     import torch
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, batch 256, "
           f"CMNIST {args.percent}, {args.num_steps} steps, eval every 500 steps")
-    print(f"{'method':8s} {'train loop steps/s':>19s} {'incl. start-up steps/s':>23s}")
+    print(f"{'method':8s} {'mode':9s} {'steady steps/s':>15s} {'incl. start-up steps/s':>23s}")
+    n = args.num_steps
     with tempfile.TemporaryDirectory() as logs:
         for m in args.methods:
-            extra = ["--curr_step", "0", "--lambda_dis_align", "10", "--lambda_swap_align", "10"] if m == "disent" else []
-            cmd = [sys.executable, "-m", "debiaslab", "train", "--method", m, "--dataset", "cmnist",
-                   "--percent", args.percent, "--data_dir", args.data_dir, "--log_dir", logs, "--exp", m,
-                   "--num_steps", str(args.num_steps), "--batch_size", "256", "--lr", "0.01", "--device", args.device,
-                   "--no_progress", *extra]
-            t0 = time.time()
-            subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
-            wall = time.time() - t0
-            res = json.loads((Path(logs) / "cmnist" / m / "results.json").read_text())
-            print(f"{m:8s} {res['steps_per_second']:19.1f} {args.num_steps / wall:23.1f}", flush=True)
+            speeds = {mode: [] for mode in args.modes}
+            for i in range(args.repeats):
+                for mode in args.modes:
+                    (t1, _), (t2, wall2) = (run(args, m, mode, Path(logs) / f"{m}-{mode}-{i}-{k}", k * n)
+                                            for k in (1, 2))
+                    speeds[mode].append((n / (t2 - t1), 2 * n / wall2))
+            for mode, runs in speeds.items():
+                steady, wall = (statistics.median(v) for v in zip(*runs))
+                print(f"{m:8s} {mode:9s} {steady:15.1f} {wall:23.1f}", flush=True)
+
+
+def run(args, method: str, mode: str, log_dir: Path, steps: int) -> tuple[float, float]:
+    """(training seconds, wall seconds) of one ``debiaslab train`` run of ``steps`` steps."""
+    extra = ["--curr_step", "0", "--lambda_dis_align", "10", "--lambda_swap_align", "10"] if method == "disent" else []
+    cmd = [sys.executable, "-m", "debiaslab", "train", "--method", method, "--dataset", "cmnist",
+           "--percent", args.percent, "--data_dir", args.data_dir, "--log_dir", str(log_dir), "--exp", method,
+           "--num_steps", str(steps), "--batch_size", "256", "--lr", "0.01", "--device", args.device,
+           "--no_progress", "--compile" if mode == "compiled" else "--no-compile", *extra]
+    t0 = time.time()
+    subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
+    wall = time.time() - t0
+    res = json.loads((log_dir / "cmnist" / method / "results.json").read_text())
+    if (mode == "compiled") != bool(res.get("compiled")):
+        raise SystemExit(f"{method}: asked for {mode}, but the run reports compiled={res.get('compiled')}")
+    return res["train_seconds"], wall
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ import torch
 from debiaslab import UserError
 from debiaslab.config import TrainConfig
 from debiaslab.data.splits import DatasetBundle
-from debiaslab.methods.base import NonFiniteLoss
 from debiaslab.methods.vanilla import Vanilla
 from tests.conftest import tiny_split
 from tests.test_methods import batches, make
@@ -25,16 +24,14 @@ def cfg(tmp_path, **kw):
 
 @pytest.fixture
 def nan_at_step_7(monkeypatch):
-    original = Vanilla.loss
+    original = Vanilla.update
 
-    def loss(self, x, y, idx, step):
-        loss, terms = original(self, x, y, idx, step)
+    def update(self, x, y, idx, step):
         if step == 6:  # the 7th step
-            loss = loss * float("nan")
-            terms = {**terms, "loss": loss}
-        return loss, terms
+            x = x * float("nan")
+        return original(self, x, y, idx, step)
 
-    monkeypatch.setattr(Vanilla, "loss", loss)
+    monkeypatch.setattr(Vanilla, "update", update)
 
 
 def test_nan_stops_naming_the_step_and_term_then_resumes_with_skip(tmp_path, nan_at_step_7):
@@ -53,23 +50,44 @@ def test_nan_stops_naming_the_step_and_term_then_resumes_with_skip(tmp_path, nan
     assert all(torch.isfinite(v).all() for v in weights.values())
 
 
-def test_skipped_step_leaves_weights_and_per_sample_state_untouched():
-    method, targets = make("lff", on_nonfinite="skip")
-    x, y, idx = next(batches(targets, 1))
-    method.update(x, y, idx, 0)
-    before = ({n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in method.models.items()},
-              method.ema.values().clone(), method.ema.visited.clone())
-    x_bad, y2, idx2 = next(batches(targets, 1, seed=2))
-    x_bad = x_bad.clone()
+def state_of(method):
+    """Every number a step may move: weights and buffers, Adam's moments and counts, the EMA."""
+    out = {f"{n}.{k}": v.clone() for n, m in method.models.items() for k, v in m.state_dict().items()}
+    for n, o in method.optimizers.items():
+        for i, st in enumerate(o.state.values()):
+            out.update({f"{n}.opt{i}.{k}": v.clone() for k, v in st.items()})
+    if hasattr(method, "ema"):
+        out.update(ema=method.ema.values().clone(), visited=method.ema.visited.clone())
+    return out
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("model", ["mlp", "resnet20"])
+@pytest.mark.parametrize("mode", ["stop", "skip"])
+def test_nonfinite_step_moves_nothing_and_stop_holds_every_later_step(mode, model):
+    method, targets = make("lff", model=model, on_nonfinite=mode)
+    steps = list(batches(targets, 4))
+    for s in (0, 1):
+        method.update(*steps[s], s)
+    before = state_of(method)
+    x_bad = steps[2][0].clone()
     x_bad[0, 0, 0, 0] = float("inf")
-    with pytest.raises(NonFiniteLoss) as e:
-        method.update(x_bad, y2, idx2, 1)
-    assert e.value.step == 2 and "loss" in e.value.terms
-    after = {n: m.state_dict() for n, m in method.models.items()}
-    for n in before[0]:
-        for k in before[0][n]:
-            assert torch.equal(before[0][n][k], after[n][k])
-    assert torch.equal(before[1], method.ema.values()) and torch.equal(before[2], method.ema.visited)
+    out = method.update(x_bad, *steps[2][1:], 2)
+    assert not bool(out.applied)
+    assert "loss" in [k for k, ok in zip(out.terms, out.finite.tolist()) if not ok]
+    assert_same_state(state_of(method), before)  # as after step k - 1: weights, BN statistics, Adam, EMA
+    out = method.update(*steps[3], 3)
+    if mode == "stop":  # nothing applies until the loop reads the flag at its next boundary and stops
+        assert not bool(out.applied) and bool(out.finite.all())
+        assert_same_state(state_of(method), before)
+    else:
+        assert bool(out.applied)
+        assert not torch.equal(state_of(method)["biased.fc.weight"], before["biased.fc.weight"])
 
 
 def test_full_disk_gives_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):

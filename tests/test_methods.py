@@ -12,11 +12,11 @@ from debiaslab.models import build_model
 N, C, B = 24, 3, 8
 
 
-def make(method, **kw):
-    cfg = TrainConfig(method=method, lr=0.01, **kw).resolved()
+def make(method, model="mlp", **kw):
+    cfg = TrainConfig(method=method, **{"lr": 0.01, **kw}).resolved()
     torch.manual_seed(0)
     cls = METHODS[method]
-    models = {n: build_model("mlp", C, cls.head_inputs, (3, 4, 4)) for n in cls.model_names}
+    models = {n: build_model(model, C, cls.head_inputs, (3, 4, 4)) for n in cls.model_names}
     targets = torch.arange(N) % C
     return cls(cfg, models, targets, C, torch.Generator().manual_seed(5)), targets
 
@@ -123,7 +123,7 @@ def test_disent_swap_labels_weights_and_no_gradient_leak():
     method, targets = make("disent", curr_step=0, lambda_swap=1.0, lambda_dis_align=1.0, lambda_swap_align=1.0)
     x, y, idx = next(batches(targets, 1))
     state = method.generator.get_state()
-    loss, terms = method.loss(x, y, idx, step=1)
+    loss, terms = method.loss(x, y, idx, method.draw(len(y), 1))
     method.generator.set_state(state)
     perm = torch.randperm(len(y), generator=method.generator)
     m_i, m_b = method.models["intrinsic"], method.models["bias"]
@@ -149,7 +149,7 @@ def test_disent_swap_labels_weights_and_no_gradient_leak():
 def test_disent_no_swap_until_after_curr_step():
     method, targets = make("disent", curr_step=3)
     for step, (x, y, idx) in enumerate(batches(targets, 5)):
-        _, terms = method.loss(x, y, idx, step)
+        _, terms = method.loss(x, y, idx, method.draw(len(y), step))
         assert ("loss_swap_align" in terms) == (step > 3)
 
 

@@ -307,3 +307,22 @@ def test_reproduce_table1_script_dry_run(tiny_reference, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "skipping BFFHQ" in r.stdout and "sweep: 24 runs in" in r.stdout and r.stdout.count("missing ") == 24
     assert "CPU cores" in r.stdout
+
+
+def test_runs_per_device_packs_k_runs_on_each_device(monkeypatch, tmp_path):
+    from debiaslab import sweep as sweep_mod
+
+    seen = {}
+    monkeypatch.setattr(sweep_mod, "parse_devices", lambda spec: ["cuda:0", "cuda:1"])
+    monkeypatch.setattr(sweep_mod, "cpu_count", lambda: 16)
+    monkeypatch.setattr(sweep_mod, "run_local", lambda runs, out, jobs, devs, progress: seen.update(
+        slots=sweep_mod.device_slots(devs, jobs)) or {"finished": len(runs), "failed": 0})
+    spec = {"methods": ["vanilla"], "ratios": [1], "seeds": [0, 1, 2, 3, 4, 5, 6]}
+    assert sweep_mod.sweep(spec, tmp_path / "out", runs_per_device=3, progress=False) == 0
+    slots, threads = seen["slots"]
+    assert sorted(slots) == ["cuda:0"] * 3 + ["cuda:1"] * 3 and threads == 2  # 16 cores over 6 runs
+    for kw, flag in ((dict(jobs=2), "--jobs"), (dict(gpus_per_run=0.5), "--gpus_per_run")):
+        with pytest.raises(UserError, match=f"--runs_per_device and {flag} both"):
+            sweep_mod.sweep(spec, tmp_path / "out", runs_per_device=3, **kw)
+    with pytest.raises(UserError, match="--runs_per_device must be a positive integer"):
+        sweep_mod.sweep(spec, tmp_path / "out", runs_per_device=0)

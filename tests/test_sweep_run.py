@@ -6,13 +6,14 @@ import subprocess
 import sys
 import time
 
+from debiaslab.sweep import cpu_count
 from tests.conftest import REPO
 
 
-def sweep_cmd(data, out, *extra, ratio="1", seeds=("0", "1")):
+def sweep_cmd(data, out, *extra, ratio="1", seeds=("0", "1"), packing=("--jobs", "2")):
     return [sys.executable, "-m", "debiaslab", "sweep", "--methods", "vanilla", "disent", "--ratios", ratio, "--seeds", *seeds,
             "--set", f"data_dir={data}", "num_steps=1500", "batch_size=16", "valid_freq=100", "save_freq=25", "log_freq=25",
-            "--out", str(out), "--jobs", "2", "--devices", "cpu", "--no_progress", *extra]
+            "--out", str(out), *packing, "--devices", "cpu", "--no_progress", *extra]
 
 
 def env():
@@ -86,7 +87,10 @@ def test_sweep_sigterm_stops_runs_resumably(tiny_reference, tmp_path):
 def test_sweep_reports_a_failing_run_and_goes_on(tiny_reference, tmp_path):
     out = tmp_path / "sweep"
     # the tiny dataset has no 2pct folder: both runs fail with the reader's message
-    r = subprocess.run(sweep_cmd(tiny_reference, out, ratio="2", seeds=("0",)), env=env(), capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(sweep_cmd(tiny_reference, out, ratio="2", seeds=("0",), packing=("--runs_per_device", "2")),
+                       env=env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 1, r.stdout + r.stderr
     assert r.stdout.count("FAILED") == 2 and "2pct not found" in r.stdout and "0 runs finished and 2 failed" in r.stdout
+    threads = max(1, cpu_count() // 2)  # both runs at once on the CPU, each with half the cores
+    headers = [ln for log in (out / ".sweep-logs").iterdir() for ln in log.read_text().splitlines() if ln.startswith("===")]
+    assert len(headers) == 2 and all(ln.endswith(f"cpu, {threads} threads") for ln in headers)

@@ -65,9 +65,13 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     d.add_argument("--lambda_swap", type=float, default=1.0, help="DisEnt: weight of the swap loss (default: 1)")
     d.add_argument("--lambda_dis_align", type=float, default=1.0, help="DisEnt: weight of the bias branch's GCE in L_dis (default: 1)")
     d.add_argument("--lambda_swap_align", type=float, default=1.0, help="DisEnt: weight of the bias branch's GCE in L_swap (default: 1)")
-    h = p.add_argument_group("speed (CUDA only; ignored on CPU)")
-    h.add_argument("--no_amp", action="store_true", help="turn off bf16 automatic mixed precision (on by default on CUDA)")
-    h.add_argument("--no_channels_last", action="store_true", help="turn off the channels_last memory format of convolutional models (on by default on CUDA)")
+    h = p.add_argument_group("speed")
+    h.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="run each training step's computation and optimizer step through torch.compile "
+                        "(default: on where it was measured to be faster: see the README); a part that "
+                        "does not compile runs eagerly after one warning")
+    h.add_argument("--no_amp", action="store_true", help="turn off bf16 automatic mixed precision (CUDA only; on by default there)")
+    h.add_argument("--no_channels_last", action="store_true", help="turn off the channels_last memory format of convolutional models (CUDA only; on by default there)")
     lg = p.add_argument_group("evaluation and logging")
     lg.add_argument("--exp", default="debugging", help="experiment name; the run goes to <log_dir>/<dataset>/<exp> (default: debugging)")
     lg.add_argument("--log_dir", default="log", help="root of run directories (default: log)")
@@ -143,6 +147,7 @@ def config_from_args(args):
         tensorboard=args.tensorboard, wandb=args.wandb, wandb_project=args.wandb_project,
         progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
         best_checkpoints=not args.no_best_checkpoints, on_nonfinite=args.on_nonfinite, input_scale=args.input_scale,
+        compile=args.compile,
     )
 
 
@@ -380,6 +385,10 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     x.add_argument("--jobs", type=int, default=None, help="local: runs at once (default: one per GPU, or 1 on CPU); "
                    "CPU runs share the cores between them")
     x.add_argument("--devices", default="auto", help="local: auto, cpu, cuda (every GPU) or GPU indices such as 0,1 (default: auto)")
+    x.add_argument("--runs_per_device", type=int, default=None, metavar="K",
+                   help="runs sharing each device at once: local, K per GPU (or K on the CPU, each with "
+                        "1/K of the cores); ray, each run asks for 1/K GPU. Small models leave a GPU idle "
+                        "between kernels, so packing runs fills it (default: 1; instead of --jobs)")
     x.add_argument("--address", default=None, help="ray: cluster address, e.g. ray://head:10001 or auto (default: start a local Ray)")
     x.add_argument("--cpus_per_run", type=float, default=None, help="ray: CPUs each run asks for (default: 1 with a GPU, 2 without)")
     x.add_argument("--gpus_per_run", type=float, default=None, help="ray: GPUs each run asks for (default: 1 if the cluster has GPUs, else 0)")
@@ -407,7 +416,8 @@ def cmd_sweep(args) -> int:
     if args.jobs is not None and args.jobs <= 0:
         raise UserError(f"--jobs must be positive, got {args.jobs}")
     return sweep(sweep_spec(args), Path(args.out), args.backend, args.jobs, args.devices, args.address,
-                 args.cpus_per_run, args.gpus_per_run, not args.no_progress, args.dry_run)
+                 args.cpus_per_run, args.gpus_per_run, not args.no_progress, args.dry_run,
+                 args.runs_per_device)
 
 
 def cmd_report(args) -> int:
@@ -549,7 +559,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warnings() -> None:
+    """debiaslab's own warnings print as one line, without the source line Python adds."""
+    import warnings
+
+    package = str(Path(__file__).resolve().parent)
+    default = warnings.formatwarning
+
+    def formatwarning(message, category, filename, lineno, line=None):
+        if str(filename).startswith(package):
+            return f"debiaslab: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = formatwarning
+
+
 def main(argv=None) -> int:
+    _one_line_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "preset", None):

@@ -27,7 +27,8 @@ DATASET_DEFAULTS = {
 # Fields that say how a run is executed or observed, not what it computes: they may change between a
 # run and its resume, and they do not enter the config hash.
 RUNTIME_FIELDS = frozenset({"progress", "overwrite", "resume", "tensorboard", "wandb", "wandb_project", "device",
-                            "eval_batch_size", "keep_checkpoints", "best_checkpoints", "on_nonfinite"})
+                            "eval_batch_size", "keep_checkpoints", "best_checkpoints", "on_nonfinite",
+                            "compile"})
 # Where a run is written; the hash names that place, so it cannot depend on it.
 LOCATION_FIELDS = frozenset({"log_dir", "exp"})
 # Fields that apply to some datasets only: left out of the identity where they do not apply (None),
@@ -80,6 +81,7 @@ class TrainConfig:
     augment: bool | None = None
     amp: bool = True  # bf16 autocast, on CUDA only
     channels_last: bool = True  # channels_last memory format for convolutional models, on CUDA only
+    compile: bool | None = None  # torch.compile the step; None: where measured faster (train.COMPILE_DEFAULT)
     # evaluation, checkpoints, logging
     valid_freq: int = 500
     log_freq: int = 500

@@ -5,6 +5,8 @@ import json
 import os
 from pathlib import Path
 
+import torch
+
 from debiaslab import UserError
 from debiaslab.io import atomic_write_text
 
@@ -88,3 +90,59 @@ def start_wandb(run_dir, config: dict, project: str, name: str | None):
         has_key = "WANDB_API_KEY" in os.environ or (netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
         mode = "online" if has_key else "offline"
     return wandb.init(project=project, name=name, config=config, dir=str(run_dir), mode=mode)
+
+
+class StepWindow:
+    """What the steps since the last boundary left on the device, read only at boundaries.
+
+    The loss terms of applied steps are summed on the device, one running sum per term name (mean
+    per train-log record); each step's flags are kept so that, at the next boundary, one host read
+    says which steps did not apply and which of their terms were not finite.
+    """
+
+    def __init__(self, sums: dict | None = None, count: int = 0):
+        self.names: list[str] = []
+        self.sums: torch.Tensor | None = None  # [len(names)]
+        self.count = count  # applied steps in the sums: an int or a device tensor
+        self.flags: list[tuple[int, tuple[str, ...], torch.Tensor, torch.Tensor]] = []
+        self._slots: dict[tuple[str, ...], torch.Tensor] = {}
+        for name, value in (sums or {}).items():
+            self._slots_of((name,), value.device)
+            self.sums[-1] = value
+
+    def _slots_of(self, names: tuple[str, ...], device) -> torch.Tensor:
+        """Where the terms ``names`` sit in ``sums``; a name seen for the first time gets a new slot."""
+        if names not in self._slots:
+            new = [n for n in names if n not in self.names]
+            if new or self.sums is None:
+                zeros = torch.zeros(len(new), device=device)
+                self.sums = zeros if self.sums is None else torch.cat([self.sums, zeros])
+                self.names += new
+            self._slots[names] = torch.tensor([self.names.index(n) for n in names], device=device)
+        return self._slots[names]
+
+    def add(self, step: int, out) -> None:
+        """Fold in a ``StepOutput`` of step ``step`` (1-based)."""
+        slots = self._slots_of(out.names, out.values.device)
+        self.sums.index_add_(0, slots, torch.where(out.applied, out.values, 0.0))
+        self.count = out.applied.to(torch.int64) + self.count
+        self.flags.append((step, out.names, out.finite, out.applied))
+
+    def not_applied(self) -> list[tuple[int, list[str]]]:
+        """(step, non-finite terms) of every step since the last call that did not apply."""
+        flags, self.flags = self.flags, []
+        if not flags:
+            return []
+        applied = torch.stack([f[3] for f in flags]).tolist()
+        return [(step, [n for n, ok in zip(names, finite.tolist()) if not ok])
+                for (step, names, finite, _), ok in zip(flags, applied) if not ok]
+
+    def take_means(self) -> dict[str, float] | None:
+        """The mean of each term over the applied steps since the last call, or None if none applied."""
+        count, sums = int(self.count), self.sums
+        names, self.names, self.sums, self.count, self._slots = self.names, [], None, 0, {}
+        return {n: float(v) / count for n, v in zip(names, sums.tolist())} if count else None
+
+    def state_dict(self) -> dict:
+        sums = {} if self.sums is None else dict(zip(self.names, self.sums.detach().cpu().unbind()))
+        return {"log_sums": sums, "log_count": int(self.count)}

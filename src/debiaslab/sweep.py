@@ -314,10 +314,16 @@ def _child_env(device: str, threads: int) -> tuple[dict, str]:
     return env, "cpu"
 
 
+def device_slots(devices: list[str], jobs: int) -> tuple[list[str], int]:
+    """The device of each of ``jobs`` concurrent runs (round robin, so each device holds
+    ``jobs / len(devices)`` of them) and the CPU threads each run gets: the cores split evenly, as
+    CPU runs compute on them and GPU runs need a few for their Python."""
+    return [devices[i % len(devices)] for i in range(jobs)], max(1, cpu_count() // jobs)
+
+
 def run_local(runs: list[Run], out: Path, jobs: int, devices: list[str], progress: bool) -> dict:
     """Run every run in subprocesses, ``jobs`` at a time, spread over ``devices``; returns the status counts."""
-    slots = [devices[i % len(devices)] for i in range(jobs)]
-    threads = max(1, cpu_count() // jobs)  # CPU runs share the cores; GPU runs need a few for their Python
+    slots, threads = device_slots(devices, jobs)
     logs = out / ".sweep-logs"
     logs.mkdir(parents=True, exist_ok=True)
     view = Progress(runs, progress)
@@ -375,6 +381,18 @@ def run_local(runs: list[Run], out: Path, jobs: int, devices: list[str], progres
     return view.counts
 
 
+def check_packing(runs_per_device: int | None, jobs: int | None, gpus_per_run: float | None) -> None:
+    """``--runs_per_device K`` says how many runs share a device; ``--jobs`` and ``--gpus_per_run``
+    say it another way, so only one of them may be given."""
+    if runs_per_device is None:
+        return
+    if runs_per_device <= 0:
+        raise UserError(f"--runs_per_device must be a positive integer, got {runs_per_device}")
+    for flag, value in (("--jobs", jobs), ("--gpus_per_run", gpus_per_run)):
+        if value is not None:
+            raise UserError(f"--runs_per_device and {flag} both say how many runs share a device; pass one of them")
+
+
 def _main_thread() -> bool:
     import threading
 
@@ -393,7 +411,8 @@ def _headline(run_dir: Path) -> str:
 # -------------------------------------------------------------------------------------------- api
 def sweep(spec: dict, out: Path, backend: str = "local", jobs: int | None = None, devices: str = "auto",
           address: str | None = None, cpus_per_run: float | None = None, gpus_per_run: float | None = None,
-          progress: bool = True, dry_run: bool = False) -> int:
+          progress: bool = True, dry_run: bool = False, runs_per_device: int | None = None) -> int:
+    check_packing(runs_per_device, jobs, gpus_per_run)
     cfgs = expand(spec)
     if not cfgs:
         raise UserError("the sweep grid is empty")
@@ -416,10 +435,10 @@ def sweep(spec: dict, out: Path, backend: str = "local", jobs: int | None = None
         if backend == "ray":
             from debiaslab.sweep_ray import run_ray
 
-            counts = run_ray(todo, out, address, cpus_per_run, gpus_per_run, progress)
+            counts = run_ray(todo, out, address, cpus_per_run, gpus_per_run, progress, runs_per_device)
         else:
             devs = parse_devices(devices)
-            n_jobs = jobs or (len(devs) if devs != ["cpu"] else 1)
+            n_jobs = jobs or len(devs) * (runs_per_device or 1)  # one device: the CPU, or each GPU
             if n_jobs <= 0:
                 raise UserError(f"--jobs must be positive, got {n_jobs}")
             counts = run_local(todo, out, n_jobs, devs, progress)

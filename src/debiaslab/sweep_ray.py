@@ -25,7 +25,7 @@ def _ray():
 
 
 def run_ray(runs: list[Run], out: Path, address: str | None, cpus_per_run: float | None, gpus_per_run: float | None,
-            progress: bool) -> dict:
+            progress: bool, runs_per_device: int | None = None) -> dict:
     ray = _ray()
     started = False
     if not ray.is_initialized():
@@ -39,16 +39,22 @@ def run_ray(runs: list[Run], out: Path, address: str | None, cpus_per_run: float
                             f"{str(e).splitlines()[0][:200]}; check --address") from None
         started = True
     try:
-        return _submit(ray, runs, out, cpus_per_run, gpus_per_run, progress)
+        return _submit(ray, runs, out, cpus_per_run, gpus_per_run, progress, runs_per_device)
     finally:
         if started:
             ray.shutdown()
 
 
-def _submit(ray, runs: list[Run], out: Path, cpus_per_run, gpus_per_run, progress: bool) -> dict:
+def _submit(ray, runs: list[Run], out: Path, cpus_per_run, gpus_per_run, progress: bool,
+            runs_per_device: int | None = None) -> dict:
     resources = ray.cluster_resources()
     cluster_gpus = resources.get("GPU", 0)
     ngpu = gpus_per_run if gpus_per_run is not None else (1 if cluster_gpus else 0)
+    if runs_per_device:
+        if not cluster_gpus:
+            raise UserError("--runs_per_device under --backend ray packs runs onto GPUs, and the Ray cluster "
+                            "has none; size CPU runs with --cpus_per_run instead")
+        ngpu = 1.0 / runs_per_device
     ncpu = cpus_per_run if cpus_per_run is not None else 1
     if ngpu > 0 and cluster_gpus == 0:
         raise UserError(f"--gpus_per_run {ngpu}: the Ray cluster has no GPU; pass --gpus_per_run 0")

@@ -20,9 +20,8 @@ from debiaslab.data.splits import DatasetBundle, Split
 from debiaslab.data.transforms import BatchTransform, resize_uint8
 from debiaslab.diagnostics import detector_metrics, save_w_snapshot, snapshot_steps
 from debiaslab.io import atomic_write_json
-from debiaslab.logging import RunLogger, require_wandb
+from debiaslab.logging import RunLogger, StepWindow, require_wandb
 from debiaslab.methods import METHODS
-from debiaslab.methods.base import NonFiniteLoss
 from debiaslab.metrics import SELECTION_RULES, compute_metrics, predict_split, primary_key, primary_metric
 from debiaslab.models import DATASET_MODEL, build_model
 
@@ -123,6 +122,10 @@ def prepare_split(split: Split, cfg: TrainConfig, device) -> Split:
         split = Split(resize_uint8(split.images, cfg.image_size), split.targets, split.biases)
     return split
 
+
+# Where --compile is on by default: only where benchmarks/steps_per_second.py measured it faster
+# (README, "Speed"). CUDA waits for its measurement.
+COMPILE_DEFAULT = {"cpu": False, "cuda": False}
 
 DATA_SEED = 0  # seeds the valid hold-out of datasets without one, the same for every training seed
 
@@ -290,16 +293,18 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
     atomic_write_json(run_dir / "config.json", {
         "config": cfg.to_dict(), "data": data_info, "debiaslab": __version__, "torch": torch.__version__,
         "device": str(device), "torch_threads": torch.get_num_threads(), "uses_bias_labels_in_training": method_cls.uses_bias_labels,
+        "compiled": compile_step(cfg, device),
     })
-    sums: dict[str, torch.Tensor] = {}
-    n_sum, start, skipped, seconds_before = 0, 0, [], 0.0
+    window, start, skipped, seconds_before = StepWindow(), 0, [], 0.0
     if state is not None:
         method.load_state_dict(state["method_state"])
         sampler.load_state_dict(state["sampler"])
         transform.generator.set_state(state["transform_generator"])
         tracker.best = state["tracker"]
-        sums, n_sum = {k: v.to(device) for k, v in state["log_sums"].items()}, state["log_count"]
+        window = StepWindow({k: v.to(device) for k, v in state["log_sums"].items()}, state["log_count"])
         start, skipped, seconds_before = state["step"], list(state["skipped"]), state["train_seconds"]
+    if compile_step(cfg, device):
+        method.compile()
     logger = RunLogger(run_dir, cfg.to_dict(), cfg.tensorboard, cfg.wandb, cfg.wandb_project, cfg.exp, resume_step=start)
     if state is not None:
         checkpoints.set_rng_state(state["rng"])  # last: building the models above drew from the global RNG
@@ -312,7 +317,7 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
         checkpoints.save_full(run_dir, {
             "config": cfg.to_dict(), "method": cfg.method, "step": done, "method_state": method.state_dict(),
             "sampler": sampler.state_dict(), "transform_generator": transform.generator.get_state(), "tracker": tracker.best,
-            "log_sums": {k: v.detach().cpu() for k, v in sums.items()}, "log_count": n_sum, "skipped": skipped,
+            **window.state_dict(), "skipped": skipped,
             "train_seconds": seconds_before + time.time() - t_loop, "rng": checkpoints.rng_state(),
         }, cfg.keep_checkpoints, last_saved)
         last_saved = done
@@ -326,27 +331,19 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
             # index_select copies whole rows: ~10x faster than advanced indexing of a 4-D tensor
             x = transform(torch.index_select(train_split.images, 0, idx), train=True)
             done = step + 1
-            try:
-                terms = method.update(x, torch.index_select(train_split.targets, 0, idx), idx, step)
-            except NonFiniteLoss as e:
+            window.add(done, method.update(x, torch.index_select(train_split.targets, 0, idx), idx, step))
+            bar.update(1)
+            if not _boundary(done, cfg):
+                continue  # nothing below reads the device: the steps queue up without waiting
+            for bad_step, terms in window.not_applied():
                 if cfg.on_nonfinite != "skip":
-                    last = f"{run_dir / checkpoints.LAST}, step {last_saved}" if last_saved is not None else \
-                        "none (nothing was saved yet)"
-                    raise UserError(f"{e} of {cfg.method}; stopped. The last good checkpoint is {last}: "
-                                    "rerun with a lower --lr to start again, or the same command with "
-                                    "--on_nonfinite skip to resume and skip such steps") from None
-                method.skip_step(step)
-                skipped.append(done)
-                logger.log({"kind": "skip", "step": done, "nonfinite": e.terms})
-                terms = {}
-            for k, v in terms.items():
-                sums[k] = sums[k] + v if k in sums else v.clone()
-            n_sum += 1 if terms else 0
-            if (done % cfg.log_freq == 0 or done == cfg.num_steps) and n_sum:
-                record = {"kind": "train", "step": done, "lr": method.lr(),
-                          **{k: float(v) / n_sum for k, v in sums.items()}}
-                logger.log(record)
-                sums, n_sum = {}, 0
+                    raise UserError(_nonfinite_message(bad_step, terms, done, cfg, run_dir, last_saved))
+                skipped.append(bad_step)
+                logger.log({"kind": "skip", "step": bad_step, "nonfinite": terms})
+            if done % cfg.log_freq == 0 or done == cfg.num_steps:
+                means = window.take_means()
+                if means is not None:
+                    logger.log({"kind": "train", "step": done, "lr": method.lr(), **means})
             if done % cfg.valid_freq == 0 or done == cfg.num_steps:
                 record = _evaluate_all(method, method_cls, valid_split, test_split, transform, C, cfg, train_split)
                 record.update(kind="eval", step=done)
@@ -364,14 +361,38 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
                                 test_unb=f"{primary_metric(record['test'], cfg.dataset):.3f}", refresh=False)
             if done % cfg.save_freq == 0 or done == cfg.num_steps:
                 save(done)
-            bar.update(1)
     finally:
         bar.close()
         logger.close()
     train_seconds = seconds_before + time.time() - t_loop
     results = _results(cfg, tracker, data_info, train_seconds, time.time() - t_start, skipped)
+    results["compiled"] = method.compiled  # the parts of the step torch.compile ran (none: eager)
     atomic_write_json(run_dir / "results.json", results)
     return results
+
+
+def _boundary(done: int, cfg: TrainConfig) -> bool:
+    """A step after which the loop logs, evaluates or saves, and so reads the device."""
+    return (done % cfg.log_freq == 0 or done % cfg.valid_freq == 0 or done % cfg.save_freq == 0
+            or done == cfg.num_steps)
+
+
+def _nonfinite_message(bad_step: int, terms: list[str], done: int, cfg: TrainConfig, run_dir: Path,
+                       last_saved: int | None) -> str:
+    last = f"{run_dir / checkpoints.LAST}, step {last_saved}" if last_saved is not None else \
+        "none (nothing was saved yet)"
+    return (f"non-finite loss at step {bad_step} ({', '.join(terms) or 'loss'}) of {cfg.method}; no step "
+            f"applied from then on and the run stopped at step {done}, where it read the flag. The last "
+            f"good checkpoint is {last}: rerun with a lower --lr to start again, or the same command "
+            "with --on_nonfinite skip to resume and skip such steps")
+
+
+def compile_step(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether the step goes through ``torch.compile``: ``--compile`` / ``--no-compile``, else
+    where it was measured to help (``COMPILE_DEFAULT``)."""
+    if cfg.compile is not None:
+        return cfg.compile
+    return COMPILE_DEFAULT.get(torch.device(device).type, False)
 
 
 def _evaluate_all(method, method_cls, valid_split, test_split, transform, C, cfg, train_split) -> dict:

@@ -1,16 +1,37 @@
-"""The interface every method implements (DomainBed style: one class, one small ``update``)."""
+"""The interface every method implements (DomainBed style: one class, one small ``loss``)."""
 from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+
+from debiaslab.methods.optim import StepDecay, adam_step, init_adam_state, is_device_steppable, make_adam
+
+
+@dataclass
+class StepOutput:
+    """What one training step leaves for the loop, all on the device (read only at boundaries)."""
+
+    names: tuple[str, ...]  # the loss terms' names
+    values: torch.Tensor  # [len(names)]: their values, detached
+    finite: torch.Tensor  # [len(names)] bool: each term was finite
+    applied: torch.Tensor  # 0-d bool: the step moved the weights and the per-sample state
+
+    @property
+    def terms(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.names, self.values.unbind()))
 
 
 class Method:
     """A training method owns its models, optimizers, LR schedulers and per-sample state.
 
-    Subclasses set ``model_names`` / ``head_inputs`` and implement ``loss`` (the loss of one batch;
-    ``update`` backpropagates it and steps the optimizers) and ``predict`` (a static function of the models, so a
-    checkpoint can be evaluated without rebuilding the training state).
+    Subclasses set ``model_names`` / ``head_inputs`` and implement ``loss`` (the loss of one batch
+    and its named terms, updating any per-sample state) and ``predict`` (a static function of the
+    models, so a checkpoint can be evaluated without rebuilding the training state). Randomness a
+    step needs comes from ``draw``, outside the per-batch computation, so that computation is one
+    graph that ``torch.compile`` can capture whole.
     """
 
     name = ""
@@ -24,59 +45,103 @@ class Method:
         self.models = models
         self.num_classes = num_classes
         self.generator = generator
-        self.amp = cfg.amp and train_targets.device.type == "cuda"  # bf16 autocast of the forward pass
+        device = train_targets.device
+        self.amp = cfg.amp and device.type == "cuda"  # bf16 autocast of the forward pass
         self.optimizers = {n: make_adam(m.parameters(), cfg.lr, cfg.weight_decay) for n, m in models.items()}
         self.schedulers = {
-            n: torch.optim.lr_scheduler.StepLR(o, step_size=cfg.lr_decay_step, gamma=cfg.lr_gamma)
+            n: StepDecay(o, step_size=cfg.lr_decay_step, gamma=cfg.lr_gamma)
             for n, o in self.optimizers.items()
         } if cfg.use_lr_decay else {}
+        # under --on_nonfinite stop: set by the first non-finite step, after which no step applies
+        self.halted = torch.zeros((), dtype=torch.bool, device=device)
+        self.on_device = all(is_device_steppable(o) for o in self.optimizers.values())
+        self._compute = self.compute
+        self._optimizer_step = self.optimizer_step
+        self.compiled: list[str] = []  # the parts of the step that run compiled
 
-    # -- training -----------------------------------------------------------------------------
-    def loss(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
-        """The training loss of one batch and its named terms (not detached). May update per-sample state."""
+    # -- the per-step hooks a method implements -------------------------------------------------
+    def draw(self, batch_size: int, step: int) -> dict:
+        """What step ``step`` (0-based) draws from the method's generator or decides by the step
+        count, passed to ``loss``; a change of its keys is a new graph, so keep them few."""
+        return {}
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, draws: dict
+             ) -> tuple[torch.Tensor, dict]:
+        """The training loss of one batch and its named terms (not detached, ``loss`` among them).
+        May update per-sample state; never reads a tensor on the host."""
         raise NotImplementedError
 
-    def update(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
-        """One training step on a batch; returns the detached loss terms for logging.
+    # -- one training step ------------------------------------------------------------------------
+    def update(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, step: int) -> StepOutput:
+        """One training step on a batch, with no host round-trip where the optimizers are fused.
 
-        A NaN or infinite loss raises ``NonFiniteLoss`` before any parameter moves; with
-        ``cfg.on_nonfinite == "skip"`` the batch's per-sample state is put back first, so the caller
-        can skip the step (``skip_step``) and go on.
+        A step whose loss terms are not all finite moves no weight, no BatchNorm statistic, no
+        optimizer moment and no per-sample state; the LR schedule still counts it. Under
+        ``on_nonfinite == "stop"`` no later step applies either, until the loop reads the flags
+        at its next boundary and stops.
         """
-        saved = self.sample_state(idx) if self.cfg.on_nonfinite == "skip" else None
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-            loss, terms = self.loss(x, y, idx, step)
-        if not bool(torch.isfinite(loss)):
-            if saved is not None:
-                self.set_sample_state(idx, saved)
-            raise NonFiniteLoss(step + 1, [k for k, v in terms.items() if not bool(torch.isfinite(v).all())] or ["loss"])
-        self.optimize(loss, step)
-        return {k: v.detach() for k, v in terms.items()}
-
-    def skip_step(self, step: int) -> None:
-        """A skipped step still counts for the LR schedule, which follows the iteration count."""
-        self._schedule(step)
-
-    def optimize(self, loss: torch.Tensor, step: int) -> None:
-        """Zero every grad, backward, step every optimizer, then the LR schedule.
-
-        The schedule counts from ``curr_step``: schedulers step once per iteration with
-        ``step >= curr_step``, so the LR first decays at ``curr_step + lr_decay_step``.
-        """
+        buffers = self._buffers()  # BatchNorm statistics: the forward moves them
+        saved_buffers = [b.clone() for b in buffers]
+        loss, names, values, finite, applied = self._compute(x, y, idx, self.draw(len(y), step))
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         loss.backward()
-        for opt in self.optimizers.values():
-            opt.step()
+        for b, saved in zip(buffers, saved_buffers):  # after backward, which reads them
+            b.copy_(torch.where(applied, b, saved))
+        self._optimizer_step(applied)
         self._schedule(step)
+        return StepOutput(names, values, finite, applied)
+
+    def compute(self, x, y, idx, draws):
+        """The per-batch computation (forwards, loss terms, per-sample state), masked on the device.
+
+        Returns the loss, its terms' names and detached values, which terms were finite and
+        whether the step applies; where it does not, the per-sample state is put back as it was.
+        """
+        saved_rows = self.sample_state(idx)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            loss, terms = self.loss(x, y, idx, draws)
+        values = torch.stack([v.detach().float() for v in terms.values()])
+        finite = torch.isfinite(values)
+        applied = finite.all() & ~self.halted
+        if self.cfg.on_nonfinite == "stop":
+            self.halted.copy_(~applied)
+        self.keep_sample_state(idx, saved_rows, applied)
+        return loss, tuple(terms), values, finite, applied
+
+    def optimizer_step(self, applied: torch.Tensor) -> None:
+        """Step every optimizer unless ``applied`` is false (read on the device where it can be)."""
+        optimizers = list(self.optimizers.values())
+        if self.on_device:
+            adam_step(optimizers, (~applied).float())
+        elif bool(applied):  # an optimizer without the fused kernel: one host read per step
+            for opt in optimizers:
+                opt.step()
+
+    def _buffers(self) -> list[torch.Tensor]:
+        return [b for m in self.models.values() for b in m.buffers()]
 
     def _schedule(self, step: int) -> None:
+        """The schedule counts from ``curr_step``: schedulers step once per iteration with
+        ``step >= curr_step``, so the LR first decays at ``curr_step + lr_decay_step``. A step that
+        did not apply still counts: the schedule follows the iteration count."""
         if self.schedulers and step >= self.cfg.curr_step:
             for s in self.schedulers.values():
                 s.step()
 
     def lr(self) -> float:
-        return next(iter(self.optimizers.values())).param_groups[0]["lr"]
+        return float(next(iter(self.optimizers.values())).param_groups[0]["lr"])
+
+    def compile(self) -> None:
+        """Route the per-batch computation through ``torch.compile``; if it fails to compile it runs
+        eagerly from then on, after one warning line.
+
+        The optimizer step traces without a break too (tests/test_compile.py), but stays eager: it
+        is already one fused kernel per model, and Inductor has no fake kernel for it in torch
+        2.14, so it could not build it anyway.
+        """
+        self._compute = _compiled_or_eager(self, "compute")
+        self.compiled.append("compute")
 
     def train(self) -> None:
         for m in self.models.values():
@@ -92,11 +157,11 @@ class Method:
         return models["model"](x)
 
     def sample_state(self, idx: torch.Tensor):
-        """The per-sample state of samples ``idx`` (restored by ``set_sample_state`` when a step is skipped)."""
+        """A copy of the per-sample state of samples ``idx``, taken before a step changes it."""
         return None
 
-    def set_sample_state(self, idx: torch.Tensor, state) -> None:
-        pass
+    def keep_sample_state(self, idx: torch.Tensor, saved, keep: torch.Tensor) -> None:
+        """Where ``keep`` (0-d bool, on the device) is false, put ``saved`` back."""
 
     def sample_weights(self) -> torch.Tensor | None:
         """The method's per-training-sample weight W (its own guess of "bias-conflicting"), if any."""
@@ -116,7 +181,7 @@ class Method:
         for n, m in self.models.items():
             m.load_state_dict(state["models"][n])
         for n, o in self.optimizers.items():
-            o.load_state_dict(state["optimizers"][n])
+            load_optimizer_state(o, state["optimizers"][n])
         for n, s in self.schedulers.items():
             s.load_state_dict(state["schedulers"][n])
         if "generator" in state:
@@ -130,20 +195,42 @@ class Method:
         pass
 
 
-class NonFiniteLoss(Exception):
-    """A training loss was NaN or infinite at ``step`` (1-based); ``terms`` names the offending terms."""
+def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
+    """``opt.load_state_dict``, keeping its own learning-rate tensors (filled with the saved
+    values): a compiled step reads those very tensors, and checkpoints written before the learning
+    rate was a tensor hold floats."""
+    own_lrs = [g["lr"] for g in opt.param_groups]
+    opt.load_state_dict(state)
+    for group, own in zip(opt.param_groups, own_lrs):
+        if isinstance(own, torch.Tensor):
+            own.fill_(float(group["lr"]))
+            group["lr"] = own
+    if is_device_steppable(opt):
+        init_adam_state(opt)
 
-    def __init__(self, step: int, terms: list[str]):
-        super().__init__(f"non-finite loss at step {step} ({', '.join(terms)})")
-        self.step, self.terms = step, terms
+
+def _compiled_or_eager(method: Method, name: str):
+    """``getattr(method, name)`` through ``torch.compile(fullgraph=True)``; on the first failure
+    (a graph break, no C++ compiler, an unsupported backend) one warning and eager from then on."""
+    eager = getattr(method, name)
+    compiled = torch.compile(eager, fullgraph=True, dynamic=False)
+    current = [compiled]
+
+    def call(*args):
+        if current[0] is eager:
+            return eager(*args)
+        try:
+            return compiled(*args)
+        except Exception as e:  # noqa: BLE001 - any compile failure means: run it eagerly
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            warnings.warn(f"--compile: {type(method).__name__}.{name} does not compile ({reason}); "
+                          "it runs eagerly", CompileFallbackWarning, stacklevel=2)
+            current[0] = eager
+            method.compiled.remove(name)
+            return eager(*args)
+
+    return call
 
 
-def make_adam(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    params = list(params)
-    device = params[0].device.type
-    # the fused kernel is ~10% faster per step on CPU and CUDA; fall back where it does not exist
-    fused = device in ("cpu", "cuda")
-    try:
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
-    except (RuntimeError, TypeError):
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+class CompileFallbackWarning(UserWarning):
+    """Part of a step could not be compiled and runs eagerly."""

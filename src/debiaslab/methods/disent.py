@@ -17,18 +17,26 @@ class DisEnt(RelativeDifficultyMethod):
     model_names = ("intrinsic", "bias")
     head_inputs = 2
 
-    def loss(self, x, y, idx, step):
+    def draw(self, batch_size, step):
+        """The swap's permutation, drawn on the generator's device, from the first step after
+        ``curr_step`` (strictly greater, as in the reference)."""
+        if step <= self.cfg.curr_step:
+            return {}
+        g = self.generator
+        return {"perm": torch.randperm(batch_size, generator=g, device=g.device)}
+
+    def loss(self, x, y, idx, draws):
         cfg = self.cfg
         m_i, m_b = self.models["intrinsic"], self.models["bias"]
         z_i, z_b = m_i.extract(x), m_b.extract(x)
         n = len(y)
-        swap = step > cfg.curr_step  # strictly greater, as in the reference
+        swap = "perm" in draws
         if swap:
             # Feature swap: a random permutation p of the batch gives pairs [z_i, z_b[p]]. Both
             # classifiers see the original pairs (rows :n) and the swapped pairs (rows n:) in one
             # batch. The intrinsic side keeps its own label y; the bias side takes y[p], the label
             # of the bias features it received.
-            perm = torch.randperm(n, generator=self.generator, device=self.generator.device).to(y.device)
+            perm = draws["perm"].to(y.device)
             z_i, z_b = torch.cat([z_i, z_i]), torch.cat([z_b, z_b[perm]])
             y_i, y_b = torch.cat([y, y]), torch.cat([y, y[perm]])
         else:

@@ -13,7 +13,7 @@ class LfF(RelativeDifficultyMethod):
     name = "lff"
     model_names = ("biased", "debiased")
 
-    def loss(self, x, y, idx, step):
+    def loss(self, x, y, idx, draws):
         ce_b = F.cross_entropy(self.models["biased"](x), y, reduction="none")
         ce_d = F.cross_entropy(self.models["debiased"](x), y, reduction="none")
         w = self.weights(ce_b, ce_d, y, idx)

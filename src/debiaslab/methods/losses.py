@@ -89,9 +89,11 @@ class PerSampleEMA:
         """A copy of the EMA values and visited flags of samples ``idx``."""
         return self._flat()[:, self.slot[idx]].clone(), self.visited[idx].clone()
 
-    def set_rows(self, idx: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor]) -> None:
-        self._flat()[:, self.slot[idx]] = rows[0]
-        self.visited[idx] = rows[1]
+    def keep_rows(self, idx: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor], keep: torch.Tensor) -> None:
+        """Where ``keep`` (0-d bool) is false, put back ``rows`` (from :meth:`rows`); no host read."""
+        flat, slot = self._flat(), self.slot[idx]
+        flat[:, slot] = torch.where(keep, flat[:, slot], rows[0])
+        self.visited[idx] = torch.where(keep, self.visited[idx], rows[1])
 
     def state_dict(self) -> dict:
         return {"values": self.values().clone(), "visited": self.visited.clone(), "alpha": self.alpha}

@@ -27,8 +27,8 @@ class RelativeDifficultyMethod(Method):
     def sample_state(self, idx):
         return self.ema.rows(idx)
 
-    def set_sample_state(self, idx, state) -> None:
-        self.ema.set_rows(idx, state)
+    def keep_sample_state(self, idx, saved, keep) -> None:
+        self.ema.keep_rows(idx, saved, keep)
 
     def extra_state(self) -> dict:
         return {"ema": self.ema.state_dict()}

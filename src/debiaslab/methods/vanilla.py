@@ -8,6 +8,6 @@ class Vanilla(Method):
 
     name = "vanilla"
 
-    def loss(self, x, y, idx, step):
+    def loss(self, x, y, idx, draws):
         loss = F.cross_entropy(self.models["model"](x), y)
         return loss, {"loss": loss}
