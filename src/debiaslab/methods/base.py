@@ -55,8 +55,8 @@ class Method:
         # under --on_nonfinite stop: set by the first non-finite step, after which no step applies
         self.halted = torch.zeros((), dtype=torch.bool, device=device)
         self.on_device = all(is_device_steppable(o) for o in self.optimizers.values())
+        self.buffers = BufferSnapshot([b for m in models.values() for b in m.buffers()])
         self._compute = self.compute
-        self._optimizer_step = self.optimizer_step
         self.compiled: list[str] = []  # the parts of the step that run compiled
 
     # -- the per-step hooks a method implements -------------------------------------------------
@@ -67,8 +67,8 @@ class Method:
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, draws: dict
              ) -> tuple[torch.Tensor, dict]:
-        """The training loss of one batch and its named terms (not detached, ``loss`` among them).
-        May update per-sample state; never reads a tensor on the host."""
+        """The training loss of one batch and its named scalar terms (not detached, ``loss`` among
+        them). May update per-sample state; never reads a tensor on the host."""
         raise NotImplementedError
 
     # -- one training step ------------------------------------------------------------------------
@@ -80,15 +80,13 @@ class Method:
         ``on_nonfinite == "stop"`` no later step applies either, until the loop reads the flags
         at its next boundary and stops.
         """
-        buffers = self._buffers()  # BatchNorm statistics: the forward moves them
-        saved_buffers = [b.clone() for b in buffers]
+        saved_buffers = self.buffers.take()  # BatchNorm statistics: the forward moves them
         loss, names, values, finite, applied = self._compute(x, y, idx, self.draw(len(y), step))
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         loss.backward()
-        for b, saved in zip(buffers, saved_buffers):  # after backward, which reads them
-            b.copy_(torch.where(applied, b, saved))
-        self._optimizer_step(applied)
+        self.buffers.keep(applied, saved_buffers)  # after backward, which reads them
+        self.optimizer_step(applied)
         self._schedule(step)
         return StepOutput(names, values, finite, applied)
 
@@ -117,9 +115,6 @@ class Method:
         elif bool(applied):  # an optimizer without the fused kernel: one host read per step
             for opt in optimizers:
                 opt.step()
-
-    def _buffers(self) -> list[torch.Tensor]:
-        return [b for m in self.models.values() for b in m.buffers()]
 
     def _schedule(self, step: int) -> None:
         """The schedule counts from ``curr_step``: schedulers step once per iteration with
@@ -193,6 +188,28 @@ class Method:
 
     def load_extra_state(self, state: dict) -> None:
         pass
+
+
+class BufferSnapshot:
+    """Copies of the models' buffers (BatchNorm statistics) taken and put back in a few kernels:
+    one flat copy per dtype, not one per buffer (a ResNet18 has ~60 buffers, and on a GPU each
+    kernel launch costs about as much as the small kernel itself)."""
+
+    def __init__(self, buffers: list[torch.Tensor]):
+        groups: dict[torch.dtype, list[torch.Tensor]] = {}
+        for b in buffers:
+            groups.setdefault(b.dtype, []).append(b)
+        self.groups = list(groups.values())
+
+    def take(self) -> list[torch.Tensor]:
+        return [torch.cat([b.reshape(-1) for b in group]) for group in self.groups]
+
+    def keep(self, keep: torch.Tensor, saved: list[torch.Tensor]) -> None:
+        """Where ``keep`` (0-d bool, on the device) is false, put the ``saved`` values back."""
+        for group, flat in zip(self.groups, saved):
+            chosen = torch.where(keep, torch.cat([b.reshape(-1) for b in group]), flat)
+            parts = chosen.split([b.numel() for b in group])
+            torch._foreach_copy_(group, [p.view_as(b) for p, b in zip(parts, group)])
 
 
 def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
