@@ -116,3 +116,24 @@ def test_full_disk_gives_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, m
     monkeypatch.setattr(io.torch, "save", real_save)
     res = train(cfg(tmp_path), bundle())  # space freed: the same call resumes and finishes
     assert res["steps"] == 20
+
+
+def test_step_window_sums_applied_steps_per_term_and_reports_the_others():
+    from debiaslab.logging import StepWindow
+    from debiaslab.methods.base import StepOutput
+
+    def out(names, values, applied):
+        values = torch.tensor(values)
+        return StepOutput(tuple(names), values, torch.isfinite(values), torch.tensor(applied))
+
+    window = StepWindow()
+    window.add(1, out(["loss", "a"], [1.0, 2.0], True))
+    window.add(2, out(["loss", "a"], [float("nan"), 5.0], False))  # not applied: not in the sums
+    window.add(3, out(["loss", "a", "b"], [3.0, 4.0, 6.0], True))  # a term that appears mid-window
+    assert window.not_applied() == [(2, ["loss"])] and window.not_applied() == []
+    state = window.state_dict()
+    assert state["log_count"] == 2 and {k: float(v) for k, v in state["log_sums"].items()} == {
+        "loss": 4.0, "a": 6.0, "b": 6.0}
+    resumed = StepWindow(state["log_sums"], state["log_count"])  # as a checkpoint restores it
+    assert window.take_means() == resumed.take_means() == {"loss": 2.0, "a": 3.0, "b": 3.0}
+    assert window.take_means() is None  # nothing since

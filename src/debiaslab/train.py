@@ -57,7 +57,10 @@ class EpochSampler:
 
     def next(self) -> torch.Tensor:
         if self.perm is None or self.pos + self.batch_size > self.n:
-            self.perm = torch.randperm(self.n, generator=self.generator).to(self.device)
+            perm = torch.randperm(self.n, generator=self.generator)
+            if torch.device(self.device).type == "cuda":
+                perm = perm.pin_memory()  # an asynchronous copy: the host need not wait for the device
+            self.perm = perm.to(self.device, non_blocking=True)
             self.pos = 0
             self.epoch += 1
         idx = self.perm[self.pos:self.pos + self.batch_size]
