@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from debiaslab import UserError, __version__
+from debiaslab.config import PALETTE_CHOICES
 
 METHOD_FLAGS = {"train_vanilla": "vanilla", "train_lff": "lff", "train_ours": "disent"}
 
@@ -112,7 +113,7 @@ def add_data_args(g) -> None:
     u.add_argument("--manifest", default=None, help="your own dataset: a CSV with columns path, target and optionally bias, split (see README)")
     u.add_argument("--image_folder", default=None, help="your own dataset: a folder with train/<class>/, test/<class>/ and optionally valid/<class>/ images")
     g.add_argument("--image_size", type=int, default=None, help="resize every image to N x N once, at load time (default per dataset: 32 cifar10c, 224 bffhq and bar, none otherwise)")
-    g.add_argument("--palette", choices=["disent", "lff", "any"], default=None,
+    g.add_argument("--palette", choices=PALETTE_CHOICES, default=None,
                    help="cmnist: the colours the data must have, read back from its images: disent (the default; the "
                    "paper's data), lff (LfF's protocol) or any (whatever the folder holds); a folder of the other palette "
                    "is refused")
@@ -248,7 +249,7 @@ def add_build_cmnist_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--percent", nargs="+", default=["0.5", "1", "2", "5"], help="bias-conflicting percentages to build (default: 0.5 1 2 5)")
     p.add_argument("--seed", type=int, default=0, help="builder seed (default: 0)")
     p.add_argument("--severity", type=int, default=4, choices=[1, 2, 3, 4, 5], help="colour-noise severity, sigma 0.05..0.002 (default: 4, the paper's)")
-    p.add_argument("--palette", choices=["disent", "lff"], default="disent",
+    p.add_argument("--palette", choices=[c for c in PALETTE_CHOICES if c != "any"], default="disent",
                    help="digit colours: disent = the ten saturated hues of the DisEnt paper's data, read off the dataset "
                    "figure of its code repository (assets/data.png; the default, the data of the paper's Table 1); "
                    "lff = LfF's palette (Nam et al. 2020), an easier problem")
