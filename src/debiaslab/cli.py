@@ -68,9 +68,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     d.add_argument("--lambda_swap_align", type=float, default=1.0, help="DisEnt: weight of the bias branch's GCE in L_swap (default: 1)")
     h = p.add_argument_group("speed")
     h.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="run each training step's computation and optimizer step through torch.compile "
-                        "(default: on where it was measured to be faster: see the README); a part that "
-                        "does not compile runs eagerly after one warning")
+                   help="run each training step's per-batch computation (forwards, losses, per-sample "
+                        "state) through torch.compile (default: on where it was measured to be faster, "
+                        "which is nowhere yet: see the README); if it does not compile it runs eagerly "
+                        "after one warning")
     h.add_argument("--no_amp", action="store_true", help="turn off bf16 automatic mixed precision (CUDA only; on by default there)")
     h.add_argument("--no_channels_last", action="store_true", help="turn off the channels_last memory format of convolutional models (CUDA only; on by default there)")
     lg = p.add_argument_group("evaluation and logging")

@@ -294,10 +294,11 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
     data_info = {"name": bundle.name, "num_classes": C, "counts": bundle.counts(), "sha256": bundle.checksums(), **bundle.info}
     for k in [k for k in data_info if k.startswith("sha256_")]:
         data_info.pop(k)
+    compiled = compile_step(cfg, device)
     atomic_write_json(run_dir / "config.json", {
         "config": cfg.to_dict(), "data": data_info, "debiaslab": __version__, "torch": torch.__version__,
         "device": str(device), "torch_threads": torch.get_num_threads(), "uses_bias_labels_in_training": method_cls.uses_bias_labels,
-        "compiled": compile_step(cfg, device),
+        "compiled": compiled,
     })
     window, start, skipped, seconds_before = StepWindow(), 0, [], 0.0
     if state is not None:
@@ -307,7 +308,7 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
         tracker.best = state["tracker"]
         window = StepWindow({k: v.to(device) for k, v in state["log_sums"].items()}, state["log_count"])
         start, skipped, seconds_before = state["step"], list(state["skipped"]), state["train_seconds"]
-    if compile_step(cfg, device):
+    if compiled:
         method.compile()
     logger = RunLogger(run_dir, cfg.to_dict(), cfg.tensorboard, cfg.wandb, cfg.wandb_project, cfg.exp, resume_step=start)
     if state is not None:
@@ -337,18 +338,21 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
             done = step + 1
             window.add(done, method.update(x, torch.index_select(train_split.targets, 0, idx), idx, step))
             bar.update(1)
-            if not _boundary(done, cfg):
+            last = done == cfg.num_steps
+            log_now, eval_now = done % cfg.log_freq == 0 or last, done % cfg.valid_freq == 0 or last
+            save_now = done % cfg.save_freq == 0 or last
+            if not (log_now or eval_now or save_now):
                 continue  # nothing below reads the device: the steps queue up without waiting
             for bad_step, terms in window.not_applied():
                 if cfg.on_nonfinite != "skip":
                     raise UserError(_nonfinite_message(bad_step, terms, done, cfg, run_dir, last_saved))
                 skipped.append(bad_step)
                 logger.log({"kind": "skip", "step": bad_step, "nonfinite": terms})
-            if done % cfg.log_freq == 0 or done == cfg.num_steps:
+            if log_now:
                 means = window.take_means()
                 if means is not None:
                     logger.log({"kind": "train", "step": done, "lr": method.lr(), **means})
-            if done % cfg.valid_freq == 0 or done == cfg.num_steps:
+            if eval_now:
                 record = _evaluate_all(method, method_cls, valid_split, test_split, transform, C, cfg, train_split)
                 record.update(kind="eval", step=done)
                 logger.log(record)
@@ -363,7 +367,7 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
                         "metrics": {k: record[k] for k in ("valid", "test")}})
                 bar.set_postfix(valid=f"{record['valid']['accuracy']:.3f}",
                                 test_unb=f"{primary_metric(record['test'], cfg.dataset):.3f}", refresh=False)
-            if done % cfg.save_freq == 0 or done == cfg.num_steps:
+            if save_now:
                 save(done)
     finally:
         bar.close()
@@ -373,12 +377,6 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
     results["compiled"] = method.compiled  # the parts of the step torch.compile ran (none: eager)
     atomic_write_json(run_dir / "results.json", results)
     return results
-
-
-def _boundary(done: int, cfg: TrainConfig) -> bool:
-    """A step after which the loop logs, evaluates or saves, and so reads the device."""
-    return (done % cfg.log_freq == 0 or done % cfg.valid_freq == 0 or done % cfg.save_freq == 0
-            or done == cfg.num_steps)
 
 
 def _nonfinite_message(bad_step: int, terms: list[str], done: int, cfg: TrainConfig, run_dir: Path,

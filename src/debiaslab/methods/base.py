@@ -202,14 +202,18 @@ class BufferSnapshot:
         self.groups = list(groups.values())
 
     def take(self) -> list[torch.Tensor]:
-        return [torch.cat([b.reshape(-1) for b in group]) for group in self.groups]
+        return [_flat(group) for group in self.groups]
 
     def keep(self, keep: torch.Tensor, saved: list[torch.Tensor]) -> None:
         """Where ``keep`` (0-d bool, on the device) is false, put the ``saved`` values back."""
         for group, flat in zip(self.groups, saved):
-            chosen = torch.where(keep, torch.cat([b.reshape(-1) for b in group]), flat)
+            chosen = torch.where(keep, _flat(group), flat)
             parts = chosen.split([b.numel() for b in group])
             torch._foreach_copy_(group, [p.view_as(b) for p, b in zip(parts, group)])
+
+
+def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
 
 
 def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
@@ -231,10 +235,11 @@ def _compiled_or_eager(method: Method, name: str):
     (a graph break, no C++ compiler, an unsupported backend) one warning and eager from then on."""
     eager = getattr(method, name)
     compiled = torch.compile(eager, fullgraph=True, dynamic=False)
-    current = [compiled]
+    fell_back = False
 
     def call(*args):
-        if current[0] is eager:
+        nonlocal fell_back
+        if fell_back:
             return eager(*args)
         try:
             return compiled(*args)
@@ -242,7 +247,7 @@ def _compiled_or_eager(method: Method, name: str):
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
             warnings.warn(f"--compile: {type(method).__name__}.{name} does not compile ({reason}); "
                           "it runs eagerly", CompileFallbackWarning, stacklevel=2)
-            current[0] = eager
+            fell_back = True
             method.compiled.remove(name)
             return eager(*args)
 
