@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -5,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,11 +28,28 @@ def mnist_npz() -> Path:
     return d / "mnist.npz"
 
 
+def cli_env(**extra) -> dict:
+    """The environment of a debiaslab subprocess: this checkout's sources first on the path."""
+    return {**os.environ, "PYTHONPATH": str(REPO / "src"), **extra}
+
+
 def run_cli(*args, cwd=None, env=None, timeout=600, module=True):
     """Run ``python -m debiaslab ARGS`` (or a repo-root script when module=False) in a subprocess."""
     cmd = [sys.executable, "-m", "debiaslab", *map(str, args)] if module else [sys.executable, *map(str, args)]
-    full_env = {**os.environ, "PYTHONPATH": str(REPO / "src"), **(env or {})}
-    return subprocess.run(cmd, cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=cwd or REPO, env=cli_env(**(env or {})), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def quick_train_args(data, logs, *extra) -> list:
+    """Flags of a short CPU training run on ``tiny_reference``: 40 steps, evaluations at 20 and 40."""
+    return ["--data_dir", data, "--log_dir", logs, "--num_steps", "40", "--valid_freq", "20",
+            "--batch_size", "16", "--no_progress", "--device", "cpu", *extra]
+
+
+def read_log(run_dir: Path, kind: str | None = None) -> list[dict]:
+    """The records of a run's ``metrics.jsonl`` (of one ``kind``: train, eval, skip)."""
+    records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if kind is None or r["kind"] == kind]
 
 
 def tiny_split(n_per_class: int, num_classes: int, conflict_every: int, seed: int, size: int = 8):
@@ -61,3 +80,168 @@ def tiny_reference(tmp_path) -> Path:
     write_split(tiny_split(6, 3, 3, 1), base / "1pct" / "valid", "flat", start_id=1000)
     write_split(tiny_split(10, 3, 2, 2), base / "test", "class", start_id=2000)
     return root
+
+
+def tiny_bundle(size: int = 8):
+    """A two-class in-memory dataset (80 train, 16 valid, 16 test images) for in-process runs."""
+    from debiaslab.data.splits import DatasetBundle
+
+    splits = (tiny_split(40, 2, 5, 0, size), tiny_split(8, 2, 4, 1, size), tiny_split(8, 2, 2, 2, size))
+    return DatasetBundle("tiny", *splits, 2)
+
+
+def tiny_config(tmp_path, **kw):
+    """A short CPU run of ``tiny_bundle`` written to ``<tmp_path>/tiny/e``."""
+    from debiaslab.config import TrainConfig
+
+    base = dict(dataset="tiny", method="vanilla", model="mlp", num_steps=20, valid_freq=10, save_freq=5,
+                batch_size=16, lr=1e-2, log_dir=str(tmp_path), exp="e", progress=False, device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+def write_image(path: Path, colour, size=16) -> Path:
+    """A plain-colour RGB image (``size`` an int or (width, height)); the format follows the suffix
+    (PNG keeps the colour exactly, so a test can tell images apart by it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (size, size) if isinstance(size, int) else size, colour).save(path)
+    return path
+
+
+def write_reference(root, dataset, percents, size=32, flat_eval_one_level_up=False):
+    """A tiny dataset in the reference layout (C-CIFAR10 shape, or BFFHQ's valid/test one level up)."""
+    from debiaslab.data.reference import write_split
+
+    for i, pct in enumerate(percents):
+        write_split(tiny_split(6, 2, 3, i, size=size), root / dataset / pct, "train")
+        if not flat_eval_one_level_up:
+            write_split(tiny_split(2, 2, 2, 10 + i, size=size), root / dataset / pct / "valid", "class", start_id=100)
+    if flat_eval_one_level_up:
+        write_split(tiny_split(2, 2, 2, 10, size=size), root / dataset / "valid", "flat", start_id=100)
+    write_split(tiny_split(3, 2, 2, 20, size=size), root / dataset / "test", "flat" if flat_eval_one_level_up else "class", start_id=200)
+    return root
+
+
+def write_bar_layout(root: Path) -> None:
+    """BAR's layout under ``root/bar``: train/ and test/ of ``<action>_<n>.jpg`` in odd, differing sizes."""
+    actions = ["climbing", "diving", "fishing", "pole_vaulting", "racing", "throwing"]
+    for split, n in (("train", 3), ("test", 1)):
+        for a, action in enumerate(actions):
+            for i in range(n):
+                write_image(root / "bar" / split / f"{action}_{10 * a + i}.jpg", (40 * a, 100, 7 * i),
+                            size=(17 + 2 * i + a, 29 - i))
+
+
+def write_image_folder(root: Path, counts: dict, ext="jpg") -> None:
+    """``root/<split>/{ants,bees}/<i>.<ext>``: two classes of plain colours, ``counts[split]`` images each."""
+    for split, n in counts.items():
+        for c, colour in (("ants", (200, 0, 0)), ("bees", (0, 200, 0))):
+            for i in range(n):
+                write_image(root / split / c / f"{i}.{ext}", colour)
+
+
+# -- methods on tiny tensors ---------------------------------------------------------------------
+N_SAMPLES, N_CLASSES, BATCH = 24, 3, 8
+
+
+def make_method(method: str, model: str = "mlp", **kw):
+    """``(method, targets)``: a method of 3x4x4 inputs over 24 samples of 3 classes, lr 0.01 unless given."""
+    from debiaslab.config import TrainConfig
+
+    return method_from_config(TrainConfig(method=method, model=model, **{"lr": 0.01, **kw}).resolved())
+
+
+def method_from_config(cfg):
+    """``(method, targets)`` as ``make_method``, for a config built elsewhere (e.g. from CLI flags)."""
+    from debiaslab.methods import METHODS
+    from debiaslab.models import build_model
+
+    torch.manual_seed(0)
+    cls = METHODS[cfg.method]
+    models = {n: build_model(cfg.model or "mlp", N_CLASSES, cls.head_inputs, (3, 4, 4)) for n in cls.model_names}
+    targets = torch.arange(N_SAMPLES) % N_CLASSES
+    return cls(cfg, models, targets, N_CLASSES, torch.Generator().manual_seed(5)), targets
+
+
+def method_batches(targets, steps: int, seed: int = 1):
+    """``steps`` random batches ``(x, y, idx)`` of ``BATCH`` of the 24 samples."""
+    g = torch.Generator().manual_seed(seed)
+    x_all = torch.rand(N_SAMPLES, 3, 4, 4, generator=g)
+    for _ in range(steps):
+        idx = torch.randperm(N_SAMPLES, generator=g)[:BATCH]
+        yield x_all[idx], targets[idx], idx
+
+
+def assert_same_tensors(a, b, where: str = "") -> None:
+    """``a`` and ``b`` (tensors, or dicts / lists of them) are exactly equal, key for key."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same_tensors(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tensors(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def saved_mlps(run_dir: Path, method: str, num_classes: int, in_shape: tuple) -> dict:
+    """The MLPs of a run's ``checkpoint_last.pt``, rebuilt here, in eval mode."""
+    from debiaslab.methods import METHODS
+    from debiaslab.models import build_model
+
+    states = torch.load(Path(run_dir) / "checkpoint_last.pt", weights_only=True)["method_state"]["models"]
+    cls = METHODS[method]
+    models = {}
+    for name in cls.model_names:
+        models[name] = build_model("mlp", num_classes, cls.head_inputs, in_shape)
+        models[name].load_state_dict(states[name])
+    return {n: m.eval() for n, m in models.items()}
+
+
+@torch.no_grad()
+def predict_classes(method: str, models: dict, x: torch.Tensor) -> torch.Tensor:
+    """The classes a method's ``predict`` gives ``x`` (already scaled as the run scaled it)."""
+    from debiaslab.methods import METHODS
+
+    return METHODS[method].predict(models, x).argmax(1)
+
+
+# -- the metrics, computed again by a plain loop (independently of debiaslab.metrics) ---------------
+def metrics_by_loop(preds, targets, biases, num_classes: int) -> dict:
+    """Every metric of ``compute_metrics`` from Python lists: per-(target, bias) cells gathered in
+    a dict, unbiased accuracy as the plain mean of the cells' accuracies."""
+    preds, targets = [int(p) for p in preds], [int(t) for t in targets]
+    correct = [p == t for p, t in zip(preds, targets)]
+
+    def acc(hits):
+        return sum(hits) / len(hits) if hits else None
+
+    out = {"n": len(targets), "accuracy": acc(correct),
+           "per_class": [acc([ok for ok, t in zip(correct, targets) if t == c]) for c in range(num_classes)],
+           "aligned": None, "conflicting": None, "unbiased": None, "worst_group": None}
+    if biases is None:
+        return out
+    biases = [int(b) for b in biases]
+    cells = {}
+    for ok, t, b in zip(correct, targets, biases):
+        cells.setdefault((t, b), []).append(ok)
+    cell_acc = [acc(hits) for hits in cells.values()]
+    out.update(aligned=acc([ok for ok, t, b in zip(correct, targets, biases) if t == b]),
+               conflicting=acc([ok for ok, t, b in zip(correct, targets, biases) if t != b]),
+               unbiased=sum(cell_acc) / len(cell_acc), worst_group=min(cell_acc))
+    return out
+
+
+def assert_metrics_match(got: dict, expected: dict) -> None:
+    """``got`` (debiaslab's) equals ``expected`` (``metrics_by_loop``) up to float rounding."""
+    def same(a, b):
+        if isinstance(b, list):
+            return isinstance(a, list) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return a == b if b is None or isinstance(b, int) else a == pytest.approx(b, abs=1e-12)
+
+    assert got.keys() == expected.keys()
+    for k, v in expected.items():
+        assert same(got[k], v), (k, got[k], v)

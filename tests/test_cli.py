@@ -4,21 +4,19 @@ import json
 import pytest
 import torch
 
-from tests.conftest import run_cli
+from debiaslab.data.reference import load_reference
+from debiaslab.models import build_model
+from tests.conftest import (assert_metrics_match, metrics_by_loop, predict_classes, quick_train_args, read_log,
+                            run_cli, saved_mlps, write_reference)
 
 PAPER_OURS = ["--dataset", "cmnist", "--exp=cmnist_1_ours", "--lr=0.01", "--percent=1pct", "--curr_step=10",
               "--lambda_swap=1", "--lambda_dis_align=10", "--lambda_swap_align=10", "--use_lr_decay",
               "--lr_decay_step=10000", "--lr_gamma=0.5", "--train_ours", "--tensorboard"]
 
 
-def quick(data, logs):
-    return ["--data_dir", data, "--log_dir", logs, "--num_steps", "40", "--valid_freq", "20", "--batch_size", "16",
-            "--no_progress", "--device", "cpu"]
-
-
 def test_paper_train_then_test_commands(tiny_reference, tmp_path):
     logs = tmp_path / "log"
-    r = run_cli("train.py", *PAPER_OURS, *quick(tiny_reference, logs), module=False)
+    r = run_cli("train.py", *PAPER_OURS, *quick_train_args(tiny_reference, logs), module=False)
     assert r.returncode == 0, r.stderr
     run = logs / "cmnist" / "cmnist_1_ours"
     for f in ("config.json", "metrics.jsonl", "results.json", "checkpoint_last.pt", "checkpoint_best_valid.pt",
@@ -31,13 +29,14 @@ def test_paper_train_then_test_commands(tiny_reference, tmp_path):
     assert "ORACLE" in results["selections"]["oracle_best_test"]["description"]
     assert results["data"]["sha256"]["train"] and results["config"]["batch_size"] == 16
     last = results["selections"]["last"]
-    assert last["step"] == 40
-    for key in ("accuracy", "aligned", "conflicting", "unbiased", "worst_group", "per_class"):
-        assert key in last["test"]
-    evals = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in evals if e["kind"] == "eval"] == [20, 40]
-    assert any("loss_swap_align" in e for e in evals if e["kind"] == "train")
     ckpt = torch.load(run / "checkpoint_last.pt", weights_only=False)
+    assert last["step"] == 40
+    # the reported test metrics are those of the saved last models, computed here by a plain loop
+    test = load_reference(tiny_reference, "cmnist", "1pct").test
+    preds = predict_classes("disent", saved_mlps(run, "disent", 3, (3, 8, 8)), test.images.float() / 255 / 255)
+    assert_metrics_match(last["test"], metrics_by_loop(preds, test.targets, test.biases, 3))
+    assert [e["step"] for e in read_log(run, "eval")] == [20, 40]
+    assert any("loss_swap_align" in e for e in read_log(run, "train"))
     for key in ("config", "step", "method_state", "rng", "sampler", "tracker"):
         assert key in ckpt
     assert set(ckpt["method_state"]) >= {"models", "optimizers", "extra"} and "ema" in ckpt["method_state"]["extra"]
@@ -55,7 +54,7 @@ def test_paper_train_then_test_commands(tiny_reference, tmp_path):
 
 @pytest.mark.parametrize("flags", [["--train_vanilla"], ["--train_lff"], ["--method", "lff", "--input_scale", "unit"]])
 def test_other_methods_train_and_test(tiny_reference, tmp_path, flags):
-    r = run_cli("train", "--dataset", "cmnist", "--percent", "1pct", "--exp", "x", *flags, *quick(tiny_reference, tmp_path))
+    r = run_cli("train", "--dataset", "cmnist", "--percent", "1pct", "--exp", "x", *flags, *quick_train_args(tiny_reference, tmp_path))
     assert r.returncode == 0, r.stderr
     results = json.loads((tmp_path / "cmnist" / "x" / "results.json").read_text())
     assert results["steps"] == 40
@@ -71,7 +70,7 @@ def test_other_methods_train_and_test(tiny_reference, tmp_path, flags):
 def test_same_seed_same_metrics_different_seed_differs(tiny_reference, tmp_path):
     res = []
     for exp, seed in (("a", 3), ("b", 3), ("c", 4)):
-        r = run_cli("train", "--train_ours", "--curr_step", "5", "--exp", exp, "--seed", seed, *quick(tiny_reference, tmp_path))
+        r = run_cli("train", "--train_ours", "--curr_step", "5", "--exp", exp, "--seed", seed, *quick_train_args(tiny_reference, tmp_path))
         assert r.returncode == 0, r.stderr
         run = tmp_path / "cmnist" / exp
         train_logs = [l for l in (run / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
@@ -84,7 +83,7 @@ def test_same_seed_same_metrics_different_seed_differs(tiny_reference, tmp_path)
 
 
 def test_finished_run_is_not_retrained_and_other_config_refused(tiny_reference, tmp_path):
-    args = ["train", "--train_vanilla", "--exp", "same", *quick(tiny_reference, tmp_path)]
+    args = ["train", "--train_vanilla", "--exp", "same", *quick_train_args(tiny_reference, tmp_path)]
     assert run_cli(*args).returncode == 0
     again = run_cli(*args)
     assert again.returncode == 0 and "not retraining" in again.stdout
@@ -94,11 +93,6 @@ def test_finished_run_is_not_retrained_and_other_config_refused(tiny_reference, 
 
 def test_reference_checkpoint_is_evaluated_with_its_scaling(tiny_reference, tmp_path):
     """A directory as the reference code writes it: best_model_l.th / best_model_b.th."""
-    from debiaslab.data.reference import load_reference
-    from debiaslab.methods import METHODS
-    from debiaslab.metrics import compute_metrics
-    from debiaslab.models import build_model
-
     torch.manual_seed(0)
     ref = tmp_path / "pretrained"
     ref.mkdir()
@@ -118,15 +112,14 @@ def test_reference_checkpoint_is_evaluated_with_its_scaling(tiny_reference, tmp_
     out = json.loads(r.stdout)
     assert out["source"] == "reference" and out["step"] == 1234 and out["input_scale"] == "reference"
     test = load_reference(tiny_reference, "cmnist", "1pct").test
-    with torch.no_grad():
-        preds = METHODS["disent"].predict(models, test.images.float() / 255 / 255).argmax(1)
-    assert out["metrics"]["test"] == compute_metrics(preds, test.targets, test.biases, 3)
+    preds = predict_classes("disent", models, test.images.float() / 255 / 255)
+    assert_metrics_match(out["metrics"]["test"], metrics_by_loop(preds, test.targets, test.biases, 3))
 
 
 def test_wandb_missing_gives_one_line_error(tiny_reference, tmp_path):
     code = ("import sys; sys.modules['wandb'] = None; from debiaslab.cli import main; "
             "sys.exit(main(sys.argv[1:]))")
-    args = ["train", "--train_vanilla", "--wandb", *quick(tiny_reference, tmp_path)]
+    args = ["train", "--train_vanilla", "--wandb", *quick_train_args(tiny_reference, tmp_path)]
     r = run_cli("-c", code, *args, module=False)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "pip install 'debiaslab[wandb]'" in r.stderr
@@ -140,7 +133,10 @@ def test_wandb_missing_gives_one_line_error(tiny_reference, tmp_path):
     (["--batch_size", "0", "--train_vanilla"], "--batch_size"),
     (["--percent", "3pct", "--train_vanilla"], "available"),
     ([], "choose a method"),
-    (["--train_vanilla", "--device", "cuda:0"], "cuda"),
+    pytest.param(["--train_vanilla", "--device", "cuda:0"], "no usable CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
+    (["--train_vanilla", "--device", "cuda:64"], "cuda"),  # no GPU, or no 65th GPU: refused either way
+    (["--train_vanilla", "--device", "gpu"], "not a device"),
 ])
 def test_bad_train_input_one_line_exit_2(tiny_reference, tmp_path, args, needle):
     base = ["--data_dir", tiny_reference, "--log_dir", tmp_path, "--num_steps", "5", "--no_progress"]
@@ -169,16 +165,9 @@ def test_help_is_useful():
 
 def test_resnet18_on_cifar10c_and_bffhq_layouts(tmp_path):
     """ResNet18 datasets: C-CIFAR10 layout (valid under pct) and BFFHQ layout (valid/test one level up)."""
-    from debiaslab.data.reference import write_split
-    from tests.conftest import tiny_split
-
     data = tmp_path / "data"
-    write_split(tiny_split(6, 2, 3, 0, size=32), data / "cifar10c" / "1pct", "train")
-    write_split(tiny_split(2, 2, 2, 1, size=32), data / "cifar10c" / "1pct" / "valid", "class", start_id=100)
-    write_split(tiny_split(2, 2, 2, 2, size=32), data / "cifar10c" / "test", "class", start_id=200)
-    write_split(tiny_split(6, 2, 3, 0, size=32), data / "bffhq" / "0.5pct", "train")
-    write_split(tiny_split(2, 2, 2, 1, size=32), data / "bffhq" / "valid", "flat", start_id=100)
-    write_split(tiny_split(2, 2, 2, 2, size=32), data / "bffhq" / "test", "flat", start_id=200)
+    write_reference(data, "cifar10c", ["1pct"])
+    write_reference(data, "bffhq", ["0.5pct"], flat_eval_one_level_up=True)
     for dataset, pct, method in (("cifar10c", "1pct", "--train_ours"), ("bffhq", "0.5pct", "--train_vanilla")):
         r = run_cli("train", "--dataset", dataset, "--percent", pct, method, "--exp", "r", "--data_dir", data,
                     "--log_dir", tmp_path / "log", "--num_steps", "2", "--valid_freq", "1", "--batch_size", "4",
@@ -200,7 +189,19 @@ def test_resnet18_on_cifar10c_and_bffhq_layouts(tmp_path):
 def test_wandb_logs_offline_without_credentials(tiny_reference, tmp_path):
     pytest.importorskip("wandb", reason="wandb is in the dev extra: pip install -e '.[dev]'")
     env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "HOME": str(tmp_path)}
-    r = run_cli("train", "--train_vanilla", "--wandb", "--exp", "wb", *quick(tiny_reference, tmp_path), env=env)
+    r = run_cli("train", "--train_vanilla", "--wandb", "--exp", "wb", *quick_train_args(tiny_reference, tmp_path), env=env)
     assert r.returncode == 0, r.stderr
     runs = list((tmp_path / "cmnist" / "wb" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+
+
+def test_a_gpu_index_the_machine_lacks_is_refused(monkeypatch):
+    """On a machine with one GPU (faked here), cuda:3 is refused naming what exists; cuda:0 is kept."""
+    from debiaslab import UserError
+    from debiaslab.train import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UserError, match=r"--device cuda:3: this machine has 1 CUDA GPU\(s\), cuda:0 to cuda:0"):
+        resolve_device("cuda:3")
+    assert resolve_device("cuda:0") == torch.device("cuda:0") and resolve_device("cuda") == torch.device("cuda")

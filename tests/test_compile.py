@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from debiaslab.methods import METHODS
 from debiaslab.methods.vanilla import Vanilla
-from tests.test_methods import batches, make
+from tests.conftest import make_method, method_batches, run_cli, tiny_bundle, tiny_config
 
 CASES = [("vanilla", "mlp"), ("lff", "mlp"), ("disent", "mlp"), ("lff", "resnet20"), ("disent", "resnet20")]
 
@@ -52,18 +52,18 @@ def test_a_branch_on_a_tensor_value_fails_the_check():
             loss = loss if loss > 0 else -loss
             return loss, {"loss": loss}
 
-    method, targets = make("vanilla")
+    method, targets = make_method("vanilla")
     method.__class__ = Branchy
-    x, y, idx = next(batches(targets, 1))
+    x, y, idx = next(method_batches(targets, 1))
     with pytest.raises(torch._dynamo.exc.Unsupported):
         traced(method.compute)(x, y, idx, {})
 
 
 @pytest.mark.parametrize("method_name,model", CASES)
 def test_each_step_part_is_one_graph(method_name, model):
-    method, targets = make(method_name, model=model, curr_step=1, on_nonfinite="stop")
+    method, targets = make_method(method_name, model=model, curr_step=1, on_nonfinite="stop")
     compute, optimizer_step = traced(method.compute), traced(method.optimizer_step)
-    for step, (x, y, idx) in enumerate(batches(targets, 4)):  # DisEnt: before and after the swap starts
+    for step, (x, y, idx) in enumerate(method_batches(targets, 4)):  # DisEnt: before and after the swap starts
         loss, names, values, finite, applied = compute(x, y, idx, method.draw(len(y), step))
         loss.backward()
         optimizer_step(applied)
@@ -78,9 +78,9 @@ def test_a_host_read_in_a_loss_fails_the_check():
             loss = F.cross_entropy(self.models["model"](x), y)
             return loss, {"loss": loss, "loss_seen": torch.tensor(loss.item())}
 
-    method, targets = make("vanilla")
+    method, targets = make_method("vanilla")
     method.__class__ = Chatty
-    x, y, idx = next(batches(targets, 1))
+    x, y, idx = next(method_batches(targets, 1))
     with pytest.raises(torch._dynamo.exc.BackendCompilerFailed, match="item in the traced step"):
         traced(method.compute)(x, y, idx, {})
 
@@ -118,12 +118,12 @@ def state(method, opts):
 
 def run_both(method_name, steps, compiled, lr=0.01):
     kw = dict(curr_step=30, use_lr_decay=True, lr_decay_step=40, lr_gamma=0.5, lr=lr)
-    new, targets = make(method_name, **kw)
-    old = TodaysStep(make(method_name, **kw)[0])
+    new, targets = make_method(method_name, **kw)
+    old = TodaysStep(make_method(method_name, **kw)[0])
     if compiled:
         new.compile()
     losses = []
-    for step, (x, y, idx) in enumerate(batches(targets, steps)):
+    for step, (x, y, idx) in enumerate(method_batches(targets, steps)):
         a, b = new.update(x, y, idx, step).terms, old.update(x, y, idx, step)
         assert a.keys() == b.keys()
         losses.append((torch.stack(list(a.values())), torch.stack(list(b.values()))))
@@ -154,7 +154,6 @@ def test_compiled_step_matches_todays_within_float_tolerance():
 def test_a_part_that_does_not_compile_runs_eagerly_after_one_warning(tmp_path, monkeypatch):
     from debiaslab.methods.base import CompileFallbackWarning
     from debiaslab.train import train
-    from tests.test_faults import bundle, cfg
 
     def broken_compile(fn, **kw):
         def fails(*args):
@@ -163,7 +162,7 @@ def test_a_part_that_does_not_compile_runs_eagerly_after_one_warning(tmp_path, m
 
     monkeypatch.setattr(torch, "compile", broken_compile)
     with pytest.warns(CompileFallbackWarning) as caught:
-        results = train(cfg(tmp_path, compile=True), bundle())
+        results = train(tiny_config(tmp_path, compile=True), tiny_bundle())
     messages = [str(w.message) for w in caught if issubclass(w.category, CompileFallbackWarning)]
     assert len(messages) == 1 and "Vanilla.compute does not compile (backend exploded)" in messages[0]
     assert results["compiled"] == [] and results["selections"]["last"]["step"] == 20
@@ -172,7 +171,6 @@ def test_a_part_that_does_not_compile_runs_eagerly_after_one_warning(tmp_path, m
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")),
                     reason="Inductor needs a C++ compiler on the CPU, and none is installed")
 def test_cli_compile_runs_the_step_compiled_and_says_so(tiny_reference, tmp_path):
-    from tests.conftest import run_cli
 
     out = run_cli("train", "--train_ours", "--dataset", "cmnist", "--percent", "1pct", "--data_dir",
                   tiny_reference, "--log_dir", tmp_path / "logs", "--exp", "c", "--num_steps", "30",

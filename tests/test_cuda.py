@@ -1,13 +1,10 @@
 """CUDA only (skipped elsewhere): device augmentation, bf16 autocast and channels_last in training."""
-import json
 
 import pytest
 import torch
 
-from debiaslab.config import TrainConfig
-from debiaslab.data.splits import DatasetBundle
 from debiaslab.data.transforms import BatchTransform
-from tests.conftest import tiny_split
+from tests.conftest import read_log, tiny_bundle, tiny_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -23,10 +20,6 @@ def test_batch_transform_on_cuda_is_seeded_and_channels_last():
     a, b, c = run(0), run(0), run(1)
     assert a.device.type == "cuda" and a.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(a, b) and not torch.equal(a, c)
-
-
-def bundle(size=32):
-    return DatasetBundle("tiny", tiny_split(40, 2, 5, 0, size), tiny_split(8, 2, 4, 1, size), tiny_split(8, 2, 2, 2, size), 2)
 
 
 @pytest.mark.parametrize("amp", [True, False])
@@ -47,14 +40,14 @@ def test_training_on_cuda_uses_bf16_and_channels_last(tmp_path, amp, method, mon
         return z
 
     monkeypatch.setattr(ResNet18, "extract", spy)
-    cfg = TrainConfig(dataset="tiny", method=method, model="resnet18", num_steps=6, valid_freq=3, batch_size=16, lr=1e-3,
-                      curr_step=2, log_dir=str(tmp_path), exp="e", progress=False, device="cuda", amp=amp)
-    res = train(cfg, bundle())
+    cfg = tiny_config(tmp_path, method=method, model="resnet18", num_steps=6, valid_freq=3, lr=1e-3, curr_step=2,
+                      device="cuda", amp=amp)
+    res = train(cfg, tiny_bundle(32))
     assert seen["feature_dtype"] == (torch.bfloat16 if amp else torch.float32)
     assert seen["input_channels_last"] and seen["weight_channels_last"]
     assert res["selections"]["last"]["test"]["accuracy"] is not None
-    log = [json.loads(line) for line in (tmp_path / "tiny" / "e" / "metrics.jsonl").read_text().splitlines()]
-    train_losses = [v for r in log if r["kind"] == "train" for k, v in r.items() if k not in ("kind", "step", "lr")]
+    log = read_log(tmp_path / "tiny" / "e", "train")
+    train_losses = [v for r in log for k, v in r.items() if k not in ("kind", "step", "lr")]
     assert train_losses and all(torch.isfinite(torch.tensor(v)) for v in train_losses)
 
 
@@ -64,23 +57,22 @@ def test_resume_on_cuda_continues_from_the_checkpoint(tmp_path, monkeypatch):
     from debiaslab.train import train
 
     def cfg(log):
-        return TrainConfig(dataset="tiny", method="disent", model="resnet18", num_steps=30, valid_freq=10, save_freq=5,
-                           batch_size=16, lr=1e-3, curr_step=8, log_dir=str(log), exp="e", progress=False, device="cuda",
-                           amp=False, channels_last=False)
+        return tiny_config(log, method="disent", model="resnet18", num_steps=30, lr=1e-3, curr_step=8,
+                           device="cuda", amp=False, channels_last=False)
 
-    straight = train(cfg(tmp_path / "a"), bundle())
-    original = DisEnt.loss
+    straight = train(cfg(tmp_path / "a"), tiny_bundle(32))
+    original = DisEnt.update
 
     def crash_at_17(self, x, y, idx, step):
         if step == 16:
             raise KeyboardInterrupt
         return original(self, x, y, idx, step)
 
-    monkeypatch.setattr(DisEnt, "loss", crash_at_17)
+    monkeypatch.setattr(DisEnt, "update", crash_at_17)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg(tmp_path / "b"), bundle())
-    monkeypatch.setattr(DisEnt, "loss", original)
-    resumed = train(cfg(tmp_path / "b"), bundle())
+        train(cfg(tmp_path / "b"), tiny_bundle(32))
+    monkeypatch.setattr(DisEnt, "update", original)
+    resumed = train(cfg(tmp_path / "b"), tiny_bundle(32))
     assert resumed["steps"] == 30
     a, b = straight["selections"]["last"]["test"], resumed["selections"]["last"]["test"]
     assert abs(a["accuracy"] - b["accuracy"]) <= 0.25  # same run up to CUDA's non-deterministic kernels

@@ -7,25 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-from tests.conftest import REPO, run_cli, tiny_split
+from tests.conftest import REPO, run_cli, write_bar_layout, write_image, write_image_folder, write_reference
 
 FAST = ["--num_steps", "2", "--valid_freq", "1", "--batch_size", "4", "--no_progress", "--device", "cpu"]
-
-
-def write_reference(root, dataset, percents, size=32, flat_eval_one_level_up=False):
-    """A tiny dataset in the reference layout (C-CIFAR10 shape, or BFFHQ's valid/test one level up)."""
-    from debiaslab.data.reference import write_split
-
-    for i, pct in enumerate(percents):
-        write_split(tiny_split(6, 2, 3, i, size=size), root / dataset / pct, "train")
-        if not flat_eval_one_level_up:
-            write_split(tiny_split(2, 2, 2, 10 + i, size=size), root / dataset / pct / "valid", "class", start_id=100)
-    if flat_eval_one_level_up:
-        write_split(tiny_split(2, 2, 2, 10, size=size), root / dataset / "valid", "flat", start_id=100)
-    write_split(tiny_split(3, 2, 2, 20, size=size), root / dataset / "test", "flat" if flat_eval_one_level_up else "class", start_id=200)
-    return root
 
 
 def results(log, dataset, exp):
@@ -81,11 +66,6 @@ def test_cifar10c_type1_folder_and_resnet20(tmp_path):
     assert len(missing.stderr.strip().splitlines()) == 1
 
 
-def write_png(path, colour, size=16):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (size, size), colour).save(path)
-
-
 def learnable_rows(root, n_per_class=8, with_bias=True):
     """A two-class manifest: class = red vs green; bias = a bright corner (aligned for most train rows)."""
     rows = []
@@ -95,7 +75,7 @@ def learnable_rows(root, n_per_class=8, with_bias=True):
                 b = t if (split == "train" and i % 4) else 1 - t if split == "train" else i % 2
                 colour = (200, 30, 30 + 100 * b) if t == 0 else (30, 200, 30 + 100 * b)
                 path = root / "images" / f"{split}_{t}_{i}.png"
-                write_png(path, colour)
+                write_image(path, colour)
                 rows.append({"path": f"images/{path.name}", "target": ["cat", "dog"][t], "bias": b, "split": split})
     with open(root / "my_data.csv", "w", newline="") as f:
         fields = ["path", "target", "bias", "split"] if with_bias else ["path", "target", "split"]
@@ -124,14 +104,6 @@ def test_manifest_dataset_train_and_test(tmp_path, with_bias, method):
     assert json.loads(t.stdout)["metrics"]["test"]["accuracy"] == pytest.approx(test["accuracy"])
 
 
-def write_image_folder(root, counts: dict, ext="jpg"):
-    """``root/<split>/{ants,bees}/<i>.<ext>``: two classes of plain colours, ``counts[split]`` images each."""
-    for split, n in counts.items():
-        for c, colour in (("ants", (200, 0, 0)), ("bees", (0, 200, 0))):
-            for i in range(n):
-                write_png(root / split / c / f"{i}.{ext}", colour)
-
-
 def test_image_folder_dataset_trains(tmp_path):
     write_image_folder(tmp_path / "insects", {"train": 6, "test": 2})
     r = run_cli("train", "--image_folder", tmp_path / "insects", "--train_lff", "--exp", "f", "--log_dir", tmp_path / "log",
@@ -142,11 +114,7 @@ def test_image_folder_dataset_trains(tmp_path):
 
 
 def test_bar_dataset_trains_with_bias_metrics_unavailable(tmp_path):
-    actions = ["climbing", "diving", "fishing", "pole_vaulting", "racing", "throwing"]
-    for split, n in (("train", 3), ("test", 1)):
-        for a, action in enumerate(actions):
-            for i in range(n):
-                write_png(tmp_path / "dataset" / "bar" / split / f"{action}_{10 * a + i}.jpg", (40 * a, 100, 7 * i), size=20 + i)
+    write_bar_layout(tmp_path / "dataset")
     r = run_cli("train", "--dataset", "bar", "--data_dir", tmp_path / "dataset", "--train_vanilla", "--exp", "b",
                 "--log_dir", tmp_path / "log", "--image_size", "32", *FAST)
     assert r.returncode == 0, r.stderr[-2000:]

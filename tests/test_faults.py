@@ -1,25 +1,12 @@
 """Numerical faults and a full disk: the run stops with the step and the fix, or skips; the last checkpoint survives."""
 import errno
-import json
 
 import pytest
 import torch
 
 from debiaslab import UserError
-from debiaslab.config import TrainConfig
-from debiaslab.data.splits import DatasetBundle
 from debiaslab.methods.vanilla import Vanilla
-from tests.conftest import tiny_split
-from tests.test_methods import batches, make
-
-
-def bundle():
-    return DatasetBundle("tiny", tiny_split(40, 2, 5, 0), tiny_split(8, 2, 4, 1), tiny_split(8, 2, 2, 2), 2)
-
-
-def cfg(tmp_path, **kw):
-    return TrainConfig(dataset="tiny", method="vanilla", model="mlp", num_steps=20, valid_freq=10, save_freq=5,
-                       batch_size=16, lr=1e-2, log_dir=str(tmp_path), exp="e", progress=False, device="cpu", **kw)
+from tests.conftest import assert_same_tensors, make_method, method_batches, read_log, tiny_bundle, tiny_config
 
 
 @pytest.fixture
@@ -38,14 +25,13 @@ def test_nan_stops_naming_the_step_and_term_then_resumes_with_skip(tmp_path, nan
     from debiaslab.train import train
 
     with pytest.raises(UserError, match=r"non-finite loss at step 7 \(loss\) of vanilla.*step 5.*--on_nonfinite skip"):
-        train(cfg(tmp_path), bundle())
+        train(tiny_config(tmp_path), tiny_bundle())
     run = tmp_path / "tiny" / "e"
     assert (run / "FAILED").exists() and not (run / "results.json").exists()
     assert torch.load(run / "checkpoint_last.pt", weights_only=True)["step"] == 5  # the last good checkpoint
-    res = train(cfg(tmp_path, on_nonfinite="skip"), bundle())  # resumes from step 5 and skips step 7
+    res = train(tiny_config(tmp_path, on_nonfinite="skip"), tiny_bundle())  # resumes from step 5 and skips step 7
     assert res["skipped_steps"] == [7] and not (run / "FAILED").exists()
-    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert {"kind": "skip", "step": 7, "nonfinite": ["loss"]} in log
+    assert {"kind": "skip", "step": 7, "nonfinite": ["loss"]} in read_log(run)
     weights = torch.load(run / "checkpoint_last.pt", weights_only=True)["method_state"]["models"]["model"]
     assert all(torch.isfinite(v).all() for v in weights.values())
 
@@ -61,17 +47,11 @@ def state_of(method):
     return out
 
 
-def assert_same_state(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-
-
 @pytest.mark.parametrize("model", ["mlp", "resnet20"])
 @pytest.mark.parametrize("mode", ["stop", "skip"])
 def test_nonfinite_step_moves_nothing_and_stop_holds_every_later_step(mode, model):
-    method, targets = make("lff", model=model, on_nonfinite=mode)
-    steps = list(batches(targets, 4))
+    method, targets = make_method("lff", model=model, on_nonfinite=mode)
+    steps = list(method_batches(targets, 4))
     for s in (0, 1):
         method.update(*steps[s], s)
     before = state_of(method)
@@ -80,18 +60,34 @@ def test_nonfinite_step_moves_nothing_and_stop_holds_every_later_step(mode, mode
     out = method.update(x_bad, *steps[2][1:], 2)
     assert not bool(out.applied)
     assert "loss" in [k for k, ok in zip(out.terms, out.finite.tolist()) if not ok]
-    assert_same_state(state_of(method), before)  # as after step k - 1: weights, BN statistics, Adam, EMA
+    assert_same_tensors(state_of(method), before)  # as after step k - 1: weights, BN statistics, Adam, EMA
     out = method.update(*steps[3], 3)
     if mode == "stop":  # nothing applies until the loop reads the flag at its next boundary and stops
         assert not bool(out.applied) and bool(out.finite.all())
-        assert_same_state(state_of(method), before)
+        assert_same_tensors(state_of(method), before)
     else:
         assert bool(out.applied)
         after = state_of(method)
         moved = [k for k in before if not torch.equal(after[k], before[k])]
         assert "biased.fc.weight" in moved and "ema" in moved
         if model == "resnet20":  # an applied step does move the BatchNorm statistics
-            assert any(k.endswith("running_mean") for k in moved) and any(k.endswith("num_batches_tracked") for k in moved)
+            assert any(k.endswith("running_mean") for k in moved)
+            assert any(k.endswith("num_batches_tracked") for k in moved)
+
+
+def test_skipped_steps_still_count_in_the_lr_schedule():
+    """--on_nonfinite skip: steps 2-4 are not finite and move nothing, yet the LR halves every 2
+    iterations as if they had applied (README: "the LR schedule still counts them")."""
+    method, targets = make_method("lff", on_nonfinite="skip", use_lr_decay=True, lr_decay_step=2, lr_gamma=0.5,
+                                  curr_step=0)
+    lrs, applied = [], []
+    for step, (x, y, idx) in enumerate(method_batches(targets, 8)):
+        if step in (2, 3, 4):
+            x = x * float("nan")
+        lrs.append([float(o.param_groups[0]["lr"]) for o in method.optimizers.values()])
+        applied.append(bool(method.update(x, y, idx, step).applied))
+    assert applied == [True, True, False, False, False, True, True, True]
+    assert lrs == [[0.01 * 0.5 ** (s // 2)] * 2 for s in range(8)]
 
 
 def test_full_disk_gives_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
@@ -109,12 +105,12 @@ def test_full_disk_gives_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, m
 
     monkeypatch.setattr(io.torch, "save", save)
     with pytest.raises(UserError, match="no space left on the device.*checkpoint_last.pt, step 5.*free space"):
-        train(cfg(tmp_path), bundle())
+        train(tiny_config(tmp_path), tiny_bundle())
     run = tmp_path / "tiny" / "e"
     assert torch.load(run / "checkpoint_last.pt", weights_only=True)["step"] == 5
     assert not list(run.glob(".*.tmp"))  # no half-written file left behind
     monkeypatch.setattr(io.torch, "save", real_save)
-    res = train(cfg(tmp_path), bundle())  # space freed: the same call resumes and finishes
+    res = train(tiny_config(tmp_path), tiny_bundle())  # space freed: the same call resumes and finishes
     assert res["steps"] == 20
 
 

@@ -3,18 +3,11 @@ import os
 
 import pytest
 import torch
-from PIL import Image
 
 from debiaslab import UserError
 from debiaslab.data import folders
 from debiaslab.data.folders import load_bar, load_image_folder, load_manifest
-
-
-def write_image(path, colour, size=(6, 6)):
-    """A one-colour image whose red channel identifies it (PNG keeps it exactly)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, colour).save(path)
-    return path
+from tests.conftest import write_image
 
 
 def red_values(split):
@@ -56,7 +49,7 @@ def test_manifest_with_names_bias_and_splits(tmp_path):
     assert b.valid.targets.tolist() == [0] and b.valid.biases.tolist() == [1]
     assert b.test.targets.tolist() == [1, 0] and b.test.biases.tolist() == [0, 1]
     assert red_values(b.train) == [0, 1, 2, 3] and red_values(b.valid) == [4] and red_values(b.test) == [5, 6]
-    assert b.train.images.dtype == torch.uint8 and tuple(b.train.images.shape) == (4, 3, 6, 6)
+    assert b.train.images.dtype == torch.uint8 and tuple(b.train.images.shape) == (4, 3, 16, 16)
     assert {k: b.info[f"sha256_{k}"] for k in ("train", "valid", "test")} == {
         k: getattr(b, k).checksum() for k in ("train", "valid", "test")}
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, cli_env
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'debiaslab[ray]')")
 
@@ -14,7 +14,9 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'debi
 @pytest.fixture(scope="module")
 def local_ray():
     os.environ["PYTHONPATH"] = str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")  # for the workers
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 ** 2, log_to_driver=False)
+    # no GPUs in this cluster, also on a GPU machine: the runs and the "no GPU" refusal below are CPU's
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=200 * 1024 ** 2,
+             log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -39,7 +41,7 @@ def test_ray_backend_runs_skips_and_extends_a_sweep(local_ray, tiny_reference, t
     r = subprocess.run([sys.executable, "-m", "debiaslab", "sweep", "--methods", "vanilla", "disent", "--ratios", "1",
                         "--seeds", "0", "1", "--set", f"data_dir={tiny_reference}", "num_steps=60", "batch_size=16",
                         "valid_freq=20", "--out", str(out), "--backend", "ray", "--address", local_ray, "--no_progress"],
-                       capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+                       capture_output=True, text=True, timeout=600, env=cli_env())
     assert r.returncode == 0, r.stdout + r.stderr
     assert "4 runs in" in r.stdout and "2 finished (skipped), 0 to resume, 2 to start" in r.stdout
     assert "2 runs finished and 0 failed" in r.stdout

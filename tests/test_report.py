@@ -10,8 +10,7 @@ import torch
 
 from debiaslab.diagnostics import detector_metrics, probe_accuracy, snapshot_steps
 from debiaslab.report import METRIC_KEYS, make_report
-from tests.conftest import run_cli
-from tests.test_datasets_cli import write_image_folder
+from tests.conftest import run_cli, write_image_folder
 
 FAST = ("--num_steps", "40", "--valid_freq", "10", "--batch_size", "16", "--no_progress", "--device", "cpu")
 IMG = re.compile(r"<img src='data:image/png;base64,([A-Za-z0-9+/=]+)' alt='[^']*' data-file='([^']+)'>")

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import assert_same_tensors, cli_env, read_log
 
 STEPS = 1500
 
@@ -21,10 +21,6 @@ def command(data, logs, *extra):
             "--log_freq", "7", "--save_freq", "5", "--batch_size", "16", "--lr", "0.01", "--curr_step", "300",
             "--use_lr_decay", "--lr_decay_step", "200", "--lr_gamma", "0.5", "--keep_checkpoints", "2",
             "--no_progress", "--device", "cpu", *extra]
-
-
-def env():
-    return {**os.environ, "PYTHONPATH": str(REPO / "src")}
 
 
 def run_dir(logs):
@@ -61,35 +57,24 @@ def state_of(logs):
     return results, last, best, log
 
 
-def assert_same_tensors(a, b, where=""):
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            assert_same_tensors(a[k], b[k], f"{where}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_tensors(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
-
-
 def test_sigkill_and_resume_is_bit_for_bit(tiny_reference, tmp_path):
-    ref = subprocess.run(command(tiny_reference, tmp_path / "ref"), env=env(), capture_output=True, text=True, timeout=600)
+    """A run SIGKILLed five times (twice mid-save) and resumed ends bit for bit as an uninterrupted run."""
+    ref = subprocess.run(command(tiny_reference, tmp_path / "ref"), env=cli_env(), capture_output=True, text=True,
+                         timeout=600)
     assert ref.returncode == 0, ref.stderr
     rng = random.Random(1234)
     logs = tmp_path / "killed"
     kills = []
     for i in range(5):
-        proc = subprocess.Popen(command(tiny_reference, logs), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(command(tiny_reference, logs), env=cli_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
         kills.append(kill_during(proc, logs, during_save=i % 2 == 0, rng=rng))
         proc.wait(timeout=120)
         if proc.returncode == 0:
             break
     assert sum(k.startswith("during") for k in kills) >= 2, kills
-    final = subprocess.run(command(tiny_reference, logs), env=env(), capture_output=True, text=True, timeout=600)
+    final = subprocess.run(command(tiny_reference, logs), env=cli_env(), capture_output=True, text=True,
+                           timeout=600)
     assert final.returncode == 0, final.stderr
     assert "resuming" in final.stdout or kills[-1].startswith("not killed")
 
@@ -106,34 +91,74 @@ def test_sigkill_and_resume_is_bit_for_bit(tiny_reference, tmp_path):
 
 
 def test_finished_run_is_done_and_resume_can_extend_it(tiny_reference, tmp_path):
+    """A finished run is not retrained; a longer one is refused, unless --resume extends it exactly."""
     base = command(tiny_reference, tmp_path)
     short = [a if a != str(STEPS) else "60" for a in base]
-    assert subprocess.run(short, env=env(), capture_output=True, timeout=600).returncode == 0
-    again = subprocess.run(short, env=env(), capture_output=True, text=True, timeout=600)
+    assert subprocess.run(short, env=cli_env(), capture_output=True, timeout=600).returncode == 0
+    again = subprocess.run(short, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "not retraining" in again.stdout
     longer = [a if a != str(STEPS) else "100" for a in base]
-    refused = subprocess.run(longer, env=env(), capture_output=True, text=True, timeout=600)
+    refused = subprocess.run(longer, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert refused.returncode == 2 and "different run" in refused.stderr and "num_steps" in refused.stderr
-    extended = subprocess.run(longer + ["--resume"], env=env(), capture_output=True, text=True, timeout=600)
+    extended = subprocess.run(longer + ["--resume"], env=cli_env(), capture_output=True, text=True, timeout=600)
     assert extended.returncode == 0 and "resuming" in extended.stdout and "from step 60" in extended.stdout
-    straight = subprocess.run([a if a != str(tmp_path) else str(tmp_path / "s") for a in longer], env=env(),
-                              capture_output=True, timeout=600)
+    straight = subprocess.run([a if a != str(tmp_path) else str(tmp_path / "s") for a in longer],
+                              env=cli_env(), capture_output=True, timeout=600)
     assert straight.returncode == 0
     assert (json.loads((run_dir(tmp_path) / "results.json").read_text())["selections"]
             == json.loads((run_dir(tmp_path / "s") / "results.json").read_text())["selections"])
 
 
-@pytest.mark.parametrize("corrupt", ["truncate", "garbage"])
-def test_unreadable_last_checkpoint_falls_back_or_says_how_to_restart(tiny_reference, tmp_path, corrupt):
-    proc = subprocess.Popen(command(tiny_reference, tmp_path), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    kill_during(proc, tmp_path, during_save=False, rng=random.Random(0))
+def kill_when_ready(proc, logs, keep: int) -> None:
+    """SIGKILL ``proc`` as soon as the run holds what the test needs: checkpoint_last.pt (keep 1), or
+    also an older checkpoint_step*.pt to fall back to (keep 2)."""
+    folder, deadline = run_dir(logs), time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        names = os.listdir(folder) if folder.is_dir() else []
+        older = any(n.startswith("checkpoint_step") for n in names)
+        if "checkpoint_last.pt" in names and (keep == 1 or older):
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
     proc.wait(timeout=120)
+
+
+def newest_kept_step(logs) -> int | None:
+    """The step stored in the newest checkpoint_step<N>.pt (None when there is none)."""
+    kept = {int(p.stem.removeprefix("checkpoint_step")): p
+            for p in run_dir(logs).glob("checkpoint_step*.pt")}
+    if not kept:
+        return None
+    step = torch.load(kept[max(kept)], weights_only=True)["step"]
+    assert step == max(kept)  # the file's name says the step it holds
+    return step
+
+
+@pytest.mark.parametrize("keep", [1, 2])
+@pytest.mark.parametrize("corrupt", ["truncate", "garbage"])
+def test_unreadable_last_checkpoint_falls_back_or_says_how_to_restart(tiny_reference, tmp_path, corrupt,
+                                                                       keep):
+    """A killed run whose checkpoint_last.pt is unreadable resumes from the kept older checkpoint
+    (--keep_checkpoints 2), or without one says in one line how to restart (--overwrite)."""
+    # later flags override command()'s: a short run (200 steps) keeping `keep` full checkpoints
+    cmd = command(tiny_reference, tmp_path, "--keep_checkpoints", str(keep), "--num_steps", "200")
+    proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_when_ready(proc, tmp_path, keep)
+    assert proc.returncode == -signal.SIGKILL and not (run_dir(tmp_path) / "results.json").exists()
+    step = newest_kept_step(tmp_path)
+    assert (step is None) == (keep == 1)
     last = run_dir(tmp_path) / "checkpoint_last.pt"
     data = last.read_bytes()
+    # unlink first: save_full hard-links the previous last to checkpoint_step<N>.pt before replacing it,
+    # so a kill in between leaves both names on one file, which writing in place would corrupt too
+    last.unlink()
     last.write_bytes(data[: len(data) // 2] if corrupt == "truncate" else b"garbage")
-    older = list(run_dir(tmp_path).glob("checkpoint_step*.pt"))
-    r = subprocess.run(command(tiny_reference, tmp_path), env=env(), capture_output=True, text=True, timeout=600)
-    if older:  # falls back to the kept older checkpoint
+    r = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=600)
+    if keep == 2:  # falls back to the kept older checkpoint and finishes
         assert r.returncode == 0, r.stderr
+        assert f"resuming {run_dir(tmp_path)} from step {step}\n" in r.stdout
+        assert (run_dir(tmp_path) / "results.json").exists()
+        assert [rec["step"] for rec in read_log(run_dir(tmp_path), "eval")] == [50, 100, 150, 200]
     else:
         assert r.returncode == 2 and "--overwrite" in r.stderr and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr

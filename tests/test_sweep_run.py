@@ -7,17 +7,19 @@ import sys
 import time
 
 from debiaslab.sweep import cpu_count
-from tests.conftest import REPO
+from tests.conftest import cli_env
 
 
-def sweep_cmd(data, out, *extra, ratio="1", seeds=("0", "1"), packing=("--jobs", "2")):
-    return [sys.executable, "-m", "debiaslab", "sweep", "--methods", "vanilla", "disent", "--ratios", ratio, "--seeds", *seeds,
-            "--set", f"data_dir={data}", "num_steps=1500", "batch_size=16", "valid_freq=100", "save_freq=25", "log_freq=25",
-            "--out", str(out), *packing, "--devices", "cpu", "--no_progress", *extra]
+def sweep_cmd(data, out, *extra, ratios=("1",), seeds=("0", "1"), packing=("--jobs", "2"), num_steps="1500"):
+    return [sys.executable, "-m", "debiaslab", "sweep", "--methods", "vanilla", "disent", "--ratios", *ratios,
+            "--seeds", *seeds, "--set", f"data_dir={data}", f"num_steps={num_steps}", "batch_size=16",
+            "valid_freq=100", "save_freq=25", "log_freq=25", "--out", str(out), *packing, "--devices", "cpu",
+            "--no_progress", *extra]
 
 
 def env():
-    return {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    """A sweep's environment: this checkout's sources, one OpenMP thread (the sweep sets each run's own)."""
+    return cli_env(OMP_NUM_THREADS="1")
 
 
 def run_dirs(out):
@@ -41,6 +43,7 @@ def finished_and_midway(out):
 
 
 def test_sweep_killed_and_relaunched_skips_finished_and_resumes_unfinished(tiny_reference, tmp_path):
+    """A sweep SIGKILLed mid-way and relaunched skips its finished runs and resumes the others."""
     out = tmp_path / "sweep"
     proc = subprocess.Popen(sweep_cmd(tiny_reference, out), env=env(), start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -71,6 +74,7 @@ def test_sweep_killed_and_relaunched_skips_finished_and_resumes_unfinished(tiny_
 
 
 def test_sweep_sigterm_stops_runs_resumably(tiny_reference, tmp_path):
+    """SIGTERM to a sweep stops its runs, marked FAILED and resumable (exit 130)."""
     out = tmp_path / "sweep"
     proc = subprocess.Popen(sweep_cmd(tiny_reference, out), env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert wait_for(proc, lambda: any((d / "checkpoint_last.pt").exists() for d in run_dirs(out)))
@@ -85,12 +89,22 @@ def test_sweep_sigterm_stops_runs_resumably(tiny_reference, tmp_path):
 
 
 def test_sweep_reports_a_failing_run_and_goes_on(tiny_reference, tmp_path):
+    """Runs that fail (the tiny data has no 2pct folder) are reported FAILED with the reader's message;
+    the others (1pct) still finish; the summary counts both and the exit code is 1."""
     out = tmp_path / "sweep"
-    # the tiny dataset has no 2pct folder: both runs fail with the reader's message
-    r = subprocess.run(sweep_cmd(tiny_reference, out, ratio="2", seeds=("0",), packing=("--runs_per_device", "2")),
+    r = subprocess.run(sweep_cmd(tiny_reference, out, ratios=("1", "2"), seeds=("0",), num_steps="30",
+                                 packing=("--runs_per_device", "2")),
                        env=env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 1, r.stdout + r.stderr
-    assert r.stdout.count("FAILED") == 2 and "2pct not found" in r.stdout and "0 runs finished and 2 failed" in r.stdout
-    threads = max(1, cpu_count() // 2)  # both runs at once on the CPU, each with half the cores
-    headers = [ln for log in (out / ".sweep-logs").iterdir() for ln in log.read_text().splitlines() if ln.startswith("===")]
-    assert len(headers) == 2 and all(ln.endswith(f"cpu, {threads} threads") for ln in headers)
+    failed = [ln for ln in r.stdout.splitlines() if ln.startswith("FAILED")]
+    done = [ln for ln in r.stdout.splitlines() if ln.startswith("done")]
+    assert sorted(ln.split()[1].split("/")[1].split("-")[0] for ln in failed) == ["disent", "vanilla"]
+    assert all("-2pct-" in ln and "2pct not found" in ln for ln in failed), failed
+    assert len(done) == 2 and all("-1pct-" in ln for ln in done), done
+    assert "2 runs finished and 2 failed" in r.stdout
+    finished = [d.name for d in run_dirs(out) if (d / "results.json").exists()]
+    assert sorted(n.split("-")[:2] for n in finished) == [["disent", "1pct"], ["vanilla", "1pct"]]
+    threads = max(1, cpu_count() // 2)  # two runs at once on the CPU, each with half the cores
+    headers = [ln for log in (out / ".sweep-logs").iterdir() for ln in log.read_text().splitlines()
+               if ln.startswith("===")]
+    assert len(headers) == 4 and all(ln.endswith(f"cpu, {threads} threads") for ln in headers)

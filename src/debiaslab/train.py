@@ -35,6 +35,10 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name} asked for, but this machine has no usable CUDA GPU; use --device cpu (or auto)")
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and device.index is not None and device.index >= count:
+        raise UserError(f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}; "
+                        "pick one of them (or --device cuda)")
     return device
 
 
