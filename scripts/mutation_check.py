@@ -1,0 +1,78 @@
+"""Do the tests see a broken behaviour? Each mutation below breaks one checked behaviour of the
+source (the cell average, a selection rule's tie-break, a flag not passed to the method, the bias
+labels used in training, ...); the tests that check it must then fail. The file is put back
+after each run, also on an interrupt.
+
+    python scripts/mutation_check.py            # every mutation (about 2 minutes on 2 cores)
+    python scripts/mutation_check.py lambda     # those whose name contains "lambda"
+
+Prints CAUGHT or MISSED per mutation; exits 1 if any was missed.
+"""
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MUTATIONS = [  # (name, file, text, its replacement, the tests that must then fail)
+ ("metrics: unbiased as sample-weighted mean", "src/debiaslab/metrics.py", 'out["unbiased"] = float(cell_acc.mean())',
+  'out["unbiased"] = float(hits[filled].sum() / total[filled].sum())', "tests/test_metrics.py"),
+ ("metrics: worst group over classes", "src/debiaslab/metrics.py", 'out["worst_group"] = float(cell_acc.min())',
+  'out["worst_group"] = float(min(p for p in per_class if p is not None))', "tests/test_metrics.py"),
+ ("selection: last best on ties", "src/debiaslab/train.py", 'score > self.best[rule]["score"]',
+  'score >= self.best[rule]["score"]', "tests/test_selection.py"),
+ ("cli: --q not passed", "src/debiaslab/cli.py", "q=args.q,", "q=0.7,", "tests/test_methods.py"),
+ ("cli: --gce_form not passed", "src/debiaslab/cli.py", "gce_form=args.gce_form,", "", "tests/test_methods.py"),
+ ("cli: --ema_alpha not passed", "src/debiaslab/cli.py", "ema_alpha=args.ema_alpha,", "", "tests/test_methods.py"),
+ ("cli: --lambda_swap not passed", "src/debiaslab/cli.py", "lambda_swap=args.lambda_swap,", "", "tests/test_methods.py"),
+ ("cli: --lambda_dis_align not passed", "src/debiaslab/cli.py", "lambda_dis_align=args.lambda_dis_align,", "",
+  "tests/test_methods.py"),
+ ("cli: --lambda_swap_align not passed", "src/debiaslab/cli.py", "lambda_swap_align=args.lambda_swap_align,", "",
+  "tests/test_methods.py"),
+ ("cli: --use_lr_decay not passed", "src/debiaslab/cli.py", "use_lr_decay=args.use_lr_decay,", "use_lr_decay=False,",
+  "tests/test_methods.py"),
+ ("cli: --lr not passed", "src/debiaslab/cli.py", "lr=args.lr,", "lr=0.001,", "tests/test_methods.py"),
+ ("disent: lambda_swap_align ignored", "src/debiaslab/methods/disent.py", "cfg.lambda_swap_align * loss_swap_align",
+  "loss_swap_align", "tests/test_methods.py"),
+ ("train: bias labels as training labels", "src/debiaslab/train.py",
+  "torch.index_select(train_split.targets, 0, idx), idx, step)",
+  "torch.index_select(train_split.biases, 0, idx), idx, step)", "tests/test_claims.py::test_training_never_reads_bias_labels"),
+ ("base: skipped steps not counted by the schedule", "src/debiaslab/methods/base.py", "        self._schedule(step)\n",
+  "        if bool(applied):\n            self._schedule(step)\n", "tests/test_faults.py::test_skipped_steps_still_count_in_the_lr_schedule"),
+ ("train: --overwrite ignored", "src/debiaslab/train.py", "or not any(run_dir.iterdir()) or cfg.overwrite:",
+  "or not any(run_dir.iterdir()):", "tests/test_claims.py::test_overwrite_replaces_a_different_run_and_retrains_an_identical_one"),
+ ("train: --no_best_checkpoints ignored", "src/debiaslab/train.py", "for rule in improved if cfg.best_checkpoints else ():",
+  "for rule in improved:", "tests/test_claims.py::test_no_best_checkpoints_writes_only_the_last_and_test_says_so"),
+ ("cache: read-only folder not detected", "src/debiaslab/data/reference.py", "if os.access(base, os.W_OK):", "if True:",
+  "tests/test_claims.py::test_read_only_data_folder_caches_under_xdg_cache_home"),
+]
+
+
+def caught(file: str, old: str, new: str, tests: str) -> tuple[bool, str]:
+    """Whether ``tests`` fail with ``old`` replaced by ``new`` in ``file`` (restored afterwards)."""
+    path = ROOT / file
+    source = path.read_text()
+    if source.count(old) != 1:
+        raise SystemExit(f"{file}: the text to mutate occurs {source.count(old)} times, not once: {old!r}")
+    path.write_text(source.replace(old, new))
+    try:
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests.split()],
+                           cwd=ROOT, capture_output=True, text=True, timeout=900)
+    finally:
+        path.write_text(source)
+    lines = r.stdout.strip().splitlines()
+    return r.returncode != 0, lines[-1] if lines else r.stderr[-200:]
+
+
+def main(only: list[str]) -> int:
+    missed = 0
+    for name, file, old, new, tests in MUTATIONS:
+        if only and not any(o in name for o in only):
+            continue
+        ok, summary = caught(file, old, new, tests)
+        missed += not ok
+        print(f"{'CAUGHT' if ok else 'MISSED'}  {name}: {summary}", flush=True)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
