@@ -47,16 +47,17 @@ if [ "$GPUS" -gt 0 ]; then JOBS=${JOBS:-$GPUS}; DEVICES=cuda; else JOBS=${JOBS:-
 echo "hardware: $GPUS GPU(s), $CORES CPU cores -> $JOBS run(s) at once on $DEVICES"
 
 presets=()
+table1() { for m in vanilla lff disent; do presets+=("$1-*-$m"); done; }  # the paper's Table 1 methods
 for ds in $DATASETS; do
   case $ds in
     cmnist)
       [ -d "$DATA_DIR/cmnist" ] || [ -n "${DRY_RUN:-}" ] || debiaslab data build cmnist --out "$DATA_DIR" ${MNIST:+--mnist "$MNIST"}
-      presets+=("cmnist-*") ;;
+      table1 cmnist ;;
     cifar10c)
       [ -d "$DATA_DIR/cifar10c" ] || [ -n "${DRY_RUN:-}" ] || debiaslab data build cifar10c --out "$DATA_DIR" ${CIFAR10:+--cifar10 "$CIFAR10"}
-      presets+=("cifar10c-*") ;;
+      table1 cifar10c ;;
     bffhq)
-      if [ -d "$DATA_DIR/bffhq" ]; then presets+=("bffhq-*")
+      if [ -d "$DATA_DIR/bffhq" ]; then table1 bffhq
       else echo "skipping BFFHQ: $DATA_DIR/bffhq not found (BFFHQ cannot be built; place the release there in the reference layout)"; fi ;;
     *) echo "unknown dataset $ds (choose from cmnist cifar10c bffhq)" >&2; exit 2 ;;
   esac

@@ -159,7 +159,14 @@ def method_from_config(cfg):
     cls = METHODS[cfg.method]
     models = {n: build_model(cfg.model or "mlp", N_CLASSES, cls.head_inputs, (3, 4, 4)) for n in cls.model_names}
     targets = torch.arange(N_SAMPLES) % N_CLASSES
-    return cls(cfg, models, targets, N_CLASSES, torch.Generator().manual_seed(5)), targets
+    biases = {"train_biases": method_biases(targets)} if cls.uses_bias_labels else {}
+    return cls(cfg, models, targets, N_CLASSES, torch.Generator().manual_seed(5), **biases), targets
+
+
+def method_biases(targets: torch.Tensor) -> torch.Tensor:
+    """Bias labels of ``make_method``'s samples: the target, except every fourth sample (conflicting)."""
+    conflicting = torch.arange(len(targets)) % 4 == 0
+    return torch.where(conflicting, (targets + 1) % N_CLASSES, targets)
 
 
 def method_batches(targets, steps: int, seed: int = 1):

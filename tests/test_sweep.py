@@ -18,8 +18,9 @@ SPEC = REPO.parent / "shared" / "spec"
 
 
 # ---------------------------------------------------------------------------------------- presets
-def _spec_table(path: Path, first_col: str) -> list[list[str]]:
-    lines = [ln for ln in path.read_text().splitlines() if ln.startswith("|")]
+def _spec_table(text: str, first_col: str) -> list[list[str]]:
+    """The rows of the first table in ``text`` whose header starts with ``first_col``."""
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
     start = next(i for i, ln in enumerate(lines) if ln.split("|")[1].strip() == first_col)
     return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[start + 2:] if not ln.startswith("|---")]
 
@@ -35,7 +36,7 @@ def test_preset_paper_numbers_equal_the_papers_table():
         pytest.skip("../shared/spec/paper-results.md not beside the checkout")
     columns = [("cmnist", p) for p in ("0.5pct", "1pct", "2pct", "5pct")] + \
               [("cifar10c", p) for p in ("0.5pct", "1pct", "2pct", "5pct")] + [("bffhq", "0.5pct")]
-    rows = {r[0]: r[1:] for r in _spec_table(path, "method") if r[0] in ("Vanilla", "LfF", "DisEnt")}
+    rows = {r[0]: r[1:] for r in _spec_table(path.read_text(), "method") if r[0] in ("Vanilla", "LfF", "DisEnt")}
     assert len(rows) == 3
     checked = 0
     for name, method in (("Vanilla", "vanilla"), ("LfF", "lff"), ("DisEnt", "disent")):
@@ -43,14 +44,27 @@ def test_preset_paper_numbers_equal_the_papers_table():
             p = get_preset(f"{dataset}-{pct}-{method}")
             assert (p.paper_mean, p.paper_std) == _num(text), p.name
             checked += 1
-    assert checked == len(PRESETS) == 27
+    assert checked == 27
+    later = {"GroupDRO": "groupdro", "JTT": "jtt", "LC": "lc"}
+    text = path.read_text()
+    table = _spec_table(text[text.index("## Later methods"):], "method")
+    for row in (r for r in table if r[0] in later):
+        numbers = [x.strip() for cell in row[2:5] for x in cell.split("/")]
+        for (dataset, pct), number in zip(columns, numbers):
+            preset = PRESETS.get(f"{dataset}-{pct}-{later[row[0]]}")
+            assert (number in ("–", "-")) == (preset is None), (row[0], dataset, pct)
+            if preset is not None:
+                assert (preset.paper_mean, preset.paper_std) == (float(number), None) and row[-1] in preset.source
+                checked += 1
+    assert checked == len(PRESETS)
+
 
 
 def test_preset_hyper_parameters_equal_the_papers_settings():
     path = SPEC / "algorithms.md"
     if not path.exists():
         pytest.skip("../shared/spec/algorithms.md not beside the checkout")
-    table = {r[0]: r[1:] for r in _spec_table(path, "setting")}
+    table = {r[0]: r[1:] for r in _spec_table(path.read_text(), "setting")}
     settings = {"cmnist": {p: table["CMNIST 0.5/1/2/5 pct"] for p in ("0.5pct", "1pct", "2pct", "5pct")},
                 "cifar10c": {"0.5pct": table["C-CIFAR10 0.5 pct"], "1pct": table["C-CIFAR10 1, 2 pct"],
                              "2pct": table["C-CIFAR10 1, 2 pct"], "5pct": table["C-CIFAR10 5 pct"]},
@@ -98,7 +112,10 @@ def test_unknown_preset_is_one_line(tmp_path):
     r = run_cli("train", "--preset", "cmnist-3pct-disent", "--log_dir", tmp_path)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "unknown preset" in r.stderr
     r = run_cli("presets", "cifar10c-*")
-    assert r.returncode == 0 and r.stdout.count("cifar10c-") == 12
+    rows = [ln for ln in r.stdout.splitlines() if ln.startswith("  cifar10c-")]
+    assert r.returncode == 0 and len(rows) == 4 * 6  # 4 ratios x vanilla, lff, disent, jtt, lc, groupdro
+    assert [ln.split()[0] for ln in rows if "[trains on bias labels]" in ln] == [
+        f"cifar10c-{pct}-groupdro" for pct in ("0.5pct", "1pct", "2pct", "5pct")]
 
 
 # ------------------------------------------------------------------------------------------- grid
@@ -119,7 +136,7 @@ def test_grid_union_dedups_and_default_ratios():
     assert sorted((c.percent, c.seed) for c in cfgs) == sorted(
         [(p, s) for p in ("0.5pct", "5pct") for s in (0, 1, 2)] + [("1pct", 0), ("2pct", 0)])
     assert {c.percent for c in expand({"datasets": ["cifar10c"], "methods": ["vanilla"]})} == {"0.5pct", "1pct", "2pct", "5pct"}
-    assert len(expand({"presets": ["cmnist-*"]})) == 12
+    assert len(expand({"presets": ["cmnist-*"]})) == 4 * 6  # vanilla, lff, disent, jtt, lc, groupdro
     assert {c.method for c in expand({"presets": ["*-5pct-disent"]})} == {"disent"}
 
 

@@ -9,6 +9,7 @@ from debiaslab import UserError, __version__
 from debiaslab.config import PALETTE_CHOICES
 
 METHOD_FLAGS = {"train_vanilla": "vanilla", "train_lff": "lff", "train_ours": "disent"}
+METHOD_CHOICES = ("vanilla", "lff", "disent", "jtt", "lc", "groupdro")  # debiaslab.methods.METHODS, without importing torch
 
 
 class Parser(argparse.ArgumentParser):
@@ -37,7 +38,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", default=None, help="start from a cell of the paper's table, e.g. cmnist-0.5pct-disent: its "
                    "dataset, ratio, method and hyper-parameters (flags given explicitly override it; debiaslab presets lists them)")
     m = g.add_mutually_exclusive_group()
-    m.add_argument("--method", choices=["vanilla", "lff", "disent"], help="training method")
+    m.add_argument("--method", choices=list(METHOD_CHOICES), help="training method: vanilla, lff, disent; jtt "
+                   "(label-free, two stages); lc (Logit Correction, label-free); groupdro (trains on bias labels)")
     m.add_argument("--train_vanilla", action="store_true", help="train Vanilla (ERM), as in the reference")
     m.add_argument("--train_lff", action="store_true", help="train LfF (Learning from Failure)")
     m.add_argument("--train_ours", action="store_true", help="train DisEnt (the paper's method), as in the reference")
@@ -66,6 +68,19 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     d.add_argument("--lambda_swap", type=float, default=1.0, help="DisEnt: weight of the swap loss (default: 1)")
     d.add_argument("--lambda_dis_align", type=float, default=1.0, help="DisEnt: weight of the bias branch's GCE in L_dis (default: 1)")
     d.add_argument("--lambda_swap_align", type=float, default=1.0, help="DisEnt: weight of the bias branch's GCE in L_swap (default: 1)")
+    j = p.add_argument_group("JTT / LC / GroupDRO")
+    j.add_argument("--jtt_steps", type=int, default=None, help="JTT: steps of the first (ERM) stage, whose "
+                   "misclassified training samples form the error set (default: 1000)")
+    j.add_argument("--jtt_upweight", type=int, default=None, help="JTT: times each error-set sample is drawn per "
+                   "epoch of the second stage (lambda_up; default: 50)")
+    j.add_argument("--groupdro_eta", type=float, default=None, help="GroupDRO: step size of the group weights "
+                   "(default: 0.01)")
+    j.add_argument("--lc_tau", type=float, default=None, help="LC: weight of the log-prior correction of the "
+                   "logits (default: 1)")
+    j.add_argument("--lc_prior_alpha", type=float, default=None, help="LC: moving-average factor of the group "
+                   "prior estimate (default: 0.9)")
+    j.add_argument("--lc_mixup", action=argparse.BooleanOptionalAction, default=None, help="LC: Group MixUp of "
+                   "minority samples with majority samples of their class (default: on)")
     h = p.add_argument_group("speed")
     h.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="run each training step's per-batch computation (forwards, losses, per-sample "
@@ -145,6 +160,8 @@ def config_from_args(args):
         lr_decay_step=args.lr_decay_step, lr_gamma=args.lr_gamma, q=args.q, gce_form=args.gce_form,
         ema_alpha=args.ema_alpha, curr_step=args.curr_step, lambda_swap=args.lambda_swap,
         lambda_dis_align=args.lambda_dis_align, lambda_swap_align=args.lambda_swap_align,
+        jtt_steps=args.jtt_steps, jtt_upweight=args.jtt_upweight, groupdro_eta=args.groupdro_eta,
+        lc_tau=args.lc_tau, lc_prior_alpha=args.lc_prior_alpha, lc_mixup=args.lc_mixup,
         valid_freq=args.valid_freq, log_freq=args.log_freq, save_freq=args.save_freq,
         tensorboard=args.tensorboard, wandb=args.wandb, wandb_project=args.wandb_project,
         progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
@@ -230,7 +247,8 @@ def cmd_test(args) -> int:
                         f"({'x'.join(map(str, splits['test'].images.shape[1:]))}): {str(e).splitlines()[0][:120]}; "
                         "check --dataset / --image_size") from None
     for name, split in splits.items():
-        out["metrics"][name] = evaluate(method_cls, models, split, transform, bundle.num_classes, args.batch_size, amp)
+        out["metrics"][name] = evaluate(lambda x: method_cls.predict(models, x), split, transform, bundle.num_classes,
+                                        args.batch_size, amp)
     if args.json:
         print(json.dumps(out, indent=2))
     else:
@@ -359,10 +377,12 @@ def cmd_presets(args) -> int:
     if args.json:
         import json
 
-        print(json.dumps({p.name: {"config": p.config, "paper": {"mean": p.paper_mean, "std": p.paper_std, "metric": p.metric,
-                                                                "source": PAPER_SOURCE}} for p in presets}, indent=2))
+        print(json.dumps({p.name: {"config": p.config, "uses_bias_labels": p.uses_bias_labels,
+                                   "paper": {"mean": p.paper_mean, "std": p.paper_std, "metric": p.metric,
+                                             "source": p.source}} for p in presets}, indent=2))
         return 0
-    print(f"{len(presets)} presets (paper numbers: {PAPER_SOURCE}); run one with: debiaslab train --preset NAME")
+    sources = sorted({p.source for p in presets}, key=lambda s: s != PAPER_SOURCE)
+    print(f"{len(presets)} presets (paper numbers: {'; '.join(sources)}); run one with: debiaslab train --preset NAME")
     for p in presets:
         print("  " + p.describe())
     return 0

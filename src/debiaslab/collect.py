@@ -19,7 +19,7 @@ from pathlib import Path
 from debiaslab import UserError
 from debiaslab.config import TrainConfig
 from debiaslab.metrics import SELECTION_RULES
-from debiaslab.presets import METHODS, PAPER_SOURCE, PRESETS, RATIOS, Preset, find_preset
+from debiaslab.presets import LATER_SOURCES, METHODS, PAPER_SOURCE, PRESETS, RATIOS, Preset, find_preset
 from debiaslab.sweep import PLAN_FILE, last_step, status
 
 RULE_TITLES = {
@@ -132,11 +132,12 @@ def _label_variants(cells: list[Cell]) -> None:
 
 
 def _with_paper_cells(cells: list[Cell]) -> list[Cell]:
-    """Add an empty cell for every preset of the datasets present, then order like the paper's table."""
+    """Add an empty cell for every preset of the datasets and methods present, then order like the
+    paper's table."""
     present = {(c.dataset, c.percent, c.method) for c in cells}
-    datasets = {c.dataset for c in cells}
+    datasets, methods = {c.dataset for c in cells}, {c.method for c in cells}
     for p in PRESETS.values():
-        if p.dataset in datasets and (p.dataset, p.percent, p.method) not in present:
+        if p.dataset in datasets and p.method in methods and (p.dataset, p.percent, p.method) not in present:
             cells.append(Cell(p.dataset, p.percent, p.method, TrainConfig.from_dict(p.config).identity()))
 
     def order(c: Cell):
@@ -211,7 +212,23 @@ def _signed(v) -> str:
 
 
 def _method(r: Row) -> str:
-    return r.method + (f" ({r.variant})" if r.variant else "")
+    return r.method + (" †" if _uses_bias_labels(r.method) else "") + (f" ({r.variant})" if r.variant else "")
+
+
+def _uses_bias_labels(method: str) -> bool:
+    from debiaslab.methods import METHODS as METHOD_CLASSES
+
+    return method in METHOD_CLASSES and METHOD_CLASSES[method].uses_bias_labels
+
+
+def _sources(cells: list[Cell]) -> str:
+    """Where the paper numbers come from: DisEnt's table, and the papers of the later methods present."""
+    later = [m for m in METHODS if m in LATER_SOURCES and any(c.method == m for c in cells)]
+    return PAPER_SOURCE + "".join(f"; {m}: {LATER_SOURCES[m]}" for m in later)
+
+
+BIAS_LABEL_NOTE = ("† trains on the bias labels of its training split (an upper-bound reference, not comparable with "
+                   "the label-free methods).")
 
 
 def data_lines(cells: list[Cell]) -> list[str]:
@@ -242,7 +259,8 @@ def render(cells: list[Cell], fmt: str = "markdown", rules: list[str] | None = N
     if fmt != "markdown":
         raise UserError(f"unknown --format {fmt!r}; choose markdown, csv or latex")
     out = [f"Test metric: {', '.join(metrics) or 'n/a'} (%), mean ± std (sample std over seeds; none with one seed).",
-           f"Paper: {PAPER_SOURCE}; \"ours − paper\" compares different data and selection, see the note of each table.", ""]
+           f"Paper: {_sources(cells)}; \"ours − paper\" compares different data and selection, see the note of each "
+           "table.", ""]
     for rule in rules:
         out += [f"### Selection: {rule} — {RULE_TITLES[rule]}", "",
                 "| dataset | ratio | method | ours | seeds | paper (own data, best test) | ours − paper | runs |",
@@ -254,6 +272,8 @@ def render(cells: list[Cell], fmt: str = "markdown", rules: list[str] | None = N
         out.append("")
     if any(r.mixed_data for rule in rules for r in rows(cells, rule)):
         out += ["‡ the seeds of this cell were trained on different data (checksums differ).", ""]
+    if any(_uses_bias_labels(c.method) for c in cells):
+        out += [BIAS_LABEL_NOTE, ""]
     out += ["Data (sha256 of each split's decoded images, as recorded by every run):", ""]
     out += [f"- {line}" for line in data_lines(cells)]
     return "\n".join(out) + "\n"
@@ -263,17 +283,19 @@ def _csv(cells: list[Cell], rules: list[str]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["rule", "dataset", "ratio", "method", "variant", "mean", "std", "n", "seeds", "paper_mean", "paper_std",
-                "ours_minus_paper", "runs"])
+                "ours_minus_paper", "runs", "uses_bias_labels"])
     fmt = (lambda v: "" if v is None else f"{v:.4f}")
     for rule in rules:
         for r in rows(cells, rule):
             w.writerow([rule, r.dataset, r.ratio, r.method, r.variant, fmt(r.mean), fmt(r.std), r.n,
-                        " ".join(map(str, r.seeds)), fmt(r.paper_mean), fmt(r.paper_std), fmt(r.diff), r.runs])
+                        " ".join(map(str, r.seeds)), fmt(r.paper_mean), fmt(r.paper_std), fmt(r.diff), r.runs,
+                        int(_uses_bias_labels(r.method))])
     return buf.getvalue()
 
 
 def _tex(s: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
+    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
+                 ("†", r"$^\dagger$")):
         s = s.replace(a, b)
     return s
 

@@ -31,9 +31,17 @@ RUNTIME_FIELDS = frozenset({"progress", "overwrite", "resume", "tensorboard", "w
                             "compile"})
 # Where a run is written; the hash names that place, so it cannot depend on it.
 LOCATION_FIELDS = frozenset({"log_dir", "exp"})
-# Fields that apply to some datasets only: left out of the identity where they do not apply (None),
-# so adding one does not change the hash of runs on the other datasets.
-DATASET_SPECIFIC_FIELDS = frozenset({"palette"})
+# The hyper-parameters of one method each, and their defaults (algorithms.md; the presets and
+# docs/methods say where each default comes from). None for the other methods.
+METHOD_DEFAULTS = {
+    "jtt": dict(jtt_steps=1000, jtt_upweight=50),
+    "groupdro": dict(groupdro_eta=0.01),
+    "lc": dict(lc_tau=1.0, lc_prior_alpha=0.9, lc_mixup=True),
+}
+METHOD_FIELDS = {name: method for method, fields in METHOD_DEFAULTS.items() for name in fields}
+# Fields that apply to some datasets or methods only: left out of the identity where they do not
+# apply (None), so adding one does not change the hash of the other runs.
+DATASET_SPECIFIC_FIELDS = frozenset({"palette"}) | frozenset(METHOD_FIELDS)
 # Colored MNIST's palettes (data/colored.py); "any" accepts whatever colours the data holds.
 PALETTE_CHOICES = ("disent", "lff", "any")
 COLORED_DATASETS = ("cmnist", "colored_digits")
@@ -74,6 +82,15 @@ class TrainConfig:
     lambda_swap: float = 1.0
     lambda_dis_align: float = 1.0
     lambda_swap_align: float = 1.0
+    # JTT: steps of the first (ERM) stage, and how many times its error set is drawn in the second
+    jtt_steps: int | None = None
+    jtt_upweight: int | None = None
+    # GroupDRO: the step size of the group weights
+    groupdro_eta: float | None = None
+    # LC: weight of the log-prior correction, moving-average factor of the prior, Group MixUp on/off
+    lc_tau: float | None = None
+    lc_prior_alpha: float | None = None
+    lc_mixup: bool | None = None
     # inputs
     input_scale: str | None = None  # "unit": pixels / 255; "reference": pixels / 255 / 255 (the reference's CMNIST)
     image_size: int | None = None
@@ -105,6 +122,8 @@ class TrainConfig:
         cfg = dataclasses.replace(self, **changes)
         if cfg.palette is None and cfg.uses_palette():
             cfg = dataclasses.replace(cfg, palette="disent")
+        own = {k: v for k, v in METHOD_DEFAULTS.get(cfg.method, {}).items() if getattr(cfg, k) is None}
+        cfg = dataclasses.replace(cfg, **own)
         if cfg.save_freq is None:
             cfg = dataclasses.replace(cfg, save_freq=cfg.valid_freq)
         return cfg
@@ -207,5 +226,17 @@ class TrainConfig:
             raise UserError(f"--keep_checkpoints must be at least 1, got {self.keep_checkpoints}")
         if self.on_nonfinite not in ("stop", "skip"):
             raise UserError(f"--on_nonfinite must be stop or skip, got {self.on_nonfinite!r}")
+        for name, method in METHOD_FIELDS.items():
+            if getattr(self, name) is not None and self.method != method:
+                raise UserError(f"--{name} is a setting of {method}, not of {self.method}; drop it")
+        for name in ("jtt_steps", "jtt_upweight"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UserError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+        if self.groupdro_eta is not None and not 0 < self.groupdro_eta < float("inf"):
+            raise UserError(f"--groupdro_eta must be a positive number, got {self.groupdro_eta}")
+        if self.lc_tau is not None and not 0 <= self.lc_tau < float("inf"):
+            raise UserError(f"--lc_tau must be a finite number >= 0, got {self.lc_tau}")
+        if self.lc_prior_alpha is not None and not 0 <= self.lc_prior_alpha < 1:
+            raise UserError(f"--lc_prior_alpha must be in [0, 1), got {self.lc_prior_alpha}")
         if self.gce_form not in GCE_FORMS:
             raise UserError(f"--gce_form must be one of {', '.join(GCE_FORMS)}, got {self.gce_form!r}")

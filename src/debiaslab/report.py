@@ -21,10 +21,13 @@ import torch
 
 from debiaslab import UserError
 from debiaslab.config import TrainConfig
+from debiaslab.methods import METHODS
+from debiaslab.methods.base import StagePlan
 from debiaslab.metrics import SELECTION_RULES
 
 METRIC_KEYS = ("accuracy", "aligned", "conflicting", "unbiased", "worst_group")
-METHOD_COLORS = {"vanilla": "tab:gray", "lff": "tab:blue", "disent": "tab:red"}
+METHOD_COLORS = {"vanilla": "tab:gray", "lff": "tab:blue", "disent": "tab:red", "jtt": "tab:orange",
+                 "groupdro": "tab:brown", "lc": "tab:green"}
 
 
 @dataclass
@@ -87,8 +90,12 @@ def _save(fig, out: Path, name: str) -> str:
 
 
 def _swap_line(ax, run: RunData) -> None:
+    """Where DisEnt's feature swap starts, and where each stage of a multi-stage method ends."""
     if run.cfg.method == "disent" and run.cfg.curr_step > 0:
         ax.axvline(run.cfg.curr_step, color="k", ls=":", lw=1, label=f"feature swap starts (step {run.cfg.curr_step})")
+    plan = StagePlan(METHODS[run.cfg.method].stages(run.cfg))
+    for stage, end in zip(plan.stages[:-1], plan.ends):
+        ax.axvline(end, color="k", ls="--", lw=1, label=f"stage {stage.name} ends (step {end})")
 
 
 def fig_curves(run: RunData, out: Path, prefix: str) -> Figure:
@@ -123,7 +130,7 @@ def fig_curves(run: RunData, out: Path, prefix: str) -> Figure:
     if steps and min(r.get("lr", 1) for r in run.train) > 0:
         ax.set_yscale("log")
     _swap_line(ax, run)
-    if run.cfg.method == "disent":
+    if run.cfg.method == "disent" or len(METHODS[run.cfg.method].stages(run.cfg)) > 1:
         ax.legend(fontsize=8)
     fig.suptitle(run.name, fontsize=10)
     return Figure("Learning curves", _save(fig, out, f"{prefix}curves.png"),

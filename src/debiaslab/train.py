@@ -22,6 +22,7 @@ from debiaslab.diagnostics import detector_metrics, save_w_snapshot, snapshot_st
 from debiaslab.io import atomic_write_json
 from debiaslab.logging import RunLogger, StepWindow, require_wandb
 from debiaslab.methods import METHODS
+from debiaslab.methods.base import StageData, StagePlan
 from debiaslab.metrics import SELECTION_RULES, compute_metrics, predict_split, primary_key, primary_metric
 from debiaslab.models import DATASET_MODEL, build_model
 
@@ -49,19 +50,30 @@ def seed_everything(seed: int) -> None:
 
 
 class EpochSampler:
-    """Shuffled epochs of index batches (drop_last), drawn from its own seeded generator."""
+    """Shuffled epochs of index batches (drop_last), drawn from its own seeded generator. With
+    ``use_counts``, an epoch holds sample i ``counts[i]`` times (JTT's upsampling)."""
 
     def __init__(self, n: int, batch_size: int, generator: torch.Generator, device):
         if n < batch_size:
             raise UserError(f"--batch_size {batch_size} is larger than the training split ({n} samples); lower it")
         self.n, self.batch_size, self.generator, self.device = n, batch_size, generator, device
+        self.repeated = None  # the epoch's sample indices when some samples count more than once
         self.perm = None
         self.pos = 0
         self.epoch = 0
 
+    def use_counts(self, counts: torch.Tensor | None) -> None:
+        """From the next batch on, epochs of ``counts[i]`` copies of sample i (None: one each)."""
+        self.repeated = None if counts is None else torch.repeat_interleave(
+            torch.arange(len(counts)), counts.cpu().long())
+        self.perm, self.pos = None, 0
+
     def next(self) -> torch.Tensor:
-        if self.perm is None or self.pos + self.batch_size > self.n:
-            perm = torch.randperm(self.n, generator=self.generator)
+        size = self.n if self.repeated is None else len(self.repeated)
+        if self.perm is None or self.pos + self.batch_size > size:
+            perm = torch.randperm(size, generator=self.generator)
+            if self.repeated is not None:
+                perm = self.repeated[perm]
             if torch.device(self.device).type == "cuda":
                 perm = perm.pin_memory()  # an asynchronous copy: the host need not wait for the device
             self.perm = perm.to(self.device, non_blocking=True)
@@ -184,8 +196,9 @@ def _existing_run(cfg: TrainConfig) -> tuple[str, dict | None]:
     state = checkpoints.load_for_resume(run_dir)
     if state is None:
         return "fresh", None
-    if state["step"] > cfg.num_steps:
-        raise UserError(f"{run_dir} is at step {state['step']}, beyond --num_steps {cfg.num_steps}; raise --num_steps")
+    if state["step"] > StagePlan(METHODS[cfg.method].stages(cfg)).total:
+        raise UserError(f"{run_dir} is at step {state['step']}, beyond --num_steps {cfg.num_steps} (and the method's "
+                        "earlier stages); raise --num_steps")
     return "resume", state
 
 
@@ -193,11 +206,12 @@ def _comparable(d: dict, ignore=frozenset()) -> dict:
     return {k: v for k, v in d.items() if k not in RUNTIME_FIELDS and k not in ignore}
 
 
-def evaluate(method_cls, models, split: Split, transform: BatchTransform, num_classes: int, batch_size: int,
+def evaluate(logits_of, split: Split, transform: BatchTransform, num_classes: int, batch_size: int,
              amp: bool = False) -> dict:
+    """Every metric of ``logits_of`` (prepared inputs -> logits) on ``split``."""
     def predict(x):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            return method_cls.predict(models, x)
+            return logits_of(x)
 
     preds = predict_split(predict, split.images, transform.eval, batch_size)
     return compute_metrics(preds, split.targets, split.biases, num_classes)
@@ -218,6 +232,7 @@ def train(cfg: TrainConfig, bundle: DatasetBundle | None = None, progress_desc: 
         return json.loads((Path(cfg.run_dir()) / "results.json").read_text())
     if bundle is None:
         bundle = load_data(cfg)  # before the run directory exists: bad data leaves nothing behind
+    bias_labels_for(METHODS[cfg.method], bundle.train, bundle.name)  # refused before anything is written
     run_dir = Path(cfg.run_dir())
     if mode == "fresh":
         try:
@@ -276,6 +291,30 @@ def _last_step(run_dir: Path) -> str:
         return "none was written yet"
 
 
+def bias_labels_for(method_cls, train_split: Split, name: str) -> dict:
+    """The constructor argument of a method that trains on bias labels; refused without them."""
+    if not method_cls.uses_bias_labels:
+        return {}
+    if train_split.biases is None:
+        raise UserError(f"{method_cls.name} trains on bias labels, and the training split of {name} has none; "
+                        "choose a label-free method (e.g. lff, disent, jtt) or data with bias labels")
+    return {"train_biases": train_split.biases}
+
+
+def _end_stage(method, stage, stage_data: StageData, train_split: Split, logger, done: int) -> None:
+    """Run the method's end-of-stage hook (in eval mode) and log what it singled out."""
+    method.eval()
+    method.end_stage(stage, stage_data)
+    method.train()
+    flagged = method.flagged_conflicting()
+    if flagged is None:
+        return
+    record = {"kind": "stage_end", "step": done, "stage": stage.name, "flagged": int(flagged.sum())}
+    if train_split.biases is not None:  # bias labels read for this log only, never for training
+        record["flagged_diagnostics"] = detector_metrics(flagged.float(), train_split.targets != train_split.biases)
+    logger.log(record)
+
+
 def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None = None) -> dict:
     from tqdm.auto import tqdm
 
@@ -290,10 +329,17 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
     models = {n: build_model(cfg.model, C, method_cls.head_inputs, in_shape).to(device, memory_format=memory_format)
               for n in method_cls.model_names}
     gen_device = device if device.type == "cuda" else torch.device("cpu")
-    method = method_cls(cfg, models, train_split.targets, C, torch.Generator(device=gen_device).manual_seed(cfg.seed + 1))
+    method = method_cls(cfg, models, train_split.targets, C, torch.Generator(device=gen_device).manual_seed(cfg.seed + 1),
+                        **bias_labels_for(method_cls, train_split, bundle.name))
     transform = make_transform(cfg, torch.Generator(device=gen_device).manual_seed(cfg.seed + 2), device)
     sampler = EpochSampler(len(train_split), cfg.batch_size, torch.Generator().manual_seed(cfg.seed + 3), device)
     tracker = SelectionTracker(cfg.dataset)
+    plan = StagePlan(method_cls.stages(cfg))
+    stage_data = StageData(train_split.images, train_split.targets, transform.eval, cfg.eval_batch_size)
+
+    def enter_stage(k: int) -> None:
+        method.begin_stage(plan.stages[k], stage_data)
+        sampler.use_counts(method.sample_counts())
 
     data_info = {"name": bundle.name, "num_classes": C, "counts": bundle.counts(), "sha256": bundle.checksums(), **bundle.info}
     for k in [k for k in data_info if k.startswith("sha256_")]:
@@ -307,11 +353,14 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
     window, start, skipped, seconds_before = StepWindow(), 0, [], 0.0
     if state is not None:
         method.load_state_dict(state["method_state"])
+        enter_stage(plan.index(state["step"]))
         sampler.load_state_dict(state["sampler"])
         transform.generator.set_state(state["transform_generator"])
         tracker.best = state["tracker"]
         window = StepWindow({k: v.to(device) for k, v in state["log_sums"].items()}, state["log_count"])
         start, skipped, seconds_before = state["step"], list(state["skipped"]), state["train_seconds"]
+    else:
+        enter_stage(0)
     if compiled:
         method.compile()
     logger = RunLogger(run_dir, cfg.to_dict(), cfg.tensorboard, cfg.wandb, cfg.wandb_project, cfg.exp, resume_step=start)
@@ -319,7 +368,7 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
         checkpoints.set_rng_state(state["rng"])  # last: building the models above drew from the global RNG
     t_loop = time.time()
     last_saved = start if state is not None else None
-    w_steps = snapshot_steps(cfg.num_steps, cfg.valid_freq)
+    w_steps = {plan.main_start + s for s in snapshot_steps(cfg.num_steps, cfg.valid_freq)}
 
     def save(done: int) -> None:
         nonlocal last_saved
@@ -331,20 +380,23 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
         }, cfg.keep_checkpoints, last_saved)
         last_saved = done
 
-    bar = tqdm(total=cfg.num_steps, initial=start, desc=progress_desc or f"{cfg.method} {cfg.data_label()}",
+    bar = tqdm(total=plan.total, initial=start, desc=progress_desc or f"{cfg.method} {cfg.data_label()}",
                disable=not cfg.progress, mininterval=0.5, dynamic_ncols=True, leave=True)
     try:
         method.train()
-        for step in range(start, cfg.num_steps):
+        k = plan.index(start)
+        for step in range(start, plan.total):
             idx = sampler.next()
             # index_select copies whole rows: ~10x faster than advanced indexing of a 4-D tensor
             x = transform(torch.index_select(train_split.images, 0, idx), train=True)
             done = step + 1
-            window.add(done, method.update(x, torch.index_select(train_split.targets, 0, idx), idx, step))
+            window.add(done, method.update(x, torch.index_select(train_split.targets, 0, idx), idx,
+                                           step - plan.start(k)))
             bar.update(1)
-            last = done == cfg.num_steps
-            log_now, eval_now = done % cfg.log_freq == 0 or last, done % cfg.valid_freq == 0 or last
-            save_now = done % cfg.save_freq == 0 or last
+            stage_ends, main = done == plan.ends[k], k == len(plan.stages) - 1
+            log_now, eval_now = done % cfg.log_freq == 0 or stage_ends, done % cfg.valid_freq == 0 or stage_ends
+            save_now = done % cfg.save_freq == 0 or stage_ends
+            tag = {} if main else {"stage": plan.stages[k].name}
             if not (log_now or eval_now or save_now):
                 continue  # nothing below reads the device: the steps queue up without waiting
             for bad_step, terms in window.not_applied():
@@ -355,11 +407,12 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
             if log_now:
                 means = window.take_means()
                 if means is not None:
-                    logger.log({"kind": "train", "step": done, "lr": method.lr(), **means})
+                    logger.log({"kind": "train", "step": done, **tag, "lr": method.lr(), **means})
             if eval_now:
-                record = _evaluate_all(method, method_cls, valid_split, test_split, transform, C, cfg, train_split)
-                record.update(kind="eval", step=done)
+                record = _evaluate_all(method, valid_split, test_split, transform, C, cfg, train_split)
+                record.update(kind="eval", step=done, **tag)
                 logger.log(record)
+            if eval_now and main:
                 if done in w_steps and method.sample_weights() is not None:
                     save_w_snapshot(run_dir, done, method.sample_weights(), None if train_split.biases is None
                                     else train_split.targets != train_split.biases)
@@ -371,6 +424,10 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
                         "metrics": {k: record[k] for k in ("valid", "test")}})
                 bar.set_postfix(valid=f"{record['valid']['accuracy']:.3f}",
                                 test_unb=f"{primary_metric(record['test'], cfg.dataset):.3f}", refresh=False)
+            if stage_ends and not main:
+                _end_stage(method, plan.stages[k], stage_data, train_split, logger, done)
+                k += 1
+                enter_stage(k)
             if save_now:
                 save(done)
     finally:
@@ -378,6 +435,10 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
         logger.close()
     train_seconds = seconds_before + time.time() - t_loop
     results = _results(cfg, tracker, data_info, train_seconds, time.time() - t_start, skipped)
+    results["uses_bias_labels_in_training"] = method_cls.uses_bias_labels
+    if len(plan.stages) > 1:  # the steps of every stage; "steps" counts the main stage's
+        results["stages"] = [{"name": st.name, "steps": st.steps} for st in plan.stages]
+    results["steps_per_second"] = round(plan.total / train_seconds, 2) if train_seconds > 0 else math.nan
     results["compiled"] = method.compiled  # the parts of the step torch.compile ran (none: eager)
     atomic_write_json(run_dir / "results.json", results)
     return results
@@ -401,10 +462,10 @@ def compile_step(cfg: TrainConfig, device: torch.device) -> bool:
     return COMPILE_DEFAULT.get(torch.device(device).type, False)
 
 
-def _evaluate_all(method, method_cls, valid_split, test_split, transform, C, cfg, train_split) -> dict:
+def _evaluate_all(method, valid_split, test_split, transform, C, cfg, train_split) -> dict:
     method.eval()
     record = {
-        name: evaluate(method_cls, method.models, split, transform, C, cfg.eval_batch_size, method.amp)
+        name: evaluate(method.eval_predict, split, transform, C, cfg.eval_batch_size, method.amp)
         for name, split in (("valid", valid_split), ("test", test_split))
     }
     method.train()
@@ -435,5 +496,4 @@ def _results(cfg: TrainConfig, tracker: SelectionTracker, data_info: dict, train
         "selections": selections, "data": data_info, "config": cfg.to_dict(),
         "skipped_steps": skipped,  # steps whose loss was NaN / inf, skipped under --on_nonfinite skip
         "train_seconds": round(train_seconds, 2), "total_seconds": round(total_seconds, 2),
-        "steps_per_second": round(cfg.num_steps / train_seconds, 2) if train_seconds > 0 else math.nan,
     }

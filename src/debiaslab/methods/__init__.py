@@ -1,9 +1,12 @@
 """Method registry: a new method is one module plus one line here."""
 from debiaslab.methods.base import Method
 from debiaslab.methods.disent import DisEnt
+from debiaslab.methods.groupdro import GroupDRO
+from debiaslab.methods.jtt import JTT
+from debiaslab.methods.lc import LC
 from debiaslab.methods.lff import LfF
 from debiaslab.methods.vanilla import Vanilla
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Vanilla, LfF, DisEnt)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (Vanilla, LfF, DisEnt, JTT, LC, GroupDRO)}
 
 __all__ = ["METHODS", "Method"]

@@ -1,6 +1,7 @@
 """The interface every method implements (DomainBed style: one class, one small ``loss``)."""
 from __future__ import annotations
 
+import itertools
 import warnings
 from dataclasses import dataclass
 
@@ -8,6 +9,52 @@ import torch
 import torch.nn as nn
 
 from debiaslab.methods.optim import StepDecay, adam_step, init_adam_state, is_device_steppable, make_adam
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A part of training: ``steps`` steps of the method's ``loss`` that train the ``models`` named
+    (the others get no gradient). Evaluations in a stage score those models; only the last stage,
+    always called ``main``, is scored by the selection rules."""
+
+    name: str
+    steps: int
+    models: tuple[str, ...]
+
+
+class StagePlan:
+    """A method's stages laid end to end on one step count (the checkpoints' and logs' ``step``)."""
+
+    def __init__(self, stages):
+        self.stages = tuple(stages)
+        self.ends = list(itertools.accumulate(s.steps for s in self.stages))
+        self.total = self.ends[-1]
+        self.main_start = self.start(len(self.stages) - 1)
+
+    def start(self, k: int) -> int:
+        """The number of steps done before stage ``k`` begins."""
+        return self.ends[k - 1] if k else 0
+
+    def index(self, done: int) -> int:
+        """The stage the step after ``done`` steps belongs to (the last stage once all are done)."""
+        return next((k for k, end in enumerate(self.ends) if done < end), len(self.stages) - 1)
+
+
+@dataclass
+class StageData:
+    """What a stage's hooks may read: the training images (on the device) and their class labels,
+    never their bias labels, with the evaluation transform."""
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    prepare: object  # uint8 images -> model inputs (the evaluation transform)
+    batch_size: int
+
+    @torch.no_grad()
+    def logits(self, predict) -> torch.Tensor:
+        """``predict`` (prepared inputs -> logits) on every training image, in batches, as float."""
+        return torch.cat([predict(self.prepare(self.images[i:i + self.batch_size])).float()
+                          for i in range(0, len(self.images), self.batch_size)])
 
 
 @dataclass
@@ -40,8 +87,10 @@ class Method:
     uses_bias_labels = False  # True only for methods that read bias labels while training
 
     def __init__(self, cfg, models: dict[str, nn.Module], train_targets: torch.Tensor, num_classes: int,
-                 generator: torch.Generator):
+                 generator: torch.Generator, train_biases: torch.Tensor | None = None):
+        """``train_biases`` is given to methods with ``uses_bias_labels`` only."""
         self.cfg = cfg
+        self.stage = self.stages(cfg)[-1]
         self.models = models
         self.num_classes = num_classes
         self.generator = generator
@@ -58,6 +107,33 @@ class Method:
         self.buffers = BufferSnapshot([b for m in models.values() for b in m.buffers()])
         self._compute = self.compute
         self.compiled: list[str] = []  # the parts of the step that run compiled
+
+    # -- stages --------------------------------------------------------------------------------
+    @classmethod
+    def stages(cls, cfg) -> tuple[Stage, ...]:
+        """The parts of training, in order; the last is ``main``, of ``cfg.num_steps`` steps."""
+        return (Stage("main", cfg.num_steps, cls.model_names),)
+
+    def begin_stage(self, stage: Stage, data: StageData) -> None:
+        """Called as ``stage`` starts (eager: may read the host). Also on resume inside it, so it
+        must only set up what the method's saved state does not hold."""
+        self.stage = stage
+
+    def end_stage(self, stage: Stage, data: StageData) -> None:
+        """Called as ``stage`` ends, before the next begins (eager): e.g. score the training set."""
+
+    def sample_counts(self) -> torch.Tensor | None:
+        """How many times each training sample is drawn per epoch in the current stage (None: once)."""
+        return None
+
+    def eval_predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits the current stage's evaluations score (in the main stage: ``predict``)."""
+        return self.predict(self.models, x)
+
+    def flagged_conflicting(self) -> torch.Tensor | None:
+        """The training samples the method has singled out as likely bias-conflicting at the end
+        of a stage (JTT's error set, ...), as a bool mask; logged against the true bias labels."""
+        return None
 
     # -- the per-step hooks a method implements -------------------------------------------------
     def draw(self, batch_size: int, step: int) -> dict:

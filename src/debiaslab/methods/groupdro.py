@@ -1,0 +1,57 @@
+import torch
+import torch.nn.functional as F
+
+from debiaslab.methods.base import Method
+
+
+class GroupDRO(Method):
+    """Group distributionally robust optimisation (Sagawa et al., ICLR 2020). USES BIAS LABELS.
+
+    Groups are the (target, bias) cells of the training set. Each step first moves the group
+    weights, ``q_g <- q_g * exp(eta * loss_g)`` normalised (``loss_g``: the batch's mean CE of
+    group g, 0 for a group absent from the batch, whose weight then only renormalises), then
+    trains on ``sum_g q_g * loss_g``.
+    """
+
+    name = "groupdro"
+    uses_bias_labels = True
+
+    def __init__(self, cfg, models, train_targets, num_classes, generator, train_biases=None):
+        super().__init__(cfg, models, train_targets, num_classes, generator)
+        width = max(num_classes, int(train_biases.max()) + 1)
+        self.groups = (train_targets * width + train_biases.to(train_targets.device)).long()
+        self.num_groups = num_classes * width
+        self.q = torch.full((self.num_groups,), 1.0 / self.num_groups, device=train_targets.device)
+
+    def loss(self, x, y, idx, draws):
+        ce = F.cross_entropy(self.models["model"](x), y, reduction="none")
+        group_loss = group_means(ce, self.groups[idx], self.num_groups)
+        q = exponentiated_step(self.q, group_loss.detach(), self.cfg.groupdro_eta)
+        self.q.copy_(q)  # q itself stays as backward saw it: keep_sample_state may write self.q
+        loss = (q * group_loss).sum()
+        return loss, {"loss": loss, "mean_ce": ce.mean(), "q_max": q.max()}
+
+    def sample_state(self, idx):
+        return self.q.clone()
+
+    def keep_sample_state(self, idx, saved, keep) -> None:
+        self.q.copy_(torch.where(keep, self.q, saved))
+
+    def extra_state(self) -> dict:
+        return {"q": self.q.clone()}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.q.copy_(state["q"].to(self.q.device))
+
+
+def group_means(values: torch.Tensor, groups: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """Mean of ``values`` over the samples of each group; 0 for a group with no sample."""
+    sums = torch.zeros(num_groups, device=values.device, dtype=values.dtype).index_add(0, groups, values)
+    counts = torch.bincount(groups, minlength=num_groups).to(values.dtype)
+    return sums / counts.clamp_min(1)
+
+
+def exponentiated_step(q: torch.Tensor, group_loss: torch.Tensor, eta: float) -> torch.Tensor:
+    """GroupDRO's update of the group weights: ``q * exp(eta * loss)``, renormalised to sum 1."""
+    q = q * torch.exp(eta * group_loss)
+    return q / q.sum()

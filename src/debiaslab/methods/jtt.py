@@ -1,0 +1,56 @@
+import torch
+import torch.nn.functional as F
+
+from debiaslab.methods.base import Method, Stage
+
+
+class JTT(Method):
+    """Just Train Twice (Liu et al., ICML 2021), label-free.
+
+    Stage ``erm``: ERM of a first model for ``jtt_steps`` steps. Its error set is the training
+    samples that model misclassifies at the end of the stage. Stage ``main``: a second model,
+    from its own fresh initialisation, trained with CE on the training set in which every
+    error-set sample is drawn ``jtt_upweight`` times per epoch. The second model predicts.
+    """
+
+    name = "jtt"
+    model_names = ("first", "model")
+
+    def __init__(self, cfg, models, train_targets, num_classes, generator, train_biases=None):
+        super().__init__(cfg, models, train_targets, num_classes, generator)
+        self.error_set = torch.zeros(len(train_targets), dtype=torch.bool, device=train_targets.device)
+        self.error_set_ready = False
+
+    @classmethod
+    def stages(cls, cfg):
+        return (Stage("erm", cfg.jtt_steps, ("first",)), Stage("main", cfg.num_steps, ("model",)))
+
+    def loss(self, x, y, idx, draws):
+        loss = F.cross_entropy(self.models[self.stage.models[0]](x), y)
+        return loss, {"loss": loss}
+
+    def end_stage(self, stage, data) -> None:
+        logits = data.logits(self.models["first"])
+        self.error_set = logits.argmax(1) != data.targets
+        self.error_set_ready = True
+
+    def sample_counts(self):
+        if self.stage.name != "main":
+            return None
+        return 1 + (self.cfg.jtt_upweight - 1) * self.error_set.long()
+
+    def eval_predict(self, x):
+        return self.models[self.stage.models[0]](x)
+
+    def flagged_conflicting(self):
+        return self.error_set
+
+    def sample_weights(self):
+        return self.error_set.float() if self.error_set_ready else None
+
+    def extra_state(self) -> dict:
+        return {"error_set": self.error_set.clone(), "error_set_ready": self.error_set_ready}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.error_set = state["error_set"].to(self.error_set.device)
+        self.error_set_ready = state["error_set_ready"]
