@@ -412,6 +412,8 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
                 record = _evaluate_all(method, valid_split, test_split, transform, C, cfg, train_split)
                 record.update(kind="eval", step=done, **tag)
                 logger.log(record)
+                if not main:
+                    method.stage_evaluated(plan.stages[k], {"step": done, "valid": record["valid"]})
             if eval_now and main:
                 if done in w_steps and method.sample_weights() is not None:
                     save_w_snapshot(run_dir, done, method.sample_weights(), None if train_split.biases is None

@@ -122,6 +122,11 @@ class Method:
     def end_stage(self, stage: Stage, data: StageData) -> None:
         """Called as ``stage`` ends, before the next begins (eager): e.g. score the training set."""
 
+    def stage_evaluated(self, stage: Stage, record: dict) -> None:
+        """Called after each evaluation of an earlier (not main) stage with ``{"step", "valid"}``
+        (the validation metrics only: no stage may select on test), e.g. to keep the stage's
+        best-validation models."""
+
     def sample_counts(self) -> torch.Tensor | None:
         """How many times each training sample is drawn per epoch in the current stage (None: once)."""
         return None
