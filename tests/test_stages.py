@@ -172,6 +172,9 @@ def test_jtt_through_train_and_test(tiny_reference, tmp_path):
                 tiny_reference, "--device", "cpu", "--json")
     assert t.returncode == 0, t.stderr
     assert json.loads(t.stdout)["metrics"]["test"] == results["selections"]["last"]["test"]
+    rep = run_cli("report", run, "--output", tmp_path / "report")  # stage-tagged records in the curves
+    assert rep.returncode == 0, rep.stderr
+    assert (tmp_path / "report" / "curves.png").exists() and "stage erm ends" not in rep.stderr
 
 
 # -- SIGKILL inside a stage --------------------------------------------------------------------------
