@@ -42,6 +42,13 @@ MUTATIONS = [  # (name, file, text, its replacement, the tests that must then fa
   "or not any(run_dir.iterdir()):", "tests/test_claims.py::test_overwrite_replaces_a_different_run_and_retrains_an_identical_one"),
  ("train: --no_best_checkpoints ignored", "src/debiaslab/train.py", "for rule in improved if cfg.best_checkpoints else ():",
   "for rule in improved:", "tests/test_claims.py::test_no_best_checkpoints_writes_only_the_last_and_test_says_so"),
+ ("groupdro: weights move away from the worst group", "src/debiaslab/methods/groupdro.py",
+  "q = q * torch.exp(eta * group_loss)", "q = q * torch.exp(-eta * group_loss)",
+  "tests/test_stages.py::test_group_means_and_the_weight_update_by_hand"),
+ ("jtt: error set of the right answers", "src/debiaslab/methods/jtt.py", "logits.argmax(1) != data.targets",
+  "logits.argmax(1) == data.targets", "tests/test_stages.py::test_jtt_error_set_is_what_the_first_model_gets_wrong_and_is_upsampled"),
+ ("stages: selection rules also score earlier stages", "src/debiaslab/train.py", "            if eval_now and main:\n",
+  "            if eval_now:\n", "tests/test_stages.py::test_jtt_through_train_and_test"),
  ("cache: read-only folder not detected", "src/debiaslab/data/reference.py", "if os.access(base, os.W_OK):", "if True:",
   "tests/test_claims.py::test_read_only_data_folder_caches_under_xdg_cache_home"),
 ]
