@@ -157,7 +157,7 @@ def method_from_config(cfg):
 
     torch.manual_seed(0)
     cls = METHODS[cfg.method]
-    models = {n: build_model(cfg.model or "mlp", N_CLASSES, cls.head_inputs, (3, 4, 4)) for n in cls.model_names}
+    models = {n: build_model(cfg.model or "mlp", N_CLASSES, heads, (3, 4, 4)) for n, heads in cls.model_heads(cfg).items()}
     targets = torch.arange(N_SAMPLES) % N_CLASSES
     biases = {"train_biases": method_biases(targets)} if cls.uses_bias_labels else {}
     return cls(cfg, models, targets, N_CLASSES, torch.Generator().manual_seed(5), **biases), targets

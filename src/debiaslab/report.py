@@ -105,7 +105,7 @@ def fig_curves(run: RunData, out: Path, prefix: str) -> Figure:
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     ax = axes[0]
     steps = [r["step"] for r in run.train]
-    terms = sorted({k for r in run.train for k in r if k not in ("kind", "step", "lr", "w_mean")})
+    terms = sorted({k for r in run.train for k in r if k not in ("kind", "step", "stage", "lr", "w_mean")})
     for k in terms:
         ax.plot(steps, [r.get(k, np.nan) for r in run.train], label=k)
     ax.set(title="training loss terms (mean per log window)", xlabel="step", ylabel="loss")
