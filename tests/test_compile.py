@@ -14,7 +14,7 @@ from tests.conftest import make_method, method_batches, run_cli, tiny_bundle, ti
 
 CASES = [("vanilla", "mlp"), ("lff", "mlp"), ("disent", "mlp"), ("lff", "resnet20"), ("disent", "resnet20"),
          ("jtt", "mlp"), ("groupdro", "mlp"), ("groupdro", "resnet20"),
-         ("lc", "mlp"), ("lc", "resnet20")]
+         ("lc", "mlp"), ("lc", "resnet20"), ("lff_be", "mlp"), ("disent_be", "mlp")]
 
 
 @pytest.fixture(autouse=True)
