@@ -3,7 +3,7 @@ source (the cell average, a selection rule's tie-break, a flag not passed to the
 labels used in training, ...); the tests that check it must then fail. The file is put back
 after each run, also on an interrupt.
 
-    python scripts/mutation_check.py            # every mutation (about 2 minutes on 2 cores)
+    python scripts/mutation_check.py            # every mutation (about 3 minutes on 2 cores)
     python scripts/mutation_check.py lambda     # those whose name contains "lambda"
 
 Prints CAUGHT or MISSED per mutation; exits 1 if any was missed.
@@ -49,6 +49,22 @@ MUTATIONS = [  # (name, file, text, its replacement, the tests that must then fa
   "logits.argmax(1) == data.targets", "tests/test_stages.py::test_jtt_error_set_is_what_the_first_model_gets_wrong_and_is_upsampled"),
  ("stages: selection rules also score earlier stages", "src/debiaslab/train.py", "            if eval_now and main:\n",
   "            if eval_now:\n", "tests/test_stages.py::test_jtt_through_train_and_test"),
+ ("be: tau not strict", "src/debiaslab/methods/bias_ensemble.py", "return (probs > tau).sum(0) >= agreement",
+  "return (probs >= tau).sum(0) >= agreement", "tests/test_be.py::test_a_probability_equal_to_tau_does_not_count"),
+ ("be: biased branch on every sample", "src/debiaslab/methods/bias_ensemble.py",
+  "return masked_mean(ce_b, self.aligned[idx])", "return ce_b.mean()",
+  "tests/test_be.py::test_lff_be_main_stage_matches_a_loop_reimplementation"),
+ ("be: swap term masked by the wrong sample", "src/debiaslab/methods/disent.py", "idx_b = idx[perm]", "idx_b = idx",
+  "tests/test_be.py::test_disent_be_bias_terms_use_the_sample_the_bias_features_come_from"),
+ ("be: last best on ties", "src/debiaslab/methods/bias_ensemble.py", 'accuracy > self.best["valid"]',
+  'accuracy >= self.best["valid"]', "tests/test_be.py::test_best_valid_model_is_kept_first_best_wins"),
+ ("be: best model not put back", "src/debiaslab/methods/bias_ensemble.py",
+  '            model.load_state_dict(self.best["state"])\n', "",
+  "tests/test_be.py::test_best_valid_model_is_kept_first_best_wins"),
+ ("be: aux stages count in the LR schedule", "src/debiaslab/methods/bias_ensemble.py",
+  "if self._main() and self.schedulers and step >= self.cfg.curr_step:",
+  "if self.schedulers and step >= self.cfg.curr_step:",
+  "tests/test_be.py::test_each_model_moves_only_in_its_own_stage_and_the_vote_is_that_of_the_kept_models"),
  ("cache: read-only folder not detected", "src/debiaslab/data/reference.py", "if os.access(base, os.W_OK):", "if True:",
   "tests/test_claims.py::test_read_only_data_folder_caches_under_xdg_cache_home"),
 ]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,7 +158,7 @@ def method_from_config(cfg):
 
     torch.manual_seed(0)
     cls = METHODS[cfg.method]
-    models = {n: build_model(cfg.model or "mlp", N_CLASSES, cls.head_inputs, (3, 4, 4)) for n in cls.model_names}
+    models = {n: build_model(cfg.model or "mlp", N_CLASSES, heads, (3, 4, 4)) for n, heads in cls.model_heads(cfg).items()}
     targets = torch.arange(N_SAMPLES) % N_CLASSES
     biases = {"train_biases": method_biases(targets)} if cls.uses_bias_labels else {}
     return cls(cfg, models, targets, N_CLASSES, torch.Generator().manual_seed(5), **biases), targets
@@ -252,3 +253,86 @@ def assert_metrics_match(got: dict, expected: dict) -> None:
     assert got.keys() == expected.keys()
     for k, v in expected.items():
         assert same(got[k], v), (k, got[k], v)
+
+
+# -- LfF's and DisEnt's building blocks as their reference code writes them (loop re-implementations)
+class RefEMA:
+    """The reference's EMA: parameter[i] = alpha * p + (1 - alpha * updated[i]) * loss; max over class by a loop."""
+
+    def __init__(self, labels, alpha):
+        self.labels, self.alpha = labels, alpha
+        self.p = torch.zeros(len(labels))
+        self.updated = torch.zeros(len(labels))
+
+    def update(self, loss, idx):
+        self.p[idx] = self.alpha * self.p[idx] + (1 - self.alpha * self.updated[idx]) * loss
+        self.updated[idx] = 1
+
+    def max_loss(self, c):
+        return self.p[self.labels == c].max()
+
+
+def ref_weights(ema_b, ema_d, ce_b, ce_d, y, idx):
+    ema_b.update(ce_b.detach(), idx)
+    ema_d.update(ce_d.detach(), idx)
+    lb, ld = ema_b.p[idx].clone(), ema_d.p[idx].clone()
+    for c in range(N_CLASSES):
+        sel = torch.where(y == c)[0]
+        lb[sel] /= ema_b.max_loss(c)
+        ld[sel] /= ema_d.max_loss(c)
+    return lb / (lb + ld + 1e-8)
+
+
+def ref_gce(logits, y, q=0.7):
+    p = F.softmax(logits, 1).gather(1, y[:, None]).squeeze(1)
+    return F.cross_entropy(logits, y, reduction="none") * p.detach() ** q * q
+
+
+def adam(models, lr=0.01):
+    return [torch.optim.Adam(m.parameters(), lr=lr) for m in models]
+
+
+def ref_step(opts, loss):
+    """The reference's step: zero both grads, one backward, step both optimizers."""
+    for o in opts:
+        o.zero_grad()
+    loss.backward()
+    for o in opts:
+        o.step()
+
+
+def assert_same_weights(method, refs):
+    for name, ref in refs.items():
+        for (k, a), b in zip(method.models[name].state_dict().items(), ref.state_dict().values()):
+            assert torch.allclose(a, b, atol=1e-4), (name, k, (a - b).abs().max().item())
+
+
+def cli_config(*flags):
+    """The config ``debiaslab train FLAGS`` (or ``python train.py FLAGS``) trains with."""
+    from debiaslab.cli import build_parser, config_from_args
+
+    return config_from_args(build_parser().parse_args(["train", "--device", "cpu", *flags])).resolved()
+
+
+# -- the step as one graph with no host read (tests/test_compile.py) --------------------------------
+HOST_READS = {"item", "tolist", "_local_scalar_dense", "__bool__", "__int__", "__float__", "cpu", "numpy"}
+
+
+class HostRead(Exception):
+    pass
+
+
+def no_host_reads(gm, example_inputs):
+    """A Dynamo backend that runs the graph as traced, after checking it never reads a tensor on
+    the host (torch 2.14 traces ``.item()`` into the graph instead of breaking it)."""
+    for node in gm.graph.nodes:
+        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+        if node.op in ("call_method", "call_function") and name in HOST_READS:
+            raise HostRead(f"{name} in the traced step: {node.format_node()}")
+    return gm.forward
+
+
+def traced(fn):
+    """``fn`` through Dynamo, ``fullgraph=True``: a branch on a tensor value is a graph break, an
+    error, and a host read inside the graph is refused by the backend."""
+    return torch.compile(fn, fullgraph=True, backend=no_host_reads, dynamic=False)

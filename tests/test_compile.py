@@ -10,11 +10,11 @@ import torch.nn.functional as F
 
 from debiaslab.methods import METHODS
 from debiaslab.methods.vanilla import Vanilla
-from tests.conftest import make_method, method_batches, run_cli, tiny_bundle, tiny_config
+from tests.conftest import make_method, method_batches, run_cli, tiny_bundle, tiny_config, traced
 
 CASES = [("vanilla", "mlp"), ("lff", "mlp"), ("disent", "mlp"), ("lff", "resnet20"), ("disent", "resnet20"),
          ("jtt", "mlp"), ("groupdro", "mlp"), ("groupdro", "resnet20"),
-         ("lc", "mlp"), ("lc", "resnet20")]
+         ("lc", "mlp"), ("lc", "resnet20"), ("lff_be", "mlp"), ("disent_be", "mlp")]
 
 
 @pytest.fixture(autouse=True)
@@ -22,29 +22,6 @@ def fresh_dynamo():
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
-
-
-HOST_READS = {"item", "tolist", "_local_scalar_dense", "__bool__", "__int__", "__float__", "cpu", "numpy"}
-
-
-class HostRead(Exception):
-    pass
-
-
-def no_host_reads(gm, example_inputs):
-    """A Dynamo backend that runs the graph as traced, after checking it never reads a tensor on
-    the host (torch 2.14 traces ``.item()`` into the graph instead of breaking it)."""
-    for node in gm.graph.nodes:
-        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
-        if node.op in ("call_method", "call_function") and name in HOST_READS:
-            raise HostRead(f"{name} in the traced step: {node.format_node()}")
-    return gm.forward
-
-
-def traced(fn):
-    """``fn`` through Dynamo, ``fullgraph=True``: a branch on a tensor value is a graph break, an
-    error, and a host read inside the graph is refused by the backend."""
-    return torch.compile(fn, fullgraph=True, backend=no_host_reads, dynamic=False)
 
 
 def test_a_branch_on_a_tensor_value_fails_the_check():

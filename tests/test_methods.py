@@ -6,59 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from debiaslab.methods import METHODS
-from tests.conftest import N_CLASSES as C
-from tests.conftest import make_method, method_batches, method_from_config
-
-
-class RefEMA:
-    """The reference's EMA: parameter[i] = alpha * p + (1 - alpha * updated[i]) * loss; max over class by a loop."""
-
-    def __init__(self, labels, alpha):
-        self.labels, self.alpha = labels, alpha
-        self.p = torch.zeros(len(labels))
-        self.updated = torch.zeros(len(labels))
-
-    def update(self, loss, idx):
-        self.p[idx] = self.alpha * self.p[idx] + (1 - self.alpha * self.updated[idx]) * loss
-        self.updated[idx] = 1
-
-    def max_loss(self, c):
-        return self.p[self.labels == c].max()
-
-
-def ref_weights(ema_b, ema_d, ce_b, ce_d, y, idx):
-    ema_b.update(ce_b.detach(), idx)
-    ema_d.update(ce_d.detach(), idx)
-    lb, ld = ema_b.p[idx].clone(), ema_d.p[idx].clone()
-    for c in range(C):
-        sel = torch.where(y == c)[0]
-        lb[sel] /= ema_b.max_loss(c)
-        ld[sel] /= ema_d.max_loss(c)
-    return lb / (lb + ld + 1e-8)
-
-
-def ref_gce(logits, y, q=0.7):
-    p = F.softmax(logits, 1).gather(1, y[:, None]).squeeze(1)
-    return F.cross_entropy(logits, y, reduction="none") * p.detach() ** q * q
-
-
-def adam(models, lr=0.01):
-    return [torch.optim.Adam(m.parameters(), lr=lr) for m in models]
-
-
-def ref_step(opts, loss):
-    """The reference's step: zero both grads, one backward, step both optimizers."""
-    for o in opts:
-        o.zero_grad()
-    loss.backward()
-    for o in opts:
-        o.step()
-
-
-def assert_same_weights(method, refs):
-    for name, ref in refs.items():
-        for (k, a), b in zip(method.models[name].state_dict().items(), ref.state_dict().values()):
-            assert torch.allclose(a, b, atol=1e-4), (name, k, (a - b).abs().max().item())
+from tests.conftest import (N_CLASSES, RefEMA, adam, assert_same_weights, cli_config, make_method, method_batches,
+                            method_from_config, ref_gce, ref_step, ref_weights)
 
 
 def test_lff_matches_a_loop_reimplementation():
@@ -185,13 +134,6 @@ def test_first_adam_step_moves_each_weight_by_the_lr():
 
 
 # -- the loss a user's flags ask for ---------------------------------------------------------------
-def cli_config(*flags):
-    """The config ``debiaslab train FLAGS`` (or ``python train.py FLAGS``) trains with."""
-    from debiaslab.cli import build_parser, config_from_args
-
-    return config_from_args(build_parser().parse_args(["train", "--device", "cpu", *flags])).resolved()
-
-
 def gce_by_hand(logits, y, q, form):
     """GCE from the softmax probability of the label: textbook (1 - p^q) / q, or the reference's
     -log(p) * q * p^q with p^q held constant."""
@@ -208,7 +150,7 @@ def weights_by_hand(ce_b_visits, ce_d_visits, y, alpha):
         value = visits[0]
         for loss in visits[1:]:
             value = alpha * value + (1 - alpha) * loss
-        return value / torch.stack([value[y == c].max() for c in range(C)])[y]
+        return value / torch.stack([value[y == c].max() for c in range(N_CLASSES)])[y]
 
     lb, ld = ema(ce_b_visits), ema(ce_d_visits)
     return lb / (lb + ld + 1e-8)

@@ -8,8 +8,10 @@ from pathlib import Path
 from debiaslab import UserError, __version__
 from debiaslab.config import PALETTE_CHOICES
 
-METHOD_FLAGS = {"train_vanilla": "vanilla", "train_lff": "lff", "train_ours": "disent"}
-METHOD_CHOICES = ("vanilla", "lff", "disent", "jtt", "lc", "groupdro")  # debiaslab.methods.METHODS, without importing torch
+METHOD_FLAGS = {"train_vanilla": "vanilla", "train_lff": "lff", "train_ours": "disent",
+                "train_lff_be": "lff_be", "train_disent_be": "disent_be"}
+# debiaslab.methods.METHODS, without importing torch
+METHOD_CHOICES = ("vanilla", "lff", "disent", "jtt", "lc", "groupdro", "lff_be", "disent_be")
 
 
 class Parser(argparse.ArgumentParser):
@@ -39,10 +41,13 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    "dataset, ratio, method and hyper-parameters (flags given explicitly override it; debiaslab presets lists them)")
     m = g.add_mutually_exclusive_group()
     m.add_argument("--method", choices=list(METHOD_CHOICES), help="training method: vanilla, lff, disent; jtt "
-                   "(label-free, two stages); lc (Logit Correction, label-free); groupdro (trains on bias labels)")
+                   "(label-free, two stages); lc (Logit Correction, label-free); groupdro (trains on bias labels); "
+                   "lff_be, disent_be (LfF / DisEnt with BiasEnsemble, label-free)")
     m.add_argument("--train_vanilla", action="store_true", help="train Vanilla (ERM), as in the reference")
     m.add_argument("--train_lff", action="store_true", help="train LfF (Learning from Failure)")
     m.add_argument("--train_ours", action="store_true", help="train DisEnt (the paper's method), as in the reference")
+    m.add_argument("--train_lff_be", action="store_true", help="train LfF with BiasEnsemble (same as --method lff_be)")
+    m.add_argument("--train_disent_be", action="store_true", help="train DisEnt with BiasEnsemble (same as --method disent_be)")
     add_data_args(g)
     g.add_argument("--model", default=None, help="mlp, resnet18, resnet20 (LfF's CIFAR ResNet) or resnet50 (default: mlp for cmnist, resnet18 otherwise)")
     g.add_argument("--use_resnet20", action="store_true", help="same as --model resnet20 (the reference's flag; LfF's C-CIFAR10 backbone)")
@@ -81,6 +86,17 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    "prior estimate (default: 0.9)")
     j.add_argument("--lc_mixup", action=argparse.BooleanOptionalAction, default=None, help="LC: Group MixUp of "
                    "minority samples with majority samples of their class (default: on)")
+    b = p.add_argument_group("BiasEnsemble (lff_be / disent_be); the reference's flag names are accepted too")
+    b.add_argument("--be_num_models", "--num_bias_models", dest="be_num_models", type=int, default=None,
+                   help="auxiliary biased (GCE) models trained one after another before the main stage (default: 5)")
+    b.add_argument("--be_steps", "--biased_model_train_iter", dest="be_steps", type=int, default=None,
+                   help="training steps of each auxiliary model; its best-validation-accuracy state is kept (default: 1000)")
+    b.add_argument("--be_tau", "--biased_model_softmax_threshold", dest="be_tau", type=float, default=None,
+                   help="an auxiliary model finds a sample bias-aligned when its probability of the sample's class is "
+                        "above this (default: 0.99)")
+    b.add_argument("--be_agreement", "--agreement", dest="be_agreement", type=int, default=None,
+                   help="how many auxiliary models must find a sample aligned for the biased branch to train on it "
+                        "(default: 3)")
     h = p.add_argument_group("speed")
     h.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="run each training step's per-batch computation (forwards, losses, per-sample "
@@ -150,7 +166,8 @@ def config_from_args(args):
 
     method = next((m for flag, m in METHOD_FLAGS.items() if getattr(args, flag, False)), None) or args.method
     if method is None:
-        raise UserError("choose a method: --train_vanilla, --train_lff, --train_ours (DisEnt) or --method NAME")
+        raise UserError("choose a method: --train_vanilla, --train_lff, --train_ours (DisEnt), --train_lff_be, "
+                        "--train_disent_be or --method NAME")
     if args.use_resnet20 and args.model not in (None, "resnet20"):
         raise UserError(f"--use_resnet20 contradicts --model {args.model}; pass one of them")
     return TrainConfig(
@@ -162,6 +179,7 @@ def config_from_args(args):
         lambda_dis_align=args.lambda_dis_align, lambda_swap_align=args.lambda_swap_align,
         jtt_steps=args.jtt_steps, jtt_upweight=args.jtt_upweight, groupdro_eta=args.groupdro_eta,
         lc_tau=args.lc_tau, lc_prior_alpha=args.lc_prior_alpha, lc_mixup=args.lc_mixup,
+        be_num_models=args.be_num_models, be_steps=args.be_steps, be_tau=args.be_tau, be_agreement=args.be_agreement,
         valid_freq=args.valid_freq, log_freq=args.log_freq, save_freq=args.save_freq,
         tensorboard=args.tensorboard, wandb=args.wandb, wandb_project=args.wandb_project,
         progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume, keep_checkpoints=args.keep_checkpoints,

@@ -37,8 +37,14 @@ METHOD_DEFAULTS = {
     "jtt": dict(jtt_steps=1000, jtt_upweight=50),
     "groupdro": dict(groupdro_eta=0.01),
     "lc": dict(lc_tau=1.0, lc_prior_alpha=0.9, lc_mixup=True),
+    # BiasEnsemble: the reference's --num_bias_models 5 --biased_model_train_iter 1000
+    # --biased_model_softmax_threshold 0.99 --agreement 3
+    "lff_be": dict(be_num_models=5, be_steps=1000, be_tau=0.99, be_agreement=3),
+    "disent_be": dict(be_num_models=5, be_steps=1000, be_tau=0.99, be_agreement=3),
 }
-METHOD_FIELDS = {name: method for method, fields in METHOD_DEFAULTS.items() for name in fields}
+# field -> the methods it is a setting of
+METHOD_FIELDS = {name: tuple(m for m, own in METHOD_DEFAULTS.items() if name in own)
+                 for fields in METHOD_DEFAULTS.values() for name in fields}
 # Fields that apply to some datasets or methods only: left out of the identity where they do not
 # apply (None), so adding one does not change the hash of the other runs.
 DATASET_SPECIFIC_FIELDS = frozenset({"palette"}) | frozenset(METHOD_FIELDS)
@@ -91,6 +97,12 @@ class TrainConfig:
     lc_tau: float | None = None
     lc_prior_alpha: float | None = None
     lc_mixup: bool | None = None
+    # BiasEnsemble (lff_be, disent_be): K auxiliary GCE models, the steps each trains, the
+    # confidence threshold and how many of the K must exceed it for a sample to count as aligned
+    be_num_models: int | None = None
+    be_steps: int | None = None
+    be_tau: float | None = None
+    be_agreement: int | None = None
     # inputs
     input_scale: str | None = None  # "unit": pixels / 255; "reference": pixels / 255 / 255 (the reference's CMNIST)
     image_size: int | None = None
@@ -226,9 +238,9 @@ class TrainConfig:
             raise UserError(f"--keep_checkpoints must be at least 1, got {self.keep_checkpoints}")
         if self.on_nonfinite not in ("stop", "skip"):
             raise UserError(f"--on_nonfinite must be stop or skip, got {self.on_nonfinite!r}")
-        for name, method in METHOD_FIELDS.items():
-            if getattr(self, name) is not None and self.method != method:
-                raise UserError(f"--{name} is a setting of {method}, not of {self.method}; drop it")
+        for name, methods in METHOD_FIELDS.items():
+            if getattr(self, name) is not None and self.method not in methods:
+                raise UserError(f"--{name} is a setting of {' and '.join(methods)}, not of {self.method}; drop it")
         for name in ("jtt_steps", "jtt_upweight"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"--{name} must be a positive integer, got {getattr(self, name)}")
@@ -238,5 +250,13 @@ class TrainConfig:
             raise UserError(f"--lc_tau must be a finite number >= 0, got {self.lc_tau}")
         if self.lc_prior_alpha is not None and not 0 <= self.lc_prior_alpha < 1:
             raise UserError(f"--lc_prior_alpha must be in [0, 1), got {self.lc_prior_alpha}")
+        for name in ("be_num_models", "be_steps", "be_agreement"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UserError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+        if self.be_tau is not None and not 0 <= self.be_tau < 1:
+            raise UserError(f"--be_tau must be in [0, 1) (a probability a sample's class must exceed), got {self.be_tau}")
+        if None not in (self.be_agreement, self.be_num_models) and self.be_agreement > self.be_num_models:
+            raise UserError(f"--be_agreement {self.be_agreement} is more than --be_num_models {self.be_num_models}: "
+                            "no sample could be selected; lower it or train more models")
         if self.gce_form not in GCE_FORMS:
             raise UserError(f"--gce_form must be one of {', '.join(GCE_FORMS)}, got {self.gce_form!r}")

@@ -27,7 +27,7 @@ from debiaslab.metrics import SELECTION_RULES
 
 METRIC_KEYS = ("accuracy", "aligned", "conflicting", "unbiased", "worst_group")
 METHOD_COLORS = {"vanilla": "tab:gray", "lff": "tab:blue", "disent": "tab:red", "jtt": "tab:orange",
-                 "groupdro": "tab:brown", "lc": "tab:green"}
+                 "groupdro": "tab:brown", "lc": "tab:green", "lff_be": "tab:cyan", "disent_be": "tab:purple"}
 
 
 @dataclass
@@ -91,9 +91,10 @@ def _save(fig, out: Path, name: str) -> str:
 
 def _swap_line(ax, run: RunData) -> None:
     """Where DisEnt's feature swap starts, and where each stage of a multi-stage method ends."""
-    if run.cfg.method == "disent" and run.cfg.curr_step > 0:
-        ax.axvline(run.cfg.curr_step, color="k", ls=":", lw=1, label=f"feature swap starts (step {run.cfg.curr_step})")
     plan = StagePlan(METHODS[run.cfg.method].stages(run.cfg))
+    if run.cfg.method in ("disent", "disent_be") and run.cfg.curr_step > 0:
+        swap = plan.main_start + run.cfg.curr_step  # curr_step counts the main stage's steps
+        ax.axvline(swap, color="k", ls=":", lw=1, label=f"feature swap starts (step {swap})")
     for stage, end in zip(plan.stages[:-1], plan.ends):
         ax.axvline(end, color="k", ls="--", lw=1, label=f"stage {stage.name} ends (step {end})")
 
@@ -130,7 +131,7 @@ def fig_curves(run: RunData, out: Path, prefix: str) -> Figure:
     if steps and min(r.get("lr", 1) for r in run.train) > 0:
         ax.set_yscale("log")
     _swap_line(ax, run)
-    if run.cfg.method == "disent" or len(METHODS[run.cfg.method].stages(run.cfg)) > 1:
+    if run.cfg.method in ("disent", "disent_be") or len(METHODS[run.cfg.method].stages(run.cfg)) > 1:
         ax.legend(fontsize=8)
     fig.suptitle(run.name, fontsize=10)
     return Figure("Learning curves", _save(fig, out, f"{prefix}curves.png"),
@@ -142,8 +143,9 @@ def fig_w_detection(run: RunData, out: Path, prefix: str) -> Figure:
     from debiaslab.diagnostics import load_w_snapshots
 
     title = "W as a detector of bias-conflicting training samples"
-    if run.cfg.method not in ("lff", "disent"):
-        return Figure(title, reason=f"{run.cfg.method} has no per-sample weight W (only LfF and DisEnt reweight samples)")
+    if run.cfg.method not in ("lff", "disent", "lff_be", "disent_be"):
+        return Figure(title, reason=f"{run.cfg.method} has no per-sample weight W (only LfF and DisEnt, also with "
+                                    "BiasEnsemble, reweight samples)")
     history = [(r["step"], r.get("train_w") or {}) for r in run.evals]
     has_mean = any(w.get("mean_conflicting") is not None for _, w in history)
     has_ap = any(w.get("ap") is not None for _, w in history)

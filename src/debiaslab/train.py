@@ -311,7 +311,12 @@ def _end_stage(method, stage, stage_data: StageData, train_split: Split, logger,
         return
     record = {"kind": "stage_end", "step": done, "stage": stage.name, "flagged": int(flagged.sum())}
     if train_split.biases is not None:  # bias labels read for this log only, never for training
-        record["flagged_diagnostics"] = detector_metrics(flagged.float(), train_split.targets != train_split.biases)
+        conflicting = train_split.targets != train_split.biases
+        record["flagged_diagnostics"] = detector_metrics(flagged.float(), conflicting)
+        kept = ~flagged
+        record["flagged_counts"] = {  # the flagged and the other samples, by their true bias labels
+            "flagged_conflicting": int((flagged & conflicting).sum()), "flagged_aligned": int((flagged & ~conflicting).sum()),
+            "unflagged_conflicting": int((kept & conflicting).sum()), "unflagged_aligned": int((kept & ~conflicting).sum())}
     logger.log(record)
 
 
@@ -326,8 +331,8 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
     in_shape = tuple(train_split.images.shape[1:])
     amp, channels_last = uses_cuda_extras(cfg, device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    models = {n: build_model(cfg.model, C, method_cls.head_inputs, in_shape).to(device, memory_format=memory_format)
-              for n in method_cls.model_names}
+    models = {n: build_model(cfg.model, C, heads, in_shape).to(device, memory_format=memory_format)
+              for n, heads in method_cls.model_heads(cfg).items()}
     gen_device = device if device.type == "cuda" else torch.device("cpu")
     method = method_cls(cfg, models, train_split.targets, C, torch.Generator(device=gen_device).manual_seed(cfg.seed + 1),
                         **bias_labels_for(method_cls, train_split, bundle.name))
@@ -422,7 +427,7 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
                 for rule in improved if cfg.best_checkpoints else ():
                     checkpoints.save_models(run_dir, rule, {
                         "config": cfg.to_dict(), "method": cfg.method, "step": done,
-                        "models": {n: m.state_dict() for n, m in method.models.items()},
+                        "models": {n: method.models[n].state_dict() for n in method_cls.model_names},
                         "metrics": {k: record[k] for k in ("valid", "test")}})
                 bar.set_postfix(valid=f"{record['valid']['accuracy']:.3f}",
                                 test_unb=f"{primary_metric(record['test'], cfg.dataset):.3f}", refresh=False)

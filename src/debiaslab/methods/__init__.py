@@ -1,5 +1,6 @@
 """Method registry: a new method is one module plus one line here."""
 from debiaslab.methods.base import Method
+from debiaslab.methods.bias_ensemble import DisEntBE, LfFBE
 from debiaslab.methods.disent import DisEnt
 from debiaslab.methods.groupdro import GroupDRO
 from debiaslab.methods.jtt import JTT
@@ -7,6 +8,6 @@ from debiaslab.methods.lc import LC
 from debiaslab.methods.lff import LfF
 from debiaslab.methods.vanilla import Vanilla
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Vanilla, LfF, DisEnt, JTT, LC, GroupDRO)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (Vanilla, LfF, DisEnt, JTT, LC, GroupDRO, LfFBE, DisEntBE)}
 
 __all__ = ["METHODS", "Method"]

@@ -108,6 +108,13 @@ class Method:
         self._compute = self.compute
         self.compiled: list[str] = []  # the parts of the step that run compiled
 
+    @classmethod
+    def model_heads(cls, cfg) -> dict[str, int]:
+        """Every model the loop builds for the method, name -> ``head_inputs``: ``model_names``
+        (those ``predict`` reads, and a checkpoint of the method keeps for evaluation), then any
+        helper models only training uses, whose number may depend on the config."""
+        return {name: cls.head_inputs for name in cls.model_names}
+
     # -- stages --------------------------------------------------------------------------------
     @classmethod
     def stages(cls, cfg) -> tuple[Stage, ...]:

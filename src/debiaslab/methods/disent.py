@@ -1,7 +1,6 @@
 import torch
 import torch.nn.functional as F
 
-from debiaslab.methods.losses import gce_from_ce
 from debiaslab.methods.reweighting import RelativeDifficultyMethod
 
 
@@ -38,21 +37,21 @@ class DisEnt(RelativeDifficultyMethod):
             # of the bias features it received.
             perm = draws["perm"].to(y.device)
             z_i, z_b = torch.cat([z_i, z_i]), torch.cat([z_b, z_b[perm]])
+            idx_b = idx[perm]  # the samples the swapped-in bias features come from
             y_i, y_b = torch.cat([y, y]), torch.cat([y, y[perm]])
         else:
             y_i = y_b = y
         # each classifier sees [z_i, z_b] with the other branch's feature detached
         ce_i = F.cross_entropy(m_i.fc(torch.cat([z_i, z_b.detach()], 1)), y_i, reduction="none")
         ce_b = F.cross_entropy(m_b.fc(torch.cat([z_i.detach(), z_b], 1)), y_b, reduction="none")
-        gce_b = gce_from_ce(ce_b, cfg.q, cfg.gce_form)
         w = self.weights(ce_b[:n], ce_i[:n], y, idx)  # from the original pairs only
         loss_dis_conflict = (w * ce_i[:n]).mean()
-        loss_dis_align = gce_b[:n].mean()
+        loss_dis_align = self.biased_branch_loss(ce_b[:n], idx)
         loss = loss_dis_conflict + cfg.lambda_dis_align * loss_dis_align
         terms = {"loss_dis_conflict": loss_dis_conflict, "loss_dis_align": loss_dis_align}
         if swap:
             loss_swap_conflict = (w * ce_i[n:]).mean()
-            loss_swap_align = gce_b[n:].mean()
+            loss_swap_align = self.biased_branch_loss(ce_b[n:], idx_b)
             loss = loss + cfg.lambda_swap * (loss_swap_conflict + cfg.lambda_swap_align * loss_swap_align)
             terms.update(loss_swap_conflict=loss_swap_conflict, loss_swap_align=loss_swap_align)
         terms.update(loss=loss, w_mean=w.mean())

@@ -1,6 +1,5 @@
 import torch.nn.functional as F
 
-from debiaslab.methods.losses import gce_from_ce
 from debiaslab.methods.reweighting import RelativeDifficultyMethod
 
 
@@ -17,7 +16,7 @@ class LfF(RelativeDifficultyMethod):
         ce_b = F.cross_entropy(self.models["biased"](x), y, reduction="none")
         ce_d = F.cross_entropy(self.models["debiased"](x), y, reduction="none")
         w = self.weights(ce_b, ce_d, y, idx)
-        loss_b = gce_from_ce(ce_b, self.cfg.q, self.cfg.gce_form).mean()
+        loss_b = self.biased_branch_loss(ce_b, idx)
         loss_d = (w * ce_d).mean()
         loss = loss_b + loss_d
         return loss, {"loss": loss, "loss_b": loss_b, "loss_d": loss_d, "w_mean": w.mean()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from debiaslab.methods.base import Method
-from debiaslab.methods.losses import PerSampleEMA, relative_difficulty
+from debiaslab.methods.losses import PerSampleEMA, gce_from_ce, relative_difficulty
 
 
 class RelativeDifficultyMethod(Method):
@@ -19,6 +19,11 @@ class RelativeDifficultyMethod(Method):
         """Update both EMAs with the batch's detached CE, class-max normalise each, return W."""
         loss = self.ema.normalize(self.ema.update(idx, torch.stack([ce_b, ce_d], 1)), y)
         return relative_difficulty(loss[:, 0], loss[:, 1])
+
+    def biased_branch_loss(self, ce_b: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The biased branch's training term from its per-sample CE ``ce_b``, row ``r`` of which
+        comes from the (bias features of) training sample ``idx[r]``: mean GCE over the rows."""
+        return gce_from_ce(ce_b, self.cfg.q, self.cfg.gce_form).mean()
 
     def sample_weights(self) -> torch.Tensor:
         loss = self.ema.normalize(self.ema.values(), self.ema.targets)
