@@ -1,3 +1,4 @@
+import copy
 import json
 import os
 import subprocess
@@ -179,6 +180,25 @@ def method_batches(targets, steps: int, seed: int = 1):
         yield x_all[idx], targets[idx], idx
 
 
+def method_state_of(method) -> dict:
+    """Every number a step may move, as flat copies: weights and buffers, Adam's moments and counts,
+    and every tensor of the method's own state (``extra_state``: EMAs, priors, group weights)."""
+    out = {f"{n}.{k}": v.clone() for n, m in method.models.items() for k, v in m.state_dict().items()}
+    for n, o in method.optimizers.items():
+        for i, st in enumerate(o.state.values()):
+            out.update({f"{n}.opt{i}.{k}": v.clone() for k, v in st.items()})
+
+    def walk(prefix, value):
+        if isinstance(value, torch.Tensor):
+            out[prefix] = value.clone()
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}", v)
+
+    walk("extra", method.extra_state())
+    return out
+
+
 def assert_same_tensors(a, b, where: str = "") -> None:
     """``a`` and ``b`` (tensors, or dicts / lists of them) are exactly equal, key for key."""
     if isinstance(a, torch.Tensor):
@@ -336,3 +356,48 @@ def traced(fn):
     """``fn`` through Dynamo, ``fullgraph=True``: a branch on a tensor value is a graph break, an
     error, and a host read inside the graph is refused by the backend."""
     return torch.compile(fn, fullgraph=True, backend=no_host_reads, dynamic=False)
+
+
+def assert_lff_matches_its_loop(method, targets, biased_term, steps: int = 6) -> None:
+    """LfF's step (or a variant's) against the reference's loop: copies of both models trained by
+    ``biased_term(logits_b, y, idx) + mean(W * CE(f_d(x), y))`` with W from ``RefEMA``s."""
+    mb, md = (copy.deepcopy(method.models[n]) for n in ("biased", "debiased"))
+    opts = adam([mb, md])
+    eb, ed = RefEMA(targets, 0.7), RefEMA(targets, 0.7)
+    for step, (x, y, idx) in enumerate(method_batches(targets, steps)):
+        method.update(x, y, idx, step)
+        lb, ld = mb(x), md(x)
+        ce_b, ce_d = F.cross_entropy(lb, y, reduction="none"), F.cross_entropy(ld, y, reduction="none")
+        w = ref_weights(eb, ed, ce_b, ce_d, y, idx)
+        ref_step(opts, biased_term(lb, y, idx) + (ce_d * w).mean())
+    assert_same_weights(method, {"biased": mb, "debiased": md})
+    assert torch.allclose(method.ema.values()[:, 0], eb.p, atol=1e-6)
+    assert torch.allclose(method.ema.values()[:, 1], ed.p, atol=1e-6)
+
+
+def assert_disent_matches_its_loop(method, targets, biased_term, steps: int = 6) -> None:
+    """DisEnt's step (or a variant's) against the reference's loop, lambdas swap 0.5, dis_align 10,
+    swap_align 5: ``biased_term(logits_b, labels, idx)`` is the bias branch's term for rows whose
+    bias features come from samples ``idx``."""
+    curr_step = method.cfg.curr_step
+    assert (method.cfg.lambda_swap, method.cfg.lambda_dis_align, method.cfg.lambda_swap_align) == (0.5, 10.0, 5.0)
+    ml, mb = (copy.deepcopy(method.models[n]) for n in ("intrinsic", "bias"))
+    opts = adam([ml, mb])
+    eb, ed = RefEMA(targets, 0.7), RefEMA(targets, 0.7)
+    perm_gen = torch.Generator().manual_seed(5)  # the same stream the method draws its permutations from
+    for step, (x, y, idx) in enumerate(method_batches(targets, steps)):
+        method.update(x, y, idx, step)
+        z_l, z_b = ml.extract(x), mb.extract(x)
+        pred_c = ml.fc(torch.cat([z_l, z_b.detach()], 1))
+        pred_a = mb.fc(torch.cat([z_l.detach(), z_b], 1))
+        ce_c = F.cross_entropy(pred_c, y, reduction="none")
+        w = ref_weights(eb, ed, F.cross_entropy(pred_a, y, reduction="none"), ce_c, y, idx)
+        loss = (ce_c * w).mean() + 10.0 * biased_term(pred_a, y, idx)
+        if step > curr_step:
+            p = torch.randperm(len(y), generator=perm_gen)
+            pc = ml.fc(torch.cat([z_l, z_b[p].detach()], 1))
+            pa = mb.fc(torch.cat([z_l.detach(), z_b[p]], 1))
+            swap_conflict = (F.cross_entropy(pc, y, reduction="none") * w).mean()
+            loss = loss + 0.5 * (swap_conflict + 5.0 * biased_term(pa, y[p], idx[p]))
+        ref_step(opts, loss)
+    assert_same_weights(method, {"intrinsic": ml, "bias": mb})

@@ -12,9 +12,10 @@ from debiaslab import UserError
 from debiaslab.methods import METHODS
 from debiaslab.methods.base import StageData
 from debiaslab.methods.bias_ensemble import agreement_mask, masked_mean
-from tests.conftest import (N_SAMPLES, RefEMA, adam, assert_same_tensors, assert_same_weights, cli_config,
-                            make_method, method_batches, quick_train_args, read_log, run_cli, ref_gce, ref_step,
-                            ref_weights, saved_mlps, tiny_bundle, tiny_config, traced)
+from tests.conftest import (N_SAMPLES, adam, assert_disent_matches_its_loop, assert_lff_matches_its_loop,
+                            assert_same_tensors, assert_same_weights, cli_config, make_method,
+                            method_batches, quick_train_args, read_log, run_cli, ref_gce, ref_step,
+                            saved_mlps, tiny_bundle, tiny_config, traced)
 
 
 # -- the committee's vote --------------------------------------------------------------------------
@@ -232,18 +233,8 @@ def test_lff_be_main_stage_matches_a_loop_reimplementation(pattern):
     method, targets = make_method("lff_be")
     aligned = torch.arange(N_SAMPLES) % 3 == 0 if pattern == "every_third" else torch.zeros(N_SAMPLES, dtype=torch.bool)
     method.aligned.copy_(aligned)
-    mb, md = (copy.deepcopy(method.models[n]) for n in ("biased", "debiased"))
-    opts = adam([mb, md])
-    eb, ed = RefEMA(targets, 0.7), RefEMA(targets, 0.7)
-    for step, (x, y, idx) in enumerate(method_batches(targets, 6)):
-        method.update(x, y, idx, step)
-        lb, ld = mb(x), md(x)
-        # W from every sample of the batch, the biased model's CE included
-        w = ref_weights(eb, ed, F.cross_entropy(lb, y, reduction="none"), F.cross_entropy(ld, y, reduction="none"), y, idx)
-        loss = masked_ce(lb, y, aligned[idx]) + (F.cross_entropy(ld, y, reduction="none") * w).mean()
-        ref_step(opts, loss)
-    assert_same_weights(method, {"biased": mb, "debiased": md})
-    assert torch.allclose(method.ema.values()[:, 0], eb.p, atol=1e-6) and torch.allclose(method.ema.values()[:, 1], ed.p, atol=1e-6)
+    # W from every sample of the batch, the biased model's CE included
+    assert_lff_matches_its_loop(method, targets, lambda logits_b, y, idx: masked_ce(logits_b, y, aligned[idx]))
 
 
 def test_disent_be_main_stage_matches_a_loop_reimplementation():
@@ -251,25 +242,7 @@ def test_disent_be_main_stage_matches_a_loop_reimplementation():
     method, targets = make_method("disent_be", **kw)
     aligned = torch.arange(N_SAMPLES) % 4 != 1
     method.aligned.copy_(aligned)
-    ml, mb = (copy.deepcopy(method.models[n]) for n in ("intrinsic", "bias"))
-    opts = adam([ml, mb])
-    eb, ed = RefEMA(targets, 0.7), RefEMA(targets, 0.7)
-    perm_gen = torch.Generator().manual_seed(5)  # the stream the method draws its permutations from
-    for step, (x, y, idx) in enumerate(method_batches(targets, 6)):
-        method.update(x, y, idx, step)
-        z_l, z_b = ml.extract(x), mb.extract(x)
-        pred_c = ml.fc(torch.cat([z_l, z_b.detach()], 1))
-        pred_a = mb.fc(torch.cat([z_l.detach(), z_b], 1))
-        w = ref_weights(eb, ed, F.cross_entropy(pred_a, y, reduction="none"), F.cross_entropy(pred_c, y, reduction="none"), y, idx)
-        loss = (F.cross_entropy(pred_c, y, reduction="none") * w).mean() + 10.0 * masked_ce(pred_a, y, aligned[idx])
-        if step > 2:
-            p = torch.randperm(len(y), generator=perm_gen)
-            pc = ml.fc(torch.cat([z_l, z_b[p].detach()], 1))
-            pa = mb.fc(torch.cat([z_l.detach(), z_b[p]], 1))
-            loss = loss + 0.5 * ((F.cross_entropy(pc, y, reduction="none") * w).mean()
-                                 + 5.0 * masked_ce(pa, y[p], aligned[idx[p]]))
-        ref_step(opts, loss)
-    assert_same_weights(method, {"intrinsic": ml, "bias": mb})
+    assert_disent_matches_its_loop(method, targets, lambda logits_b, y, idx: masked_ce(logits_b, y, aligned[idx]))
 
 
 # -- configuration and flags ------------------------------------------------------------------------------

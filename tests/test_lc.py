@@ -15,7 +15,7 @@ from debiaslab.methods.lc import (
     prior_batch_estimate,
     prior_update,
 )
-from tests.conftest import BATCH, N_CLASSES, assert_same_tensors, make_method, method_batches
+from tests.conftest import BATCH, N_CLASSES, assert_same_tensors, make_method, method_batches, method_state_of
 
 
 def make_lc(model="mlp", **kw):
@@ -274,42 +274,7 @@ def test_defaults_and_flags_reach_the_method():
     assert (method.tau, method.prior_alpha, method.mixup) == (0.3, 0.5, False)
 
 
-# -- faults and checkpoints -----------------------------------------------------------------------
-def lc_state(method):
-    """Every number an LC step may move."""
-    out = {f"{n}.{k}": v.clone() for n, m in method.models.items() for k, v in m.state_dict().items()}
-    for n, o in method.optimizers.items():
-        for i, st in enumerate(o.state.values()):
-            out.update({f"{n}.opt{i}.{k}": v.clone() for k, v in st.items()})
-    out.update(ema=method.ema.values().clone(), visited=method.ema.visited.clone(), prior=method.prior.clone(),
-               prior_seen=method.prior_seen.clone())
-    return out
-
-
-@pytest.mark.parametrize("model", ["mlp", "resnet20"])
-@pytest.mark.parametrize("mode", ["stop", "skip"])
-def test_nonfinite_step_moves_nothing(mode, model):
-    method, targets = make_lc(model=model, on_nonfinite=mode)
-    steps = list(method_batches(targets, 4))
-    for s in (0, 1):
-        method.update(*steps[s], s)
-    before = lc_state(method)
-    x_bad = steps[2][0].clone()
-    x_bad[0, 0, 0, 0] = float("inf")
-    out = method.update(x_bad, *steps[2][1:], 2)
-    assert not bool(out.applied)
-    assert_same_tensors(lc_state(method), before)  # weights, BN statistics, Adam, softmax EMA, prior
-    out = method.update(*steps[3], 3)
-    if mode == "stop":
-        assert not bool(out.applied)
-        assert_same_tensors(lc_state(method), before)
-    else:
-        assert bool(out.applied)
-        after = lc_state(method)
-        moved = {k for k in before if not torch.equal(after[k], before[k])}
-        assert {"model.fc.weight", "biased.fc.weight", "ema", "prior"} <= moved
-
-
+# -- checkpoints (non-finite steps: tests/test_faults.py) ------------------------------------------
 def test_state_dict_round_trip_continues_bit_for_bit():
     steps = list(method_batches(make_lc()[1], 7))
     a, _ = make_lc()
@@ -318,9 +283,9 @@ def test_state_dict_round_trip_continues_bit_for_bit():
     saved = copy.deepcopy(a.state_dict())
     b, _ = make_lc(lc_prior_alpha=0.9)
     b.load_state_dict(saved)
-    assert_same_tensors(lc_state(b), lc_state(a))
+    assert_same_tensors(method_state_of(b), method_state_of(a))
     for s in range(3, 7):
         ta, tb = a.update(*steps[s], s).terms, b.update(*steps[s], s).terms
         assert_same_tensors(ta, tb, f"step {s}")
-    assert_same_tensors(lc_state(b), lc_state(a))
+    assert_same_tensors(method_state_of(b), method_state_of(a))
     assert torch.equal(a.generator.get_state(), b.generator.get_state())
