@@ -266,7 +266,8 @@ def test_collect_cli_errors_and_output_file(runs, tmp_path):
     assert r.returncode == 0 and (tmp_path / "t.csv").read_text() == collect(str(runs), "csv")
 
 
-@pytest.mark.parametrize("doc,runs", [("cmnist.md", "cmnist_runs"), ("cmnist_lff.md", "cmnist_lff_runs")])
+@pytest.mark.parametrize("doc,runs", [("cmnist.md", "cmnist_runs"), ("cmnist_lff.md", "cmnist_lff_runs"),
+                                      ("cmnist_later.md", "cmnist_later_runs")])
 def test_committed_cmnist_tables_are_what_collect_prints(doc, runs):
     text = (REPO / "docs" / "results" / doc).read_text()
     block = re.search(r"<!-- collect:begin -->\n(.*?)<!-- collect:end -->", text, flags=re.S).group(1)
