@@ -155,11 +155,10 @@ def make_method(method: str, model: str = "mlp", **kw):
 def method_from_config(cfg):
     """``(method, targets)`` as ``make_method``, for a config built elsewhere (e.g. from CLI flags)."""
     from debiaslab.methods import METHODS
-    from debiaslab.models import build_model
 
     torch.manual_seed(0)
     cls = METHODS[cfg.method]
-    models = {n: build_model(cfg.model or "mlp", N_CLASSES, heads, (3, 4, 4)) for n, heads in cls.model_heads(cfg).items()}
+    models = cls.build_models(cfg, N_CLASSES, (3, 4, 4))
     targets = torch.arange(N_SAMPLES) % N_CLASSES
     biases = {"train_biases": method_biases(targets)} if cls.uses_bias_labels else {}
     return cls(cfg, models, targets, N_CLASSES, torch.Generator().manual_seed(5), **biases), targets

@@ -45,7 +45,7 @@ def test_preset_paper_numbers_equal_the_papers_table():
             assert (p.paper_mean, p.paper_std) == _num(text), p.name
             checked += 1
     assert checked == 27
-    later = {"GroupDRO": "groupdro", "JTT": "jtt", "LC": "lc"}
+    later = {"GroupDRO": "groupdro", "JTT": "jtt", "LC": "lc", "DeNetDM": "denetdm"}
     text = path.read_text()
     table = _spec_table(text[text.index("## Later methods"):], "method")
     for row in (r for r in table if r[0] in later):
@@ -113,7 +113,7 @@ def test_unknown_preset_is_one_line(tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "unknown preset" in r.stderr
     r = run_cli("presets", "cifar10c-*")
     rows = [ln for ln in r.stdout.splitlines() if ln.startswith("  cifar10c-")]
-    assert r.returncode == 0 and len(rows) == 4 * 6  # 4 ratios x vanilla, lff, disent, jtt, lc, groupdro
+    assert r.returncode == 0 and len(rows) == 4 * 7  # 4 ratios x vanilla, lff, disent, jtt, lc, groupdro, denetdm
     assert [ln.split()[0] for ln in rows if "[trains on bias labels]" in ln] == [
         f"cifar10c-{pct}-groupdro" for pct in ("0.5pct", "1pct", "2pct", "5pct")]
 
@@ -136,7 +136,7 @@ def test_grid_union_dedups_and_default_ratios():
     assert sorted((c.percent, c.seed) for c in cfgs) == sorted(
         [(p, s) for p in ("0.5pct", "5pct") for s in (0, 1, 2)] + [("1pct", 0), ("2pct", 0)])
     assert {c.percent for c in expand({"datasets": ["cifar10c"], "methods": ["vanilla"]})} == {"0.5pct", "1pct", "2pct", "5pct"}
-    assert len(expand({"presets": ["cmnist-*"]})) == 4 * 6  # vanilla, lff, disent, jtt, lc, groupdro
+    assert len(expand({"presets": ["cmnist-*"]})) == 4 * 7  # vanilla, lff, disent, jtt, lc, groupdro, denetdm
     assert {c.method for c in expand({"presets": ["*-5pct-disent"]})} == {"disent"}
 
 

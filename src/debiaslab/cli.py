@@ -11,7 +11,9 @@ from debiaslab.config import PALETTE_CHOICES
 METHOD_FLAGS = {"train_vanilla": "vanilla", "train_lff": "lff", "train_ours": "disent",
                 "train_lff_be": "lff_be", "train_disent_be": "disent_be"}
 # debiaslab.methods.METHODS, without importing torch
-METHOD_CHOICES = ("vanilla", "lff", "disent", "jtt", "lc", "groupdro", "lff_be", "disent_be")
+DENETDM_FLAGS = ("denetdm_stage1_steps", "denetdm_stage1_lr", "denetdm_stage1_weight_decay", "denetdm_temperature",
+                 "denetdm_distill_weight", "denetdm_deep", "denetdm_shallow")
+METHOD_CHOICES = ("vanilla", "lff", "disent", "jtt", "lc", "groupdro", "lff_be", "disent_be", "denetdm")
 
 
 class Parser(argparse.ArgumentParser):
@@ -42,7 +44,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     m = g.add_mutually_exclusive_group()
     m.add_argument("--method", choices=list(METHOD_CHOICES), help="training method: vanilla, lff, disent; jtt "
                    "(label-free, two stages); lc (Logit Correction, label-free); groupdro (trains on bias labels); "
-                   "lff_be, disent_be (LfF / DisEnt with BiasEnsemble, label-free)")
+                   "lff_be, disent_be (LfF / DisEnt with BiasEnsemble, label-free); denetdm (two stages, label-free)")
     m.add_argument("--train_vanilla", action="store_true", help="train Vanilla (ERM), as in the reference")
     m.add_argument("--train_lff", action="store_true", help="train LfF (Learning from Failure)")
     m.add_argument("--train_ours", action="store_true", help="train DisEnt (the paper's method), as in the reference")
@@ -97,6 +99,21 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     b.add_argument("--be_agreement", "--agreement", dest="be_agreement", type=int, default=None,
                    help="how many auxiliary models must find a sample aligned for the biased branch to train on it "
                         "(default: 3)")
+    n = p.add_argument_group("DeNetDM")
+    n.add_argument("--denetdm_stage1_steps", type=int, default=None, help="DeNetDM: steps of stage 1, the deep and "
+                   "shallow branches trained as a product of experts (default: 10000)")
+    n.add_argument("--denetdm_stage1_lr", type=float, default=None, help="DeNetDM: Adam learning rate of stage 1 "
+                   "(default: 0.001; --lr is the target's, in stage 2)")
+    n.add_argument("--denetdm_stage1_weight_decay", type=float, default=None, help="DeNetDM: Adam weight decay of "
+                   "stage 1 (default: 0.001; --weight_decay is the target's)")
+    n.add_argument("--denetdm_temperature", type=float, default=None, help="DeNetDM: temperature T of the "
+                   "distillation from the shallow branch in stage 2 (default: 2)")
+    n.add_argument("--denetdm_distill_weight", type=float, default=None, help="DeNetDM: weight of that "
+                   "distillation term (default: 1)")
+    n.add_argument("--denetdm_deep", default=None, help="DeNetDM: the deep (biased) branch's architecture (default: "
+                   "mlp_deep for an MLP, resnet20 on 32x32 images, else the run's --model)")
+    n.add_argument("--denetdm_shallow", default=None, help="DeNetDM: the shallow (debiased) branch's architecture "
+                   "(default: mlp_shallow for an MLP, cnn3 on 32x32 images, else cnn4)")
     h = p.add_argument_group("speed")
     h.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="run each training step's per-batch computation (forwards, losses, per-sample "
@@ -180,6 +197,7 @@ def config_from_args(args):
         jtt_steps=args.jtt_steps, jtt_upweight=args.jtt_upweight, groupdro_eta=args.groupdro_eta,
         lc_tau=args.lc_tau, lc_prior_alpha=args.lc_prior_alpha, lc_mixup=args.lc_mixup,
         be_num_models=args.be_num_models, be_steps=args.be_steps, be_tau=args.be_tau, be_agreement=args.be_agreement,
+        **{name: getattr(args, name) for name in DENETDM_FLAGS},
         valid_freq=args.valid_freq, log_freq=args.log_freq, save_freq=args.save_freq,
         tensorboard=args.tensorboard, wandb=args.wandb, wandb_project=args.wandb_project,
         progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume, keep_checkpoints=args.keep_checkpoints,

@@ -41,6 +41,10 @@ METHOD_DEFAULTS = {
     # --biased_model_softmax_threshold 0.99 --agreement 3
     "lff_be": dict(be_num_models=5, be_steps=1000, be_tau=0.99, be_agreement=3),
     "disent_be": dict(be_num_models=5, be_steps=1000, be_tau=0.99, be_agreement=3),
+    # DeNetDM: the authors' Adam lr 1e-3 / weight decay 1e-3 of stage 1 (CMNIST, C-CIFAR10), T 2,
+    # distillation weight 1; the branches' architectures follow --model (methods/denetdm.py)
+    "denetdm": dict(denetdm_stage1_steps=10_000, denetdm_stage1_lr=0.001, denetdm_stage1_weight_decay=0.001,
+                    denetdm_temperature=2.0, denetdm_distill_weight=1.0, denetdm_deep=None, denetdm_shallow=None),
 }
 # field -> the methods it is a setting of
 METHOD_FIELDS = {name: tuple(m for m, own in METHOD_DEFAULTS.items() if name in own)
@@ -103,6 +107,16 @@ class TrainConfig:
     be_steps: int | None = None
     be_tau: float | None = None
     be_agreement: int | None = None
+    # DeNetDM: stage 1 (the deep and shallow branches as a product of experts): its steps, Adam lr
+    # and weight decay, the branches' architectures (models.MODELS); stage 2: the distillation's
+    # temperature and weight
+    denetdm_stage1_steps: int | None = None
+    denetdm_stage1_lr: float | None = None
+    denetdm_stage1_weight_decay: float | None = None
+    denetdm_temperature: float | None = None
+    denetdm_distill_weight: float | None = None
+    denetdm_deep: str | None = None
+    denetdm_shallow: str | None = None
     # inputs
     input_scale: str | None = None  # "unit": pixels / 255; "reference": pixels / 255 / 255 (the reference's CMNIST)
     image_size: int | None = None
@@ -136,6 +150,12 @@ class TrainConfig:
             cfg = dataclasses.replace(cfg, palette="disent")
         own = {k: v for k, v in METHOD_DEFAULTS.get(cfg.method, {}).items() if getattr(cfg, k) is None}
         cfg = dataclasses.replace(cfg, **own)
+        if cfg.method == "denetdm" and None in (cfg.denetdm_deep, cfg.denetdm_shallow):
+            from debiaslab.methods.denetdm import default_branches
+
+            deep, shallow = default_branches(cfg.model, cfg.dataset)
+            cfg = dataclasses.replace(cfg, denetdm_deep=cfg.denetdm_deep or deep,
+                                      denetdm_shallow=cfg.denetdm_shallow or shallow)
         if cfg.save_freq is None:
             cfg = dataclasses.replace(cfg, save_freq=cfg.valid_freq)
         return cfg
@@ -258,5 +278,25 @@ class TrainConfig:
         if None not in (self.be_agreement, self.be_num_models) and self.be_agreement > self.be_num_models:
             raise UserError(f"--be_agreement {self.be_agreement} is more than --be_num_models {self.be_num_models}: "
                             "no sample could be selected; lower it or train more models")
+        self._validate_denetdm()
         if self.gce_form not in GCE_FORMS:
             raise UserError(f"--gce_form must be one of {', '.join(GCE_FORMS)}, got {self.gce_form!r}")
+
+    def _validate_denetdm(self) -> None:
+        from debiaslab import UserError
+        from debiaslab.models import MODELS
+
+        if self.denetdm_stage1_steps is not None and self.denetdm_stage1_steps < 1:
+            raise UserError(f"--denetdm_stage1_steps must be a positive integer, got {self.denetdm_stage1_steps}")
+        for name in ("denetdm_stage1_lr", "denetdm_temperature"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < float("inf"):
+                raise UserError(f"--{name} must be a positive number, got {value}")
+        for name in ("denetdm_stage1_weight_decay", "denetdm_distill_weight"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < float("inf"):
+                raise UserError(f"--{name} must be a finite number >= 0, got {value}")
+        for name in ("denetdm_deep", "denetdm_shallow"):
+            value = getattr(self, name)
+            if value is not None and value not in MODELS:
+                raise UserError(f"--{name} {value!r} is not a model; choose one of {', '.join(MODELS)}")

@@ -67,7 +67,7 @@ def load_checkpoint(path, dataset: str, select: str = "last", model: str | None 
 
 
 def _in_shape(state: dict, model: str):
-    if model == "mlp":
+    if model.startswith("mlp"):
         return (state["feature.0.weight"].shape[1],)
     return (3, 224, 224)
 

@@ -19,13 +19,14 @@ PAPER_SOURCE = ("Lee et al. 2021 (DisEnt), Table 1: the paper's own data release
                 "(an oracle selection)")
 RATIOS = {"cmnist": ("0.5pct", "1pct", "2pct", "5pct"), "cifar10c": ("0.5pct", "1pct", "2pct", "5pct"),
           "bffhq": ("0.5pct",)}
-METHODS = ("vanilla", "lff", "disent", "jtt", "lc", "groupdro")
+METHODS = ("vanilla", "lff", "disent", "jtt", "lc", "groupdro", "denetdm")
 # Where the published number of a later method comes from (../shared/spec/paper-results.md, "Later methods").
 # Each was selected as its paper did: the DisEnt / LC code lineage keeps the best-TEST checkpoint.
 LATER_SOURCES = {
     "groupdro": "Liu et al., ICLR 2023: LC, Table 1 (GroupDRO trains on bias labels)",
     "jtt": "NeurIPS 2024: DeNetDM, Tables 1-2",
     "lc": "Liu et al., ICLR 2023: LC, Tables 1-2",
+    "denetdm": "NeurIPS 2024: DeNetDM, Tables 1-2",
 }
 
 # (mean, std or None), in %
@@ -48,6 +49,9 @@ PAPER = {
     ("cmnist", "lc"): [(71.25, None), (82.25, None), (86.21, None), (91.15, None)],
     ("cifar10c", "lc"): [(34.56, None), (37.34, None), (47.81, None), (54.55, None)],
     ("bffhq", "lc"): [(70.0, None)],
+    ("cmnist", "denetdm"): [(74.72, None), (85.22, None), (89.29, None), (93.54, None)],
+    ("cifar10c", "denetdm"): [(38.93, None), (44.20, None), (47.35, None), (56.30, None)],
+    ("bffhq", "denetdm"): [(75.7, None)],
 }
 
 # The reference code run unchanged on data built by debiaslab's CMNIST builder (paper-results.md):
@@ -68,6 +72,16 @@ DISENT = {  # (dataset, ratio or None): lr, lambda_swap, lambda_dis_align, lambd
     ("cifar10c", "5pct"): (0.001, 1.0, 1.0, 1.0, 0.5),
     ("bffhq", None): (0.0001, 0.1, 2.0, 2.0, 0.1),
 }
+
+# DeNetDM's own settings (the authors' released configuration; the paper's text was not at hand):
+# batch, stage-1 epochs, lr, weight decay; stage-2 epochs, lr (weight decay 0); distillation weight.
+# Epochs become steps on debiaslab's training splits (TRAIN_SIZES), one epoch = ceil(n / batch).
+DENETDM = {  # dataset: batch, stage-1 epochs, stage-1 lr, stage-1 wd, stage-2 epochs, stage-2 lr, distill weight
+    "cmnist": (64, 100, 0.001, 0.001, 100, 0.001, 1.0),
+    "cifar10c": (256, 100, 0.001, 0.001, 200, 0.0001, 1.0),
+    "bffhq": (64, 10, 0.001, 0.0, 100, 0.0001, 0.0),
+}
+TRAIN_SIZES = {"cmnist": 55_000, "cifar10c": 45_000, "bffhq": 19_200}
 
 
 @dataclass(frozen=True)
@@ -102,11 +116,16 @@ def _config(dataset: str, percent: str, method: str) -> dict:
     methods' defaults (config.METHOD_DEFAULTS), chosen before any run and never by test accuracy."""
     cfg = dict(dataset=dataset, percent=percent, method=method, num_steps=50_000, batch_size=BATCH[dataset],
                lr=LR[dataset], weight_decay=0.0, q=0.7, ema_alpha=0.7)
-    cfg.update(METHOD_DEFAULTS.get(method, {}))
+    cfg.update({k: v for k, v in METHOD_DEFAULTS.get(method, {}).items() if v is not None})
     if method == "disent":
         lr, swap, dis_align, swap_align, gamma = DISENT.get((dataset, percent)) or DISENT[(dataset, None)]
         cfg.update(lr=lr, curr_step=10_000, lambda_swap=swap, lambda_dis_align=dis_align, lambda_swap_align=swap_align,
                    use_lr_decay=True, lr_decay_step=10_000, lr_gamma=gamma)
+    if method == "denetdm":
+        batch, epochs1, lr1, wd1, epochs2, lr2, distill = DENETDM[dataset]
+        steps_per_epoch = -(-TRAIN_SIZES[dataset] // batch)
+        cfg.update(batch_size=batch, lr=lr2, num_steps=epochs2 * steps_per_epoch, denetdm_stage1_steps=epochs1 * steps_per_epoch,
+                   denetdm_stage1_lr=lr1, denetdm_stage1_weight_decay=wd1, denetdm_distill_weight=distill)
     return cfg
 
 

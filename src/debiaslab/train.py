@@ -24,7 +24,7 @@ from debiaslab.logging import RunLogger, StepWindow, require_wandb
 from debiaslab.methods import METHODS
 from debiaslab.methods.base import StageData, StagePlan
 from debiaslab.metrics import SELECTION_RULES, compute_metrics, predict_split, primary_key, primary_metric
-from debiaslab.models import DATASET_MODEL, build_model
+from debiaslab.models import DATASET_MODEL
 
 
 def resolve_device(name: str) -> torch.device:
@@ -331,8 +331,7 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
     in_shape = tuple(train_split.images.shape[1:])
     amp, channels_last = uses_cuda_extras(cfg, device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    models = {n: build_model(cfg.model, C, heads, in_shape).to(device, memory_format=memory_format)
-              for n, heads in method_cls.model_heads(cfg).items()}
+    models = {n: m.to(device, memory_format=memory_format) for n, m in method_cls.build_models(cfg, C, in_shape).items()}
     gen_device = device if device.type == "cuda" else torch.device("cpu")
     method = method_cls(cfg, models, train_split.targets, C, torch.Generator(device=gen_device).manual_seed(cfg.seed + 1),
                         **bias_labels_for(method_cls, train_split, bundle.name))

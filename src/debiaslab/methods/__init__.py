@@ -1,6 +1,7 @@
 """Method registry: a new method is one module plus one line here."""
 from debiaslab.methods.base import Method
 from debiaslab.methods.bias_ensemble import DisEntBE, LfFBE
+from debiaslab.methods.denetdm import DeNetDM
 from debiaslab.methods.disent import DisEnt
 from debiaslab.methods.groupdro import GroupDRO
 from debiaslab.methods.jtt import JTT
@@ -8,6 +9,6 @@ from debiaslab.methods.lc import LC
 from debiaslab.methods.lff import LfF
 from debiaslab.methods.vanilla import Vanilla
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Vanilla, LfF, DisEnt, JTT, LC, GroupDRO, LfFBE, DisEntBE)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (Vanilla, LfF, DisEnt, JTT, LC, GroupDRO, LfFBE, DisEntBE, DeNetDM)}
 
 __all__ = ["METHODS", "Method"]

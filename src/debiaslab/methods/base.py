@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from debiaslab.methods.optim import StepDecay, adam_step, init_adam_state, is_device_steppable, make_adam
+from debiaslab.models import build_model
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class Method:
         self.generator = generator
         device = train_targets.device
         self.amp = cfg.amp and device.type == "cuda"  # bf16 autocast of the forward pass
-        self.optimizers = {n: make_adam(m.parameters(), cfg.lr, cfg.weight_decay) for n, m in models.items()}
+        self.optimizers = {n: make_adam(m.parameters(), *self.optimizer_settings(n)) for n, m in models.items()}
         self.schedulers = {
             n: StepDecay(o, step_size=cfg.lr_decay_step, gamma=cfg.lr_gamma)
             for n, o in self.optimizers.items()
@@ -114,6 +115,23 @@ class Method:
         (those ``predict`` reads, and a checkpoint of the method keeps for evaluation), then any
         helper models only training uses, whose number may depend on the config."""
         return {name: cls.head_inputs for name in cls.model_names}
+
+    @classmethod
+    def model_architecture(cls, cfg, name: str) -> str:
+        """The architecture (``models.MODELS`` key) of model ``name``: ``cfg.model`` unless the
+        method's models differ (DeNetDM's deep and shallow branches)."""
+        return cfg.model
+
+    @classmethod
+    def build_models(cls, cfg, num_classes: int, in_shape) -> dict[str, nn.Module]:
+        """Fresh models of every name in ``model_heads``, in that order (the seed decides them)."""
+        return {name: build_model(cls.model_architecture(cfg, name), num_classes, heads, in_shape)
+                for name, heads in cls.model_heads(cfg).items()}
+
+    def optimizer_settings(self, name: str) -> tuple[float, float]:
+        """Adam's learning rate and weight decay for model ``name``: the run's, unless the method
+        trains a stage's models with its own."""
+        return self.cfg.lr, self.cfg.weight_decay
 
     # -- stages --------------------------------------------------------------------------------
     @classmethod

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from debiaslab.models.mlp import MLP
+from debiaslab.models.cnn import CNN3, CNN4
+from debiaslab.models.mlp import MLP, DeepMLP, ShallowMLP
 from debiaslab.models.resnet import ResNet18, ResNet20, ResNet50
 
-MODELS = {"mlp": MLP, "resnet18": ResNet18, "resnet20": ResNet20, "resnet50": ResNet50}
+MODELS = {"mlp": MLP, "resnet18": ResNet18, "resnet20": ResNet20, "resnet50": ResNet50,
+          # DeNetDM's deep and shallow branches (methods/denetdm.py)
+          "mlp_deep": DeepMLP, "mlp_shallow": ShallowMLP, "cnn3": CNN3, "cnn4": CNN4}
 DATASET_MODEL = {"cmnist": "mlp", "cifar10c": "resnet18", "bffhq": "resnet18", "bar": "resnet18"}
 
 

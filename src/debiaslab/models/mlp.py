@@ -12,20 +12,35 @@ class MLP(nn.Module):
     Parameter names (``feature.0/2/4``, ``fc``) match the reference checkpoints.
     """
 
-    feature_dim = 16
+    widths: tuple[int, ...] = (100, 100, 16)  # the hidden layers; the last is the feature vector
 
-    def __init__(self, num_classes: int = 10, head_inputs: int = 1, in_shape=(3, 28, 28), hidden: int = 100):
+    def __init__(self, num_classes: int = 10, head_inputs: int = 1, in_shape=(3, 28, 28)):
         super().__init__()
-        d_in = math.prod(in_shape)
-        self.feature = nn.Sequential(
-            nn.Linear(d_in, hidden), nn.ReLU(),
-            nn.Linear(hidden, hidden), nn.ReLU(),
-            nn.Linear(hidden, self.feature_dim), nn.ReLU(),
-        )
+        layers, d_in = [], math.prod(in_shape)
+        for width in self.widths:
+            layers += [nn.Linear(d_in, width), nn.ReLU()]
+            d_in = width
+        self.feature = nn.Sequential(*layers)
         self.fc = nn.Linear(self.feature_dim * head_inputs, num_classes)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.widths[-1]
 
     def extract(self, x: torch.Tensor) -> torch.Tensor:
         return self.feature(x.flatten(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.extract(x))
+
+
+class DeepMLP(MLP):
+    """DeNetDM's deep CMNIST branch: 4 hidden layers of 100 (5 linear layers with ``fc``)."""
+
+    widths = (100, 100, 100, 100)
+
+
+class ShallowMLP(MLP):
+    """DeNetDM's shallow CMNIST branch: 2 hidden layers of 100 (3 linear layers with ``fc``)."""
+
+    widths = (100, 100)
