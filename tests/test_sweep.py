@@ -56,6 +56,12 @@ def test_preset_paper_numbers_equal_the_papers_table():
             if preset is not None:
                 assert (preset.paper_mean, preset.paper_std) == (float(number), None) and row[-1] in preset.source
                 checked += 1
+    for preset in (p for p in PRESETS.values() if p.method in ("lff_be", "disent_be")):  # numbers not at hand
+        assert preset.paper_mean is None and "BiasEnsemble" in preset.source and preset.dataset in ("cmnist", "bffhq")
+        base = get_preset(preset.name.replace(preset.method, preset.method[:-3])).config
+        assert preset.config == {**base, "method": preset.method, "be_num_models": 5, "be_steps": 1000, "be_tau": 0.99,
+                                 "be_agreement": 3}
+        checked += 1
     assert checked == len(PRESETS)
 
 
@@ -136,7 +142,7 @@ def test_grid_union_dedups_and_default_ratios():
     assert sorted((c.percent, c.seed) for c in cfgs) == sorted(
         [(p, s) for p in ("0.5pct", "5pct") for s in (0, 1, 2)] + [("1pct", 0), ("2pct", 0)])
     assert {c.percent for c in expand({"datasets": ["cifar10c"], "methods": ["vanilla"]})} == {"0.5pct", "1pct", "2pct", "5pct"}
-    assert len(expand({"presets": ["cmnist-*"]})) == 4 * 7  # vanilla, lff, disent, jtt, lc, groupdro, denetdm
+    assert len(expand({"presets": ["cmnist-*"]})) == 4 * 9  # vanilla, lff, disent, jtt, lc, groupdro, denetdm, BE x 2
     assert {c.method for c in expand({"presets": ["*-5pct-disent"]})} == {"disent"}
 
 

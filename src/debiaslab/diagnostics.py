@@ -32,6 +32,23 @@ def detector_metrics(w, conflicting, threshold: float = 0.5) -> dict:
             "recall": float(recall_score(y, pred, zero_division=0)), "base_rate": float(y.mean())}
 
 
+def weight_report(w, conflicting) -> dict:
+    """How well a per-sample weight W singles out the truly conflicting samples (logged only)."""
+    w, conflicting = torch.as_tensor(w).float(), torch.as_tensor(conflicting).bool()
+    return {"mean_aligned": float(w[~conflicting].mean()) if (~conflicting).any() else None,
+            "mean_conflicting": float(w[conflicting].mean()) if conflicting.any() else None,
+            **detector_metrics(w, conflicting)}
+
+
+def flagged_report(flagged, conflicting) -> dict:
+    """A method's flagged set (its guess of "bias-conflicting") against the true labels: the
+    detector metrics and the four counts of flagged / not flagged x conflicting / aligned."""
+    flagged, conflicting = torch.as_tensor(flagged).bool(), torch.as_tensor(conflicting).bool()
+    counts = {f"{'flagged' if f else 'unflagged'}_{'conflicting' if c else 'aligned'}":
+              int((flagged == f).logical_and(conflicting == c).sum()) for f in (True, False) for c in (True, False)}
+    return {"flagged_diagnostics": detector_metrics(flagged.float(), conflicting), "flagged_counts": counts}
+
+
 def probe_accuracy(features, labels, seed: int = 0) -> float | None:
     """Held-out accuracy of a linear probe (None when a class has fewer than 2 samples)."""
     from sklearn.linear_model import LogisticRegression

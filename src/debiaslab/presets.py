@@ -19,7 +19,7 @@ PAPER_SOURCE = ("Lee et al. 2021 (DisEnt), Table 1: the paper's own data release
                 "(an oracle selection)")
 RATIOS = {"cmnist": ("0.5pct", "1pct", "2pct", "5pct"), "cifar10c": ("0.5pct", "1pct", "2pct", "5pct"),
           "bffhq": ("0.5pct",)}
-METHODS = ("vanilla", "lff", "disent", "jtt", "lc", "groupdro", "denetdm")
+METHODS = ("vanilla", "lff", "disent", "jtt", "lc", "groupdro", "denetdm", "lff_be", "disent_be")
 # Where the published number of a later method comes from (../shared/spec/paper-results.md, "Later methods").
 # Each was selected as its paper did: the DisEnt / LC code lineage keeps the best-TEST checkpoint.
 LATER_SOURCES = {
@@ -27,7 +27,12 @@ LATER_SOURCES = {
     "jtt": "NeurIPS 2024: DeNetDM, Tables 1-2",
     "lc": "Liu et al., ICLR 2023: LC, Tables 1-2",
     "denetdm": "NeurIPS 2024: DeNetDM, Tables 1-2",
+    **dict.fromkeys(("lff_be", "disent_be"), "Lee et al., AAAI 2023 (BiasEnsemble): its published numbers are not "
+                    "quoted here (its tables were not at hand); settings from the authors' scripts"),
 }
+# BiasEnsemble's settings are those of the method it plugs into (the authors' scripts pass LfF's and
+# DisEnt's CMNIST flags unchanged) plus its own (config.METHOD_DEFAULTS).
+BE_BASE = {"lff_be": "lff", "disent_be": "disent"}
 
 # (mean, std or None), in %
 PAPER = {
@@ -52,6 +57,9 @@ PAPER = {
     ("cmnist", "denetdm"): [(74.72, None), (85.22, None), (89.29, None), (93.54, None)],
     ("cifar10c", "denetdm"): [(38.93, None), (44.20, None), (47.35, None), (56.30, None)],
     ("bffhq", "denetdm"): [(75.7, None)],
+    # BiasEnsemble was evaluated on CMNIST and BFFHQ (and BAR, Dogs & Cats); numbers not at hand
+    **{(dataset, method): [(None, None)] * len(RATIOS[dataset])
+       for dataset in ("cmnist", "bffhq") for method in ("lff_be", "disent_be")},
 }
 
 # The reference code run unchanged on data built by debiaslab's CMNIST builder (paper-results.md):
@@ -104,7 +112,8 @@ class Preset:
         return METHOD_CLASSES[self.method].uses_bias_labels
 
     def describe(self) -> str:
-        paper = f"{self.paper_mean:.2f}" + (f" ± {self.paper_std:.2f}" if self.paper_std is not None else "")
+        paper = "—" if self.paper_mean is None else \
+            f"{self.paper_mean:.2f}" + (f" ± {self.paper_std:.2f}" if self.paper_std is not None else "")
         flags = " ".join(f"--{k}={v}" for k, v in self.config.items() if k not in ("dataset", "percent", "method"))
         marker = " [trains on bias labels]" if self.uses_bias_labels else ""
         return f"{self.name:28s} paper {paper:14s} {flags}{marker}"
@@ -114,6 +123,8 @@ def _config(dataset: str, percent: str, method: str) -> dict:
     """The paper's settings of the cell. The later methods' papers give no settings on this data for
     JTT and GroupDRO, so they take the dataset's Vanilla recipe (lr, batch, 50,000 steps) and their
     methods' defaults (config.METHOD_DEFAULTS), chosen before any run and never by test accuracy."""
+    if method in BE_BASE:
+        return {**_config(dataset, percent, BE_BASE[method]), "method": method, **METHOD_DEFAULTS[method]}
     cfg = dict(dataset=dataset, percent=percent, method=method, num_steps=50_000, batch_size=BATCH[dataset],
                lr=LR[dataset], weight_decay=0.0, q=0.7, ema_alpha=0.7)
     cfg.update({k: v for k, v in METHOD_DEFAULTS.get(method, {}).items() if v is not None})

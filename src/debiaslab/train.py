@@ -18,7 +18,7 @@ from debiaslab.config import CIFAR_MEAN, CIFAR_STD, INPUT_SCALES, RUNTIME_FIELDS
 from debiaslab.data.reference import load_reference
 from debiaslab.data.splits import DatasetBundle, Split
 from debiaslab.data.transforms import BatchTransform, resize_uint8
-from debiaslab.diagnostics import detector_metrics, save_w_snapshot, snapshot_steps
+from debiaslab.diagnostics import flagged_report, save_w_snapshot, snapshot_steps, weight_report
 from debiaslab.io import atomic_write_json
 from debiaslab.logging import RunLogger, StepWindow, require_wandb
 from debiaslab.methods import METHODS
@@ -311,12 +311,7 @@ def _end_stage(method, stage, stage_data: StageData, train_split: Split, logger,
         return
     record = {"kind": "stage_end", "step": done, "stage": stage.name, "flagged": int(flagged.sum())}
     if train_split.biases is not None:  # bias labels read for this log only, never for training
-        conflicting = train_split.targets != train_split.biases
-        record["flagged_diagnostics"] = detector_metrics(flagged.float(), conflicting)
-        kept = ~flagged
-        record["flagged_counts"] = {  # the flagged and the other samples, by their true bias labels
-            "flagged_conflicting": int((flagged & conflicting).sum()), "flagged_aligned": int((flagged & ~conflicting).sum()),
-            "unflagged_conflicting": int((kept & conflicting).sum()), "unflagged_aligned": int((kept & ~conflicting).sum())}
+        record.update(flagged_report(flagged, train_split.targets != train_split.biases))
     logger.log(record)
 
 
@@ -476,12 +471,8 @@ def _evaluate_all(method, valid_split, test_split, transform, C, cfg, train_spli
     }
     method.train()
     w = method.sample_weights()
-    if w is not None and train_split.biases is not None:
-        # how well the method's weight W finds the truly conflicting samples (bias labels read for logging only)
-        conflicting = train_split.targets != train_split.biases
-        record["train_w"] = {"mean_aligned": float(w[~conflicting].mean()) if (~conflicting).any() else None,
-                             "mean_conflicting": float(w[conflicting].mean()) if conflicting.any() else None,
-                             **detector_metrics(w, conflicting)}
+    if w is not None and train_split.biases is not None:  # bias labels read for logging only
+        record["train_w"] = weight_report(w, train_split.targets != train_split.biases)
     return record
 
 
