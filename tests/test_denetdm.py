@@ -170,3 +170,4 @@ def test_presets_are_the_authors_epochs_on_our_training_splits():
         assert (c["batch_size"], c["denetdm_stage1_steps"], c["num_steps"], c["denetdm_stage1_lr"],
                 c["denetdm_stage1_weight_decay"], c["lr"], c["weight_decay"], c["denetdm_distill_weight"],
                 c["denetdm_temperature"]) == (batch, epochs1 * epoch, epochs2 * epoch, lr1, wd1, lr2, 0.0, distill, 2.0)
+    assert get_preset("cmnist-1pct-denetdm").config["input_scale"] == "unit"  # the authors' ToTensor pixels

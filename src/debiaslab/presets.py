@@ -137,6 +137,8 @@ def _config(dataset: str, percent: str, method: str) -> dict:
         steps_per_epoch = -(-TRAIN_SIZES[dataset] // batch)
         cfg.update(batch_size=batch, lr=lr2, num_steps=epochs2 * steps_per_epoch, denetdm_stage1_steps=epochs1 * steps_per_epoch,
                    denetdm_stage1_lr=lr1, denetdm_stage1_weight_decay=wd1, denetdm_distill_weight=distill)
+        if dataset == "cmnist":  # the authors' CMNIST pixels are ToTensor's x / 255, not DisEnt's x / 255 / 255
+            cfg.update(input_scale="unit")
     return cfg
 
 
