@@ -18,6 +18,7 @@ from pathlib import Path
 
 from debiaslab import UserError
 from debiaslab.config import TrainConfig
+from debiaslab.methods import total_steps
 from debiaslab.metrics import SELECTION_RULES
 from debiaslab.presets import LATER_SOURCES, METHODS, PAPER_SOURCE, PRESETS, RATIOS, Preset, find_preset
 from debiaslab.sweep import PLAN_FILE, last_step, status
@@ -90,8 +91,9 @@ def read(root: Path) -> list[Cell]:
             continue  # not a debiaslab run directory
         seen.add(TrainConfig.from_dict(identity).config_hash())
         st = status(run_dir)
-        rec = Record(identity["seed"], st, identity["num_steps"] if st == "finished" else last_step(run_dir),
-                     identity["num_steps"], data_sha=tuple(sorted((meta.get("data") or {}).get("sha256", {}).items())))
+        steps = total_steps(TrainConfig.from_dict(identity))
+        rec = Record(identity["seed"], st, steps if st == "finished" else last_step(run_dir), steps,
+                     data_sha=tuple(sorted((meta.get("data") or {}).get("sha256", {}).items())))
         if st == "finished":
             try:
                 res = json.loads((run_dir / "results.json").read_text())
@@ -110,7 +112,8 @@ def read(root: Path) -> list[Cell]:
             h = TrainConfig.from_dict(identity).config_hash()
             if h not in seen:
                 seen.add(h)
-                cell_for(identity).records.append(Record(identity["seed"], "missing", 0, identity["num_steps"]))
+                cell_for(identity).records.append(
+                    Record(identity["seed"], "missing", 0, total_steps(TrainConfig.from_dict(identity))))
     if not cells:
         raise UserError(f"no runs under {root} (a run directory holds config.json; a sweep folder holds {PLAN_FILE})")
     _label_variants(list(cells.values()))

@@ -235,8 +235,11 @@ class Progress:
     def __init__(self, runs: list[Run], enabled: bool):
         from tqdm.auto import tqdm
 
+        from debiaslab.methods import total_steps
+
         self.runs = runs
-        self.total = sum(r.cfg.num_steps for r in runs)
+        self.steps = {r.run_dir: total_steps(r.cfg) for r in runs}  # every stage's
+        self.total = sum(self.steps.values())
         self.bar = tqdm(total=self.total, unit="step", desc="sweep", disable=not enabled, dynamic_ncols=True,
                         smoothing=0.05)
         self.counts = {"finished": 0, "failed": 0}
@@ -250,11 +253,11 @@ class Progress:
         self.counts["finished" if ok else "failed"] += 1
         self.running.discard(run.name)
         if ok:
-            self.done_steps += run.cfg.num_steps
+            self.done_steps += self.steps[run.run_dir]
         self.write(("done    " if ok else "FAILED  ") + f"{run.cfg.dataset}/{run.name}" + (f"  {msg}" if msg else ""))
 
     def poll(self, active: list[Run]) -> None:
-        steps = self.done_steps + sum(min(last_step(r.run_dir), r.cfg.num_steps) for r in active)
+        steps = self.done_steps + sum(min(last_step(r.run_dir), self.steps[r.run_dir]) for r in active)
         self.bar.n = min(steps, self.total)
         self.bar.set_postfix_str(f"runs: {self.counts['finished']}/{len(self.runs)} done, {len(active)} running, "
                                  f"{self.counts['failed']} failed", refresh=False)

@@ -11,4 +11,11 @@ from debiaslab.methods.vanilla import Vanilla
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (Vanilla, LfF, DisEnt, JTT, LC, GroupDRO, LfFBE, DisEntBE, DeNetDM)}
 
-__all__ = ["METHODS", "Method"]
+
+
+def total_steps(cfg) -> int:
+    """The steps of every stage of a run of ``cfg``: the last step its log and checkpoints reach."""
+    return sum(stage.steps for stage in METHODS[cfg.method].stages(cfg.resolved()))
+
+
+__all__ = ["METHODS", "Method", "total_steps"]
