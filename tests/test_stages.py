@@ -31,6 +31,16 @@ def test_stage_plan_lays_stages_end_to_end():
     assert (plan.start(0), plan.start(1)) == (0, 3)
 
 
+def test_total_steps_counts_every_stage():
+    from debiaslab.config import TrainConfig
+    from debiaslab.methods import total_steps
+
+    assert total_steps(TrainConfig(method="jtt", jtt_steps=30, num_steps=40)) == 70
+    assert total_steps(TrainConfig(method="denetdm", denetdm_stage1_steps=5, num_steps=7)) == 12
+    assert total_steps(TrainConfig(method="lff_be", be_num_models=3, be_steps=4, num_steps=10)) == 22
+    assert total_steps(TrainConfig(method="disent", num_steps=9)) == 9
+
+
 def test_sampler_draws_each_sample_its_count_per_epoch_and_resumes():
     counts = torch.tensor([1, 3, 1, 1, 2, 1])  # 9 draws an epoch: three batches of 3
     sampler = EpochSampler(6, 3, torch.Generator().manual_seed(0), "cpu")
