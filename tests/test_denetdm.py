@@ -171,3 +171,13 @@ def test_presets_are_the_authors_epochs_on_our_training_splits():
                 c["denetdm_stage1_weight_decay"], c["lr"], c["weight_decay"], c["denetdm_distill_weight"],
                 c["denetdm_temperature"]) == (batch, epochs1 * epoch, epochs2 * epoch, lr1, wd1, lr2, 0.0, distill, 2.0)
     assert get_preset("cmnist-1pct-denetdm").config["input_scale"] == "unit"  # the authors' ToTensor pixels
+
+
+@pytest.mark.parametrize("model", ["resnet18", "resnet20"])
+def test_convolutional_branches_train_on_small_images(model):
+    method, targets = make_method("denetdm", model=model, denetdm_stage1_steps=2, num_steps=2)
+    assert type(method.models["shallow"]).__name__ == ("CNN4" if model == "resnet18" else "CNN3")
+    for name in ("poe", "main"):
+        begin(method, targets, name)
+        for step, (x, y, idx) in enumerate(method_batches(targets, 2)):
+            assert bool(method.update(x, y, idx, step).applied)

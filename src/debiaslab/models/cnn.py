@@ -16,7 +16,7 @@ class SmallCNN(nn.Module):
         blocks, cin = [], in_shape[0]
         for cout, kernel, pool in self.layers:
             blocks += [nn.Conv2d(cin, cout, kernel, padding=kernel // 2), nn.BatchNorm2d(cout), nn.ReLU()]
-            blocks += [nn.MaxPool2d(2)] if pool else []
+            blocks += [nn.MaxPool2d(2, ceil_mode=True)] if pool else []  # ceil: valid down to 1x1
             cin = cout
         self.feature = nn.Sequential(*blocks)
         self.fc = nn.Linear(self.feature_dim * head_inputs, num_classes)
