@@ -188,9 +188,13 @@ def test_jtt_through_train_and_test(tiny_reference, tmp_path):
 
 
 # -- SIGKILL inside a stage --------------------------------------------------------------------------
-def jtt_command(data, logs):
-    return [sys.executable, "-m", "debiaslab", "train", "--method", "jtt", "--dataset", "cmnist", "--percent", "1pct",
-            "--data_dir", str(data), "--log_dir", str(logs), "--exp", "r", "--jtt_steps", "1000", "--jtt_upweight", "9",
+STAGE_FLAGS = {"jtt": ["--jtt_steps", "1000", "--jtt_upweight", "9"],  # 1,000 steps in the first stage
+               "denetdm": ["--denetdm_stage1_steps", "1000", "--denetdm_stage1_lr", "0.002"]}
+
+
+def stage_command(method, data, logs):
+    return [sys.executable, "-m", "debiaslab", "train", "--method", method, "--dataset", "cmnist", "--percent", "1pct",
+            "--data_dir", str(data), "--log_dir", str(logs), "--exp", "r", *STAGE_FLAGS[method],
             "--num_steps", "1000", "--valid_freq", "50", "--log_freq", "7", "--save_freq", "5", "--batch_size", "16",
             "--no_progress", "--device", "cpu"]
 
@@ -217,20 +221,21 @@ def finished_state(run_dir):
             last["sampler"], read_log(run_dir))
 
 
-def test_sigkill_inside_each_stage_resumes_bit_for_bit(tiny_reference, tmp_path):
-    ref = subprocess.run(jtt_command(tiny_reference, tmp_path / "ref"), env=cli_env(), capture_output=True,
+@pytest.mark.parametrize("method", list(STAGE_FLAGS))
+def test_sigkill_inside_each_stage_resumes_bit_for_bit(method, tiny_reference, tmp_path):
+    ref = subprocess.run(stage_command(method, tiny_reference, tmp_path / "ref"), env=cli_env(), capture_output=True,
                          timeout=600)
     assert ref.returncode == 0, ref.stderr
     logs, rng = tmp_path / "killed", random.Random(7)
     run_dir = logs / "cmnist" / "r"
     killed_at = []
-    for step in (400, 1400):  # inside stage erm (steps 1-1000), then inside stage main (1001-2000)
-        proc = subprocess.Popen(jtt_command(tiny_reference, logs), env=cli_env(), stdout=subprocess.PIPE,
+    for step in (400, 1400):  # inside the first stage (steps 1-1000), then inside stage main (1001-2000)
+        proc = subprocess.Popen(stage_command(method, tiny_reference, logs), env=cli_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, text=True)
         killed_at.append(kill_after_step(proc, run_dir, step, rng))
         assert proc.returncode == -signal.SIGKILL and not (run_dir / "results.json").exists()
     assert killed_at[0] < 1000 < killed_at[1] < 2000, killed_at
-    final = subprocess.run(jtt_command(tiny_reference, logs), env=cli_env(), capture_output=True, text=True,
+    final = subprocess.run(stage_command(method, tiny_reference, logs), env=cli_env(), capture_output=True, text=True,
                            timeout=600)
     assert final.returncode == 0 and "resuming" in final.stdout, final.stderr
     (sel_a, state_a, sampler_a, log_a), (sel_b, state_b, sampler_b, log_b) = (
