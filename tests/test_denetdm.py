@@ -79,28 +79,33 @@ def test_stage_one_trains_the_branches_as_a_product_of_experts():
     for step, (x, y, idx) in enumerate(method_batches(targets, 3)):
         deep, shallow = copy.deepcopy(method.models["deep"]), copy.deepcopy(method.models["shallow"])
         loss, terms = method.loss(x, y, idx, {})
-        with torch.no_grad():
-            expected = poe_by_hand(deep(x).double().tolist(), shallow(x).double().tolist(), y.tolist())
+        with torch.no_grad():  # one classifier (the shallow model's fc) on the sum of the two feature vectors
+            z = (deep.extract(x) + shallow.extract(x)).double()
+            logits = z @ shallow.fc.weight.double().T + shallow.fc.bias.double()
+            expected = poe_by_hand(logits.tolist(), torch.zeros_like(logits).tolist(), y.tolist())  # plain CE
         assert loss.item() == pytest.approx(expected, rel=1e-5) and set(terms) == {"loss"}
         before = copy.deepcopy(method.models["deep"].state_dict())
         method.update(x, y, idx, step)
-        assert not torch.equal(before["fc.weight"], method.models["deep"].fc.weight)
+        assert not torch.equal(before["feature.0.weight"], method.models["deep"].feature[0].weight)
+        assert torch.equal(before["fc.weight"], method.models["deep"].fc.weight)  # the deep model's own head: unused
     assert_same_tensors(method.models["model"].state_dict(), target, "the target during stage 1")
     assert torch.equal(method.eval_predict(x), method.models["shallow"](x))  # stage 1 scores the shallow branch
 
 
 @pytest.mark.parametrize("t,w", [(2.0, 1.0), (3.0, 0.25), (2.0, 0.0)])
 def test_stage_two_loss_term_by_term_and_the_branches_stay_frozen(t, w):
-    method, targets = make_method("denetdm", denetdm_temperature=t, denetdm_distill_weight=w, denetdm_shallow="cnn3")
+    method, targets = make_method("denetdm", denetdm_temperature=t, denetdm_distill_weight=w, denetdm_deep="resnet20",
+                                  denetdm_shallow="cnn3")
     assert isinstance(method.models["shallow"], CNN3)
     begin(method, targets, "main")
     assert not method.models["shallow"].training and method.models["model"].training
     frozen = {n: copy.deepcopy(method.models[n].state_dict()) for n in ("deep", "shallow")}
     for step, (x, y, idx) in enumerate(method_batches(targets, 4)):
         loss, terms = method.loss(x, y, idx, {})
-        with torch.no_grad():
-            t_logits, b_logits = method.models["model"](x), method.models["deep"](x)
-            s_logits = method.models["shallow"](x)
+        with torch.no_grad():  # the frozen experts through the shared classifier (the shallow model's fc)
+            head = method.models["shallow"].fc
+            t_logits, b_logits = method.models["model"](x), head(method.models["deep"].extract(x))
+            s_logits = head(method.models["shallow"].extract(x))
         poe = poe_by_hand(t_logits.double().tolist(), b_logits.double().tolist(), y.tolist())
         distill = distillation_by_hand(t_logits.tolist(), s_logits.tolist(), t)
         assert terms["poe"].item() == pytest.approx(poe, rel=1e-5)
@@ -115,9 +120,9 @@ def test_stage_two_loss_term_by_term_and_the_branches_stay_frozen(t, w):
 def test_flags_reach_the_method():
     cfg = cli_config("--method", "denetdm", "--denetdm_stage1_steps", "7", "--denetdm_stage1_lr", "0.02",
                      "--denetdm_stage1_weight_decay", "0.5", "--denetdm_temperature", "3", "--denetdm_distill_weight",
-                     "0.3", "--denetdm_deep", "resnet20", "--denetdm_shallow", "cnn4")
+                     "0.3", "--denetdm_deep", "resnet18", "--denetdm_shallow", "cnn4")
     assert (cfg.denetdm_stage1_steps, cfg.denetdm_stage1_lr, cfg.denetdm_stage1_weight_decay, cfg.denetdm_temperature,
-            cfg.denetdm_distill_weight, cfg.denetdm_deep, cfg.denetdm_shallow) == (7, 0.02, 0.5, 3.0, 0.3, "resnet20", "cnn4")
+            cfg.denetdm_distill_weight, cfg.denetdm_deep, cfg.denetdm_shallow) == (7, 0.02, 0.5, 3.0, 0.3, "resnet18", "cnn4")
     default = cli_config("--method", "denetdm", "--dataset", "cifar10c")
     assert (default.denetdm_deep, default.denetdm_shallow, default.denetdm_temperature) == ("resnet20", "cnn3", 2.0)
     assert cli_config("--method", "lff").denetdm_deep is None  # other methods' identities do not change
@@ -128,6 +133,7 @@ def test_flags_reach_the_method():
     (["--method", "denetdm", "--denetdm_temperature", "0"], "--denetdm_temperature must be a positive number"),
     (["--method", "denetdm", "--denetdm_stage1_steps", "0"], "--denetdm_stage1_steps must be a positive integer"),
     (["--method", "lff", "--denetdm_distill_weight", "1"], "a setting of denetdm, not of lff"),
+    (["--method", "denetdm", "--denetdm_deep", "resnet20", "--denetdm_shallow", "cnn4"], "has 64, .* has 512"),
 ])
 def test_bad_flags_are_refused(flags, message):
     with pytest.raises(UserError, match=message):

@@ -300,3 +300,9 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value not in MODELS:
                 raise UserError(f"--{name} {value!r} is not a model; choose one of {', '.join(MODELS)}")
+        if None not in (self.denetdm_deep, self.denetdm_shallow):
+            deep, shallow = (MODELS[name](num_classes=2).feature_dim for name in (self.denetdm_deep, self.denetdm_shallow))
+            if deep != shallow:
+                raise UserError(f"DeNetDM's branches share one classifier, so their features must have one size: "
+                                f"--denetdm_deep {self.denetdm_deep} has {deep}, --denetdm_shallow "
+                                f"{self.denetdm_shallow} has {shallow}; pick branches of equal feature size")
