@@ -89,9 +89,10 @@ def read(root: Path) -> list[Cell]:
             identity = _identity(meta["config"])
         except (ValueError, KeyError, TypeError):
             continue  # not a debiaslab run directory
-        seen.add(TrainConfig.from_dict(identity).config_hash())
+        cfg = TrainConfig.from_dict(identity)
+        seen.add(cfg.config_hash())
         st = status(run_dir)
-        steps = total_steps(TrainConfig.from_dict(identity))
+        steps = total_steps(cfg)
         rec = Record(identity["seed"], st, steps if st == "finished" else last_step(run_dir), steps,
                      data_sha=tuple(sorted((meta.get("data") or {}).get("sha256", {}).items())))
         if st == "finished":
@@ -109,11 +110,10 @@ def read(root: Path) -> list[Cell]:
             continue
         for e in entries:
             identity = _identity(e["config"])
-            h = TrainConfig.from_dict(identity).config_hash()
-            if h not in seen:
-                seen.add(h)
-                cell_for(identity).records.append(
-                    Record(identity["seed"], "missing", 0, total_steps(TrainConfig.from_dict(identity))))
+            cfg = TrainConfig.from_dict(identity)
+            if cfg.config_hash() not in seen:
+                seen.add(cfg.config_hash())
+                cell_for(identity).records.append(Record(identity["seed"], "missing", 0, total_steps(cfg)))
     if not cells:
         raise UserError(f"no runs under {root} (a run directory holds config.json; a sweep folder holds {PLAN_FILE})")
     _label_variants(list(cells.values()))

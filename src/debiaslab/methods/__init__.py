@@ -1,5 +1,5 @@
 """Method registry: a new method is one module plus one line here."""
-from debiaslab.methods.base import Method
+from debiaslab.methods.base import Method, StagePlan
 from debiaslab.methods.bias_ensemble import DisEntBE, LfFBE
 from debiaslab.methods.denetdm import DeNetDM
 from debiaslab.methods.disent import DisEnt
@@ -9,13 +9,13 @@ from debiaslab.methods.lc import LC
 from debiaslab.methods.lff import LfF
 from debiaslab.methods.vanilla import Vanilla
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Vanilla, LfF, DisEnt, JTT, LC, GroupDRO, LfFBE, DisEntBE, DeNetDM)}
-
+METHODS: dict[str, type[Method]] = {
+    m.name: m for m in (Vanilla, LfF, DisEnt, JTT, LC, GroupDRO, LfFBE, DisEntBE, DeNetDM)}
 
 
 def total_steps(cfg) -> int:
     """The steps of every stage of a run of ``cfg``: the last step its log and checkpoints reach."""
-    return sum(stage.steps for stage in METHODS[cfg.method].stages(cfg.resolved()))
+    return StagePlan(METHODS[cfg.method].stages(cfg.resolved())).total
 
 
 __all__ = ["METHODS", "Method", "total_steps"]
