@@ -23,26 +23,23 @@ class WeightAverage:
     def __init__(self, models: dict[str, nn.Module], decay: float, start: int):
         """``models``: the live models to average (name -> module); ``start``: the first step
         (0-based, counted in the main stage) whose result enters the average."""
-        self.sources = models
         self.decay, self.start = decay, start
         self.models = {n: copy.deepcopy(m).eval().requires_grad_(False) for n, m in models.items()}
         self.count = 0  # steps averaged so far
-
-    def _pairs(self):
-        floats, others = ([], []), ([], [])
-        for name, source in self.sources.items():
-            avg = self.models[name]
-            for a, s in zip(_tensors(avg), _tensors(source)):
-                (floats if a.is_floating_point() else others)[0].append(a)
-                (floats if a.is_floating_point() else others)[1].append(s.detach())
-        return floats, others
+        # (averaged, live) tensor lists, made once: the step updates the live tensors in place
+        self.floats, self.others = ([], []), ([], [])
+        for name, source in models.items():
+            for a, s in zip(_tensors(self.models[name]), _tensors(source)):
+                pair = self.floats if a.is_floating_point() else self.others
+                pair[0].append(a)
+                pair[1].append(s)
 
     @torch.no_grad()
     def update(self, step: int) -> None:
         """Fold the live models in after main-stage step ``step`` (0-based); no host round-trip."""
         if step < self.start:
             return
-        (avg_f, src_f), (avg_o, src_o) = self._pairs()
+        (avg_f, src_f), (avg_o, src_o) = self.floats, self.others
         if self.count == 0:
             torch._foreach_copy_(avg_f + avg_o, src_f + src_o)
         else:
