@@ -7,6 +7,8 @@ import os
 import pytest
 import torch
 
+from debiaslab.selection import selection_names
+
 from tests.conftest import (assert_metrics_match, assert_same_tensors, metrics_by_loop, quick_train_args,
                             predict_classes, read_log, run_cli, saved_mlps, tiny_bundle, tiny_config,
                             write_bar_layout, write_reference)
@@ -65,8 +67,10 @@ def test_no_best_checkpoints_writes_only_the_last_and_test_says_so(tiny_referenc
     run = tmp_path / "cmnist" / "n"
     assert sorted(p.name for p in run.glob("checkpoint_*.pt")) == ["checkpoint_last.pt"]
     selections = json.loads((run / "results.json").read_text())["selections"]
-    assert set(selections) == {"last", "best_valid", "best_valid_unbiased", "oracle_best_test"}
-    assert all(s is not None and s["step"] in (20, 40) for s in selections.values())
+    assert list(selections) == selection_names()
+    no_biased_branch = {"best_valid_pseudo_unbiased", "wa_best_valid_pseudo_unbiased"}  # Vanilla
+    assert all(s is None for n, s in selections.items() if n in no_biased_branch)
+    assert all(s is not None and s["step"] in (20, 40) for n, s in selections.items() if n not in no_biased_branch)
 
     test_args = ["test", "--pretrained_path", run, "--dataset", "cmnist", "--percent", "1pct",
                  "--data_dir", tiny_reference, "--device", "cpu"]
@@ -229,8 +233,8 @@ def test_bffhq_and_bar_models_see_224x224_images(tmp_path, resnet18_inputs, data
                       device="cpu", progress=False)
     assert cfg.image_size is None  # the dataset's default applies
     train(cfg)
-    # 2 steps, 2 evaluations of valid and test (each split in one batch)
-    assert len(resnet18_inputs) == 6 and set(resnet18_inputs) == {(3, 224, 224)}, resnet18_inputs
+    # 2 steps, 2 evaluations of valid and test (each split in one batch) by the raw and the averaged model
+    assert len(resnet18_inputs) == 10 and set(resnet18_inputs) == {(3, 224, 224)}, resnet18_inputs
     if dataset == "bffhq":
         resnet18_inputs.clear()
         assert main(["test", "--pretrained_path", str(tmp_path / "log" / "bffhq" / "r"), "--dataset", "bffhq",

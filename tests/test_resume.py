@@ -82,6 +82,8 @@ def test_sigkill_and_resume_is_bit_for_bit(tiny_reference, tmp_path):
     assert r1["selections"] == r2["selections"]  # every metric of every selection rule, exactly
     assert_same_tensors(last1["method_state"], last2["method_state"], "method_state")  # weights, Adam, schedulers, EMA
     assert_same_tensors(last1["sampler"], last2["sampler"], "sampler")
+    assert last2["average"]["count"] > 0  # weight averaging (from --curr_step) resumes bit for bit too
+    assert_same_tensors(last1["average"], last2["average"], "weight average")
     assert best1.keys() == best2.keys()
     assert_same_tensors(best1, best2, "best checkpoints")
     assert log1 == log2  # the log too: no duplicated or lost records

@@ -204,7 +204,8 @@ def kill_after_step(proc, run_dir, step: int, rng: random.Random) -> int | None:
     deadline = time.time() + 600  # a loaded machine may take minutes to get there
     while time.time() < deadline and proc.poll() is None:
         log = run_dir / "metrics.jsonl"
-        lines = log.read_text().splitlines() if log.exists() else []
+        # complete lines only: the run may be halfway through writing the last one
+        lines = log.read_text().split("\n")[:-1] if log.exists() else []
         if lines and json.loads(lines[-1])["step"] >= step:
             time.sleep(rng.uniform(0, 0.2))
             proc.send_signal(signal.SIGKILL)

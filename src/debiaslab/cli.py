@@ -7,6 +7,7 @@ from pathlib import Path
 
 from debiaslab import UserError, __version__
 from debiaslab.config import PALETTE_CHOICES
+from debiaslab.selection import TABLE_RULES, selection_names
 
 METHOD_FLAGS = {"train_vanilla": "vanilla", "train_lff": "lff", "train_ours": "disent",
                 "train_lff_be": "lff_be", "train_disent_be": "disent_be"}
@@ -28,10 +29,11 @@ def _fmt(v) -> str:
 
 
 def metrics_table(rows: list[tuple[str, dict]]) -> str:
-    head = f"{'':28s} {'acc':>6s} {'align':>6s} {'confl':>6s} {'unbias':>6s} {'worst':>6s}"
+    width = max([28] + [len(name) for name, _ in rows])
+    head = f"{'':{width}s} {'acc':>6s} {'align':>6s} {'confl':>6s} {'unbias':>6s} {'worst':>6s}"
     lines = [head]
     for name, m in rows:
-        lines.append(f"{name:28s} {_fmt(m['accuracy'])} {_fmt(m['aligned'])} {_fmt(m['conflicting'])} "
+        lines.append(f"{name:{width}s} {_fmt(m['accuracy'])} {_fmt(m['aligned'])} {_fmt(m['conflicting'])} "
                      f"{_fmt(m['unbiased'])} {_fmt(m['worst_group'])}")
     return "\n".join(lines)
 
@@ -114,6 +116,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    "mlp_deep for an MLP, resnet20 on 32x32 images, else the run's --model)")
     n.add_argument("--denetdm_shallow", default=None, help="DeNetDM: the shallow (debiased) branch's architecture "
                    "(default: mlp_shallow for an MLP, cnn3 on 32x32 images, else cnn4)")
+    w = p.add_argument_group("weight averaging (evaluated next to the raw model; selections wa_*)")
+    w.add_argument("--wa_decay", type=float, default=None, help="decay of the exponential moving average of the "
+                   "weights (and BatchNorm statistics) of the models the method predicts with; 0 turns it off "
+                   "(default: 0.999)")
+    w.add_argument("--wa_start", type=int, default=None, help="main-stage step the average starts at (default: "
+                   "DisEnt's --curr_step, 0 for the other methods)")
     h = p.add_argument_group("speed")
     h.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="run each training step's per-batch computation (forwards, losses, per-sample "
@@ -198,7 +206,7 @@ def config_from_args(args):
         lc_tau=args.lc_tau, lc_prior_alpha=args.lc_prior_alpha, lc_mixup=args.lc_mixup,
         be_num_models=args.be_num_models, be_steps=args.be_steps, be_tau=args.be_tau, be_agreement=args.be_agreement,
         **{name: getattr(args, name) for name in DENETDM_FLAGS},
-        valid_freq=args.valid_freq, log_freq=args.log_freq, save_freq=args.save_freq,
+        wa_decay=args.wa_decay, wa_start=args.wa_start, valid_freq=args.valid_freq, log_freq=args.log_freq, save_freq=args.save_freq,
         tensorboard=args.tensorboard, wandb=args.wandb, wandb_project=args.wandb_project,
         progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
         best_checkpoints=not args.no_best_checkpoints, on_nonfinite=args.on_nonfinite, input_scale=args.input_scale,
@@ -235,8 +243,9 @@ def add_test_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained_path", required=True, help="a debiaslab run directory or checkpoint .pt, or a reference "
                    "directory with best_model_l.th + best_model_b.th (DisEnt) or best_model.th (Vanilla)")
     add_data_args(p)
-    p.add_argument("--select", default="last", help="for a debiaslab run directory: which checkpoint, one of last, best_valid, "
-                   "best_valid_unbiased, oracle_best_test (default: last)")
+    p.add_argument("--select", default="last", choices=selection_names(), metavar="RULE",
+                   help="for a debiaslab run directory: the checkpoint a selection rule picked, one of "
+                   f"{', '.join(selection_names())} (wa_*: the weight-averaged model) (default: last)")
     p.add_argument("--input_scale", choices=["auto", "unit", "reference"], default="auto",
                    help="pixel scaling: unit = x/255, reference = x/255/255 (how the reference trained CMNIST); auto picks by checkpoint origin")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
@@ -493,7 +502,9 @@ def cmd_collect(args) -> int:
     from debiaslab.collect import collect
     from debiaslab.io import atomic_write_bytes
 
-    text = collect(args.dir, args.format, args.rules)
+    if args.gaps and (args.format != "markdown" or args.rules):
+        raise UserError("--gaps prints its own markdown table of every rule; drop --format / --rules")
+    text = collect(args.dir, args.format, args.rules, gaps=args.gaps)
     if args.into:
         from debiaslab.collect import update_block
 
@@ -533,7 +544,7 @@ def add_presets_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print them as JSON")
 
 
-RULE_CHOICES = ["last", "best_valid", "best_valid_unbiased", "oracle_best_test"]
+RULE_CHOICES = selection_names()
 
 
 def add_report_args(p: argparse.ArgumentParser) -> None:
@@ -550,7 +561,11 @@ def add_report_args(p: argparse.ArgumentParser) -> None:
 def add_collect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", help="a sweep's --out folder, or any folder holding run directories")
     p.add_argument("--format", choices=["markdown", "csv", "latex"], default="markdown", help="output format (default: markdown)")
-    p.add_argument("--rules", nargs="+", default=None, choices=RULE_CHOICES, help="selection rules to show (default: all four)")
+    p.add_argument("--rules", nargs="+", default=None, choices=RULE_CHOICES, metavar="RULE",
+                   help=f"selection rules to show, of {', '.join(RULE_CHOICES)} (default: {' '.join(TABLE_RULES)})")
+    p.add_argument("--gaps", action="store_true", help="instead of the results tables: each selection rule's "
+                   "test score minus the oracle's and minus last's, per cell and over cells (runs from before a "
+                   "rule existed are replayed from their eval logs)")
     p.add_argument("--output", default=None, help="write to this file instead of stdout")
     p.add_argument("--into", default=None, metavar="DOC", help="replace the block between '<!-- collect:begin -->' and "
                    "'<!-- collect:end -->' in DOC (e.g. docs/results/cmnist.md) with the table; the rest of DOC stays")

@@ -19,7 +19,7 @@ from pathlib import Path
 from debiaslab import UserError
 from debiaslab.config import TrainConfig
 from debiaslab.methods import total_steps
-from debiaslab.metrics import SELECTION_RULES
+from debiaslab.selection import SELECTION_RULES, TABLE_RULES
 from debiaslab.presets import LATER_SOURCES, METHODS, PAPER_SOURCE, PRESETS, RATIOS, Preset, find_preset
 from debiaslab.sweep import PLAN_FILE, last_step, status
 
@@ -99,6 +99,7 @@ def read(root: Path) -> list[Cell]:
             try:
                 res = json.loads((run_dir / "results.json").read_text())
                 rec.values = {r: (s or {}).get("test_primary") for r, s in res["selections"].items()}
+                rec.values = {**replayed(run_dir, cfg.dataset, exclude=rec.values), **rec.values}
                 rec.metric = res.get("primary_metric")
             except (ValueError, KeyError, TypeError):
                 rec.status = "unfinished"
@@ -118,6 +119,24 @@ def read(root: Path) -> list[Cell]:
         raise UserError(f"no runs under {root} (a run directory holds config.json; a sweep folder holds {PLAN_FILE})")
     _label_variants(list(cells.values()))
     return _with_paper_cells(list(cells.values()))
+
+
+def replayed(run_dir: Path, dataset: str, exclude=()) -> dict[str, float]:
+    """The primary test metric each selection rule not in ``exclude`` picks, replayed from the
+    run's eval log: a run finished before a rule existed is scored by it all the same (rules that
+    need what its log lacks, such as the averaged model, stay absent)."""
+    from debiaslab.metrics import primary_metric
+    from debiaslab.selection import picks, selection_names
+
+    names = [n for n in selection_names() if n not in exclude]
+    if not names:
+        return {}
+    try:
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    except (OSError, ValueError):
+        return {}
+    chosen = picks([r for r in records if r.get("kind") == "eval"], dataset, names)
+    return {n: primary_metric(p["test"], dataset) for n, p in chosen.items()}
 
 
 def _label_variants(cells: list[Cell]) -> None:
@@ -249,7 +268,7 @@ def data_lines(cells: list[Cell]) -> list[str]:
 
 
 def render(cells: list[Cell], fmt: str = "markdown", rules: list[str] | None = None) -> str:
-    rules = rules or list(SELECTION_RULES)
+    rules = rules or list(TABLE_RULES)
     for r in rules:
         if r not in SELECTION_RULES:
             raise UserError(f"unknown selection rule {r!r}; choose from {', '.join(SELECTION_RULES)}")
@@ -265,7 +284,7 @@ def render(cells: list[Cell], fmt: str = "markdown", rules: list[str] | None = N
            f"Paper: {_sources(cells)}; \"ours − paper\" compares different data and selection, see the note of each "
            "table.", ""]
     for rule in rules:
-        out += [f"### Selection: {rule} — {RULE_TITLES[rule]}", "",
+        out += [f"### Selection: {rule} — {RULE_TITLES.get(rule) or SELECTION_RULES[rule]}", "",
                 "| dataset | ratio | method | ours | seeds | paper (own data, best test) | ours − paper | runs |",
                 "|---|---|---|---|---|---|---|---|"]
         for r in rows(cells, rule):
@@ -314,13 +333,68 @@ def _latex(cells: list[Cell], rules: list[str], metrics: list[str]) -> str:
             paper = _pm(r.paper_mean, r.paper_std).replace("±", r"$\pm$").replace("—", "--")
             out.append(f"{_tex(r.dataset)} & {_tex(r.ratio)} & {_tex(_method(r))} & {ours} & {r.n} & {paper} & "
                        f"{_signed(r.diff).replace('—', '--')} \\\\")
-        out += [r"\bottomrule", r"\end{tabular}", f"\\caption{{Selection: {_tex(rule)} --- {_tex(RULE_TITLES[rule])}.}}",
+        out += [r"\bottomrule", r"\end{tabular}", f"\\caption{{Selection: {_tex(rule)} --- {_tex(RULE_TITLES.get(rule) or SELECTION_RULES[rule])}.}}",
                 r"\end{table}", ""]
     return "\n".join(out)
 
 
-def collect(root: str, fmt: str = "markdown", rules: list[str] | None = None) -> str:
+# ------------------------------------------------------------------------------ selection gaps
+def cell_means(cells: list[Cell]) -> list[tuple[Cell, dict[str, float], int]]:
+    """Per cell with finished runs: each selection's mean primary test metric (%) over the seeds
+    that have both it and the oracle, and the number of finished seeds."""
+    out = []
+    for c in cells:
+        done = [r for r in c.records if r.status == "finished" and r.values.get("oracle_best_test") is not None]
+        if not done:
+            continue
+        means = {}
+        for name in SELECTION_RULES:
+            vals = [100 * r.values[name] for r in done if r.values.get(name) is not None]
+            if len(vals) == len(done):  # a mean over fewer seeds than the oracle's would not compare
+                means[name] = statistics.fmean(vals)
+        out.append((c, means, len(done)))
+    return out
+
+
+def render_gaps(cells: list[Cell]) -> str:
+    """Each selection rule's test score minus the oracle's (and minus ``last``'s), per cell and
+    over cells: how much of the paper-style number a rule that reads no test label gets back."""
+    from debiaslab.selection import base_rule
+
+    per_cell = cell_means(cells)
+    if not per_cell:
+        raise UserError("no finished run to compare selection rules on")
+    out = ["Primary test metric (%) of each selection minus the oracle's (`oracle_best_test`: the best test "
+           "score of the same run, as papers report), per cell as a mean over its seeds; `− last`: minus the "
+           "raw model's last step. wa_*: the weight-averaged model. A rule missing from a cell was not "
+           "recorded by all its runs (e.g. runs from before weight averaging).", "",
+           "| selection | reads | cells | mean − oracle | worst cell − oracle | mean − last | worst cell − last |",
+           "|---|---|---|---|---|---|---|"]
+    for name in SELECTION_RULES:
+        gaps = [(m[name] - m["oracle_best_test"], m[name] - m["last"]) for _, m, _ in per_cell if name in m]
+        if not gaps:
+            continue
+        oracle_gap, last_gap = zip(*gaps)
+        out.append(f"| {name} | {base_rule(name).reads} | {len(gaps)} | {statistics.fmean(oracle_gap):+.2f} | "
+                   f"{min(oracle_gap):+.2f} | {statistics.fmean(last_gap):+.2f} | {min(last_gap):+.2f} |")
+    shown = [n for n in SELECTION_RULES if n != "oracle_best_test" and any(n in m for _, m, _ in per_cell)]
+    out += ["", "Per cell, each selection minus the oracle (points; the oracle itself in the last column):", "",
+            "| dataset | ratio | method | seeds | " + " | ".join(shown) + " | oracle |",
+            "|---|---|---|---|" + "---|" * (len(shown) + 1)]
+    for c, m, n in per_cell:
+        row = [_signed(m[s] - m["oracle_best_test"]) if s in m else "—" for s in shown]
+        label = c.method + (" †" if _uses_bias_labels(c.method) else "") + (f" ({c.variant})" if c.variant else "")
+        out.append(f"| {c.dataset} | {c.percent or '-'} | {label} | {n} | " + " | ".join(row) +
+                   f" | {m['oracle_best_test']:.2f} |")
+    if any(_uses_bias_labels(c.method) for c, _, _ in per_cell):
+        out += ["", BIAS_LABEL_NOTE]
+    return "\n".join(out) + "\n"
+
+
+def collect(root: str, fmt: str = "markdown", rules: list[str] | None = None, gaps: bool = False) -> str:
     path = Path(root)
+    if gaps:
+        return render_gaps(read(path))
     return render(read(path), fmt, rules)
 
 
@@ -340,4 +414,4 @@ def update_block(doc: Path, table: str) -> str:
     return text[:start + len(BEGIN)] + table + text[end:]
 
 
-__all__ = ["collect", "read", "rows", "render", "update_block"]
+__all__ = ["collect", "read", "render", "render_gaps", "rows", "update_block"]

@@ -49,9 +49,9 @@ METHOD_DEFAULTS = {
 # field -> the methods it is a setting of
 METHOD_FIELDS = {name: tuple(m for m, own in METHOD_DEFAULTS.items() if name in own)
                  for fields in METHOD_DEFAULTS.values() for name in fields}
-# Fields that apply to some datasets or methods only: left out of the identity where they do not
-# apply (None), so adding one does not change the hash of the other runs.
-DATASET_SPECIFIC_FIELDS = frozenset({"palette"}) | frozenset(METHOD_FIELDS)
+# Fields left out of the identity where they are None (they apply to some datasets or methods
+# only, or None means their default), so adding one does not change the hash of the other runs.
+DATASET_SPECIFIC_FIELDS = frozenset({"palette", "wa_decay", "wa_start"}) | frozenset(METHOD_FIELDS)
 # Colored MNIST's palettes (data/colored.py); "any" accepts whatever colours the data holds.
 PALETTE_CHOICES = ("disent", "lff", "any")
 COLORED_DATASETS = ("cmnist", "colored_digits")
@@ -125,6 +125,10 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast, on CUDA only
     channels_last: bool = True  # channels_last memory format for convolutional models, on CUDA only
     compile: bool | None = None  # torch.compile the step; None: where measured faster (train.COMPILE_DEFAULT)
+    # weight averaging (averaging.py): the EMA decay (None: averaging.DEFAULT_DECAY; 0: off) and
+    # the main-stage step it starts at (None: the method's default, DisEnt's curr_step, else 0)
+    wa_decay: float | None = None
+    wa_start: int | None = None
     # evaluation, checkpoints, logging
     valid_freq: int = 500
     log_freq: int = 500
@@ -254,6 +258,10 @@ class TrainConfig:
             raise UserError(f"--palette must be one of {', '.join(PALETTE_CHOICES)}, got {self.palette!r}")
         if self.palette is not None and not self.uses_palette():
             raise UserError(f"--palette applies to Colored MNIST only, not to {self.data_label()}; drop it")
+        if self.wa_decay is not None and not 0 <= self.wa_decay < 1:
+            raise UserError(f"--wa_decay must be in [0, 1) (0 turns weight averaging off), got {self.wa_decay}")
+        if self.wa_start is not None and self.wa_start < 0:
+            raise UserError(f"--wa_start must be a step >= 0, got {self.wa_start}")
         if self.keep_checkpoints < 1:
             raise UserError(f"--keep_checkpoints must be at least 1, got {self.keep_checkpoints}")
         if self.on_nonfinite not in ("stop", "skip"):

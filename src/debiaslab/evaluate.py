@@ -8,7 +8,7 @@ import torch
 from debiaslab import UserError
 from debiaslab.config import TrainConfig
 from debiaslab.methods import METHODS
-from debiaslab.metrics import SELECTION_RULES
+from debiaslab.selection import SELECTION_RULES
 from debiaslab.models import DATASET_MODEL, MODELS, build_model
 
 REFERENCE_FILES = {"disent": ("best_model_l.th", "best_model_b.th"), "vanilla": ("best_model.th",)}

@@ -4,20 +4,15 @@
 - ``aligned`` / ``conflicting``: accuracy on samples with bias == target / bias != target.
 - ``unbiased``: mean over the (target, bias) grid cells that hold samples of the per-cell accuracy (LfF).
 - ``worst_group``: the lowest per-cell accuracy over those cells.
-- ``per_class``: accuracy of each target class.
+- ``per_class``: accuracy of each target class; ``worst_class(m)`` is the lowest of them.
+- ``pseudo_unbiased`` (validation only, for methods with a biased branch): ``unbiased`` with the
+  bias label of each sample replaced by the class the method's biased branch predicts for it, so it
+  reads no bias label.
 Metrics that need bias labels are ``None`` when the split has none.
 """
 from __future__ import annotations
 
 import torch
-
-
-SELECTION_RULES = {
-    "last": "the model after the last training step",
-    "best_valid": "the evaluation with the highest validation accuracy (no bias labels needed)",
-    "best_valid_unbiased": "the evaluation with the highest unbiased (group-balanced) validation accuracy; uses the validation split's bias labels",
-    "oracle_best_test": "ORACLE: the evaluation with the highest test score (how the paper's numbers were selected); not a valid model-selection rule",
-}
 
 
 def group_accuracy(correct: torch.Tensor, targets: torch.Tensor, biases: torch.Tensor, num_classes: int):
@@ -29,7 +24,18 @@ def group_accuracy(correct: torch.Tensor, targets: torch.Tensor, biases: torch.T
     return hits, total
 
 
-def compute_metrics(preds: torch.Tensor, targets: torch.Tensor, biases: torch.Tensor | None, num_classes: int) -> dict:
+def cell_mean_accuracy(correct: torch.Tensor, targets: torch.Tensor, groups: torch.Tensor,
+                       num_classes: int) -> tuple[float, float]:
+    """(mean, min) over the (target, group) cells that hold samples of the per-cell accuracy."""
+    hits, total = group_accuracy(correct, targets, groups, num_classes)
+    filled = total > 0
+    cell_acc = hits[filled] / total[filled]
+    return float(cell_acc.mean()), float(cell_acc.min())
+
+
+def compute_metrics(preds: torch.Tensor, targets: torch.Tensor, biases: torch.Tensor | None,
+                    num_classes: int, pseudo_biases: torch.Tensor | None = None) -> dict:
+    """Every metric above; ``pseudo_unbiased`` only where ``pseudo_biases`` are given."""
     preds, targets = preds.cpu(), targets.cpu()
     correct = preds == targets
     n_class = torch.bincount(targets, minlength=num_classes).double()
@@ -37,6 +43,8 @@ def compute_metrics(preds: torch.Tensor, targets: torch.Tensor, biases: torch.Te
     per_class = [float(h / n) if n > 0 else None for h, n in zip(hit_class, n_class)]
     out = {"n": len(targets), "accuracy": float(correct.double().mean()), "aligned": None, "conflicting": None,
            "unbiased": None, "worst_group": None, "per_class": per_class}
+    if pseudo_biases is not None:
+        out["pseudo_unbiased"] = cell_mean_accuracy(correct, targets, pseudo_biases.cpu(), num_classes)[0]
     if biases is None:
         return out
     biases = biases.cpu()
@@ -45,12 +53,13 @@ def compute_metrics(preds: torch.Tensor, targets: torch.Tensor, biases: torch.Te
         out["aligned"] = float(correct[aligned].double().mean())
     if (~aligned).any():
         out["conflicting"] = float(correct[~aligned].double().mean())
-    hits, total = group_accuracy(correct, targets, biases, num_classes)
-    filled = total > 0
-    cell_acc = hits[filled] / total[filled]
-    out["unbiased"] = float(cell_acc.mean())
-    out["worst_group"] = float(cell_acc.min())
+    out["unbiased"], out["worst_group"] = cell_mean_accuracy(correct, targets, biases, num_classes)
     return out
+
+
+def worst_class(metrics: dict) -> float:
+    """The lowest per-class accuracy of a split's metrics (classes without samples left out)."""
+    return min(a for a in metrics["per_class"] if a is not None)
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ from debiaslab import UserError
 from debiaslab.config import TrainConfig
 from debiaslab.methods import METHODS
 from debiaslab.methods.base import StagePlan
-from debiaslab.metrics import SELECTION_RULES
+from debiaslab.selection import SELECTION_RULES
 
 METRIC_KEYS = ("accuracy", "aligned", "conflicting", "unbiased", "worst_group")
 METHOD_COLORS = {"vanilla": "tab:gray", "lff": "tab:blue", "disent": "tab:red", "jtt": "tab:orange",
@@ -423,13 +423,15 @@ def make_report(paths: list, output: Path | None = None, select: str = "last", t
         sections.append(f"<section><h2>{html.escape(run.name)}</h2>\n<p>{html.escape(str(run.path))}</p>\n" +
                         header_html(run, select) + "\n" + "\n".join(_figure_html(f, out) for f in figs) + "</section>")
     if len(runs) > 1:
+        shown = [r for r in SELECTION_RULES if any(((run.results or {}).get("selections") or {}).get(r)
+                                                    for run in runs)]
         summary = ["<table class='summary'><tr><th>run</th><th>method</th><th>data</th><th>seed</th><th>steps</th>" +
-                   "".join(f"<th>{r}</th>" for r in SELECTION_RULES) + "</tr>"]
+                   "".join(f"<th>{r}</th>" for r in shown) + "</tr>"]
         for run in runs:
             sel = (run.results or {}).get("selections", {})
             summary.append(f"<tr><td>{html.escape(run.path.name)}</td><td>{run.cfg.method}</td><td>{html.escape(run.cfg.data_label())}"
                            f"</td><td>{run.cfg.seed}</td><td>{run.cfg.num_steps}</td>" +
-                           "".join(f"<td>{_pct((sel.get(r) or {}).get('test_primary'))}</td>" for r in SELECTION_RULES) + "</tr>")
+                           "".join(f"<td>{_pct((sel.get(r) or {}).get('test_primary'))}</td>" for r in shown) + "</tr>")
         summary.append("</table><p class='note'>Test primary metric (%) of each run under each selection rule.</p>")
         sections.insert(0, "<section><h2>Summary</h2>" + "".join(summary) + _figure_html(fig_compare(runs, out), out) + "</section>")
     title = "debiaslab report: " + ", ".join(r.name for r in runs[:3]) + (" ..." if len(runs) > 3 else "")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import math
 import random
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from debiaslab import UserError, __version__, checkpoints
+from debiaslab.averaging import DEFAULT_DECAY, WeightAverage
 from debiaslab.config import CIFAR_MEAN, CIFAR_STD, INPUT_SCALES, RUNTIME_FIELDS, TrainConfig
 from debiaslab.data.reference import load_reference
 from debiaslab.data.splits import DatasetBundle, Split
@@ -23,7 +25,8 @@ from debiaslab.io import atomic_write_json
 from debiaslab.logging import RunLogger, StepWindow, require_wandb
 from debiaslab.methods import METHODS
 from debiaslab.methods.base import StageData, StagePlan
-from debiaslab.metrics import SELECTION_RULES, compute_metrics, predict_split, primary_key, primary_metric
+from debiaslab.selection import SelectionTracker, describe, selection_names
+from debiaslab.metrics import compute_metrics, predict_split, primary_key, primary_metric
 from debiaslab.models import DATASET_MODEL
 
 
@@ -91,33 +94,6 @@ class EpochSampler:
         self.perm = None if s["perm"] is None else s["perm"].to(self.device)
         self.pos, self.epoch = s["pos"], s["epoch"]
         self.generator.set_state(s["generator"])
-
-
-class SelectionTracker:
-    """Keeps, for every model-selection rule, the evaluation it would pick (first best wins ties)."""
-
-    def __init__(self, dataset: str):
-        self.dataset = dataset
-        self.best: dict[str, dict] = {}
-
-    def scores(self, record: dict) -> dict[str, float | None]:
-        return {
-            "best_valid": record["valid"]["accuracy"],
-            "best_valid_unbiased": record["valid"]["unbiased"],
-            "oracle_best_test": primary_metric(record["test"], self.dataset),
-        }
-
-    def update(self, record: dict) -> list[str]:
-        """Returns the rules whose pick changed to this record."""
-        improved = []
-        for rule, score in self.scores(record).items():
-            if score is None:
-                continue
-            if rule not in self.best or score > self.best[rule]["score"]:
-                self.best[rule] = {"score": score, **record}
-                improved.append(rule)
-        self.best["last"] = {"score": None, **record}
-        return improved
 
 
 def uses_cuda_extras(cfg: TrainConfig, device: torch.device) -> tuple[bool, bool]:
@@ -207,14 +183,28 @@ def _comparable(d: dict, ignore=frozenset()) -> dict:
 
 
 def evaluate(logits_of, split: Split, transform: BatchTransform, num_classes: int, batch_size: int,
-             amp: bool = False) -> dict:
-    """Every metric of ``logits_of`` (prepared inputs -> logits) on ``split``."""
+             amp: bool = False, pseudo_biases: torch.Tensor | None = None) -> dict:
+    """Every metric of ``logits_of`` (prepared inputs -> logits) on ``split`` (``pseudo_unbiased``
+    too where ``pseudo_biases`` are given)."""
+    preds = predict_split(_autocast(logits_of, amp), split.images, transform.eval, batch_size)
+    return compute_metrics(preds, split.targets, split.biases, num_classes, pseudo_biases)
+
+
+def _autocast(logits_of, amp: bool):
     def predict(x):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             return logits_of(x)
 
-    preds = predict_split(predict, split.images, transform.eval, batch_size)
-    return compute_metrics(preds, split.targets, split.biases, num_classes)
+    return predict
+
+
+def make_average(cfg: TrainConfig, method) -> WeightAverage | None:
+    """The EMA of the models ``predict`` reads (None under ``--wa_decay 0``)."""
+    decay = DEFAULT_DECAY if cfg.wa_decay is None else cfg.wa_decay
+    if decay == 0:
+        return None
+    start = type(method).average_start(cfg) if cfg.wa_start is None else cfg.wa_start
+    return WeightAverage({n: method.models[n] for n in type(method).model_names}, decay, start)
 
 
 def train(cfg: TrainConfig, bundle: DatasetBundle | None = None, progress_desc: str | None = None) -> dict:
@@ -332,7 +322,8 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
                         **bias_labels_for(method_cls, train_split, bundle.name))
     transform = make_transform(cfg, torch.Generator(device=gen_device).manual_seed(cfg.seed + 2), device)
     sampler = EpochSampler(len(train_split), cfg.batch_size, torch.Generator().manual_seed(cfg.seed + 3), device)
-    tracker = SelectionTracker(cfg.dataset)
+    average = make_average(cfg, method)
+    tracker = SelectionTracker(cfg.dataset, selection_names(average is not None))
     plan = StagePlan(method_cls.stages(cfg))
     stage_data = StageData(train_split.images, train_split.targets, transform.eval, cfg.eval_batch_size)
 
@@ -358,6 +349,8 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
         tracker.best = state["tracker"]
         window = StepWindow({k: v.to(device) for k, v in state["log_sums"].items()}, state["log_count"])
         start, skipped, seconds_before = state["step"], list(state["skipped"]), state["train_seconds"]
+        if average is not None and "average" in state:
+            average.load_state_dict(state["average"])  # a checkpoint from before averaging: it starts afresh
     else:
         enter_stage(0)
     if compiled:
@@ -375,6 +368,7 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
             "config": cfg.to_dict(), "method": cfg.method, "step": done, "method_state": method.state_dict(),
             "sampler": sampler.state_dict(), "transform_generator": transform.generator.get_state(), "tracker": tracker.best,
             **window.state_dict(), "skipped": skipped,
+            **({"average": average.state_dict()} if average is not None else {}),
             "train_seconds": seconds_before + time.time() - t_loop, "rng": checkpoints.rng_state(),
         }, cfg.keep_checkpoints, last_saved)
         last_saved = done
@@ -393,6 +387,8 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
                                            step - plan.start(k)))
             bar.update(1)
             stage_ends, main = done == plan.ends[k], k == len(plan.stages) - 1
+            if main and average is not None:
+                average.update(step - plan.start(k))
             log_now, eval_now = done % cfg.log_freq == 0 or stage_ends, done % cfg.valid_freq == 0 or stage_ends
             save_now = done % cfg.save_freq == 0 or stage_ends
             tag = {} if main else {"stage": plan.stages[k].name}
@@ -408,7 +404,8 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
                 if means is not None:
                     logger.log({"kind": "train", "step": done, **tag, "lr": method.lr(), **means})
             if eval_now:
-                record = _evaluate_all(method, valid_split, test_split, transform, C, cfg, train_split)
+                record = _evaluate_all(method, valid_split, test_split, transform, C, cfg, train_split,
+                                       average if main else None)
                 record.update(kind="eval", step=done, **tag)
                 logger.log(record)
                 if not main:
@@ -418,11 +415,9 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
                     save_w_snapshot(run_dir, done, method.sample_weights(), None if train_split.biases is None
                                     else train_split.targets != train_split.biases)
                 improved = tracker.update(record)
-                for rule in improved if cfg.best_checkpoints else ():
-                    checkpoints.save_models(run_dir, rule, {
-                        "config": cfg.to_dict(), "method": cfg.method, "step": done,
-                        "models": {n: method.models[n].state_dict() for n in method_cls.model_names},
-                        "metrics": {k: record[k] for k in ("valid", "test")}})
+                last_average = "wa" in record and done == plan.total
+                for rule in (improved + ["wa_last"] * last_average) if cfg.best_checkpoints else ():
+                    _save_pick(run_dir, rule, cfg, done, method, average, record)
                 bar.set_postfix(valid=f"{record['valid']['accuracy']:.3f}",
                                 test_unb=f"{primary_metric(record['test'], cfg.dataset):.3f}", refresh=False)
             if stage_ends and not main:
@@ -436,6 +431,9 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
         logger.close()
     train_seconds = seconds_before + time.time() - t_loop
     results = _results(cfg, tracker, data_info, train_seconds, time.time() - t_start, skipped)
+    if average is not None:
+        results["weight_averaging"] = {"decay": average.decay, "start": average.start,
+                                       "models": list(average.models), "steps_averaged": average.count}
     results["uses_bias_labels_in_training"] = method_cls.uses_bias_labels
     if len(plan.stages) > 1:  # the steps of every stage; "steps" counts the main stage's
         results["stages"] = [{"name": st.name, "steps": st.steps} for st in plan.stages]
@@ -463,12 +461,28 @@ def compile_step(cfg: TrainConfig, device: torch.device) -> bool:
     return COMPILE_DEFAULT.get(torch.device(device).type, False)
 
 
-def _evaluate_all(method, valid_split, test_split, transform, C, cfg, train_split) -> dict:
+def _save_pick(run_dir: Path, rule: str, cfg: TrainConfig, done: int, method, average, record: dict):
+    """checkpoint_<rule>.pt: the models (raw, or averaged for wa_*) a selection picked at ``done``."""
+    averaged = rule.startswith("wa_")
+    models = average.models if averaged else method.models
+    evaluation = record["wa"] if averaged else record
+    checkpoints.save_models(run_dir, rule, {
+        "config": cfg.to_dict(), "method": cfg.method, "step": done,
+        "models": {n: models[n].state_dict() for n in type(method).model_names},
+        "metrics": {k: evaluation[k] for k in ("valid", "test")}})
+
+
+def _evaluate_all(method, valid_split, test_split, transform, C, cfg, train_split,
+                  average: WeightAverage | None = None) -> dict:
+    """The raw models' valid and test metrics and, once averaging has started, the averaged
+    models' under ``"wa"``; the valid split's pseudo bias labels come from the method's biased
+    branch (as it is now), the same for both."""
     method.eval()
-    record = {
-        name: evaluate(method.eval_predict, split, transform, C, cfg.eval_batch_size, method.amp)
-        for name, split in (("valid", valid_split), ("test", test_split))
-    }
+    pseudo = _pseudo_biases(method, valid_split, transform, cfg)
+    record = _evaluate_pair(method.eval_predict, valid_split, test_split, transform, C, cfg, method.amp, pseudo)
+    if average is not None and average.started:
+        averaged = functools.partial(type(method).predict, average.models)
+        record["wa"] = _evaluate_pair(averaged, valid_split, test_split, transform, C, cfg, method.amp, pseudo)
     method.train()
     w = method.sample_weights()
     if w is not None and train_split.biases is not None:  # bias labels read for logging only
@@ -476,13 +490,27 @@ def _evaluate_all(method, valid_split, test_split, transform, C, cfg, train_spli
     return record
 
 
+def _pseudo_biases(method, split: Split, transform: BatchTransform, cfg: TrainConfig):
+    """The class the method's biased branch predicts for each sample of ``split`` (None without one)."""
+    with torch.no_grad():
+        if method.bias_logits(transform.eval(split.images[:1])) is None:  # a one-sample probe
+            return None
+    return predict_split(_autocast(method.bias_logits, method.amp), split.images, transform.eval,
+                         cfg.eval_batch_size)
+
+
+def _evaluate_pair(logits_of, valid_split, test_split, transform, C, cfg, amp, pseudo) -> dict:
+    return {"valid": evaluate(logits_of, valid_split, transform, C, cfg.eval_batch_size, amp, pseudo),
+            "test": evaluate(logits_of, test_split, transform, C, cfg.eval_batch_size, amp)}
+
+
 def _results(cfg: TrainConfig, tracker: SelectionTracker, data_info: dict, train_seconds: float, total_seconds: float,
              skipped: list[int]) -> dict:
     selections = {}
-    for rule, description in SELECTION_RULES.items():
+    for rule in tracker.names:
         pick = tracker.best.get(rule)
         selections[rule] = None if pick is None else {
-            "description": description, "step": pick["step"], "valid": pick["valid"], "test": pick["test"],
+            "description": describe(rule), "step": pick["step"], "valid": pick["valid"], "test": pick["test"],
             "test_primary": primary_metric(pick["test"], cfg.dataset),
         }
     return {

@@ -160,6 +160,17 @@ class Method:
         """Logits the current stage's evaluations score (in the main stage: ``predict``)."""
         return self.predict(self.models, x)
 
+    def bias_logits(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The logits of the method's own biased branch, the part trained to read the bias (None
+        for a method without one). The pseudo-unbiased selection rule groups validation samples by
+        its argmax instead of their bias label."""
+        return None
+
+    @classmethod
+    def average_start(cls, cfg) -> int:
+        """The main-stage step weight averaging starts at unless ``--wa_start`` says otherwise."""
+        return 0
+
     def flagged_conflicting(self) -> torch.Tensor | None:
         """The training samples the method has singled out as likely bias-conflicting at the end
         of a stage (JTT's error set, ...), as a bool mask; logged against the true bias labels."""

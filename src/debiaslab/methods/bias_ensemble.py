@@ -116,6 +116,9 @@ class BiasEnsemble:
     def sample_weights(self):
         return super().sample_weights() if self._main() else None
 
+    def bias_logits(self, x):
+        return super().bias_logits(x) if self._main() else None
+
     # -- the step -------------------------------------------------------------------------------
     def draw(self, batch_size, step):
         return super().draw(batch_size, step) if self._main() else {}

@@ -115,6 +115,10 @@ class DeNetDM(Method):
         loss = poe + self.cfg.denetdm_distill_weight * distill
         return loss, {"loss": loss, "poe": poe, "distill": distill}
 
+    def bias_logits(self, x):
+        """The deep expert through the shared classifier: the branch stage 1 leaves with the bias."""
+        return self.models["shallow"].fc(self.models["deep"].extract(x))
+
     def eval_predict(self, x):
         return self.predict(self.models, x) if self._main() else self.models["shallow"](x)
 

@@ -57,6 +57,15 @@ class DisEnt(RelativeDifficultyMethod):
         terms.update(loss=loss, w_mean=w.mean())
         return loss, terms
 
+    @classmethod
+    def average_start(cls, cfg) -> int:
+        """From the feature swap on: before ``curr_step`` DisEnt trains without it."""
+        return cfg.curr_step
+
+    def bias_logits(self, x):
+        z = torch.cat([self.models["intrinsic"].extract(x), self.models["bias"].extract(x)], 1)
+        return self.models["bias"].fc(z)
+
     @staticmethod
     def predict(models, x):
         z = torch.cat([models["intrinsic"].extract(x), models["bias"].extract(x)], 1)

@@ -42,6 +42,10 @@ class JTT(Method):
     def eval_predict(self, x):
         return self.models[self.stage.models[0]](x)
 
+    def bias_logits(self, x):
+        """The first (ERM) model: its errors are JTT's own guess of the conflicting samples."""
+        return self.models["first"](x)
+
     def flagged_conflicting(self):
         return self.error_set
 

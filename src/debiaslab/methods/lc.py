@@ -159,6 +159,9 @@ class LC(Method):
         return loss, {"loss": loss, "loss_b": loss_b, "loss_lc": loss_lc, "minority": (a != y).float().mean(),
                       "mixed": mixed_frac}
 
+    def bias_logits(self, x):
+        return self.models["biased"](x)
+
     # -- state -----------------------------------------------------------------------------------
     def sample_state(self, idx):
         return self.ema.rows(idx), self.prior.clone(), self.prior_seen.clone()

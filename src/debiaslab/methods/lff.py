@@ -24,3 +24,6 @@ class LfF(RelativeDifficultyMethod):
     @staticmethod
     def predict(models, x):
         return models["debiased"](x)
+
+    def bias_logits(self, x):
+        return self.models["biased"](x)

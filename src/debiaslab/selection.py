@@ -1,0 +1,134 @@
+"""Model-selection rules: which evaluation of a run each rule picks, and what labels it reads.
+
+A rule scores one evaluation from ONE split's metrics (``Rule.split``) and picks the evaluation
+with the highest score (the first one on ties). Label-free rules read the validation split's
+class labels and nothing else: never the test split, never a bias label. Each rule also exists
+for the weight-averaged model (``wa_`` prefix, see ``averaging``), scored on that model's
+evaluation of the same step.
+
+The same definitions serve the training loop (``SelectionTracker``, online, saving each rule's
+checkpoint as its pick changes) and runs already on disk (``picks``, replayed from an eval log).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+
+def _worst_class(metrics: dict, dataset: str) -> float:
+    from debiaslab.metrics import worst_class  # torch-free import of this module: the CLI lists rules
+
+    return worst_class(metrics)
+
+
+def _test_primary(metrics: dict, dataset: str) -> float:
+    from debiaslab.metrics import primary_metric
+
+    return primary_metric(metrics, dataset)
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    split: str  # the only split whose metrics the score reads: "valid" or "test"
+    reads: str  # the labels the rule reads, said in its help and tables
+    description: str
+    score: Callable[[dict, str], float | None] | None  # (split metrics, dataset) -> score; None: last
+
+
+RULES: dict[str, Rule] = {r.name: r for r in (
+    Rule("last", "valid", "no labels", "the model after the last training step", None),
+    Rule("best_valid", "valid", "validation class labels",
+         "the evaluation with the highest validation accuracy",
+         lambda m, ds: m["accuracy"]),
+    Rule("best_valid_worst_class", "valid", "validation class labels",
+         "the evaluation with the highest worst-class validation accuracy (the lowest accuracy of "
+         "any class)", _worst_class),
+    Rule("best_valid_pseudo_unbiased", "valid", "validation class labels",
+         "the evaluation with the highest pseudo-unbiased validation accuracy: the mean accuracy "
+         "over (class, class the method's own biased branch predicts) cells; methods without a "
+         "biased branch have none", lambda m, ds: m.get("pseudo_unbiased")),
+    Rule("best_valid_unbiased", "valid", "validation class AND BIAS labels",
+         "the evaluation with the highest unbiased (group-balanced) validation accuracy",
+         lambda m, ds: m["unbiased"]),
+    Rule("oracle_best_test", "test", "TEST labels (an oracle)",
+         "ORACLE: the evaluation with the highest test score (how the paper's numbers were "
+         "selected); not a valid model-selection rule", _test_primary),
+)}
+LABEL_FREE = ("last", "best_valid", "best_valid_worst_class", "best_valid_pseudo_unbiased")
+# the rules of collect's results tables unless asked for others (one table each)
+TABLE_RULES = ("last", "best_valid", "best_valid_unbiased", "oracle_best_test")
+WA_PREFIX = "wa_"
+
+
+def base_rule(name: str) -> Rule:
+    """The rule a selection name uses, with or without the ``wa_`` prefix."""
+    return RULES[name.removeprefix(WA_PREFIX)]
+
+
+def selection_names(averaged: bool = True) -> list[str]:
+    """Every selection a run records: each rule on the raw model, then on the averaged one."""
+    return list(RULES) + ([WA_PREFIX + r for r in RULES] if averaged else [])
+
+
+def describe(name: str) -> str:
+    rule = base_rule(name)
+    model = "the weight-averaged model: " if name.startswith(WA_PREFIX) else ""
+    return f"{model}{rule.description}; reads {rule.reads}"
+
+
+SELECTION_RULES = {name: describe(name) for name in selection_names()}
+
+
+def evaluation_of(record: dict, name: str) -> dict | None:
+    """The evaluation (``{"valid", "test"}``) a selection scores in an eval record: the raw
+    model's, or the averaged model's (``record["wa"]``, absent before averaging starts)."""
+    return record.get("wa") if name.startswith(WA_PREFIX) else record
+
+
+def score(record: dict, name: str, dataset: str) -> float | None:
+    """The score of selection ``name`` for one eval record (None: the rule cannot score it)."""
+    rule = base_rule(name)
+    evaluation = evaluation_of(record, name)
+    if rule.score is None or evaluation is None:
+        return None
+    return rule.score(evaluation[rule.split], dataset)
+
+
+class SelectionTracker:
+    """Keeps, for every selection, the evaluation it picks so far (first best wins ties)."""
+
+    def __init__(self, dataset: str, names: list[str] | None = None):
+        self.dataset = dataset
+        self.names = names or selection_names()
+        self.best: dict[str, dict] = {}
+
+    def update(self, record: dict) -> list[str]:
+        """Returns the scored selections whose pick changed to this record (``last`` always
+        moves to it, and is not listed: the loop keeps the last models by other means)."""
+        improved = []
+        for name in self.names:
+            evaluation = evaluation_of(record, name)
+            if evaluation is None:
+                continue
+            value = score(record, name, self.dataset)
+            if base_rule(name).score is None:
+                self.best[name] = {"score": None, "step": record["step"], **_metrics(evaluation)}
+            elif value is not None and (name not in self.best or value > self.best[name]["score"]):
+                self.best[name] = {"score": value, "step": record["step"], **_metrics(evaluation)}
+                improved.append(name)
+        return improved
+
+
+def _metrics(evaluation: dict) -> dict:
+    return {"valid": evaluation["valid"], "test": evaluation["test"]}
+
+
+def picks(records: list[dict], dataset: str, names: list[str] | None = None) -> dict[str, dict]:
+    """What each selection picks among a run's main-stage eval records (an eval log replayed)."""
+    tracker = SelectionTracker(dataset, names)
+    for record in records:
+        if record.get("kind", "eval") == "eval" and "stage" not in record:
+            tracker.update(record)
+    return tracker.best
