@@ -209,6 +209,27 @@ def test_a_run_records_averaged_selections_that_replay_from_its_log(tmp_path):
     assert wa_last["metrics"]["test"] == evals[-1]["wa"]["test"]
 
 
+def test_collect_gaps_scores_each_selection_against_the_oracle(tmp_path):
+    """Two seeds of one cell: each selection's gap is its test score minus the same run's oracle."""
+    from debiaslab.collect import collect
+
+    runs = []
+    for seed in (0, 1):
+        train(tiny_config(tmp_path, method="lff", num_steps=20, valid_freq=5, seed=seed, exp=f"s{seed}"),
+              tiny_bundle())
+        runs.append(json.loads((tmp_path / "tiny" / f"s{seed}" / "results.json").read_text())["selections"])
+    table = collect(str(tmp_path), gaps=True)
+
+    def gap(name, against="oracle_best_test"):
+        return [100 * (s[name]["test_primary"] - s[against]["test_primary"]) for s in runs]
+
+    row = next(line for line in table.splitlines() if line.startswith("| wa_last |"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[2] == "2" and cells[3] == f"{sum(gap('wa_last')) / 2:+.2f}"
+    assert cells[4] == f"{min(gap('wa_last')):+.2f}" and cells[6] == f"{min(gap('wa_last', 'last')):+.2f}"
+    assert cells[7] == "1"  # one cell, both of its runs recorded it
+
+
 def test_test_command_evaluates_an_averaged_pick(tiny_reference, tmp_path):
     from tests.conftest import quick_train_args
 

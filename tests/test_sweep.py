@@ -280,6 +280,12 @@ def test_committed_cmnist_tables_are_what_collect_prints(doc, runs):
     assert block == collect(str(REPO / "docs" / "results" / runs))
 
 
+def test_committed_selection_gaps_are_what_collect_prints():
+    text = (REPO / "docs" / "results" / "selection.md").read_text()
+    block = re.search(r"<!-- collect:begin -->\n(.*?)<!-- collect:end -->", text, flags=re.S).group(1)
+    assert block == collect(str(REPO / "docs" / "results"), gaps=True)
+
+
 def test_palette_is_part_of_a_colored_mnist_config_only():
     disent = TrainConfig(method="disent", percent="1pct")
     assert disent.resolved().palette == "disent" and disent.identity()["palette"] == "disent"

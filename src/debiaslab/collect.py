@@ -364,19 +364,30 @@ def render_gaps(cells: list[Cell]) -> str:
     per_cell = cell_means(cells)
     if not per_cell:
         raise UserError("no finished run to compare selection rules on")
+    runs = [r.values for c in cells for r in c.records
+            if r.status == "finished" and r.values.get("oracle_best_test") is not None]
     out = ["Primary test metric (%) of each selection minus the oracle's (`oracle_best_test`: the best test "
-           "score of the same run, as papers report), per cell as a mean over its seeds; `− last`: minus the "
-           "raw model's last step. wa_*: the weight-averaged model. A rule missing from a cell was not "
-           "recorded by all its runs (e.g. runs from before weight averaging).", "",
-           "| selection | reads | cells | mean − oracle | worst cell − oracle | mean − last | worst cell − last |",
-           "|---|---|---|---|---|---|---|"]
+           "score of the same run, as papers report); `− last`: minus the raw model's last step. wa_*: the "
+           "weight-averaged model. Over runs: every run that recorded the selection. Over cells: the mean "
+           "over a cell's seeds, for cells where every run recorded it (runs from before weight averaging "
+           "did not).", "",
+           "| selection | reads | runs | mean − oracle | worst run − oracle | mean − last | worst run − last "
+           "| cells | mean − oracle | worst cell − last |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for name in SELECTION_RULES:
-        gaps = [(m[name] - m["oracle_best_test"], m[name] - m["last"]) for _, m, _ in per_cell if name in m]
-        if not gaps:
+        run_gaps = [(100 * (v[name] - v["oracle_best_test"]), 100 * (v[name] - v["last"]))
+                    for v in runs if v.get(name) is not None]
+        if not run_gaps:
             continue
-        oracle_gap, last_gap = zip(*gaps)
-        out.append(f"| {name} | {base_rule(name).reads} | {len(gaps)} | {statistics.fmean(oracle_gap):+.2f} | "
-                   f"{min(oracle_gap):+.2f} | {statistics.fmean(last_gap):+.2f} | {min(last_gap):+.2f} |")
+        cell_gaps = [(m[name] - m["oracle_best_test"], m[name] - m["last"]) for _, m, _ in per_cell if name in m]
+        oracle_gap, last_gap = zip(*run_gaps)
+        cell_part = "| 0 | — | — |"
+        if cell_gaps:
+            cell_oracle, cell_last = zip(*cell_gaps)
+            cell_part = f"| {len(cell_gaps)} | {statistics.fmean(cell_oracle):+.2f} | {min(cell_last):+.2f} |"
+        out.append(f"| {name} | {base_rule(name).reads} | {len(run_gaps)} | {statistics.fmean(oracle_gap):+.2f} | "
+                   f"{min(oracle_gap):+.2f} | {statistics.fmean(last_gap):+.2f} | {min(last_gap):+.2f} "
+                   + cell_part)
     shown = [n for n in SELECTION_RULES if n != "oracle_best_test" and any(n in m for _, m, _ in per_cell)]
     out += ["", "Per cell, each selection minus the oracle (points; the oracle itself in the last column):", "",
             "| dataset | ratio | method | seeds | " + " | ".join(shown) + " | oracle |",
