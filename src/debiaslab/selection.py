@@ -87,15 +87,6 @@ def evaluation_of(record: dict, name: str) -> dict | None:
     return record.get("wa") if name.startswith(WA_PREFIX) else record
 
 
-def score(record: dict, name: str, dataset: str) -> float | None:
-    """The score of selection ``name`` for one eval record (None: the rule cannot score it)."""
-    rule = base_rule(name)
-    evaluation = evaluation_of(record, name)
-    if rule.score is None or evaluation is None:
-        return None
-    return rule.score(evaluation[rule.split], dataset)
-
-
 class SelectionTracker:
     """Keeps, for every selection, the evaluation it picks so far (first best wins ties)."""
 
@@ -109,13 +100,14 @@ class SelectionTracker:
         moves to it, and is not listed: the loop keeps the last models by other means)."""
         improved = []
         for name in self.names:
-            evaluation = evaluation_of(record, name)
+            evaluation, rule = evaluation_of(record, name), base_rule(name)
             if evaluation is None:
                 continue
-            value = score(record, name, self.dataset)
-            if base_rule(name).score is None:
+            if rule.score is None:
                 self.best[name] = {"score": None, "step": record["step"], **_metrics(evaluation)}
-            elif value is not None and (name not in self.best or value > self.best[name]["score"]):
+                continue
+            value = rule.score(evaluation[rule.split], self.dataset)
+            if value is not None and (name not in self.best or value > self.best[name]["score"]):
                 self.best[name] = {"score": value, "step": record["step"], **_metrics(evaluation)}
                 improved.append(name)
         return improved

@@ -25,7 +25,7 @@ from debiaslab.io import atomic_write_json
 from debiaslab.logging import RunLogger, StepWindow, require_wandb
 from debiaslab.methods import METHODS
 from debiaslab.methods.base import StageData, StagePlan
-from debiaslab.selection import SelectionTracker, describe, selection_names
+from debiaslab.selection import WA_PREFIX, SelectionTracker, describe, evaluation_of, selection_names
 from debiaslab.metrics import compute_metrics, predict_split, primary_key, primary_metric
 from debiaslab.models import DATASET_MODEL
 
@@ -463,9 +463,8 @@ def compile_step(cfg: TrainConfig, device: torch.device) -> bool:
 
 def _save_pick(run_dir: Path, rule: str, cfg: TrainConfig, done: int, method, average, record: dict):
     """checkpoint_<rule>.pt: the models (raw, or averaged for wa_*) a selection picked at ``done``."""
-    averaged = rule.startswith("wa_")
-    models = average.models if averaged else method.models
-    evaluation = record["wa"] if averaged else record
+    models = average.models if rule.startswith(WA_PREFIX) else method.models
+    evaluation = evaluation_of(record, rule)
     checkpoints.save_models(run_dir, rule, {
         "config": cfg.to_dict(), "method": cfg.method, "step": done,
         "models": {n: models[n].state_dict() for n in type(method).model_names},
