@@ -127,7 +127,13 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="run each training step's per-batch computation (forwards, losses, per-sample "
                         "state) through torch.compile (default: on where it was measured to be faster, "
                         "which is nowhere yet: see the README); if it does not compile it runs eagerly "
-                        "after one warning")
+                        "after one warning; --no-compile (or --no_compile) is the eager path: no "
+                        "torch.compile and, unless --cuda_graph says otherwise, no CUDA graphs")
+    h.add_argument("--no_compile", dest="compile", action="store_false", default=None, help=argparse.SUPPRESS)
+    h.add_argument("--cuda_graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="CUDA only: record the whole training step (forwards, losses, per-sample state, "
+                        "backward, Adam) once as a CUDA graph and replay it, one launch per step instead "
+                        "of hundreds (default: on for CUDA runs unless --no-compile)")
     h.add_argument("--no_amp", action="store_true", help="turn off bf16 automatic mixed precision (CUDA only; on by default there)")
     h.add_argument("--no_channels_last", action="store_true", help="turn off the channels_last memory format of convolutional models (CUDA only; on by default there)")
     lg = p.add_argument_group("evaluation and logging")
@@ -210,7 +216,7 @@ def config_from_args(args):
         tensorboard=args.tensorboard, wandb=args.wandb, wandb_project=args.wandb_project,
         progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
         best_checkpoints=not args.no_best_checkpoints, on_nonfinite=args.on_nonfinite, input_scale=args.input_scale,
-        compile=args.compile,
+        compile=args.compile, cuda_graph=args.cuda_graph,
     )
 
 
@@ -449,13 +455,13 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     x.add_argument("--out", default="runs", help="results directory; runs go to <out>/<dataset>/<method>-<ratio>-seed<seed>-<hash> (default: runs)")
     x.add_argument("--backend", choices=["local", "ray"], default="local", help="local subprocesses, or Ray tasks "
                    "(needs: pip install 'debiaslab[ray]') (default: local)")
-    x.add_argument("--jobs", type=int, default=None, help="local: runs at once (default: one per GPU, or 1 on CPU); "
+    x.add_argument("--jobs", type=int, default=None, help="local: runs at once (default: 4 per GPU, as measured on an H200, or 1 on CPU); "
                    "CPU runs share the cores between them")
     x.add_argument("--devices", default="auto", help="local: auto, cpu, cuda (every GPU) or GPU indices such as 0,1 (default: auto)")
     x.add_argument("--runs_per_device", type=int, default=None, metavar="K",
                    help="runs sharing each device at once: local, K per GPU (or K on the CPU, each with "
                         "1/K of the cores); ray, each run asks for 1/K GPU. Small models leave a GPU idle "
-                        "between kernels, so packing runs fills it (default: 1; instead of --jobs)")
+                        "between kernels, so packing runs fills it (default: 4 on a GPU, 1 on the CPU; instead of --jobs)")
     x.add_argument("--address", default=None, help="ray: cluster address, e.g. ray://head:10001 or auto (default: start a local Ray)")
     x.add_argument("--cpus_per_run", type=float, default=None, help="ray: CPUs each run asks for (default: 1 with a GPU, 2 without)")
     x.add_argument("--gpus_per_run", type=float, default=None, help="ray: GPUs each run asks for (default: 1 if the cluster has GPUs, else 0)")

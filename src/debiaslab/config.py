@@ -28,7 +28,7 @@ DATASET_DEFAULTS = {
 # run and its resume, and they do not enter the config hash.
 RUNTIME_FIELDS = frozenset({"progress", "overwrite", "resume", "tensorboard", "wandb", "wandb_project", "device",
                             "eval_batch_size", "keep_checkpoints", "best_checkpoints", "on_nonfinite",
-                            "compile"})
+                            "compile", "cuda_graph"})
 # Where a run is written; the hash names that place, so it cannot depend on it.
 LOCATION_FIELDS = frozenset({"log_dir", "exp"})
 # The hyper-parameters of one method each, and their defaults (algorithms.md; the presets and
@@ -125,6 +125,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast, on CUDA only
     channels_last: bool = True  # channels_last memory format for convolutional models, on CUDA only
     compile: bool | None = None  # torch.compile the step; None: where measured faster (train.COMPILE_DEFAULT)
+    cuda_graph: bool | None = None  # replay the step as CUDA graphs; None: on CUDA unless --no-compile
     # weight averaging (averaging.py): the EMA decay (None: averaging.DEFAULT_DECAY; 0: off) and
     # the main-stage step it starts at (None: the method's default, DisEnt's curr_step, else 0)
     wa_decay: float | None = None

@@ -334,11 +334,11 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
     data_info = {"name": bundle.name, "num_classes": C, "counts": bundle.counts(), "sha256": bundle.checksums(), **bundle.info}
     for k in [k for k in data_info if k.startswith("sha256_")]:
         data_info.pop(k)
-    compiled = compile_step(cfg, device)
+    compiled, graphed = compile_step(cfg, device), capture_step(cfg, device, method)
     atomic_write_json(run_dir / "config.json", {
         "config": cfg.to_dict(), "data": data_info, "debiaslab": __version__, "torch": torch.__version__,
         "device": str(device), "torch_threads": torch.get_num_threads(), "uses_bias_labels_in_training": method_cls.uses_bias_labels,
-        "compiled": compiled,
+        "compiled": compiled, "cuda_graph": graphed,
     })
     window, start, skipped, seconds_before = StepWindow(), 0, [], 0.0
     if state is not None:
@@ -355,6 +355,8 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
         enter_stage(0)
     if compiled:
         method.compile()
+    if graphed:
+        method.capture()
     logger = RunLogger(run_dir, cfg.to_dict(), cfg.tensorboard, cfg.wandb, cfg.wandb_project, cfg.exp, resume_step=start)
     if state is not None:
         checkpoints.set_rng_state(state["rng"])  # last: building the models above drew from the global RNG
@@ -439,6 +441,7 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
         results["stages"] = [{"name": st.name, "steps": st.steps} for st in plan.stages]
     results["steps_per_second"] = round(plan.total / train_seconds, 2) if train_seconds > 0 else math.nan
     results["compiled"] = method.compiled  # the parts of the step torch.compile ran (none: eager)
+    results["cuda_graph"] = method.graphed
     atomic_write_json(run_dir / "results.json", results)
     return results
 
@@ -459,6 +462,22 @@ def compile_step(cfg: TrainConfig, device: torch.device) -> bool:
     if cfg.compile is not None:
         return cfg.compile
     return COMPILE_DEFAULT.get(torch.device(device).type, False)
+
+
+def capture_step(cfg: TrainConfig, device: torch.device, method) -> bool:
+    """Whether the step replays as CUDA graphs: ``--cuda_graph`` / ``--no-cuda_graph``, else on
+    CUDA unless ``--no-compile`` asked for the eager path. Needs fused optimizers (a step that
+    reads the host cannot be recorded)."""
+    cuda = torch.device(device).type == "cuda"
+    if cfg.cuda_graph and not cuda:
+        raise UserError(f"--cuda_graph needs a CUDA device, and this run is on {device}; drop the flag")
+    wanted = cfg.cuda_graph if cfg.cuda_graph is not None else cuda and cfg.compile is not False
+    if wanted and not method.on_device:
+        if cfg.cuda_graph:
+            raise UserError("--cuda_graph: this run's optimizer has no fused CUDA kernel, so its step "
+                            "reads the host and cannot be recorded; drop the flag")
+        return False
+    return bool(wanted)
 
 
 def _save_pick(run_dir: Path, rule: str, cfg: TrainConfig, done: int, method, average, record: dict):

@@ -107,7 +107,9 @@ class Method:
         self.on_device = all(is_device_steppable(o) for o in self.optimizers.values())
         self.buffers = BufferSnapshot([b for m in models.values() for b in m.buffers()])
         self._compute = self.compute
+        self._step = self.step_on_batch
         self.compiled: list[str] = []  # the parts of the step that run compiled
+        self.graphed = False  # the step replays as CUDA graphs
 
     @classmethod
     def model_heads(cls, cfg) -> dict[str, int]:
@@ -190,7 +192,15 @@ class Method:
 
     # -- one training step ------------------------------------------------------------------------
     def update(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, step: int) -> StepOutput:
-        """One training step on a batch, with no host round-trip where the optimizers are fused.
+        """One training step on a batch: the step's draws, the step itself (eager, compiled or a
+        CUDA graph replay), then the learning-rate schedule."""
+        out = self._step(x, y, idx, self.draw(len(y), step))
+        self._schedule(step)
+        return out
+
+    def step_on_batch(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, draws: dict) -> StepOutput:
+        """The step proper, with no host round-trip where the optimizers are fused (so a CUDA
+        graph can hold it whole).
 
         A step whose loss terms are not all finite moves no weight, no BatchNorm statistic, no
         optimizer moment and no per-sample state; the LR schedule still counts it. Under
@@ -198,13 +208,12 @@ class Method:
         at its next boundary and stops.
         """
         saved_buffers = self.buffers.take()  # BatchNorm statistics: the forward moves them
-        loss, names, values, finite, applied = self._compute(x, y, idx, self.draw(len(y), step))
+        loss, names, values, finite, applied = self._compute(x, y, idx, draws)
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         loss.backward()
         self.buffers.keep(applied, saved_buffers)  # after backward, which reads them
         self.optimizer_step(applied)
-        self._schedule(step)
         return StepOutput(names, values, finite, applied)
 
     def compute(self, x, y, idx, draws):
@@ -214,7 +223,8 @@ class Method:
         whether the step applies; where it does not, the per-sample state is put back as it was.
         """
         saved_rows = self.sample_state(idx)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+        # a CUDA graph must not keep autocast's cast weights across replays (PyTorch's graph notes)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp, cache_enabled=not self.graphed):
             loss, terms = self.loss(x, y, idx, draws)
         values = torch.stack([v.detach().float() for v in terms.values()])
         finite = torch.isfinite(values)
@@ -254,6 +264,18 @@ class Method:
         """
         self._compute = _compiled_or_eager(self, "compute")
         self.compiled.append("compute")
+
+    def capture(self, warmup: int = 3, graph=None) -> None:
+        """Replay the step as CUDA graphs (``graphs.CapturedStep``), one per stage and set of draw
+        names; only for fused optimizers, whose step reads nothing on the host. ``graph``: a
+        stand-in for ``graphs.CudaGraph`` (tests on a CPU)."""
+        from debiaslab.graphs import CapturedStep, CudaGraph
+
+        if not self.on_device:
+            raise ValueError("CUDA graphs need fused Adam (the step would read the host)")
+        self._step = CapturedStep(self.step_on_batch, lambda draws: (self.stage.name, tuple(draws)),
+                                  warmup, graph or CudaGraph)
+        self.graphed = True
 
     def train(self) -> None:
         for m in self.models.values():

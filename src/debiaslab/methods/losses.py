@@ -63,7 +63,7 @@ class PerSampleEMA:
         loss = loss.detach().reshape(len(idx), self.channels).t()
         new = torch.where(self.visited[idx], self.alpha * flat[:, slot] + (1.0 - self.alpha) * loss, loss)
         flat[:, slot] = new
-        self.visited[idx] = True
+        self.visited.index_fill_(0, idx, True)  # a fill, not a host scalar's copy: capturable
         return self._shape(new.t())
 
     def _shape(self, values: torch.Tensor) -> torch.Tensor:
