@@ -2,6 +2,7 @@
 
 A thin wrapper over ``debiaslab test``; evaluates debiaslab checkpoints and the reference code's.
 """
+
 import os
 import sys
 

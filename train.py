@@ -3,6 +3,7 @@
 A thin wrapper over ``debiaslab train``; works from a clone once the dependencies are installed
 (``pip install -r requirements.txt``).
 """
+
 import os
 import sys
 

@@ -18,6 +18,7 @@ Sections, in this order, each skipped (saying so) when the time left is shorter 
     python benchmarks/gpu_speed.py --data_dir dataset --out /tmp/gpu --budget 3600 \\
         --reference ../Learning-Debiased-Disentangled
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,13 +32,31 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = {"eager": ["--no-compile", "--no-cuda_graph"], "graph": ["--no-compile", "--cuda_graph"],
-         "graph+compile": ["--compile", "--cuda_graph"], "compile": ["--compile", "--no-cuda_graph"]}
-WANDB_STANDIN = "run = type('Run', (), {'name': None})()\ndef init(**kw):\n    return run\n" \
-                "def log(*a, **kw):\n    pass\n"
-REFERENCE_DISENT = ["--dataset", "cifar10c", "--lr=0.0005", "--percent=0.5pct", "--curr_step=10000",
-                    "--lambda_swap=1", "--lambda_dis_align=1", "--lambda_swap_align=1", "--use_lr_decay",
-                    "--lr_decay_step=10000", "--lr_gamma", "0.5", "--train_ours"]
+MODES = {
+    "eager": ["--no-compile", "--no-cuda_graph"],
+    "graph": ["--no-compile", "--cuda_graph"],
+    "graph+compile": ["--compile", "--cuda_graph"],
+    "compile": ["--compile", "--no-cuda_graph"],
+}
+WANDB_STANDIN = (
+    "run = type('Run', (), {'name': None})()\ndef init(**kw):\n    return run\n"
+    "def log(*a, **kw):\n    pass\n"
+)
+REFERENCE_DISENT = [
+    "--dataset",
+    "cifar10c",
+    "--lr=0.0005",
+    "--percent=0.5pct",
+    "--curr_step=10000",
+    "--lambda_swap=1",
+    "--lambda_dis_align=1",
+    "--lambda_swap_align=1",
+    "--use_lr_decay",
+    "--lr_decay_step=10000",
+    "--lr_gamma",
+    "0.5",
+    "--train_ours",
+]
 
 
 class Clock:
@@ -51,44 +70,97 @@ class Clock:
     def allows(self, section: str, needs: float) -> bool:
         if self.left() >= needs:
             return True
-        print(f"-- {section}: skipped, {self.left():.0f} s left and it needs ~{needs:.0f} s", flush=True)
+        print(
+            f"-- {section}: skipped, {self.left():.0f} s left and it needs ~{needs:.0f} s",
+            flush=True,
+        )
         return False
 
 
-def train(args, dataset: str, method: str, mode: str, steps: int, log_dir: Path, seed: int = 0,
-          env: dict | None = None) -> subprocess.Popen:
+def train(
+    args,
+    dataset: str,
+    method: str,
+    mode: str,
+    steps: int,
+    log_dir: Path,
+    seed: int = 0,
+    env: dict | None = None,
+) -> subprocess.Popen:
     preset = f"{dataset}-0.5pct-{method}"
-    cmd = [sys.executable, "-m", "debiaslab", "train", "--preset", preset, "--data_dir", args.data_dir,
-           "--log_dir", str(log_dir), "--exp", f"{method}-{mode}-{seed}", "--seed", str(seed),
-           "--num_steps", str(steps), "--no_progress", "--overwrite", *MODES[mode]]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "debiaslab",
+        "train",
+        "--preset",
+        preset,
+        "--data_dir",
+        args.data_dir,
+        "--log_dir",
+        str(log_dir),
+        "--exp",
+        f"{method}-{mode}-{seed}",
+        "--seed",
+        str(seed),
+        "--num_steps",
+        str(steps),
+        "--no_progress",
+        "--overwrite",
+        *MODES[mode],
+    ]
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def finish(proc: subprocess.Popen, log_dir: Path, dataset: str, exp: str) -> dict | None:
     out, _ = proc.communicate()
     path = log_dir / dataset / exp / "results.json"
     if proc.returncode != 0 or not path.exists():
-        print(f"   FAILED ({exp}): {out.strip().splitlines()[-3:] if out.strip() else 'no output'}", flush=True)
+        print(
+            f"   FAILED ({exp}): {out.strip().splitlines()[-3:] if out.strip() else 'no output'}",
+            flush=True,
+        )
         return None
     return json.loads(path.read_text())
 
 
 def single(args, clock: Clock, tmp: Path, summary: dict) -> None:
-    plan = [("cifar10c", m, mode, n) for m in args.methods
-            for mode, n in (("graph", args.steps), ("eager", max(300, args.steps // 5)))]
-    plan += [("cmnist", "disent", mode, n) for mode, n in (("graph", 4 * args.steps), ("eager", args.steps))]
-    print(f"{'dataset':9s} {'method':8s} {'mode':14s} {'steps':>6s} {'steps/s':>8s}  (loop, evaluations and "
-          "checkpoints included)", flush=True)
+    plan = [
+        ("cifar10c", m, mode, n)
+        for m in args.methods
+        for mode, n in (("graph", args.steps), ("eager", max(300, args.steps // 5)))
+    ]
+    plan += [
+        ("cmnist", "disent", mode, n)
+        for mode, n in (("graph", 4 * args.steps), ("eager", args.steps))
+    ]
+    print(
+        f"{'dataset':9s} {'method':8s} {'mode':14s} {'steps':>6s} {'steps/s':>8s}  (loop, evaluations and "
+        "checkpoints included)",
+        flush=True,
+    )
     for dataset, method, mode, n in plan:
         if mode not in args.modes:
             continue
-        if not (Path(args.data_dir) / dataset).exists() or not clock.allows(f"{dataset} {method} {mode}", 25):
+        if not (Path(args.data_dir) / dataset).exists() or not clock.allows(
+            f"{dataset} {method} {mode}", 25
+        ):
             continue
         res = finish(train(args, dataset, method, mode, n, tmp), tmp, dataset, f"{method}-{mode}-0")
         if res:
             rate = n / res["train_seconds"]
-            summary.setdefault("single", []).append(dict(dataset=dataset, method=method, mode=mode, steps=n,
-                                                         steps_per_second=round(rate, 1), cuda_graph=res["cuda_graph"]))
+            summary.setdefault("single", []).append(
+                dict(
+                    dataset=dataset,
+                    method=method,
+                    mode=mode,
+                    steps=n,
+                    steps_per_second=round(rate, 1),
+                    cuda_graph=res["cuda_graph"],
+                )
+            )
             print(f"{dataset:9s} {method:8s} {mode:14s} {n:6d} {rate:8.1f}", flush=True)
 
 
@@ -96,17 +168,33 @@ def compiled(args, clock: Clock, tmp: Path, summary: dict) -> None:
     for mode in ("graph+compile", "compile"):
         if not clock.allows(f"cifar10c disent {mode}", 150):
             return
-        res = finish(train(args, "cifar10c", "disent", mode, args.steps, tmp), tmp, "cifar10c", f"disent-{mode}-0")
+        res = finish(
+            train(args, "cifar10c", "disent", mode, args.steps, tmp),
+            tmp,
+            "cifar10c",
+            f"disent-{mode}-0",
+        )
         if res:
             rate = args.steps / res["train_seconds"]
-            summary.setdefault("single", []).append(dict(dataset="cifar10c", method="disent", mode=mode,
-                                                         steps=args.steps, steps_per_second=round(rate, 1),
-                                                         compiled=res["compiled"]))
-            print(f"cifar10c  disent   {mode:14s} {args.steps:6d} {rate:8.1f}  (compiled: {res['compiled']})",
-                  flush=True)
+            summary.setdefault("single", []).append(
+                dict(
+                    dataset="cifar10c",
+                    method="disent",
+                    mode=mode,
+                    steps=args.steps,
+                    steps_per_second=round(rate, 1),
+                    compiled=res["compiled"],
+                )
+            )
+            print(
+                f"cifar10c  disent   {mode:14s} {args.steps:6d} {rate:8.1f}  (compiled: {res['compiled']})",
+                flush=True,
+            )
 
 
-def packed(args, clock: Clock, tmp: Path, summary: dict, dataset="cifar10c", ks=(2, 4, 8), mps=False) -> None:
+def packed(
+    args, clock: Clock, tmp: Path, summary: dict, dataset="cifar10c", ks=(2, 4, 8), mps=False
+) -> None:
     """K runs at once; K = 1 is the single section's captured run."""
     label = f"{dataset} disent graph{' + MPS' if mps else ''}"
     steps = args.steps if dataset == "cifar10c" else 4 * args.steps
@@ -115,16 +203,30 @@ def packed(args, clock: Clock, tmp: Path, summary: dict, dataset="cifar10c", ks=
             return
         env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // k))}
         t0 = time.time()
-        procs = [train(args, dataset, "disent", "graph", steps, tmp / f"k{k}{mps}", seed=i, env=env) for i in range(k)]
-        results = [finish(p, tmp / f"k{k}{mps}", dataset, f"disent-graph-{i}") for i, p in enumerate(procs)]
+        procs = [
+            train(args, dataset, "disent", "graph", steps, tmp / f"k{k}{mps}", seed=i, env=env)
+            for i in range(k)
+        ]
+        results = [
+            finish(p, tmp / f"k{k}{mps}", dataset, f"disent-graph-{i}") for i, p in enumerate(procs)
+        ]
         wall = time.time() - t0
         if all(results):
             rate = sum(steps / r["train_seconds"] for r in results)
-            summary.setdefault("packed", []).append(dict(dataset=dataset, mps=mps, k=k, steps=steps,
-                                                         run_steps_per_second=round(rate, 1),
-                                                         incl_startup=round(k * steps / wall, 1)))
-            print(f"packed {label:28s} K={k}: {rate:8.1f} run-steps/s ({k * steps / wall:.1f} with start-up)",
-                  flush=True)
+            summary.setdefault("packed", []).append(
+                dict(
+                    dataset=dataset,
+                    mps=mps,
+                    k=k,
+                    steps=steps,
+                    run_steps_per_second=round(rate, 1),
+                    incl_startup=round(k * steps / wall, 1),
+                )
+            )
+            print(
+                f"packed {label:28s} K={k}: {rate:8.1f} run-steps/s ({k * steps / wall:.1f} with start-up)",
+                flush=True,
+            )
 
 
 def start_mps() -> bool:
@@ -132,7 +234,10 @@ def start_mps() -> bool:
         print("-- MPS: nvidia-cuda-mps-control is not installed", flush=True)
         return False
     ok = subprocess.run(["nvidia-cuda-mps-control", "-d"], capture_output=True, text=True)
-    print(f"-- MPS daemon: {'started' if ok.returncode == 0 else 'failed: ' + ok.stderr.strip()}", flush=True)
+    print(
+        f"-- MPS daemon: {'started' if ok.returncode == 0 else 'failed: ' + ok.stderr.strip()}",
+        flush=True,
+    )
     return ok.returncode == 0
 
 
@@ -149,52 +254,111 @@ def reference(args, clock: Clock, tmp: Path, summary: dict) -> None:
     (copy / "wandb.py").write_text(WANDB_STANDIN)
     walls = {}
     for n in (100, 400):
-        cmd = [sys.executable, "train.py", *REFERENCE_DISENT, "--exp", f"ref{n}", "--num_steps", str(n),
-               "--data_dir", str(Path(args.data_dir).resolve()), "--log_dir", str(tmp / "reflog")]
+        cmd = [
+            sys.executable,
+            "train.py",
+            *REFERENCE_DISENT,
+            "--exp",
+            f"ref{n}",
+            "--num_steps",
+            str(n),
+            "--data_dir",
+            str(Path(args.data_dir).resolve()),
+            "--log_dir",
+            str(tmp / "reflog"),
+        ]
         t0 = time.time()
-        proc = subprocess.run(cmd, cwd=copy, capture_output=True, text=True, timeout=max(30, clock.left()))
+        proc = subprocess.run(
+            cmd, cwd=copy, capture_output=True, text=True, timeout=max(30, clock.left())
+        )
         walls[n] = time.time() - t0
         if proc.returncode != 0:
-            print(f"-- reference code failed: {(proc.stderr or proc.stdout).strip().splitlines()[-3:]}", flush=True)
+            print(
+                f"-- reference code failed: {(proc.stderr or proc.stdout).strip().splitlines()[-3:]}",
+                flush=True,
+            )
             return
     rate = 300 / (walls[400] - walls[100])
-    summary["reference"] = dict(command="train.py " + " ".join(REFERENCE_DISENT), steps_per_second=round(rate, 1),
-                                wall_100=round(walls[100], 1), wall_400=round(walls[400], 1))
-    print(f"reference code, C-CIFAR10 DisEnt 0.5pct: {rate:.1f} steps/s (wall 100 steps {walls[100]:.1f} s, "
-          f"400 steps {walls[400]:.1f} s)", flush=True)
+    summary["reference"] = dict(
+        command="train.py " + " ".join(REFERENCE_DISENT),
+        steps_per_second=round(rate, 1),
+        wall_100=round(walls[100], 1),
+        wall_400=round(walls[400], 1),
+    )
+    print(
+        f"reference code, C-CIFAR10 DisEnt 0.5pct: {rate:.1f} steps/s (wall 100 steps {walls[100]:.1f} s, "
+        f"400 steps {walls[400]:.1f} s)",
+        flush=True,
+    )
 
 
 def table(args, clock: Clock, summary: dict) -> None:
     """The cells in priority order, as many as the packed DisEnt speed says can finish."""
-    rates = {p["k"]: p["run_steps_per_second"] for p in summary.get("packed", [])
-             if p["dataset"] == "cifar10c" and p["mps"] == summary.get("table_mps", False)}
-    rates.update({1: s["steps_per_second"] for s in summary.get("single", [])
-                  if (s["dataset"], s["method"], s["mode"]) == ("cifar10c", "disent", "graph")})
+    rates = {
+        p["k"]: p["run_steps_per_second"]
+        for p in summary.get("packed", [])
+        if p["dataset"] == "cifar10c" and p["mps"] == summary.get("table_mps", False)
+    }
+    for s in summary.get("single", []):
+        if (s["dataset"], s["method"], s["mode"]) == ("cifar10c", "disent", "graph"):
+            rates[1] = s["steps_per_second"]
     if not rates:
         print("-- table: skipped, no packed speed was measured", flush=True)
         return
-    plans = [(6, ["--ratios", "0.5", "5"], 6), (3, ["--ratios", "0.5"], 3), (2, ["--methods", "disent",
-             "--ratios", "0.5", "5"], 2), (1, ["--methods", "disent", "--ratios", "0.5"], 1)]
+    plans = [
+        (6, ["--ratios", "0.5", "5"], 6),
+        (3, ["--ratios", "0.5"], 3),
+        (2, ["--methods", "disent", "--ratios", "0.5", "5"], 2),
+        (1, ["--methods", "disent", "--ratios", "0.5"], 1),
+    ]
     if clock.left() == float("inf"):
         plans = [(36, [], 8)]
-    for n, filters, k in plans:
-        rate = packed_rate(rates, k)
-        needs = 1.2 * 50_000 * n / rate + 60  # 20%: the swap, the averaged model's evaluations
-        if clock.left() >= needs:
-            break
-    else:
-        print(f"-- table: skipped, {clock.left():.0f} s left; one 50,000-step DisEnt run needs "
-              f"~{50_000 / rates[min(rates)] + 60:.0f} s", flush=True)
+    # 20% over the measured speed: the swap after curr_step, the averaged model's evaluations
+    fitting = [
+        (n, f, k)
+        for n, f, k in plans
+        if clock.left() >= 1.2 * 50_000 * n / packed_rate(rates, k) + 60
+    ]
+    if not fitting:
+        print(
+            f"-- table: skipped, {clock.left():.0f} s left; one 50,000-step DisEnt run needs "
+            f"~{50_000 / rates[min(rates)] + 60:.0f} s",
+            flush=True,
+        )
         return
-    cmd = [sys.executable, "-m", "debiaslab", "sweep", "--config", "configs/cifar10c_table.toml", "--out",
-           args.runs, "--seeds", "0", *filters, "--set", f"data_dir={args.data_dir}", "--runs_per_device", str(k),
-           "--no_progress"]
+    n, filters, k = fitting[0]
+    needs = 1.2 * 50_000 * n / packed_rate(rates, k) + 60
+    cmd = [
+        sys.executable,
+        "-m",
+        "debiaslab",
+        "sweep",
+        "--config",
+        "configs/cifar10c_table.toml",
+        "--out",
+        args.runs,
+        "--seeds",
+        "0",
+        *filters,
+        "--set",
+        f"data_dir={args.data_dir}",
+        "--runs_per_device",
+        str(k),
+        "--no_progress",
+    ]
     if n == 36:
         cmd = [c for c in cmd if c not in ("--seeds", "0")]
-    print(f"-- table: {n} runs, {k} at once (estimated {needs:.0f} s, {clock.left():.0f} s left): "
-          f"{' '.join(cmd[2:])}", flush=True)
+    print(
+        f"-- table: {n} runs, {k} at once (estimated {needs:.0f} s, {clock.left():.0f} s left): "
+        f"{' '.join(cmd[2:])}",
+        flush=True,
+    )
     try:
-        subprocess.run(cmd, cwd=ROOT, timeout=None if clock.left() == float("inf") else max(10, clock.left() - 15))
+        subprocess.run(
+            cmd,
+            cwd=ROOT,
+            timeout=None if clock.left() == float("inf") else max(10, clock.left() - 15),
+        )
     except subprocess.TimeoutExpired:
         print("-- table: out of time; unfinished runs resume with the same command", flush=True)
     summary["table"] = dict(runs=n, at_once=k, command=" ".join(cmd[2:]))
@@ -205,7 +369,10 @@ def packed_rate(rates: dict[int, float], k: int) -> float:
     K (never extrapolated above the largest)."""
     if k in rates:
         return rates[k]
-    below, above = max((r for r in rates if r < k), default=None), min((r for r in rates if r > k), default=None)
+    below, above = (
+        max((r for r in rates if r < k), default=None),
+        min((r for r in rates if r > k), default=None),
+    )
     if below is None:
         return rates[above] * k / above
     if above is None:
@@ -214,19 +381,34 @@ def packed_rate(rates: dict[int, float], k: int) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--data_dir", default="dataset", help="holds cifar10c/ (and cmnist/)")
     p.add_argument("--out", required=True, help="speed.json goes here")
-    p.add_argument("--runs", default="docs/results/cifar10c_runs", help="the table's sweep directory")
+    p.add_argument(
+        "--runs", default="docs/results/cifar10c_runs", help="the table's sweep directory"
+    )
     p.add_argument("--reference", help="a clone of the paper's code (optional)")
-    p.add_argument("--steps", type=int, default=2000, help="steps of a captured C-CIFAR10 speed run")
-    p.add_argument("--budget", type=float, default=None, help="seconds from $SUITE_START to stop at")
-    p.add_argument("--methods", nargs="+", default=["disent", "lff", "vanilla"], help="single section's methods")
+    p.add_argument(
+        "--steps", type=int, default=2000, help="steps of a captured C-CIFAR10 speed run"
+    )
+    p.add_argument(
+        "--budget", type=float, default=None, help="seconds from $SUITE_START to stop at"
+    )
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["disent", "lff", "vanilla"],
+        help="single section's methods",
+    )
     p.add_argument("--modes", nargs="+", default=["graph", "eager"], help="single section's modes")
     p.add_argument("--packed", nargs="*", type=int, default=[2, 4, 8], help="K runs at once, plain")
     p.add_argument("--mps", nargs="*", type=int, default=[4, 8], help="K runs at once under MPS")
     p.add_argument("--no_cmnist_packed", dest="cmnist_packed", action="store_false")
-    p.add_argument("--sections", nargs="+", default=["single", "reference", "packed", "table", "compiled"])
+    p.add_argument(
+        "--sections", nargs="+", default=["single", "reference", "packed", "table", "compiled"]
+    )
     args = p.parse_args()
     clock, summary = Clock(args.budget), {}
     out = Path(args.out)
@@ -244,9 +426,15 @@ def main() -> None:
                     packed(args, clock, tmp, summary, dataset="cmnist", ks=(8,))
                 if args.mps and clock.left() > 60 and start_mps():
                     packed(args, clock, tmp, summary, ks=args.mps, mps=True)
-                    best = {p["k"]: p["run_steps_per_second"] for p in summary["packed"] if p["mps"]}
-                    plain = {p["k"]: p["run_steps_per_second"] for p in summary["packed"] if not p["mps"]}
-                    summary["table_mps"] = bool(best) and max(best.values()) > max(plain.values(), default=0)
+                    best = {
+                        p["k"]: p["run_steps_per_second"] for p in summary["packed"] if p["mps"]
+                    }
+                    plain = {
+                        p["k"]: p["run_steps_per_second"] for p in summary["packed"] if not p["mps"]
+                    }
+                    summary["table_mps"] = bool(best) and max(best.values()) > max(
+                        plain.values(), default=0
+                    )
                     if not summary["table_mps"]:
                         stop_mps()
             elif section == "table":

@@ -18,6 +18,7 @@ code evaluates before each step 0, 500, ..., 49,500; debiaslab after steps 500, 
     python benchmarks/reference_fidelity.py compare --reference_logs ref_runs \\
         --ours docs/results/cmnist_runs --method disent --percent 0.5pct
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,29 +31,40 @@ import sys
 import tempfile
 from pathlib import Path
 
-WANDB_STANDIN = '''import json, os, types
+WANDB_STANDIN = """import json, os, types
 run = types.SimpleNamespace(name=None)
 def init(**kwargs):
     return run
 def log(values, step=None):
     with open(os.environ["WANDB_STUB_LOG"], "a") as f:
         f.write(json.dumps({"step": step, **{k: float(v) for k, v in values.items()}}) + "\\n")
-'''
-SEEDED_LAUNCHER = '''import os, random, runpy, sys
+"""
+SEEDED_LAUNCHER = """import os, random, runpy, sys
 import numpy as np, torch
 seed = int(os.environ["REF_SEED"])
 random.seed(seed); np.random.seed(seed); torch.manual_seed(seed); torch.set_num_threads(1)
 sys.path.insert(0, os.getcwd())
 sys.argv = ["train.py"] + sys.argv[1:]
 runpy.run_path("train.py", run_name="__main__")
-'''
+"""
 # The paper's DisEnt commands (its scripts/run_cmnist_ours.sh), minus --tensorboard / --wandb.
-DISENT_CMNIST = ["--dataset", "cmnist", "--lr=0.01", "--curr_step=10000", "--lambda_swap=1",
-                 "--lambda_dis_align=10", "--lambda_swap_align=10", "--use_lr_decay", "--lr_decay_step=10000",
-                 "--lr_gamma=0.5", "--train_ours"]
-CUDA_CALLS = {"self.label = label.cuda()": "self.label = label",
-              "self.max = torch.zeros(self.num_classes).cuda()":
-                  "self.max = torch.zeros(self.num_classes, device=label.device)"}
+DISENT_CMNIST = [
+    "--dataset",
+    "cmnist",
+    "--lr=0.01",
+    "--curr_step=10000",
+    "--lambda_swap=1",
+    "--lambda_dis_align=10",
+    "--lambda_swap_align=10",
+    "--use_lr_decay",
+    "--lr_decay_step=10000",
+    "--lr_gamma=0.5",
+    "--train_ours",
+]
+CUDA_CALLS = {
+    "self.label = label.cuda()": "self.label = label",
+    "self.max = torch.zeros(self.num_classes).cuda()": "self.max = torch.zeros(self.num_classes, device=label.device)",
+}
 
 
 def prepared_copy(reference: Path, into: Path) -> Path:
@@ -80,15 +92,35 @@ def run(args) -> None:
         for seed in args.seeds:
             log = out / f"disent_{args.percent}_seed{seed}.jsonl"
             log.unlink(missing_ok=True)
-            env = {**os.environ, "WANDB_STUB_LOG": str(log), "REF_SEED": str(seed),
-                   "PYTHONPATH": str(Path(tmp) / "stub")}
-            cmd = [sys.executable, str(Path(tmp) / "stub" / "seeded_train.py"), *DISENT_CMNIST,
-                   f"--percent={args.percent}", f"--exp=disent_{args.percent}_seed{seed}", "--wandb",
-                   "--device", "cpu", "--num_workers", "0", "--num_steps", str(args.num_steps),
-                   "--data_dir", str(Path(args.data_dir).resolve()), "--log_dir", str(out / "log")]
+            env = {
+                **os.environ,
+                "WANDB_STUB_LOG": str(log),
+                "REF_SEED": str(seed),
+                "PYTHONPATH": str(Path(tmp) / "stub"),
+            }
+            cmd = [
+                sys.executable,
+                str(Path(tmp) / "stub" / "seeded_train.py"),
+                *DISENT_CMNIST,
+                f"--percent={args.percent}",
+                f"--exp=disent_{args.percent}_seed{seed}",
+                "--wandb",
+                "--device",
+                "cpu",
+                "--num_workers",
+                "0",
+                "--num_steps",
+                str(args.num_steps),
+                "--data_dir",
+                str(Path(args.data_dir).resolve()),
+                "--log_dir",
+                str(out / "log"),
+            ]
             print(f"seed {seed}: {' '.join(cmd[2:])}", flush=True)
             with open(out / f"disent_{args.percent}_seed{seed}.log", "w") as console:
-                subprocess.run(cmd, cwd=code, env=env, stdout=console, stderr=subprocess.STDOUT, check=True)
+                subprocess.run(
+                    cmd, cwd=code, env=env, stdout=console, stderr=subprocess.STDOUT, check=True
+                )
 
 
 def summary(curve: list[float]) -> tuple[float, float, float]:
@@ -100,7 +132,9 @@ def reference_curves(folder: Path, percent: str) -> dict[str, list[float]]:
     curves = {}
     for log in sorted(folder.glob(f"disent_{percent}_seed*.jsonl")):
         rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-        curve = [r["acc_d_test"] for r in sorted(rows, key=lambda r: r["step"]) if "acc_d_test" in r]
+        curve = [
+            r["acc_d_test"] for r in sorted(rows, key=lambda r: r["step"]) if "acc_d_test" in r
+        ]
         curves[log.stem.rsplit("_", 1)[1]] = curve
     return curves
 
@@ -111,7 +145,9 @@ def our_curves(folder: Path, method: str, percent: str, metric: str) -> dict[str
         res = json.loads(results.read_text())
         if res["method"] != method or res["percent"] != percent:
             continue
-        rows = [json.loads(line) for line in (results.parent / "metrics.jsonl").read_text().splitlines()]
+        rows = [
+            json.loads(line) for line in (results.parent / "metrics.jsonl").read_text().splitlines()
+        ]
         curves[f"seed{res['seed']}"] = [r["test"][metric] for r in rows if r.get("kind") == "eval"]
     return curves
 
@@ -120,7 +156,9 @@ def table(name: str, curves: dict[str, list[float]]) -> list[str]:
     lines = []
     stats = [summary(c) for c in curves.values()]
     for seed, s in zip(curves, stats):
-        lines.append(f"| {name} | {seed} | {len(curves[seed])} | {s[0]:.2f} | {s[1]:.2f} | {s[2]:.2f} |")
+        lines.append(
+            f"| {name} | {seed} | {len(curves[seed])} | {s[0]:.2f} | {s[1]:.2f} | {s[2]:.2f} |"
+        )
     if len(stats) > 1:
         cols = [f"{statistics.fmean(c):.2f} ± {statistics.stdev(c):.2f}" for c in zip(*stats)]
         lines.append(f"| {name} | mean ± std | | {' | '.join(cols)} |")
@@ -130,20 +168,46 @@ def table(name: str, curves: dict[str, list[float]]) -> list[str]:
 def compare(args) -> None:
     ref = reference_curves(Path(args.reference_logs), args.percent)
     if not ref:
-        sys.exit(f"no disent_{args.percent}_seed*.jsonl under {args.reference_logs}; run the 'run' step first")
-    print(f"Test accuracy (%) of DisEnt on cmnist {args.percent}: last evaluation, mean of the last 20, best (oracle)\n")
+        sys.exit(
+            f"no disent_{args.percent}_seed*.jsonl under {args.reference_logs}; run the 'run' step first"
+        )
+    print(
+        f"Test accuracy (%) of DisEnt on cmnist {args.percent}: last evaluation, mean of the last 20, best (oracle)\n"
+    )
     print("| code | seed | evaluations | last | last 20 | oracle |\n|---|---|---|---|---|---|")
     print("\n".join(table("paper's code, accuracy", ref)))
-    print("\n".join(table("debiaslab, accuracy", our_curves(Path(args.ours), args.method, args.percent, "accuracy"))))
-    print("\n".join(table("debiaslab, unbiased", our_curves(Path(args.ours), args.method, args.percent, "unbiased"))))
+    print(
+        "\n".join(
+            table(
+                "debiaslab, accuracy",
+                our_curves(Path(args.ours), args.method, args.percent, "accuracy"),
+            )
+        )
+    )
+    print(
+        "\n".join(
+            table(
+                "debiaslab, unbiased",
+                our_curves(Path(args.ours), args.method, args.percent, "unbiased"),
+            )
+        )
+    )
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="train the paper's code (DisEnt, CMNIST) for some seeds")
-    r.add_argument("--reference", required=True, help="a clone of kakaoenterprise/Learning-Debiased-Disentangled")
-    r.add_argument("--data_dir", default="dataset", help="folder holding cmnist/ (default: dataset)")
+    r.add_argument(
+        "--reference",
+        required=True,
+        help="a clone of kakaoenterprise/Learning-Debiased-Disentangled",
+    )
+    r.add_argument(
+        "--data_dir", default="dataset", help="folder holding cmnist/ (default: dataset)"
+    )
     r.add_argument("--percent", default="0.5pct")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     r.add_argument("--num_steps", type=int, default=50_000)

@@ -8,65 +8,189 @@ after each run, also on an interrupt.
 
 Prints CAUGHT or MISSED per mutation; exits 1 if any was missed.
 """
+
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MUTATIONS = [  # (name, file, text, its replacement, the tests that must then fail)
- ("metrics: unbiased as sample-weighted mean", "src/debiaslab/metrics.py", 'out["unbiased"] = float(cell_acc.mean())',
-  'out["unbiased"] = float(hits[filled].sum() / total[filled].sum())', "tests/test_metrics.py"),
- ("metrics: worst group over classes", "src/debiaslab/metrics.py", 'out["worst_group"] = float(cell_acc.min())',
-  'out["worst_group"] = float(min(p for p in per_class if p is not None))', "tests/test_metrics.py"),
- ("selection: last best on ties", "src/debiaslab/train.py", 'score > self.best[rule]["score"]',
-  'score >= self.best[rule]["score"]', "tests/test_selection.py"),
- ("cli: --q not passed", "src/debiaslab/cli.py", "q=args.q,", "q=0.7,", "tests/test_methods.py"),
- ("cli: --gce_form not passed", "src/debiaslab/cli.py", "gce_form=args.gce_form,", "", "tests/test_methods.py"),
- ("cli: --ema_alpha not passed", "src/debiaslab/cli.py", "ema_alpha=args.ema_alpha,", "", "tests/test_methods.py"),
- ("cli: --lambda_swap not passed", "src/debiaslab/cli.py", "lambda_swap=args.lambda_swap,", "", "tests/test_methods.py"),
- ("cli: --lambda_dis_align not passed", "src/debiaslab/cli.py", "lambda_dis_align=args.lambda_dis_align,", "",
-  "tests/test_methods.py"),
- ("cli: --lambda_swap_align not passed", "src/debiaslab/cli.py", "lambda_swap_align=args.lambda_swap_align,", "",
-  "tests/test_methods.py"),
- ("cli: --use_lr_decay not passed", "src/debiaslab/cli.py", "use_lr_decay=args.use_lr_decay,", "use_lr_decay=False,",
-  "tests/test_methods.py"),
- ("cli: --lr not passed", "src/debiaslab/cli.py", "lr=args.lr,", "lr=0.001,", "tests/test_methods.py"),
- ("disent: lambda_swap_align ignored", "src/debiaslab/methods/disent.py", "cfg.lambda_swap_align * loss_swap_align",
-  "loss_swap_align", "tests/test_methods.py"),
- ("train: bias labels as training labels", "src/debiaslab/train.py",
-  "method.update(x, torch.index_select(train_split.targets, 0, idx), idx,",
-  "method.update(x, torch.index_select(train_split.biases, 0, idx), idx,", "tests/test_claims.py::test_training_never_reads_bias_labels"),
- ("base: skipped steps not counted by the schedule", "src/debiaslab/methods/base.py", "        self._schedule(step)\n",
-  "        if bool(applied):\n            self._schedule(step)\n", "tests/test_faults.py::test_skipped_steps_still_count_in_the_lr_schedule"),
- ("train: --overwrite ignored", "src/debiaslab/train.py", "or not any(run_dir.iterdir()) or cfg.overwrite:",
-  "or not any(run_dir.iterdir()):", "tests/test_claims.py::test_overwrite_replaces_a_different_run_and_retrains_an_identical_one"),
- ("train: --no_best_checkpoints ignored", "src/debiaslab/train.py", "for rule in improved if cfg.best_checkpoints else ():",
-  "for rule in improved:", "tests/test_claims.py::test_no_best_checkpoints_writes_only_the_last_and_test_says_so"),
- ("groupdro: weights move away from the worst group", "src/debiaslab/methods/groupdro.py",
-  "q = q * torch.exp(eta * group_loss)", "q = q * torch.exp(-eta * group_loss)",
-  "tests/test_stages.py::test_group_means_and_the_weight_update_by_hand"),
- ("jtt: error set of the right answers", "src/debiaslab/methods/jtt.py", "logits.argmax(1) != data.targets",
-  "logits.argmax(1) == data.targets", "tests/test_stages.py::test_jtt_error_set_is_what_the_first_model_gets_wrong_and_is_upsampled"),
- ("stages: selection rules also score earlier stages", "src/debiaslab/train.py", "            if eval_now and main:\n",
-  "            if eval_now:\n", "tests/test_stages.py::test_jtt_through_train_and_test"),
- ("be: tau not strict", "src/debiaslab/methods/bias_ensemble.py", "return (probs > tau).sum(0) >= agreement",
-  "return (probs >= tau).sum(0) >= agreement", "tests/test_be.py::test_a_probability_equal_to_tau_does_not_count"),
- ("be: biased branch on every sample", "src/debiaslab/methods/bias_ensemble.py",
-  "return masked_mean(ce_b, self.aligned[idx])", "return ce_b.mean()",
-  "tests/test_be.py::test_lff_be_main_stage_matches_a_loop_reimplementation"),
- ("be: swap term masked by the wrong sample", "src/debiaslab/methods/disent.py", "idx_b = idx[perm]", "idx_b = idx",
-  "tests/test_be.py::test_disent_be_bias_terms_use_the_sample_the_bias_features_come_from"),
- ("be: last best on ties", "src/debiaslab/methods/bias_ensemble.py", 'accuracy > self.best["valid"]',
-  'accuracy >= self.best["valid"]', "tests/test_be.py::test_best_valid_model_is_kept_first_best_wins"),
- ("be: best model not put back", "src/debiaslab/methods/bias_ensemble.py",
-  '            model.load_state_dict(self.best["state"])\n', "",
-  "tests/test_be.py::test_best_valid_model_is_kept_first_best_wins"),
- ("be: aux stages count in the LR schedule", "src/debiaslab/methods/bias_ensemble.py",
-  "if self._main() and self.schedulers and step >= self.cfg.curr_step:",
-  "if self.schedulers and step >= self.cfg.curr_step:",
-  "tests/test_be.py::test_each_model_moves_only_in_its_own_stage_and_the_vote_is_that_of_the_kept_models"),
- ("cache: read-only folder not detected", "src/debiaslab/data/reference.py", "if os.access(base, os.W_OK):", "if True:",
-  "tests/test_claims.py::test_read_only_data_folder_caches_under_xdg_cache_home"),
+    (
+        "metrics: unbiased as sample-weighted mean",
+        "src/debiaslab/metrics.py",
+        'out["unbiased"] = float(cell_acc.mean())',
+        'out["unbiased"] = float(hits[filled].sum() / total[filled].sum())',
+        "tests/test_metrics.py",
+    ),
+    (
+        "metrics: worst group over classes",
+        "src/debiaslab/metrics.py",
+        'out["worst_group"] = float(cell_acc.min())',
+        'out["worst_group"] = float(min(p for p in per_class if p is not None))',
+        "tests/test_metrics.py",
+    ),
+    (
+        "selection: last best on ties",
+        "src/debiaslab/train.py",
+        'score > self.best[rule]["score"]',
+        'score >= self.best[rule]["score"]',
+        "tests/test_selection.py",
+    ),
+    ("cli: --q not passed", "src/debiaslab/cli.py", "q=args.q,", "q=0.7,", "tests/test_methods.py"),
+    (
+        "cli: --gce_form not passed",
+        "src/debiaslab/cli.py",
+        "gce_form=args.gce_form,",
+        "",
+        "tests/test_methods.py",
+    ),
+    (
+        "cli: --ema_alpha not passed",
+        "src/debiaslab/cli.py",
+        "ema_alpha=args.ema_alpha,",
+        "",
+        "tests/test_methods.py",
+    ),
+    (
+        "cli: --lambda_swap not passed",
+        "src/debiaslab/cli.py",
+        "lambda_swap=args.lambda_swap,",
+        "",
+        "tests/test_methods.py",
+    ),
+    (
+        "cli: --lambda_dis_align not passed",
+        "src/debiaslab/cli.py",
+        "lambda_dis_align=args.lambda_dis_align,",
+        "",
+        "tests/test_methods.py",
+    ),
+    (
+        "cli: --lambda_swap_align not passed",
+        "src/debiaslab/cli.py",
+        "lambda_swap_align=args.lambda_swap_align,",
+        "",
+        "tests/test_methods.py",
+    ),
+    (
+        "cli: --use_lr_decay not passed",
+        "src/debiaslab/cli.py",
+        "use_lr_decay=args.use_lr_decay,",
+        "use_lr_decay=False,",
+        "tests/test_methods.py",
+    ),
+    (
+        "cli: --lr not passed",
+        "src/debiaslab/cli.py",
+        "lr=args.lr,",
+        "lr=0.001,",
+        "tests/test_methods.py",
+    ),
+    (
+        "disent: lambda_swap_align ignored",
+        "src/debiaslab/methods/disent.py",
+        "cfg.lambda_swap_align * loss_swap_align",
+        "loss_swap_align",
+        "tests/test_methods.py",
+    ),
+    (
+        "train: bias labels as training labels",
+        "src/debiaslab/train.py",
+        "method.update(x, torch.index_select(train_split.targets, 0, idx), idx,",
+        "method.update(x, torch.index_select(train_split.biases, 0, idx), idx,",
+        "tests/test_claims.py::test_training_never_reads_bias_labels",
+    ),
+    (
+        "base: skipped steps not counted by the schedule",
+        "src/debiaslab/methods/base.py",
+        "        self._schedule(step)\n",
+        "        if bool(applied):\n            self._schedule(step)\n",
+        "tests/test_faults.py::test_skipped_steps_still_count_in_the_lr_schedule",
+    ),
+    (
+        "train: --overwrite ignored",
+        "src/debiaslab/train.py",
+        "or not any(run_dir.iterdir()) or cfg.overwrite:",
+        "or not any(run_dir.iterdir()):",
+        "tests/test_claims.py::test_overwrite_replaces_a_different_run_and_retrains_an_identical_one",
+    ),
+    (
+        "train: --no_best_checkpoints ignored",
+        "src/debiaslab/train.py",
+        "for rule in improved if cfg.best_checkpoints else ():",
+        "for rule in improved:",
+        "tests/test_claims.py::test_no_best_checkpoints_writes_only_the_last_and_test_says_so",
+    ),
+    (
+        "groupdro: weights move away from the worst group",
+        "src/debiaslab/methods/groupdro.py",
+        "q = q * torch.exp(eta * group_loss)",
+        "q = q * torch.exp(-eta * group_loss)",
+        "tests/test_stages.py::test_group_means_and_the_weight_update_by_hand",
+    ),
+    (
+        "jtt: error set of the right answers",
+        "src/debiaslab/methods/jtt.py",
+        "logits.argmax(1) != data.targets",
+        "logits.argmax(1) == data.targets",
+        "tests/test_stages.py::test_jtt_error_set_is_what_the_first_model_gets_wrong_and_is_upsampled",
+    ),
+    (
+        "stages: selection rules also score earlier stages",
+        "src/debiaslab/train.py",
+        "            if eval_now and main:\n",
+        "            if eval_now:\n",
+        "tests/test_stages.py::test_jtt_through_train_and_test",
+    ),
+    (
+        "be: tau not strict",
+        "src/debiaslab/methods/bias_ensemble.py",
+        "return (probs > tau).sum(0) >= agreement",
+        "return (probs >= tau).sum(0) >= agreement",
+        "tests/test_be.py::test_a_probability_equal_to_tau_does_not_count",
+    ),
+    (
+        "be: biased branch on every sample",
+        "src/debiaslab/methods/bias_ensemble.py",
+        "return masked_mean(ce_b, self.aligned[idx])",
+        "return ce_b.mean()",
+        "tests/test_be.py::test_lff_be_main_stage_matches_a_loop_reimplementation",
+    ),
+    (
+        "be: swap term masked by the wrong sample",
+        "src/debiaslab/methods/disent.py",
+        "idx_b = idx[perm]",
+        "idx_b = idx",
+        "tests/test_be.py::test_disent_be_bias_terms_use_the_sample_the_bias_features_come_from",
+    ),
+    (
+        "be: last best on ties",
+        "src/debiaslab/methods/bias_ensemble.py",
+        'accuracy > self.best["valid"]',
+        'accuracy >= self.best["valid"]',
+        "tests/test_be.py::test_best_valid_model_is_kept_first_best_wins",
+    ),
+    (
+        "be: best model not put back",
+        "src/debiaslab/methods/bias_ensemble.py",
+        '            model.load_state_dict(self.best["state"])\n',
+        "",
+        "tests/test_be.py::test_best_valid_model_is_kept_first_best_wins",
+    ),
+    (
+        "be: aux stages count in the LR schedule",
+        "src/debiaslab/methods/bias_ensemble.py",
+        "if self._main() and self.schedulers and step >= self.cfg.curr_step:",
+        "if self.schedulers and step >= self.cfg.curr_step:",
+        "tests/test_be.py::test_each_model_moves_only_in_its_own_stage_and_the_vote_is_that_of_the_kept_models",
+    ),
+    (
+        "cache: read-only folder not detected",
+        "src/debiaslab/data/reference.py",
+        "if os.access(base, os.W_OK):",
+        "if True:",
+        "tests/test_claims.py::test_read_only_data_folder_caches_under_xdg_cache_home",
+    ),
 ]
 
 
@@ -75,11 +199,18 @@ def caught(file: str, old: str, new: str, tests: str) -> tuple[bool, str]:
     path = ROOT / file
     source = path.read_text()
     if source.count(old) != 1:
-        raise SystemExit(f"{file}: the text to mutate occurs {source.count(old)} times, not once: {old!r}")
+        raise SystemExit(
+            f"{file}: the text to mutate occurs {source.count(old)} times, not once: {old!r}"
+        )
     path.write_text(source.replace(old, new))
     try:
-        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests.split()],
-                           cwd=ROOT, capture_output=True, text=True, timeout=900)
+        r = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests.split()],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
     finally:
         path.write_text(source)
     lines = r.stdout.strip().splitlines()

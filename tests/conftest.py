@@ -26,7 +26,9 @@ def shared_data_dir() -> Path | None:
 def mnist_npz() -> Path:
     d = shared_data_dir()
     if d is None or not (d / "mnist.npz").exists():
-        pytest.skip("real MNIST not available: set DEBIASLAB_SHARED_DATA or place mnist.npz in ../shared/data")
+        pytest.skip(
+            "real MNIST not available: set DEBIASLAB_SHARED_DATA or place mnist.npz in ../shared/data"
+        )
     return d / "mnist.npz"
 
 
@@ -37,20 +39,46 @@ def cli_env(**extra) -> dict:
 
 def run_cli(*args, cwd=None, env=None, timeout=600, module=True):
     """Run ``python -m debiaslab ARGS`` (or a repo-root script when module=False) in a subprocess."""
-    cmd = [sys.executable, "-m", "debiaslab", *map(str, args)] if module else [sys.executable, *map(str, args)]
-    return subprocess.run(cmd, cwd=cwd or REPO, env=cli_env(**(env or {})), capture_output=True, text=True,
-                          timeout=timeout)
+    cmd = (
+        [sys.executable, "-m", "debiaslab", *map(str, args)]
+        if module
+        else [sys.executable, *map(str, args)]
+    )
+    return subprocess.run(
+        cmd,
+        cwd=cwd or REPO,
+        env=cli_env(**(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def quick_train_args(data, logs, *extra) -> list:
     """Flags of a short CPU training run on ``tiny_reference``: 40 steps, evaluations at 20 and 40."""
-    return ["--data_dir", data, "--log_dir", logs, "--num_steps", "40", "--valid_freq", "20",
-            "--batch_size", "16", "--no_progress", "--device", "cpu", *extra]
+    return [
+        "--data_dir",
+        data,
+        "--log_dir",
+        logs,
+        "--num_steps",
+        "40",
+        "--valid_freq",
+        "20",
+        "--batch_size",
+        "16",
+        "--no_progress",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def read_log(run_dir: Path, kind: str | None = None) -> list[dict]:
     """The records of a run's ``metrics.jsonl`` (of one ``kind``: train, eval, skip)."""
-    records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    ]
     return [r for r in records if kind is None or r["kind"] == kind]
 
 
@@ -66,7 +94,7 @@ def tiny_split(n_per_class: int, num_classes: int, conflict_every: int, seed: in
         biases[pick] = (targets[pick] + 1) % num_classes
     images = torch.randint(0, 40, (len(targets), 3, size, size), generator=g, dtype=torch.uint8)
     for i, (t, b) in enumerate(zip(targets.tolist(), biases.tolist())):
-        images[i, :, t * 2:t * 2 + 2, 1:3] = 250
+        images[i, :, t * 2 : t * 2 + 2, 1:3] = 250
         images[i, b % 3] = images[i, b % 3].clamp(min=120)
     return Split(images, targets, biases)
 
@@ -88,7 +116,11 @@ def tiny_bundle(size: int = 8):
     """A two-class in-memory dataset (80 train, 16 valid, 16 test images) for in-process runs."""
     from debiaslab.data.splits import DatasetBundle
 
-    splits = (tiny_split(40, 2, 5, 0, size), tiny_split(8, 2, 4, 1, size), tiny_split(8, 2, 2, 2, size))
+    splits = (
+        tiny_split(40, 2, 5, 0, size),
+        tiny_split(8, 2, 4, 1, size),
+        tiny_split(8, 2, 2, 2, size),
+    )
     return DatasetBundle("tiny", *splits, 2)
 
 
@@ -96,8 +128,20 @@ def tiny_config(tmp_path, **kw):
     """A short CPU run of ``tiny_bundle`` written to ``<tmp_path>/tiny/e``."""
     from debiaslab.config import TrainConfig
 
-    base = dict(dataset="tiny", method="vanilla", model="mlp", num_steps=20, valid_freq=10, save_freq=5,
-                batch_size=16, lr=1e-2, log_dir=str(tmp_path), exp="e", progress=False, device="cpu")
+    base = dict(
+        dataset="tiny",
+        method="vanilla",
+        model="mlp",
+        num_steps=20,
+        valid_freq=10,
+        save_freq=5,
+        batch_size=16,
+        lr=1e-2,
+        log_dir=str(tmp_path),
+        exp="e",
+        progress=False,
+        device="cpu",
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -116,10 +160,22 @@ def write_reference(root, dataset, percents, size=32, flat_eval_one_level_up=Fal
     for i, pct in enumerate(percents):
         write_split(tiny_split(6, 2, 3, i, size=size), root / dataset / pct, "train")
         if not flat_eval_one_level_up:
-            write_split(tiny_split(2, 2, 2, 10 + i, size=size), root / dataset / pct / "valid", "class", start_id=100)
+            write_split(
+                tiny_split(2, 2, 2, 10 + i, size=size),
+                root / dataset / pct / "valid",
+                "class",
+                start_id=100,
+            )
     if flat_eval_one_level_up:
-        write_split(tiny_split(2, 2, 2, 10, size=size), root / dataset / "valid", "flat", start_id=100)
-    write_split(tiny_split(3, 2, 2, 20, size=size), root / dataset / "test", "flat" if flat_eval_one_level_up else "class", start_id=200)
+        write_split(
+            tiny_split(2, 2, 2, 10, size=size), root / dataset / "valid", "flat", start_id=100
+        )
+    write_split(
+        tiny_split(3, 2, 2, 20, size=size),
+        root / dataset / "test",
+        "flat" if flat_eval_one_level_up else "class",
+        start_id=200,
+    )
     return root
 
 
@@ -129,8 +185,11 @@ def write_bar_layout(root: Path) -> None:
     for split, n in (("train", 3), ("test", 1)):
         for a, action in enumerate(actions):
             for i in range(n):
-                write_image(root / "bar" / split / f"{action}_{10 * a + i}.jpg", (40 * a, 100, 7 * i),
-                            size=(17 + 2 * i + a, 29 - i))
+                write_image(
+                    root / "bar" / split / f"{action}_{10 * a + i}.jpg",
+                    (40 * a, 100, 7 * i),
+                    size=(17 + 2 * i + a, 29 - i),
+                )
 
 
 def write_image_folder(root: Path, counts: dict, ext="jpg") -> None:
@@ -149,7 +208,9 @@ def make_method(method: str, model: str = "mlp", **kw):
     """``(method, targets)``: a method of 3x4x4 inputs over 24 samples of 3 classes, lr 0.01 unless given."""
     from debiaslab.config import TrainConfig
 
-    return method_from_config(TrainConfig(method=method, model=model, **{"lr": 0.01, **kw}).resolved())
+    return method_from_config(
+        TrainConfig(method=method, model=model, **{"lr": 0.01, **kw}).resolved()
+    )
 
 
 def method_from_config(cfg):
@@ -182,7 +243,9 @@ def method_batches(targets, steps: int, seed: int = 1):
 def method_state_of(method) -> dict:
     """Every number a step may move, as flat copies: weights and buffers, Adam's moments and counts,
     and every tensor of the method's own state (``extra_state``: EMAs, priors, group weights)."""
-    out = {f"{n}.{k}": v.clone() for n, m in method.models.items() for k, v in m.state_dict().items()}
+    out = {
+        f"{n}.{k}": v.clone() for n, m in method.models.items() for k, v in m.state_dict().items()
+    }
     for n, o in method.optimizers.items():
         for i, st in enumerate(o.state.values()):
             out.update({f"{n}.opt{i}.{k}": v.clone() for k, v in st.items()})
@@ -219,7 +282,9 @@ def saved_mlps(run_dir: Path, method: str, num_classes: int, in_shape: tuple) ->
     from debiaslab.methods import METHODS
     from debiaslab.models import build_model
 
-    states = torch.load(Path(run_dir) / "checkpoint_last.pt", weights_only=True)["method_state"]["models"]
+    states = torch.load(Path(run_dir) / "checkpoint_last.pt", weights_only=True)["method_state"][
+        "models"
+    ]
     cls = METHODS[method]
     models = {}
     for name in cls.model_names:
@@ -246,9 +311,17 @@ def metrics_by_loop(preds, targets, biases, num_classes: int) -> dict:
     def acc(hits):
         return sum(hits) / len(hits) if hits else None
 
-    out = {"n": len(targets), "accuracy": acc(correct),
-           "per_class": [acc([ok for ok, t in zip(correct, targets) if t == c]) for c in range(num_classes)],
-           "aligned": None, "conflicting": None, "unbiased": None, "worst_group": None}
+    out = {
+        "n": len(targets),
+        "accuracy": acc(correct),
+        "per_class": [
+            acc([ok for ok, t in zip(correct, targets) if t == c]) for c in range(num_classes)
+        ],
+        "aligned": None,
+        "conflicting": None,
+        "unbiased": None,
+        "worst_group": None,
+    }
     if biases is None:
         return out
     biases = [int(b) for b in biases]
@@ -256,17 +329,23 @@ def metrics_by_loop(preds, targets, biases, num_classes: int) -> dict:
     for ok, t, b in zip(correct, targets, biases):
         cells.setdefault((t, b), []).append(ok)
     cell_acc = [acc(hits) for hits in cells.values()]
-    out.update(aligned=acc([ok for ok, t, b in zip(correct, targets, biases) if t == b]),
-               conflicting=acc([ok for ok, t, b in zip(correct, targets, biases) if t != b]),
-               unbiased=sum(cell_acc) / len(cell_acc), worst_group=min(cell_acc))
+    out.update(
+        aligned=acc([ok for ok, t, b in zip(correct, targets, biases) if t == b]),
+        conflicting=acc([ok for ok, t, b in zip(correct, targets, biases) if t != b]),
+        unbiased=sum(cell_acc) / len(cell_acc),
+        worst_group=min(cell_acc),
+    )
     return out
 
 
 def assert_metrics_match(got: dict, expected: dict) -> None:
     """``got`` (debiaslab's) equals ``expected`` (``metrics_by_loop``) up to float rounding."""
+
     def same(a, b):
         if isinstance(b, list):
-            return isinstance(a, list) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+            return (
+                isinstance(a, list) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+            )
         return a == b if b is None or isinstance(b, int) else a == pytest.approx(b, abs=1e-12)
 
     assert got.keys() == expected.keys()
@@ -330,11 +409,22 @@ def cli_config(*flags):
     """The config ``debiaslab train FLAGS`` (or ``python train.py FLAGS``) trains with."""
     from debiaslab.cli import build_parser, config_from_args
 
-    return config_from_args(build_parser().parse_args(["train", "--device", "cpu", *flags])).resolved()
+    return config_from_args(
+        build_parser().parse_args(["train", "--device", "cpu", *flags])
+    ).resolved()
 
 
 # -- the step as one graph with no host read (tests/test_compile.py) --------------------------------
-HOST_READS = {"item", "tolist", "_local_scalar_dense", "__bool__", "__int__", "__float__", "cpu", "numpy"}
+HOST_READS = {
+    "item",
+    "tolist",
+    "_local_scalar_dense",
+    "__bool__",
+    "__int__",
+    "__float__",
+    "cpu",
+    "numpy",
+}
 
 
 class HostRead(Exception):
@@ -366,7 +456,10 @@ def assert_lff_matches_its_loop(method, targets, biased_term, steps: int = 6) ->
     for step, (x, y, idx) in enumerate(method_batches(targets, steps)):
         method.update(x, y, idx, step)
         lb, ld = mb(x), md(x)
-        ce_b, ce_d = F.cross_entropy(lb, y, reduction="none"), F.cross_entropy(ld, y, reduction="none")
+        ce_b, ce_d = (
+            F.cross_entropy(lb, y, reduction="none"),
+            F.cross_entropy(ld, y, reduction="none"),
+        )
         w = ref_weights(eb, ed, ce_b, ce_d, y, idx)
         ref_step(opts, biased_term(lb, y, idx) + (ce_d * w).mean())
     assert_same_weights(method, {"biased": mb, "debiased": md})
@@ -379,11 +472,17 @@ def assert_disent_matches_its_loop(method, targets, biased_term, steps: int = 6)
     swap_align 5: ``biased_term(logits_b, labels, idx)`` is the bias branch's term for rows whose
     bias features come from samples ``idx``."""
     curr_step = method.cfg.curr_step
-    assert (method.cfg.lambda_swap, method.cfg.lambda_dis_align, method.cfg.lambda_swap_align) == (0.5, 10.0, 5.0)
+    assert (method.cfg.lambda_swap, method.cfg.lambda_dis_align, method.cfg.lambda_swap_align) == (
+        0.5,
+        10.0,
+        5.0,
+    )
     ml, mb = (copy.deepcopy(method.models[n]) for n in ("intrinsic", "bias"))
     opts = adam([ml, mb])
     eb, ed = RefEMA(targets, 0.7), RefEMA(targets, 0.7)
-    perm_gen = torch.Generator().manual_seed(5)  # the same stream the method draws its permutations from
+    perm_gen = torch.Generator().manual_seed(
+        5
+    )  # the same stream the method draws its permutations from
     for step, (x, y, idx) in enumerate(method_batches(targets, steps)):
         method.update(x, y, idx, step)
         z_l, z_b = ml.extract(x), mb.extract(x)

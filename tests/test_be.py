@@ -1,4 +1,5 @@
 """BiasEnsemble (lff_be, disent_be) against computations written in the tests."""
+
 import copy
 import dataclasses
 import json
@@ -12,10 +13,26 @@ from debiaslab import UserError
 from debiaslab.methods import METHODS
 from debiaslab.methods.base import StageData
 from debiaslab.methods.bias_ensemble import agreement_mask, masked_mean
-from tests.conftest import (N_SAMPLES, adam, assert_disent_matches_its_loop, assert_lff_matches_its_loop,
-                            assert_same_tensors, assert_same_weights, cli_config, make_method,
-                            method_batches, quick_train_args, read_log, run_cli, ref_gce, ref_step,
-                            saved_mlps, tiny_bundle, tiny_config, traced)
+from tests.conftest import (
+    N_SAMPLES,
+    adam,
+    assert_disent_matches_its_loop,
+    assert_lff_matches_its_loop,
+    assert_same_tensors,
+    assert_same_weights,
+    cli_config,
+    make_method,
+    method_batches,
+    quick_train_args,
+    read_log,
+    ref_gce,
+    ref_step,
+    run_cli,
+    saved_mlps,
+    tiny_bundle,
+    tiny_config,
+    traced,
+)
 
 
 # -- the committee's vote --------------------------------------------------------------------------
@@ -26,11 +43,13 @@ def votes_by_hand(table, tau, agreement):
 
 @pytest.mark.parametrize("tau,agreement", [(0.99, 3), (0.99, 1), (0.5, 2), (0.5, 5), (0.0, 5)])
 def test_agreement_mask_by_hand(tau, agreement):
-    table = [[0.995, 0.99, 0.20, 1.00, 0.999, 0.50],
-             [0.999, 0.991, 0.99, 0.98, 0.999, 0.51],
-             [0.990, 0.999, 0.999, 0.997, 0.10, 0.50],
-             [0.991, 0.2, 0.995, 0.0, 0.999, 0.49],
-             [0.3, 0.99, 0.99, 0.993, 0.999, 0.999]]
+    table = [
+        [0.995, 0.99, 0.20, 1.00, 0.999, 0.50],
+        [0.999, 0.991, 0.99, 0.98, 0.999, 0.51],
+        [0.990, 0.999, 0.999, 0.997, 0.10, 0.50],
+        [0.991, 0.2, 0.995, 0.0, 0.999, 0.49],
+        [0.3, 0.99, 0.99, 0.993, 0.999, 0.999],
+    ]
     got = agreement_mask(torch.tensor(table, dtype=torch.float64), tau, agreement)
     assert got.tolist() == votes_by_hand(table, tau, agreement)
 
@@ -38,7 +57,10 @@ def test_agreement_mask_by_hand(tau, agreement):
 def test_a_probability_equal_to_tau_does_not_count():
     table = torch.tensor([[0.99, 0.99], [0.99, 0.9901], [0.99, 0.9901]], dtype=torch.float64)
     assert agreement_mask(table, 0.99, 2).tolist() == [False, True]
-    assert agreement_mask(table.float(), 0.99, 1).tolist() == [False, True]  # float32 rounding of the table too
+    assert agreement_mask(table.float(), 0.99, 1).tolist() == [
+        False,
+        True,
+    ]  # float32 rounding of the table too
 
 
 # -- the biased branch's loss ------------------------------------------------------------------------
@@ -69,22 +91,31 @@ def test_masked_mean_by_hand_and_rows_outside_the_mask_never_leak():
 @pytest.mark.parametrize("pattern", ["every_third", "none", "all"])
 def test_lff_be_biased_term_is_ce_over_the_selected_samples(pattern):
     method, targets = make_method("lff_be")
-    aligned = {"every_third": torch.arange(N_SAMPLES) % 3 == 0, "none": torch.zeros(N_SAMPLES, dtype=torch.bool),
-               "all": torch.ones(N_SAMPLES, dtype=torch.bool)}[pattern]
+    aligned = {
+        "every_third": torch.arange(N_SAMPLES) % 3 == 0,
+        "none": torch.zeros(N_SAMPLES, dtype=torch.bool),
+        "all": torch.ones(N_SAMPLES, dtype=torch.bool),
+    }[pattern]
     method.aligned.copy_(aligned)
     x, y, idx = next(method_batches(targets, 1))
     loss, terms = method.loss(x, y, idx, {})
     with torch.no_grad():
         expected = mean_over(ce_by_hand(method.models["biased"](x), y), aligned[idx].tolist())
     assert terms["loss_b"].item() == pytest.approx(expected, rel=1e-5, abs=1e-7)
-    grads = torch.autograd.grad(terms["loss_b"], list(method.models["biased"].parameters()), allow_unused=True)
+    grads = torch.autograd.grad(
+        terms["loss_b"], list(method.models["biased"].parameters()), allow_unused=True
+    )
     moved = any(g is not None and g.abs().sum() > 0 for g in grads)
-    assert moved == bool(aligned[idx].any())  # a batch without a selected sample gives the biased model nothing
+    assert moved == bool(
+        aligned[idx].any()
+    )  # a batch without a selected sample gives the biased model nothing
     assert torch.allclose(loss, terms["loss_b"] + terms["loss_d"])
 
 
 def test_disent_be_bias_terms_use_the_sample_the_bias_features_come_from():
-    method, targets = make_method("disent_be", curr_step=0, lambda_swap=1.0, lambda_dis_align=2.0, lambda_swap_align=3.0)
+    method, targets = make_method(
+        "disent_be", curr_step=0, lambda_swap=1.0, lambda_dis_align=2.0, lambda_swap_align=3.0
+    )
     aligned = torch.arange(N_SAMPLES) % 4 != 1
     method.aligned.copy_(aligned)
     x, y, idx = next(method_batches(targets, 1))
@@ -94,10 +125,18 @@ def test_disent_be_bias_terms_use_the_sample_the_bias_features_come_from():
     with torch.no_grad():
         z_i, z_b = m_i.extract(x), m_b.extract(x)
         dis = ce_by_hand(m_b.fc(torch.cat([z_i, z_b], 1)), y)
-        swap = ce_by_hand(m_b.fc(torch.cat([z_i, z_b[perm]], 1)), y[perm])  # the label of the features received
-    assert terms["loss_dis_align"].item() == pytest.approx(mean_over(dis, aligned[idx].tolist()), rel=1e-5)
-    assert terms["loss_swap_align"].item() == pytest.approx(mean_over(swap, aligned[idx[perm]].tolist()), rel=1e-5)
-    assert aligned[idx].tolist() != aligned[idx[perm]].tolist()  # the two masks differ: the test tells them apart
+        swap = ce_by_hand(
+            m_b.fc(torch.cat([z_i, z_b[perm]], 1)), y[perm]
+        )  # the label of the features received
+    assert terms["loss_dis_align"].item() == pytest.approx(
+        mean_over(dis, aligned[idx].tolist()), rel=1e-5
+    )
+    assert terms["loss_swap_align"].item() == pytest.approx(
+        mean_over(swap, aligned[idx[perm]].tolist()), rel=1e-5
+    )
+    assert (
+        aligned[idx].tolist() != aligned[idx[perm]].tolist()
+    )  # the two masks differ: the test tells them apart
 
 
 # -- stages, best-validation keeping, scoring -----------------------------------------------------------
@@ -112,7 +151,7 @@ def p_true_by_hand(model, data) -> list:
     out = []
     with torch.no_grad():
         for i in range(len(data.targets)):
-            logits = model(data.prepare(data.images[i:i + 1]))[0].tolist()
+            logits = model(data.prepare(data.images[i : i + 1]))[0].tolist()
             top = max(logits)
             exps = [math.exp(v - top) for v in logits]
             out.append(exps[int(data.targets[i])] / sum(exps))
@@ -130,7 +169,12 @@ def test_best_valid_model_is_kept_first_best_wins():
     method.begin_stage(aux1, data)
     model = method.models["aux1"]
     kept = {}
-    for step, acc in ((10, 0.5), (20, 0.7), (30, 0.7), (40, 0.6)):  # the best, then a tie, then worse
+    for step, acc in (
+        (10, 0.5),
+        (20, 0.7),
+        (30, 0.7),
+        (40, 0.6),
+    ):  # the best, then a tie, then worse
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.05 * step)
@@ -151,18 +195,31 @@ def run_stage(method, stage, data, steps, seed, evals=()):
     for step, (x, y, idx) in enumerate(method_batches(data.targets, steps, seed)):
         method.update(x, y, idx, step)
         if step + 1 in evals:
-            method.stage_evaluated(stage, {"step": step + 1, "valid": {"accuracy": evals[step + 1]}})
+            method.stage_evaluated(
+                stage, {"step": step + 1, "valid": {"accuracy": evals[step + 1]}}
+            )
     if stage.name != "main":
         method.eval()
         method.end_stage(stage, data)
 
 
 def test_each_model_moves_only_in_its_own_stage_and_the_vote_is_that_of_the_kept_models():
-    method, targets = make_method("lff_be", be_num_models=3, be_steps=4, be_agreement=2, use_lr_decay=True,
-                                  lr_decay_step=2, lr_gamma=0.5)
+    method, targets = make_method(
+        "lff_be",
+        be_num_models=3,
+        be_steps=4,
+        be_agreement=2,
+        use_lr_decay=True,
+        lr_decay_step=2,
+        lr_gamma=0.5,
+    )
     stages = method.stages(method.cfg)
     assert [(s.name, s.steps, s.models) for s in stages] == [
-        ("aux0", 4, ("aux0",)), ("aux1", 4, ("aux1",)), ("aux2", 4, ("aux2",)), ("main", 50_000, ("biased", "debiased"))]
+        ("aux0", 4, ("aux0",)),
+        ("aux1", 4, ("aux1",)),
+        ("aux2", 4, ("aux2",)),
+        ("main", 50_000, ("biased", "debiased")),
+    ]
     data = stage_data(targets)
     # accuracies fed to stage_evaluated: aux0 keeps step 2, aux1 step 4, aux2 step 2 (first of a tie)
     evals = [{2: 0.9, 4: 0.5}, {2: 0.1, 4: 0.2}, {2: 0.4, 4: 0.4}]
@@ -171,9 +228,13 @@ def test_each_model_moves_only_in_its_own_stage_and_the_vote_is_that_of_the_kept
         run_stage(method, stage, data, 4, seed=10 + k, evals=evals[k])
         after = weights_of(method)
         for name in method.models:
-            moved = not all(torch.equal(a, b) for a, b in zip(before[name].values(), after[name].values()))
+            moved = not all(
+                torch.equal(a, b) for a, b in zip(before[name].values(), after[name].values())
+            )
             assert moved == (name == stage.name), (stage.name, name)
-        assert method.lr() == 0.01 and all(float(o.param_groups[0]["lr"]) == 0.01 for o in method.optimizers.values())
+        assert method.lr() == 0.01 and all(
+            float(o.param_groups[0]["lr"]) == 0.01 for o in method.optimizers.values()
+        )
     assert method.best_steps == [2, 4, 2]
     probs = [p_true_by_hand(method.models[f"aux{i}"], data) for i in range(3)]
     assert method.scores.tolist() == [pytest.approx(p, abs=1e-6) for p in probs]
@@ -192,7 +253,7 @@ def test_each_model_moves_only_in_its_own_stage_and_the_vote_is_that_of_the_kept
         else:
             assert not torch.equal(method.models[name].fc.weight, state["fc.weight"]), name
     # the main models' schedule counts the main stage's steps only: 5 steps, decay every 2
-    assert method.lr() == pytest.approx(0.01 * 0.5 ** 2)
+    assert method.lr() == pytest.approx(0.01 * 0.5**2)
     assert float(method.optimizers["aux0"].param_groups[0]["lr"]) == 0.01
 
 
@@ -231,10 +292,16 @@ def test_aux_stage_matches_a_loop_reimplementation():
 @pytest.mark.parametrize("pattern", ["every_third", "none"])
 def test_lff_be_main_stage_matches_a_loop_reimplementation(pattern):
     method, targets = make_method("lff_be")
-    aligned = torch.arange(N_SAMPLES) % 3 == 0 if pattern == "every_third" else torch.zeros(N_SAMPLES, dtype=torch.bool)
+    aligned = (
+        torch.arange(N_SAMPLES) % 3 == 0
+        if pattern == "every_third"
+        else torch.zeros(N_SAMPLES, dtype=torch.bool)
+    )
     method.aligned.copy_(aligned)
     # W from every sample of the batch, the biased model's CE included
-    assert_lff_matches_its_loop(method, targets, lambda logits_b, y, idx: masked_ce(logits_b, y, aligned[idx]))
+    assert_lff_matches_its_loop(
+        method, targets, lambda logits_b, y, idx: masked_ce(logits_b, y, aligned[idx])
+    )
 
 
 def test_disent_be_main_stage_matches_a_loop_reimplementation():
@@ -242,7 +309,9 @@ def test_disent_be_main_stage_matches_a_loop_reimplementation():
     method, targets = make_method("disent_be", **kw)
     aligned = torch.arange(N_SAMPLES) % 4 != 1
     method.aligned.copy_(aligned)
-    assert_disent_matches_its_loop(method, targets, lambda logits_b, y, idx: masked_ce(logits_b, y, aligned[idx]))
+    assert_disent_matches_its_loop(
+        method, targets, lambda logits_b, y, idx: masked_ce(logits_b, y, aligned[idx])
+    )
 
 
 # -- configuration and flags ------------------------------------------------------------------------------
@@ -250,27 +319,69 @@ def test_registry_flags_and_defaults():
     from debiaslab.cli import METHOD_CHOICES
 
     assert METHOD_CHOICES == tuple(METHODS)
-    ours = cli_config("--train_disent_be", "--num_bias_models", "4", "--biased_model_train_iter", "30",
-                      "--biased_model_softmax_threshold", "0.9", "--agreement", "2")
-    same = cli_config("--method", "disent_be", "--be_num_models", "4", "--be_steps", "30", "--be_tau", "0.9",
-                      "--be_agreement", "2")
-    assert ours == same and (ours.be_num_models, ours.be_steps, ours.be_tau, ours.be_agreement) == (4, 30, 0.9, 2)
+    ours = cli_config(
+        "--train_disent_be",
+        "--num_bias_models",
+        "4",
+        "--biased_model_train_iter",
+        "30",
+        "--biased_model_softmax_threshold",
+        "0.9",
+        "--agreement",
+        "2",
+    )
+    same = cli_config(
+        "--method",
+        "disent_be",
+        "--be_num_models",
+        "4",
+        "--be_steps",
+        "30",
+        "--be_tau",
+        "0.9",
+        "--be_agreement",
+        "2",
+    )
+    assert ours == same and (ours.be_num_models, ours.be_steps, ours.be_tau, ours.be_agreement) == (
+        4,
+        30,
+        0.9,
+        2,
+    )
     default = cli_config("--train_lff_be")
-    assert (default.method, default.be_num_models, default.be_steps, default.be_tau, default.be_agreement) == (
-        "lff_be", 5, 1000, 0.99, 3)
-    assert cli_config("--train_lff").be_num_models is None  # not part of other methods' configs (or hashes)
+    assert (
+        default.method,
+        default.be_num_models,
+        default.be_steps,
+        default.be_tau,
+        default.be_agreement,
+    ) == ("lff_be", 5, 1000, 0.99, 3)
+    assert (
+        cli_config("--train_lff").be_num_models is None
+    )  # not part of other methods' configs (or hashes)
     method, _ = make_method("disent_be", be_num_models=2, be_agreement=1)
-    assert {n: m.fc.in_features for n, m in method.models.items()} == {"intrinsic": 32, "bias": 32, "aux0": 16, "aux1": 16}
+    assert {n: m.fc.in_features for n, m in method.models.items()} == {
+        "intrinsic": 32,
+        "bias": 32,
+        "aux0": 16,
+        "aux1": 16,
+    }
 
 
-@pytest.mark.parametrize("kw,message", [
-    (dict(method="lff_be", be_agreement=6), "be_agreement 6 is more than --be_num_models 5"),
-    (dict(method="lff_be", be_num_models=2, be_agreement=3), "more than --be_num_models 2"),
-    (dict(method="disent_be", be_tau=1.0), "--be_tau must be in"),
-    (dict(method="lff_be", be_steps=0), "--be_steps must be a positive integer"),
-    (dict(method="lff", be_num_models=3), "--be_num_models is a setting of lff_be and disent_be, not of lff"),
-    (dict(method="lff_be", jtt_steps=3), "--jtt_steps is a setting of jtt, not of lff_be"),
-])
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        (dict(method="lff_be", be_agreement=6), "be_agreement 6 is more than --be_num_models 5"),
+        (dict(method="lff_be", be_num_models=2, be_agreement=3), "more than --be_num_models 2"),
+        (dict(method="disent_be", be_tau=1.0), "--be_tau must be in"),
+        (dict(method="lff_be", be_steps=0), "--be_steps must be a positive integer"),
+        (
+            dict(method="lff", be_num_models=3),
+            "--be_num_models is a setting of lff_be and disent_be, not of lff",
+        ),
+        (dict(method="lff_be", jtt_steps=3), "--jtt_steps is a setting of jtt, not of lff_be"),
+    ],
+)
 def test_bad_settings_are_refused(kw, message):
     from debiaslab.config import TrainConfig
 
@@ -287,8 +398,17 @@ def test_interrupted_inside_an_aux_stage_resumes_bit_for_bit(tmp_path, monkeypat
     from debiaslab import checkpoints
     from debiaslab.train import train
 
-    kw = dict(method="lff_be", be_num_models=2, be_steps=6, be_agreement=1, be_tau=0.6, num_steps=6, valid_freq=2,
-              save_freq=2, log_freq=2)
+    kw = dict(
+        method="lff_be",
+        be_num_models=2,
+        be_steps=6,
+        be_agreement=1,
+        be_tau=0.6,
+        num_steps=6,
+        valid_freq=2,
+        save_freq=2,
+        log_freq=2,
+    )
     train(tiny_config(tmp_path / "a", **kw), tiny_bundle())
     save_full = checkpoints.save_full
 
@@ -314,20 +434,51 @@ def test_interrupted_inside_an_aux_stage_resumes_bit_for_bit(tmp_path, monkeypat
 
 def test_lff_be_through_train_and_test(tiny_reference, tmp_path):
     logs = tmp_path / "log"
-    r = run_cli("train", "--dataset", "cmnist", "--percent", "1pct", "--exp", "be", "--train_lff_be",
-                "--num_bias_models", "3", "--biased_model_train_iter", "20", "--biased_model_softmax_threshold", "0.985",
-                "--agreement", "2", "--input_scale", "unit", *quick_train_args(tiny_reference, logs, "--valid_freq", "10"))
+    r = run_cli(
+        "train",
+        "--dataset",
+        "cmnist",
+        "--percent",
+        "1pct",
+        "--exp",
+        "be",
+        "--train_lff_be",
+        "--num_bias_models",
+        "3",
+        "--biased_model_train_iter",
+        "20",
+        "--biased_model_softmax_threshold",
+        "0.985",
+        "--agreement",
+        "2",
+        "--input_scale",
+        "unit",
+        *quick_train_args(tiny_reference, logs, "--valid_freq", "10"),
+    )
     assert r.returncode == 0, r.stderr
     run = logs / "cmnist" / "be"
     results = json.loads((run / "results.json").read_text())
-    assert results["stages"] == [{"name": "aux0", "steps": 20}, {"name": "aux1", "steps": 20},
-                                 {"name": "aux2", "steps": 20}, {"name": "main", "steps": 40}]
+    assert results["stages"] == [
+        {"name": "aux0", "steps": 20},
+        {"name": "aux1", "steps": 20},
+        {"name": "aux2", "steps": 20},
+        {"name": "main", "steps": 40},
+    ]
     assert results["steps"] == 40 and results["selections"]["last"]["step"] == 100
     assert all(s["step"] > 60 for s in results["selections"].values())
     evals = read_log(run, "eval")
     assert [(e["step"], e.get("stage")) for e in evals] == [
-        (10, "aux0"), (20, "aux0"), (30, "aux1"), (40, "aux1"), (50, "aux2"), (60, "aux2"),
-        (70, None), (80, None), (90, None), (100, None)]
+        (10, "aux0"),
+        (20, "aux0"),
+        (30, "aux1"),
+        (40, "aux1"),
+        (50, "aux2"),
+        (60, "aux2"),
+        (70, None),
+        (80, None),
+        (90, None),
+        (100, None),
+    ]
     assert all("train_w" not in e for e in evals[:6]) and all("train_w" in e for e in evals[6:])
     last = torch.load(run / "checkpoint_last.pt", weights_only=True)["method_state"]
     be = last["extra"]["bias_ensemble"]
@@ -335,7 +486,9 @@ def test_lff_be_through_train_and_test(tiny_reference, tmp_path):
     for i in range(3):
         stage_evals = [e for e in evals if e.get("stage") == f"aux{i}"]
         best = max(e["valid"]["accuracy"] for e in stage_evals)
-        assert be["best_steps"][i] == next(e["step"] for e in stage_evals if e["valid"]["accuracy"] == best)
+        assert be["best_steps"][i] == next(
+            e["step"] for e in stage_evals if e["valid"]["accuracy"] == best
+        )
     # the selection again, from the saved aux models (each the kept one, never trained after its stage)
     from debiaslab.data.reference import load_reference
     from debiaslab.models import build_model
@@ -358,14 +511,30 @@ def test_lff_be_through_train_and_test(tiny_reference, tmp_path):
         "flagged_conflicting": sum(f and c for f, c in zip(flagged, conflicting)),
         "flagged_aligned": sum(f and not c for f, c in zip(flagged, conflicting)),
         "unflagged_conflicting": sum(s and c for s, c in zip(selected, conflicting)),
-        "unflagged_aligned": sum(s and not c for s, c in zip(selected, conflicting))}
+        "unflagged_aligned": sum(s and not c for s, c in zip(selected, conflicting)),
+    }
     assert be["aligned"].tolist() == selected
     # the main models saved, and evaluated again by the test command
     models = saved_mlps(run, "lff_be", 3, (3, 8, 8))
     assert set(models) == {"biased", "debiased"}
     best = torch.load(run / "checkpoint_best_valid.pt", weights_only=True)
-    assert set(best["models"]) == {"biased", "debiased"}  # the best checkpoints hold what predict reads
-    t = run_cli("test", "--pretrained_path", run, "--dataset", "cmnist", "--percent", "1pct", "--data_dir",
-                tiny_reference, "--device", "cpu", "--json")
+    assert set(best["models"]) == {
+        "biased",
+        "debiased",
+    }  # the best checkpoints hold what predict reads
+    t = run_cli(
+        "test",
+        "--pretrained_path",
+        run,
+        "--dataset",
+        "cmnist",
+        "--percent",
+        "1pct",
+        "--data_dir",
+        tiny_reference,
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert t.returncode == 0, t.stderr
     assert json.loads(t.stdout)["metrics"]["test"] == results["selections"]["last"]["test"]

@@ -1,4 +1,5 @@
 """README claims, each checked against something the test computes itself (never debiaslab against itself)."""
+
 import dataclasses
 import hashlib
 import json
@@ -8,16 +9,35 @@ import pytest
 import torch
 
 from debiaslab.selection import selection_names
-
-from tests.conftest import (assert_metrics_match, assert_same_tensors, metrics_by_loop, quick_train_args,
-                            predict_classes, read_log, run_cli, saved_mlps, tiny_bundle, tiny_config,
-                            write_bar_layout, write_reference)
+from tests.conftest import (
+    assert_metrics_match,
+    assert_same_tensors,
+    metrics_by_loop,
+    predict_classes,
+    quick_train_args,
+    read_log,
+    run_cli,
+    saved_mlps,
+    tiny_bundle,
+    tiny_config,
+    write_bar_layout,
+    write_reference,
+)
 
 
 def train_quick(data, logs, exp, *extra):
     """A 40-step Vanilla CLI run of ``tiny_reference`` into ``<logs>/cmnist/<exp>``."""
-    return run_cli("train", "--dataset", "cmnist", "--percent", "1pct", "--exp", exp, "--train_vanilla",
-                   *quick_train_args(data, logs, *extra))
+    return run_cli(
+        "train",
+        "--dataset",
+        "cmnist",
+        "--percent",
+        "1pct",
+        "--exp",
+        exp,
+        "--train_vanilla",
+        *quick_train_args(data, logs, *extra),
+    )
 
 
 def cmnist_test_metrics(models: dict, method: str, data) -> dict:
@@ -36,8 +56,12 @@ def test_overwrite_replaces_a_different_run_and_retrains_an_identical_one(tiny_r
     run = tmp_path / "cmnist" / "o"
     assert train_quick(tiny_reference, tmp_path, "o", "--lr", "0.01").returncode == 0
     (run / "marker").write_text("old run")
-    refused = train_quick(tiny_reference, tmp_path, "o", "--lr", "0.02")  # contrast: without --overwrite
-    assert refused.returncode == 2 and "differs in lr" in refused.stderr and (run / "marker").exists()
+    refused = train_quick(
+        tiny_reference, tmp_path, "o", "--lr", "0.02"
+    )  # contrast: without --overwrite
+    assert (
+        refused.returncode == 2 and "differs in lr" in refused.stderr and (run / "marker").exists()
+    )
 
     replaced = train_quick(tiny_reference, tmp_path, "o", "--lr", "0.02", "--overwrite")
     assert replaced.returncode == 0, replaced.stderr
@@ -70,19 +94,39 @@ def test_no_best_checkpoints_writes_only_the_last_and_test_says_so(tiny_referenc
     assert list(selections) == selection_names()
     no_biased_branch = {"best_valid_pseudo_unbiased", "wa_best_valid_pseudo_unbiased"}  # Vanilla
     assert all(s is None for n, s in selections.items() if n in no_biased_branch)
-    assert all(s is not None and s["step"] in (20, 40) for n, s in selections.items() if n not in no_biased_branch)
+    assert all(
+        s is not None and s["step"] in (20, 40)
+        for n, s in selections.items()
+        if n not in no_biased_branch
+    )
 
-    test_args = ["test", "--pretrained_path", run, "--dataset", "cmnist", "--percent", "1pct",
-                 "--data_dir", tiny_reference, "--device", "cpu"]
+    test_args = [
+        "test",
+        "--pretrained_path",
+        run,
+        "--dataset",
+        "cmnist",
+        "--percent",
+        "1pct",
+        "--data_dir",
+        tiny_reference,
+        "--device",
+        "cpu",
+    ]
     missing = run_cli(*test_args, "--select", "best_valid")
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
-    assert len(missing.stderr.strip().splitlines()) == 1 and "checkpoint_best_valid.pt" in missing.stderr
+    assert (
+        len(missing.stderr.strip().splitlines()) == 1
+        and "checkpoint_best_valid.pt" in missing.stderr
+    )
 
     last = run_cli(*test_args, "--json")
     assert last.returncode == 0, last.stderr
     out = json.loads(last.stdout)
     assert out["step"] == 40
-    expected = cmnist_test_metrics(saved_mlps(run, "vanilla", 3, (3, 8, 8)), "vanilla", tiny_reference)
+    expected = cmnist_test_metrics(
+        saved_mlps(run, "vanilla", 3, (3, 8, 8)), "vanilla", tiny_reference
+    )
     assert_metrics_match(out["metrics"]["test"], expected)
 
 
@@ -94,8 +138,10 @@ def folder_listing(root):
 
 def split_tensors(bundle):
     """Images, targets and biases of each split, for an exact comparison."""
-    return {n: [getattr(bundle, n).images, getattr(bundle, n).targets, getattr(bundle, n).biases]
-            for n in ("train", "valid", "test")}
+    return {
+        n: [getattr(bundle, n).images, getattr(bundle, n).targets, getattr(bundle, n).biases]
+        for n in ("train", "valid", "test")
+    }
 
 
 def test_read_only_data_folder_caches_under_xdg_cache_home(tiny_reference, tmp_path, monkeypatch):
@@ -125,7 +171,10 @@ def test_read_only_data_folder_caches_under_xdg_cache_home(tiny_reference, tmp_p
         assert folder_listing(tiny_reference) == before  # nothing written into the data folder
         digest = hashlib.sha256(str(base.resolve()).encode()).hexdigest()[:16]
         assert sorted(p.name for p in (xdg / "debiaslab" / digest).iterdir()) == [
-            "1pct_train.pt", "1pct_valid.pt", "test.pt"]
+            "1pct_train.pt",
+            "1pct_valid.pt",
+            "test.pt",
+        ]
 
         def no_decoding(*a, **k):
             raise AssertionError("decoded the images again instead of reading the cache")
@@ -165,15 +214,21 @@ def test_training_never_reads_bias_labels(tmp_path, method):
         cfg = tiny_config(tmp_path / name, method=method, curr_step=5, log_freq=5)
         train(cfg, bundle)
         run = tmp_path / name / "tiny" / "e"
-        runs[name] = (torch.load(run / "checkpoint_last.pt", weights_only=True), read_log(run, "train"),
-                      read_log(run, "eval"))
+        runs[name] = (
+            torch.load(run / "checkpoint_last.pt", weights_only=True),
+            read_log(run, "train"),
+            read_log(run, "eval"),
+        )
     (ckpt_a, train_a, eval_a), (ckpt_b, train_b, eval_b) = runs["as_is"], runs["shuffled"]
     assert ckpt_a["step"] == 20 and len(train_a) == 4
     assert_same_tensors(ckpt_a["method_state"], ckpt_b["method_state"], "method_state")
     assert train_a == train_b  # every loss term and LR, at every log
-    assert [{k: r[k] for k in ("step", "valid", "test")} for r in eval_a] == \
-           [{k: r[k] for k in ("step", "valid", "test")} for r in eval_b]
-    if method != "vanilla":  # the diagnostics do read them: proof the shuffled labels reached the run
+    assert [{k: r[k] for k in ("step", "valid", "test")} for r in eval_a] == [
+        {k: r[k] for k in ("step", "valid", "test")} for r in eval_b
+    ]
+    if (
+        method != "vanilla"
+    ):  # the diagnostics do read them: proof the shuffled labels reached the run
         assert all("train_w" in r for r in eval_a + eval_b)
         assert [r["train_w"] for r in eval_a] != [r["train_w"] for r in eval_b]
 
@@ -183,15 +238,29 @@ def test_reference_vanilla_checkpoint_is_evaluated_with_its_scaling(tiny_referen
     """``best_model.th`` as the reference writes it: loaded, scaled x/255/255 and scored correctly."""
     from debiaslab.models import build_model
 
-    torch.manual_seed(3)  # a seed whose scaled-up MLP predicts all 3 classes, differently under x/255
+    torch.manual_seed(
+        3
+    )  # a seed whose scaled-up MLP predicts all 3 classes, differently under x/255
     model = build_model("mlp", 3, 1, (3, 8, 8))
     with torch.no_grad():
-        model.feature[0].weight.mul_(10000.0)  # so the [0, 1/255] inputs give a non-trivial prediction
+        model.feature[0].weight.mul_(
+            10000.0
+        )  # so the [0, 1/255] inputs give a non-trivial prediction
     ref = tmp_path / "pretrained"
     ref.mkdir()
-    torch.save({"steps": 77, "state_dict": model.state_dict(), "optimizer": {}}, ref / "best_model.th")
-    r = run_cli("test.py", f"--pretrained_path={ref}", "--dataset=cmnist", "--percent=1pct",
-                "--data_dir", tiny_reference, "--json", module=False)
+    torch.save(
+        {"steps": 77, "state_dict": model.state_dict(), "optimizer": {}}, ref / "best_model.th"
+    )
+    r = run_cli(
+        "test.py",
+        f"--pretrained_path={ref}",
+        "--dataset=cmnist",
+        "--percent=1pct",
+        "--data_dir",
+        tiny_reference,
+        "--json",
+        module=False,
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert (out["source"], out["step"], out["input_scale"]) == ("reference", 77, "reference")
@@ -228,15 +297,41 @@ def test_bffhq_and_bar_models_see_224x224_images(tmp_path, resnet18_inputs, data
         write_reference(data, "bffhq", ["0.5pct"], size=32, flat_eval_one_level_up=True)
     else:
         write_bar_layout(data)
-    cfg = TrainConfig(dataset=dataset, percent="0.5pct", method="vanilla", data_dir=str(data),
-                      log_dir=str(tmp_path / "log"), exp="r", num_steps=2, batch_size=4, valid_freq=1,
-                      device="cpu", progress=False)
+    cfg = TrainConfig(
+        dataset=dataset,
+        percent="0.5pct",
+        method="vanilla",
+        data_dir=str(data),
+        log_dir=str(tmp_path / "log"),
+        exp="r",
+        num_steps=2,
+        batch_size=4,
+        valid_freq=1,
+        device="cpu",
+        progress=False,
+    )
     assert cfg.image_size is None  # the dataset's default applies
     train(cfg)
     # 2 steps, 2 evaluations of valid and test (each split in one batch) by the raw and the averaged model
     assert len(resnet18_inputs) == 10 and set(resnet18_inputs) == {(3, 224, 224)}, resnet18_inputs
     if dataset == "bffhq":
         resnet18_inputs.clear()
-        assert main(["test", "--pretrained_path", str(tmp_path / "log" / "bffhq" / "r"), "--dataset", "bffhq",
-                     "--percent", "0.5pct", "--data_dir", str(data), "--device", "cpu"]) == 0
+        assert (
+            main(
+                [
+                    "test",
+                    "--pretrained_path",
+                    str(tmp_path / "log" / "bffhq" / "r"),
+                    "--dataset",
+                    "bffhq",
+                    "--percent",
+                    "0.5pct",
+                    "--data_dir",
+                    str(data),
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
         assert resnet18_inputs and set(resnet18_inputs) == {(3, 224, 224)}, resnet18_inputs

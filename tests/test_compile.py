@@ -1,5 +1,6 @@
 """The training step never reads the device: it traces as one graph, and it computes what the
 step computed before it did (``Adam.step`` + ``StepLR`` + a host check of the loss)."""
+
 import json
 import shutil
 
@@ -12,9 +13,20 @@ from debiaslab.methods import METHODS
 from debiaslab.methods.vanilla import Vanilla
 from tests.conftest import make_method, method_batches, run_cli, tiny_bundle, tiny_config, traced
 
-CASES = [("vanilla", "mlp"), ("lff", "mlp"), ("disent", "mlp"), ("lff", "resnet20"), ("disent", "resnet20"),
-         ("jtt", "mlp"), ("groupdro", "mlp"), ("groupdro", "resnet20"),
-         ("lc", "mlp"), ("lc", "resnet20"), ("lff_be", "mlp"), ("disent_be", "mlp")]
+CASES = [
+    ("vanilla", "mlp"),
+    ("lff", "mlp"),
+    ("disent", "mlp"),
+    ("lff", "resnet20"),
+    ("disent", "resnet20"),
+    ("jtt", "mlp"),
+    ("groupdro", "mlp"),
+    ("groupdro", "resnet20"),
+    ("lc", "mlp"),
+    ("lc", "resnet20"),
+    ("lff_be", "mlp"),
+    ("disent_be", "mlp"),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +54,9 @@ def test_a_branch_on_a_tensor_value_fails_the_check():
 def test_each_step_part_is_one_graph(method_name, model):
     method, targets = make_method(method_name, model=model, curr_step=1, on_nonfinite="stop")
     compute, optimizer_step = traced(method.compute), traced(method.optimizer_step)
-    for step, (x, y, idx) in enumerate(method_batches(targets, 4)):  # DisEnt: before and after the swap starts
+    for step, (x, y, idx) in enumerate(
+        method_batches(targets, 4)
+    ):  # DisEnt: before and after the swap starts
         loss, names, values, finite, applied = compute(x, y, idx, method.draw(len(y), step))
         loss.backward()
         optimizer_step(applied)
@@ -71,8 +85,12 @@ class TodaysStep:
     def __init__(self, method):
         cfg = method.cfg
         self.method, self.curr_step = method, cfg.curr_step
-        self.opts = [torch.optim.Adam(m.parameters(), lr=cfg.lr, fused=True) for m in method.models.values()]
-        self.scheds = [torch.optim.lr_scheduler.StepLR(o, cfg.lr_decay_step, cfg.lr_gamma) for o in self.opts]
+        self.opts = [
+            torch.optim.Adam(m.parameters(), lr=cfg.lr, fused=True) for m in method.models.values()
+        ]
+        self.scheds = [
+            torch.optim.lr_scheduler.StepLR(o, cfg.lr_decay_step, cfg.lr_gamma) for o in self.opts
+        ]
 
     def update(self, x, y, idx, step):
         loss, terms = self.method.loss(x, y, idx, self.method.draw(len(y), step))
@@ -92,7 +110,9 @@ def state(method, opts):
     weights = [t for m in method.models.values() for t in m.state_dict().values()]
     # the moments of parameters that stepped (JTT's first model never steps in its main stage:
     # torch's Adam has no state for it, ours has zeros built up front)
-    moments = [v for o in opts for st in o.state.values() if float(st["step"]) > 0 for v in st.values()]
+    moments = [
+        v for o in opts for st in o.state.values() if float(st["step"]) > 0 for v in st.values()
+    ]
     ema = [method.ema.values(), method.ema.visited] if hasattr(method, "ema") else []
     return weights + moments + ema
 
@@ -108,7 +128,9 @@ def run_both(method_name, steps, compiled, lr=0.01):
         a, b = new.update(x, y, idx, step).terms, old.update(x, y, idx, step)
         assert a.keys() == b.keys()
         losses.append((torch.stack(list(a.values())), torch.stack(list(b.values()))))
-    assert new.lr() == old.opts[0].param_groups[0]["lr"] == lr * 0.5 ** 4  # decays at steps 70, 110, ...
+    assert (
+        new.lr() == old.opts[0].param_groups[0]["lr"] == lr * 0.5**4
+    )  # decays at steps 70, 110, ...
     return losses, state(new, new.optimizers.values()), state(old.method, old.opts)
 
 
@@ -139,24 +161,53 @@ def test_a_part_that_does_not_compile_runs_eagerly_after_one_warning(tmp_path, m
     def broken_compile(fn, **kw):
         def fails(*args):
             raise RuntimeError("backend exploded\nsecond line")
+
         return fails
 
     monkeypatch.setattr(torch, "compile", broken_compile)
     with pytest.warns(CompileFallbackWarning) as caught:
         results = train(tiny_config(tmp_path, compile=True), tiny_bundle())
     messages = [str(w.message) for w in caught if issubclass(w.category, CompileFallbackWarning)]
-    assert len(messages) == 1 and "Vanilla.compute does not compile (backend exploded)" in messages[0]
+    assert (
+        len(messages) == 1 and "Vanilla.compute does not compile (backend exploded)" in messages[0]
+    )
     assert results["compiled"] == [] and results["selections"]["last"]["step"] == 20
 
 
-@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")),
-                    reason="Inductor needs a C++ compiler on the CPU, and none is installed")
+@pytest.mark.skipif(
+    not (shutil.which("g++") or shutil.which("c++")),
+    reason="Inductor needs a C++ compiler on the CPU, and none is installed",
+)
 def test_cli_compile_runs_the_step_compiled_and_says_so(tiny_reference, tmp_path):
 
-    out = run_cli("train", "--train_ours", "--dataset", "cmnist", "--percent", "1pct", "--data_dir",
-                  tiny_reference, "--log_dir", tmp_path / "logs", "--exp", "c", "--num_steps", "30",
-                  "--valid_freq", "15", "--batch_size", "16", "--curr_step", "10", "--palette", "any",
-                  "--no_progress", "--device", "cpu", "--compile")
+    out = run_cli(
+        "train",
+        "--train_ours",
+        "--dataset",
+        "cmnist",
+        "--percent",
+        "1pct",
+        "--data_dir",
+        tiny_reference,
+        "--log_dir",
+        tmp_path / "logs",
+        "--exp",
+        "c",
+        "--num_steps",
+        "30",
+        "--valid_freq",
+        "15",
+        "--batch_size",
+        "16",
+        "--curr_step",
+        "10",
+        "--palette",
+        "any",
+        "--no_progress",
+        "--device",
+        "cpu",
+        "--compile",
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     run = tmp_path / "logs" / "cmnist" / "c"
     assert json.loads((run / "results.json").read_text())["compiled"] == ["compute"]

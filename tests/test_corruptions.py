@@ -1,5 +1,6 @@
 """CIFAR-10-C corruptions: contract (shape, dtype, determinism, validation), strength, and a few
 pieces checked against the reference implementations they replace (scipy zoom, skimage HSV, PIL)."""
+
 import cv2
 import numpy as np
 import pytest
@@ -10,7 +11,17 @@ from debiaslab.data import corruptions as C
 from debiaslab.data.corruptions import CORRUPTIONS, TYPE0, TYPE1, corrupt
 
 ALL = TYPE0 + TYPE1
-DETERMINISTIC = {"brightness", "contrast", "saturate", "jpeg_compression", "pixelate", "gaussian_blur", "defocus_blur", "zoom_blur", "original"}
+DETERMINISTIC = {
+    "brightness",
+    "contrast",
+    "saturate",
+    "jpeg_compression",
+    "pixelate",
+    "gaussian_blur",
+    "defocus_blur",
+    "zoom_blur",
+    "original",
+}
 # pixel distance is not graded by severity in the reference by design: frost lowers the image weight
 # while raising the frost weight (1, .2) -> (.75, .45), and elastic_transform's affine jitter is largest
 # at severity 1 (2.56 px) and smallest at 5 (0.96 px)
@@ -24,7 +35,11 @@ def natural_images(n=8, seed=0):
     out = np.empty((n, 32, 32, 3), np.uint8)
     for i in range(n):
         c0, c1, c2 = rng.uniform(30, 220, size=(3, 3))
-        img = c0 + (c1 - c0) * xx[..., None] * rng.uniform(0.3, 1) + (c2 - c0) * yy[..., None] * rng.uniform(0.3, 1)
+        img = (
+            c0
+            + (c1 - c0) * xx[..., None] * rng.uniform(0.3, 1)
+            + (c2 - c0) * yy[..., None] * rng.uniform(0.3, 1)
+        )
         for _ in range(3):
             cx, cy, r = (int(v) for v in rng.integers(4, 28, size=3))
             cv2.circle(img, (cx, cy), r // 3 + 2, rng.uniform(0, 255, size=3).tolist(), -1)
@@ -62,7 +77,9 @@ def test_deterministic_under_seed(name):
 @pytest.mark.parametrize("severity", [1, 5])
 def test_uint8_same_shape_on_extremes(name, severity):
     # black / white / grey images hit the guarded divisions (fog, brightness, saturate, spatter)
-    images = np.concatenate([IMAGES, np.zeros((1, 32, 32, 3), np.uint8), np.full((2, 32, 32, 3), 255, np.uint8)])
+    images = np.concatenate(
+        [IMAGES, np.zeros((1, 32, 32, 3), np.uint8), np.full((2, 32, 32, 3), 255, np.uint8)]
+    )
     images[-1] = 128
     with np.errstate(all="raise"):
         out = corrupt(images, name, severity, np.random.default_rng(0))
@@ -112,9 +129,9 @@ def test_empty_and_single_batches(name):
 def reference_clipped_zoom(img, factor):  # make_cifar_c.py
     crop = int(np.ceil(32 / factor))
     top = (32 - crop) // 2
-    img = scipy_zoom(img[top:top + crop, top:top + crop], (factor, factor, 1), order=1)
+    img = scipy_zoom(img[top : top + crop, top : top + crop], (factor, factor, 1), order=1)
     trim = (img.shape[0] - 32) // 2
-    return img[trim:trim + 32, trim:trim + 32]
+    return img[trim : trim + 32, trim : trim + 32]
 
 
 @pytest.mark.parametrize("factor", [1.0, 1.06, 1.13, 1.25, 1.75, 2.25])
@@ -122,7 +139,9 @@ def test_zoom_matches_scipy(factor):
     x = IMAGES.astype(np.float32) / 255
     ref = np.stack([reference_clipped_zoom(im, factor) for im in x])
     err = np.abs(C._zoom_sum(x, [factor]) - ref)
-    assert err.max() < 1 / 64 + 1e-4 and err.mean() < 1e-3  # OpenCV rounds sample positions to 1/32 pixel
+    assert (
+        err.max() < 1 / 64 + 1e-4 and err.mean() < 1e-3
+    )  # OpenCV rounds sample positions to 1/32 pixel
 
 
 def test_glass_blur_matches_reference_loop():
@@ -143,18 +162,33 @@ def test_glass_blur_matches_reference_loop():
 @pytest.mark.parametrize("severity", range(1, 6))
 def test_hsv_corruptions_match_skimage(severity):
     from skimage.color import hsv2rgb, rgb2hsv
+
     x = IMAGES / 255.0
-    for name, channel, f in (("brightness", 2, lambda v: v + C.BRIGHTNESS[severity - 1]),
-                             ("saturate", 1, lambda s: s * C.SATURATE[severity - 1][0] + C.SATURATE[severity - 1][1])):
+    for name, channel, f in (
+        ("brightness", 2, lambda v: v + C.BRIGHTNESS[severity - 1]),
+        ("saturate", 1, lambda s: s * C.SATURATE[severity - 1][0] + C.SATURATE[severity - 1][1]),
+    ):
         hsv = rgb2hsv(x)
         hsv[..., channel] = np.clip(f(hsv[..., channel]), 0, 1)
         ref = np.uint8(np.clip(hsv2rgb(hsv), 0, 1) * 255)
-        assert np.abs(corrupt(IMAGES, name, severity, np.random.default_rng(0)).astype(int) - ref).max() <= 1
+        assert (
+            np.abs(
+                corrupt(IMAGES, name, severity, np.random.default_rng(0)).astype(int) - ref
+            ).max()
+            <= 1
+        )
 
 
 @pytest.mark.parametrize("severity", range(1, 6))
 def test_pixelate_matches_pil(severity):
     Image = pytest.importorskip("PIL.Image")
     size = int(32 * C.PIXELATE[severity - 1])
-    ref = np.stack([np.array(Image.fromarray(im).resize((size, size), Image.BOX).resize((32, 32), Image.BOX)) for im in IMAGES])
+    ref = np.stack(
+        [
+            np.array(
+                Image.fromarray(im).resize((size, size), Image.BOX).resize((32, 32), Image.BOX)
+            )
+            for im in IMAGES
+        ]
+    )
     assert np.array_equal(corrupt(IMAGES, "pixelate", severity, np.random.default_rng(0)), ref)

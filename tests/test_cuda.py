@@ -13,8 +13,14 @@ def test_batch_transform_on_cuda_is_seeded_and_channels_last():
     x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, device="cuda")
 
     def run(seed):
-        t = BatchTransform(mean=(0.5,) * 3, std=(0.2,) * 3, crop_padding=4, flip=True, channels_last=True,
-                           generator=torch.Generator(device="cuda").manual_seed(seed))
+        t = BatchTransform(
+            mean=(0.5,) * 3,
+            std=(0.2,) * 3,
+            crop_padding=4,
+            flip=True,
+            channels_last=True,
+            generator=torch.Generator(device="cuda").manual_seed(seed),
+        )
         return t(x, train=True)
 
     a, b, c = run(0), run(0), run(1)
@@ -34,14 +40,27 @@ def test_training_on_cuda_uses_bf16_and_channels_last(tmp_path, amp, method, mon
     def spy(self, x):
         z = original(self, x)
         if self.training:
-            seen.update(input_channels_last=x.is_contiguous(memory_format=torch.channels_last),
-                        weight_channels_last=self.conv1.weight.is_contiguous(memory_format=torch.channels_last),
-                        feature_dtype=z.dtype)
+            seen.update(
+                input_channels_last=x.is_contiguous(memory_format=torch.channels_last),
+                weight_channels_last=self.conv1.weight.is_contiguous(
+                    memory_format=torch.channels_last
+                ),
+                feature_dtype=z.dtype,
+            )
         return z
 
     monkeypatch.setattr(ResNet18, "extract", spy)
-    cfg = tiny_config(tmp_path, method=method, model="resnet18", num_steps=6, valid_freq=3, lr=1e-3, curr_step=2,
-                      device="cuda", amp=amp)
+    cfg = tiny_config(
+        tmp_path,
+        method=method,
+        model="resnet18",
+        num_steps=6,
+        valid_freq=3,
+        lr=1e-3,
+        curr_step=2,
+        device="cuda",
+        amp=amp,
+    )
     res = train(cfg, tiny_bundle(32))
     assert seen["feature_dtype"] == (torch.bfloat16 if amp else torch.float32)
     assert seen["input_channels_last"] and seen["weight_channels_last"]
@@ -57,8 +76,17 @@ def test_resume_on_cuda_continues_from_the_checkpoint(tmp_path, monkeypatch):
     from debiaslab.train import train
 
     def cfg(log):
-        return tiny_config(log, method="disent", model="resnet18", num_steps=30, lr=1e-3, curr_step=8,
-                           device="cuda", amp=False, channels_last=False)
+        return tiny_config(
+            log,
+            method="disent",
+            model="resnet18",
+            num_steps=30,
+            lr=1e-3,
+            curr_step=8,
+            device="cuda",
+            amp=False,
+            channels_last=False,
+        )
 
     straight = train(cfg(tmp_path / "a"), tiny_bundle(32))
     original = DisEnt.update
@@ -75,7 +103,9 @@ def test_resume_on_cuda_continues_from_the_checkpoint(tmp_path, monkeypatch):
     resumed = train(cfg(tmp_path / "b"), tiny_bundle(32))
     assert resumed["steps"] == 30
     a, b = straight["selections"]["last"]["test"], resumed["selections"]["last"]["test"]
-    assert abs(a["accuracy"] - b["accuracy"]) <= 0.25  # same run up to CUDA's non-deterministic kernels
+    assert (
+        abs(a["accuracy"] - b["accuracy"]) <= 0.25
+    )  # same run up to CUDA's non-deterministic kernels
     state = torch.load(tmp_path / "b" / "tiny" / "e" / "checkpoint_last.pt", weights_only=True)
     assert state["step"] == 30 and state["sampler"]["epoch"] >= 1
 
@@ -83,9 +113,14 @@ def test_resume_on_cuda_continues_from_the_checkpoint(tmp_path, monkeypatch):
 def _weight_gap(dir_a, dir_b) -> float:
     """The largest difference between two runs' final weights and buffers, relative to each
     tensor's largest magnitude (at least 1)."""
+
     def tensors(run_dir):
         state = torch.load(run_dir / "checkpoint_last.pt", weights_only=True, map_location="cpu")
-        return {f"{m}.{k}": v.float() for m, sd in state["method_state"]["models"].items() for k, v in sd.items()}
+        return {
+            f"{m}.{k}": v.float()
+            for m, sd in state["method_state"]["models"].items()
+            for k, v in sd.items()
+        }
 
     a, b = tensors(dir_a), tensors(dir_b)
     return max(float((a[k] - b[k]).abs().max() / a[k].abs().max().clamp_min(1.0)) for k in a)
@@ -112,16 +147,40 @@ def test_captured_step_matches_the_eager_step_over_200_steps(tmp_path, amp):
     from debiaslab.train import train
 
     def run(name, graphed):
-        cfg = tiny_config(tmp_path / name, method="disent", model="resnet18", num_steps=200, valid_freq=50,
-                          log_freq=10, save_freq=200, lr=1e-3, curr_step=60, use_lr_decay=True, lr_decay_step=50,
-                          lr_gamma=0.5, device="cuda", amp=amp, cuda_graph=graphed, compile=False)
+        cfg = tiny_config(
+            tmp_path / name,
+            method="disent",
+            model="resnet18",
+            num_steps=200,
+            valid_freq=50,
+            log_freq=10,
+            save_freq=200,
+            lr=1e-3,
+            curr_step=60,
+            use_lr_decay=True,
+            lr_decay_step=50,
+            lr_gamma=0.5,
+            device="cuda",
+            amp=amp,
+            cuda_graph=graphed,
+            compile=False,
+        )
         res = train(cfg, tiny_bundle(32))
-        return res, read_log(tmp_path / name / "tiny" / "e", "train"), tmp_path / name / "tiny" / "e"
+        return (
+            res,
+            read_log(tmp_path / name / "tiny" / "e", "train"),
+            tmp_path / name / "tiny" / "e",
+        )
 
-    (eager, eager_log, eager_dir), (graphed, graphed_log, graphed_dir) = run("eager", False), run("graph", True)
+    (eager, eager_log, eager_dir), (graphed, graphed_log, graphed_dir) = (
+        run("eager", False),
+        run("graph", True),
+    )
     assert graphed["cuda_graph"] and not eager["cuda_graph"]
     losses, weights = _loss_gap(eager_log, graphed_log), _weight_gap(eager_dir, graphed_dir)
-    print(f"amp={amp}: graph vs eager, worst relative loss gap {losses:.2e}, weight gap {weights:.2e}")
+    print(
+        f"amp={amp}: graph vs eager, worst relative loss gap {losses:.2e}, weight gap {weights:.2e}"
+    )
     if amp:
         assert losses <= 1e-3 and weights <= 1e-3
     else:
@@ -138,8 +197,18 @@ def test_resume_on_cuda_with_and_without_graphs(tmp_path, monkeypatch):
     from debiaslab.train import train
 
     def cfg(log, graphed):
-        return tiny_config(log, method="disent", model="resnet18", num_steps=40, save_freq=10, lr=1e-3,
-                           curr_step=8, device="cuda", amp=True, cuda_graph=graphed)
+        return tiny_config(
+            log,
+            method="disent",
+            model="resnet18",
+            num_steps=40,
+            save_freq=10,
+            lr=1e-3,
+            curr_step=8,
+            device="cuda",
+            amp=True,
+            cuda_graph=graphed,
+        )
 
     original = DisEnt.update
 
@@ -156,7 +225,9 @@ def test_resume_on_cuda_with_and_without_graphs(tmp_path, monkeypatch):
         monkeypatch.setattr(DisEnt, "update", original)
         resumed = train(cfg(tmp_path / f"b{graphed}", graphed), tiny_bundle(32))
         assert resumed["steps"] == 40 and resumed["cuda_graph"] == graphed
-        gap = _weight_gap(tmp_path / f"a{graphed}" / "tiny" / "e", tmp_path / f"b{graphed}" / "tiny" / "e")
+        gap = _weight_gap(
+            tmp_path / f"a{graphed}" / "tiny" / "e", tmp_path / f"b{graphed}" / "tiny" / "e"
+        )
         print(f"resume, cuda_graph={graphed}: weight gap {gap:.2e}")
         assert gap <= 1e-3
 
@@ -172,15 +243,43 @@ def test_packed_runs_give_the_results_of_the_same_runs_alone(tmp_path):
     data = write_reference(tmp_path / "data", "cifar10c", ["1pct"])
 
     def sweep(out, *packing):
-        cmd = [sys.executable, "-m", "debiaslab", "sweep", "--datasets", "cifar10c", "--methods", "vanilla",
-               "disent", "--ratios", "1", "--seeds", "0", "--set", f"data_dir={data}", "num_steps=120",
-               "batch_size=8", "valid_freq=40", "model=resnet18", "--out", str(out), "--devices", "cuda",
-               "--no_progress", *packing]
+        cmd = [
+            sys.executable,
+            "-m",
+            "debiaslab",
+            "sweep",
+            "--datasets",
+            "cifar10c",
+            "--methods",
+            "vanilla",
+            "disent",
+            "--ratios",
+            "1",
+            "--seeds",
+            "0",
+            "--set",
+            f"data_dir={data}",
+            "num_steps=120",
+            "batch_size=8",
+            "valid_freq=40",
+            "model=resnet18",
+            "--out",
+            str(out),
+            "--devices",
+            "cuda",
+            "--no_progress",
+            *packing,
+        ]
         subprocess.run(cmd, check=True, env=cli_env(), timeout=600)
-        return {p.parent.name.split("-")[0]: json.loads(p.read_text())["selections"]
-                for p in sorted(out.glob("cifar10c/*/results.json"))}
+        return {
+            p.parent.name.split("-")[0]: json.loads(p.read_text())["selections"]
+            for p in sorted(out.glob("cifar10c/*/results.json"))
+        }
 
-    packed, alone = sweep(tmp_path / "packed", "--runs_per_device", "2"), sweep(tmp_path / "alone", "--jobs", "1")
+    packed, alone = (
+        sweep(tmp_path / "packed", "--runs_per_device", "2"),
+        sweep(tmp_path / "alone", "--jobs", "1"),
+    )
     assert packed.keys() == alone.keys() == {"vanilla", "disent"}
     for method in packed:
         for rule in ("last", "oracle_best_test"):

@@ -1,4 +1,5 @@
 """Reference-layout reader/writer, the label parser, and the Colored MNIST protocol."""
+
 import json
 
 import numpy as np
@@ -6,19 +7,34 @@ import pytest
 import torch
 
 from debiaslab import UserError
-from debiaslab.data.colored import PALETTE, PALETTES, bias_labels, colorize, match_palette, read_palette
+from debiaslab.data.colored import (
+    PALETTE,
+    PALETTES,
+    bias_labels,
+    colorize,
+    match_palette,
+    read_palette,
+)
 from debiaslab.data.reference import load_reference, parse_labels, read_split, write_split
 from tests.conftest import run_cli, tiny_split
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("123_4_7.png", (4, 7)), ("0_0_0.jpg", (0, 0)), ("a_b_12_3.png", (12, 3)), ("img_1_9_1.jpeg", (9, 1)),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("123_4_7.png", (4, 7)),
+        ("0_0_0.jpg", (0, 0)),
+        ("a_b_12_3.png", (12, 3)),
+        ("img_1_9_1.jpeg", (9, 1)),
+    ],
+)
 def test_parse_labels(name, expected):
     assert parse_labels(name) == expected
 
 
-@pytest.mark.parametrize("name", ["123.png", "1_2.png", "a_b_c.png", "1_-2_3.png", "1_2_x.png", "_1.png"])
+@pytest.mark.parametrize(
+    "name", ["123.png", "1_2.png", "a_b_c.png", "1_-2_3.png", "1_2_x.png", "_1.png"]
+)
 def test_parse_labels_errors_name_the_file_and_the_fix(name):
     with pytest.raises(UserError) as e:
         parse_labels(name)
@@ -101,7 +117,18 @@ def test_colorize_uses_the_palette_and_intensity():
 
 
 def test_the_default_palette_is_disents_saturated_hues():
-    expected = [(1, 0, 0), (1, .5, 0), (1, 1, 0), (.5, 1, 0), (0, 1, 0), (0, 1, 1), (0, 0, 1), (.5, 0, 1), (1, 0, .5), (1, 0, 1)]
+    expected = [
+        (1, 0, 0),
+        (1, 0.5, 0),
+        (1, 1, 0),
+        (0.5, 1, 0),
+        (0, 1, 0),
+        (0, 1, 1),
+        (0, 0, 1),
+        (0.5, 0, 1),
+        (1, 0, 0.5),
+        (1, 0, 1),
+    ]
     assert torch.equal(PALETTE, torch.tensor(expected, dtype=torch.float32))
     assert PALETTES["lff"][0].tolist() == pytest.approx([0.9837, 0.3125, 0.1686])
 
@@ -126,7 +153,9 @@ def test_palettes_change_only_the_colours(mnist_npz):
 
     mnist, _ = load_mnist(str(mnist_npz), None)
     small = {k: v[:4000] for k, v in mnist.items()}
-    disent, lff = (build_cmnist(small, 1.0, seed=0, valid_size=500, palette=p) for p in ("disent", "lff"))
+    disent, lff = (
+        build_cmnist(small, 1.0, seed=0, valid_size=500, palette=p) for p in ("disent", "lff")
+    )
     for name in ("train", "valid", "test"):
         a, b = getattr(disent, name), getattr(lff, name)
         assert torch.equal(a.targets, b.targets) and torch.equal(a.biases, b.biases)
@@ -144,7 +173,11 @@ def test_build_cmnist_in_memory_follows_the_protocol(mnist_npz):
     assert prov["sha256"] == "094b831e432331f1f6d6829ab9bfff4551410a81e1f816c9cce482d3e9b3ba57"
     b = build_cmnist(mnist, 0.5, seed=0)
     counts = b.counts()
-    assert counts["train"]["n"] == 55000 and counts["valid"]["n"] == 5000 and counts["test"]["n"] == 10000
+    assert (
+        counts["train"]["n"] == 55000
+        and counts["valid"]["n"] == 5000
+        and counts["test"]["n"] == 10000
+    )
     assert 250 <= counts["train"]["conflicting"] <= 280
     assert 20 <= counts["valid"]["conflicting"] <= 30
     # test: unbiased, every colour equally likely within each class
@@ -156,7 +189,11 @@ def test_build_cmnist_in_memory_follows_the_protocol(mnist_npz):
     img = b.train.images[:200].float().flatten(2)
     for i in range(0, 200, 37):
         colour = img[i][:, img[i].sum(0).argmax()] / 255  # the brightest stroke pixel
-        assert torch.allclose(colour / colour.max(), PALETTE[b.train.biases[i]] / PALETTE[b.train.biases[i]].max(), atol=0.08)
+        assert torch.allclose(
+            colour / colour.max(),
+            PALETTE[b.train.biases[i]] / PALETTE[b.train.biases[i]].max(),
+            atol=0.08,
+        )
     # deterministic under its seed; another seed differs
     assert build_cmnist(mnist, 0.5, seed=0).checksums() == b.checksums()
     assert build_cmnist(mnist, 0.5, seed=1).checksums()["train"] != b.checksums()["train"]
@@ -165,14 +202,35 @@ def test_build_cmnist_in_memory_follows_the_protocol(mnist_npz):
 def test_cli_builds_cmnist_from_npz(tmp_path, mnist_npz):
     # a slice of the real MNIST keeps this test quick; the full build runs the same code
     with np.load(mnist_npz) as z:
-        np.savez(tmp_path / "small.npz", x_train=z["x_train"][:3000], y_train=z["y_train"][:3000],
-                 x_test=z["x_test"][:1000], y_test=z["y_test"][:1000])
+        np.savez(
+            tmp_path / "small.npz",
+            x_train=z["x_train"][:3000],
+            y_train=z["y_train"][:3000],
+            x_test=z["x_test"][:1000],
+            y_test=z["y_test"][:1000],
+        )
     out = tmp_path / "dataset"
-    r = run_cli("data", "build", "cmnist", "--mnist", tmp_path / "small.npz", "--out", out, "--percent", "1", "5",
-                "--valid_size", "500", "--seed", "3")
+    r = run_cli(
+        "data",
+        "build",
+        "cmnist",
+        "--mnist",
+        tmp_path / "small.npz",
+        "--out",
+        out,
+        "--percent",
+        "1",
+        "5",
+        "--valid_size",
+        "500",
+        "--seed",
+        "3",
+    )
     assert r.returncode == 0, r.stderr
     manifest = json.loads((out / "cmnist" / "manifest.json").read_text())
-    assert manifest["seed"] == 3 and manifest["sigma"] == 0.005 and manifest["source"]["kind"] == "npz"
+    assert (
+        manifest["seed"] == 3 and manifest["sigma"] == 0.005 and manifest["source"]["kind"] == "npz"
+    )
     assert set(manifest["splits"]) == {"test", "1pct", "5pct"}
     assert manifest["palette"] == "disent" and manifest["palette_rgb"] == PALETTE.tolist()
     assert "assets/data.png" in manifest["palette_source"]
@@ -183,50 +241,137 @@ def test_cli_builds_cmnist_from_npz(tmp_path, mnist_npz):
     # decoding the PNGs without the cache gives exactly the cached content
     from debiaslab.data.reference import split_folders
 
-    fresh, checksum = read_split(split_folders(out, "cmnist", "5pct")["train"], out / "cmnist", "x", use_cache=False)
+    fresh, checksum = read_split(
+        split_folders(out, "cmnist", "5pct")["train"], out / "cmnist", "x", use_cache=False
+    )
     assert checksum == manifest["splits"]["5pct"]["train"]["sha256"]
     # rebuilding is refused without --force, and reproduces the same checksums with it
-    again = run_cli("data", "build", "cmnist", "--mnist", tmp_path / "small.npz", "--out", out, "--percent", "1", "5",
-                    "--valid_size", "500", "--seed", "3")
+    again = run_cli(
+        "data",
+        "build",
+        "cmnist",
+        "--mnist",
+        tmp_path / "small.npz",
+        "--out",
+        out,
+        "--percent",
+        "1",
+        "5",
+        "--valid_size",
+        "500",
+        "--seed",
+        "3",
+    )
     assert again.returncode == 2 and "--force" in again.stderr
-    forced = run_cli("data", "build", "cmnist", "--mnist", tmp_path / "small.npz", "--out", out, "--percent", "1", "5",
-                     "--valid_size", "500", "--seed", "3", "--force")
+    forced = run_cli(
+        "data",
+        "build",
+        "cmnist",
+        "--mnist",
+        tmp_path / "small.npz",
+        "--out",
+        out,
+        "--percent",
+        "1",
+        "5",
+        "--valid_size",
+        "500",
+        "--seed",
+        "3",
+        "--force",
+    )
     assert forced.returncode == 0, forced.stderr
-    assert json.loads((out / "cmnist" / "manifest.json").read_text())["splits"] == manifest["splits"]
+    assert (
+        json.loads((out / "cmnist" / "manifest.json").read_text())["splits"] == manifest["splits"]
+    )
 
 
 def test_a_folder_of_one_palette_is_never_used_as_the_other(tmp_path, mnist_npz):
     with np.load(mnist_npz) as z:
-        np.savez(tmp_path / "small.npz", x_train=z["x_train"][:2000], y_train=z["y_train"][:2000],
-                 x_test=z["x_test"][:500], y_test=z["y_test"][:500])
+        np.savez(
+            tmp_path / "small.npz",
+            x_train=z["x_train"][:2000],
+            y_train=z["y_train"][:2000],
+            x_test=z["x_test"][:500],
+            y_test=z["y_test"][:500],
+        )
     out = tmp_path / "lff_data"
-    r = run_cli("data", "build", "cmnist", "--palette", "lff", "--mnist", tmp_path / "small.npz", "--out", out,
-                "--percent", "5", "--valid_size", "200")
+    r = run_cli(
+        "data",
+        "build",
+        "cmnist",
+        "--palette",
+        "lff",
+        "--mnist",
+        tmp_path / "small.npz",
+        "--out",
+        out,
+        "--percent",
+        "5",
+        "--valid_size",
+        "200",
+    )
     assert r.returncode == 0 and "lff palette" in r.stdout, r.stderr
     manifest = json.loads((out / "cmnist" / "manifest.json").read_text())
     assert manifest["palette"] == "lff" and manifest["palette_rgb"] == PALETTES["lff"].tolist()
-    train = ["train", "--train_vanilla", "--percent", "5pct", "--data_dir", out, "--num_steps", "20", "--valid_freq", "10",
-             "--log_dir", tmp_path / "log", "--no_progress"]
+    train = [
+        "train",
+        "--train_vanilla",
+        "--percent",
+        "5pct",
+        "--data_dir",
+        out,
+        "--num_steps",
+        "20",
+        "--valid_freq",
+        "10",
+        "--log_dir",
+        tmp_path / "log",
+        "--no_progress",
+    ]
     refused = run_cli(*train, "--exp", "default")  # the default palette is DisEnt's
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert refused.stderr.count("\n") == 1 and "lff palette" in refused.stderr and "--palette disent" in refused.stderr
-    assert "--palette lff" in refused.stderr and not (tmp_path / "log" / "cmnist" / "default").exists()
+    assert (
+        refused.stderr.count("\n") == 1
+        and "lff palette" in refused.stderr
+        and "--palette disent" in refused.stderr
+    )
+    assert (
+        "--palette lff" in refused.stderr and not (tmp_path / "log" / "cmnist" / "default").exists()
+    )
     for palette in ("lff", "any"):
         ok = run_cli(*train, "--exp", palette, "--palette", palette)
         assert ok.returncode == 0, ok.stderr
         meta = json.loads((tmp_path / "log" / "cmnist" / palette / "config.json").read_text())
         assert meta["config"]["palette"] == palette and meta["data"]["palette"] == "lff"
-        assert meta["data"]["palette_measured"][3] == pytest.approx(PALETTES["lff"][3].tolist(), abs=0.01)
+        assert meta["data"]["palette_measured"][3] == pytest.approx(
+            PALETTES["lff"][3].tolist(), abs=0.01
+        )
     # test.py checks the data it evaluates on in the same way
-    bad = run_cli("test", "--pretrained_path", tmp_path / "log" / "cmnist" / "lff", "--dataset", "cmnist",
-                  "--percent", "5pct", "--data_dir", out, "--palette", "disent")
+    bad = run_cli(
+        "test",
+        "--pretrained_path",
+        tmp_path / "log" / "cmnist" / "lff",
+        "--dataset",
+        "cmnist",
+        "--percent",
+        "5pct",
+        "--data_dir",
+        out,
+        "--palette",
+        "disent",
+    )
     assert bad.returncode == 2 and "lff palette" in bad.stderr
 
 
 def test_cli_build_errors(tmp_path):
-    r = run_cli("data", "build", "cmnist", "--mnist", tmp_path / "missing.npz", "--out", tmp_path / "o")
+    r = run_cli(
+        "data", "build", "cmnist", "--mnist", tmp_path / "missing.npz", "--out", tmp_path / "o"
+    )
     assert r.returncode == 2 and "missing.npz" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("data", "build", "cmnist", "--mnist", tmp_path, "--out", tmp_path / "o", "--percent", "abc")
+    r = run_cli(
+        "data", "build", "cmnist", "--mnist", tmp_path, "--out", tmp_path / "o", "--percent", "abc"
+    )
     assert r.returncode == 2 and "abc" in r.stderr
 
 
@@ -248,8 +393,12 @@ def test_mnist_sources_agree(tmp_path):
     from debiaslab.data.mnist import load_mnist
 
     rng = np.random.default_rng(0)
-    arrays = {"x_train": rng.integers(0, 256, (20, 28, 28), dtype=np.uint8), "y_train": np.arange(20) % 10,
-              "x_test": rng.integers(0, 256, (10, 28, 28), dtype=np.uint8), "y_test": np.arange(10) % 10}
+    arrays = {
+        "x_train": rng.integers(0, 256, (20, 28, 28), dtype=np.uint8),
+        "y_train": np.arange(20) % 10,
+        "x_test": rng.integers(0, 256, (10, 28, 28), dtype=np.uint8),
+        "y_test": np.arange(10) % 10,
+    }
     np.savez(tmp_path / "m.npz", **arrays)
     raw = tmp_path / "tv" / "MNIST" / "raw"
     raw.mkdir(parents=True)
@@ -264,12 +413,18 @@ def test_mnist_sources_agree(tmp_path):
     npz, prov = load_mnist(str(tmp_path / "m.npz"), None)
     tv, prov_tv = load_mnist(str(tmp_path / "tv"), None)
     folder, prov_f = load_mnist(str(tmp_path / "folder"), None)
-    assert (prov["kind"], prov_tv["kind"], prov_f["kind"]) == ("npz", "torchvision-folder", "image-folder")
+    assert (prov["kind"], prov_tv["kind"], prov_f["kind"]) == (
+        "npz",
+        "torchvision-folder",
+        "image-folder",
+    )
     for k in arrays:
         assert torch.equal(npz[k], tv[k]), k
     # the image folder is read class by class: same digits, grouped by label
     order = np.argsort(arrays["y_train"], kind="stable")
-    assert torch.equal(folder["x_train"], npz["x_train"][order]) and torch.equal(folder["y_train"], npz["y_train"][order])
+    assert torch.equal(folder["x_train"], npz["x_train"][order]) and torch.equal(
+        folder["y_train"], npz["y_train"][order]
+    )
     with pytest.raises(UserError, match="is not an MNIST .npz file"):
         load_mnist(str(tmp_path / "folder" / "train"), None)
 
@@ -284,12 +439,32 @@ def test_killed_build_leaves_no_dataset_and_restarts_cleanly(tmp_path):
     from tests.conftest import REPO
 
     g = np.random.default_rng(0)
-    np.savez(tmp_path / "m.npz", x_train=g.integers(0, 256, (20000, 28, 28), dtype=np.uint8), y_train=np.arange(20000) % 10,
-             x_test=g.integers(0, 256, (2000, 28, 28), dtype=np.uint8), y_test=np.arange(2000) % 10)
-    cmd = [sys.executable, "-m", "debiaslab", "data", "build", "cmnist", "--mnist", str(tmp_path / "m.npz"),
-           "--valid_size", "1000", "--percent", "1", "5"]
+    np.savez(
+        tmp_path / "m.npz",
+        x_train=g.integers(0, 256, (20000, 28, 28), dtype=np.uint8),
+        y_train=np.arange(20000) % 10,
+        x_test=g.integers(0, 256, (2000, 28, 28), dtype=np.uint8),
+        y_test=np.arange(2000) % 10,
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "debiaslab",
+        "data",
+        "build",
+        "cmnist",
+        "--mnist",
+        str(tmp_path / "m.npz"),
+        "--valid_size",
+        "1000",
+        "--percent",
+        "1",
+        "5",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd + ["--out", str(tmp_path / "a")], env=env, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd + ["--out", str(tmp_path / "a")], env=env, stdout=subprocess.PIPE, text=True
+    )
     for line in proc.stdout:
         if line.startswith("test:"):  # the test split is written; the 1pct split is being written
             proc.send_signal(signal.SIGKILL)
@@ -300,11 +475,21 @@ def test_killed_build_leaves_no_dataset_and_restarts_cleanly(tmp_path):
     assert (tmp_path / "a" / ".cmnist.partial").exists()
     with pytest.raises(UserError):
         load_reference(tmp_path / "a", "cmnist", "1pct")
-    again = subprocess.run(cmd + ["--out", str(tmp_path / "a")], env=env, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(
+        cmd + ["--out", str(tmp_path / "a")], env=env, capture_output=True, text=True, timeout=600
+    )
     assert again.returncode == 0, again.stderr
     assert not (tmp_path / "a" / ".cmnist.partial").exists()
-    straight = subprocess.run(cmd + ["--out", str(tmp_path / "b")], env=env, capture_output=True, text=True, timeout=600)
+    straight = subprocess.run(
+        cmd + ["--out", str(tmp_path / "b")], env=env, capture_output=True, text=True, timeout=600
+    )
     assert straight.returncode == 0
-    read = [json.loads((tmp_path / o / "cmnist" / "manifest.json").read_text())["splits"] for o in ("a", "b")]
+    read = [
+        json.loads((tmp_path / o / "cmnist" / "manifest.json").read_text())["splits"]
+        for o in ("a", "b")
+    ]
     assert read[0] == read[1]
-    assert load_reference(tmp_path / "a", "cmnist", "5pct").train.checksum() == read[0]["5pct"]["train"]["sha256"]
+    assert (
+        load_reference(tmp_path / "a", "cmnist", "5pct").train.checksum()
+        == read[0]["5pct"]["train"]["sha256"]
+    )

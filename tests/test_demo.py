@@ -1,4 +1,5 @@
 """The demo's code path on the bundled Colored Digits (a shortened run)."""
+
 import pytest
 import torch
 
@@ -27,7 +28,9 @@ def expected_demo_rows(bundle, log_dir) -> dict:
     x = test.images.float() / 255  # the demo's input_scale "unit", no normalisation
     rows = {}
     for m in DEMO_METHODS:
-        models = saved_mlps(log_dir / "colored_digits" / f"demo_{m}", m, bundle.num_classes, (3, 28, 28))
+        models = saved_mlps(
+            log_dir / "colored_digits" / f"demo_{m}", m, bundle.num_classes, (3, 28, 28)
+        )
         preds = predict_classes(m, models, x)
         rows[m] = metrics_by_loop(preds, test.targets, test.biases, bundle.num_classes)
     return rows
@@ -39,7 +42,7 @@ def printed_table(out: str) -> dict:
     header = ["method", "aligned", "conflicting", "unbiased"]
     start = next(i for i, ln in enumerate(lines) if ln.split() == header)
     rows = {}
-    for ln in lines[start + 1:]:
+    for ln in lines[start + 1 :]:
         if not ln.strip():
             break
         m, *figures = ln.split()
@@ -55,8 +58,10 @@ def test_demo_runs_all_methods_and_prints_the_table(tmp_path, capsys):
     bundle = colored_digits(5.0, seed=0)
     n = {k: len(getattr(bundle, k)) for k in ("train", "valid", "test")}
     conflicting = int((bundle.train.targets != bundle.train.biases).sum())
-    assert (f"train {n['train']} ({conflicting} conflicting), valid {n['valid']}, unbiased test {n['test']}"
-            in out.splitlines()[0])
+    assert (
+        f"train {n['train']} ({conflicting} conflicting), valid {n['valid']}, unbiased test {n['test']}"
+        in out.splitlines()[0]
+    )
     assert all(results[m]["steps"] == 60 for m in DEMO_METHODS)
     table, expected = printed_table(out), expected_demo_rows(bundle, tmp_path)
     assert list(table) == DEMO_METHODS

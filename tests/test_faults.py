@@ -1,4 +1,5 @@
 """Numerical faults and a full disk: the run stops with the step and the fix, or skips; the last checkpoint survives."""
+
 import errno
 
 import pytest
@@ -6,8 +7,15 @@ import torch
 
 from debiaslab import UserError
 from debiaslab.methods.vanilla import Vanilla
-from tests.conftest import (assert_same_tensors, make_method, method_batches, method_state_of, read_log, tiny_bundle,
-                            tiny_config)
+from tests.conftest import (
+    assert_same_tensors,
+    make_method,
+    method_batches,
+    method_state_of,
+    read_log,
+    tiny_bundle,
+    tiny_config,
+)
 
 
 @pytest.fixture
@@ -25,20 +33,34 @@ def nan_at_step_7(monkeypatch):
 def test_nan_stops_naming_the_step_and_term_then_resumes_with_skip(tmp_path, nan_at_step_7):
     from debiaslab.train import train
 
-    with pytest.raises(UserError, match=r"non-finite loss at step 7 \(loss\) of vanilla.*step 5.*--on_nonfinite skip"):
+    with pytest.raises(
+        UserError,
+        match=r"non-finite loss at step 7 \(loss\) of vanilla.*step 5.*--on_nonfinite skip",
+    ):
         train(tiny_config(tmp_path), tiny_bundle())
     run = tmp_path / "tiny" / "e"
     assert (run / "FAILED").exists() and not (run / "results.json").exists()
-    assert torch.load(run / "checkpoint_last.pt", weights_only=True)["step"] == 5  # the last good checkpoint
-    res = train(tiny_config(tmp_path, on_nonfinite="skip"), tiny_bundle())  # resumes from step 5 and skips step 7
+    assert (
+        torch.load(run / "checkpoint_last.pt", weights_only=True)["step"] == 5
+    )  # the last good checkpoint
+    res = train(
+        tiny_config(tmp_path, on_nonfinite="skip"), tiny_bundle()
+    )  # resumes from step 5 and skips step 7
     assert res["skipped_steps"] == [7] and not (run / "FAILED").exists()
     assert {"kind": "skip", "step": 7, "nonfinite": ["loss"]} in read_log(run)
-    weights = torch.load(run / "checkpoint_last.pt", weights_only=True)["method_state"]["models"]["model"]
+    weights = torch.load(run / "checkpoint_last.pt", weights_only=True)["method_state"]["models"][
+        "model"
+    ]
     assert all(torch.isfinite(v).all() for v in weights.values())
 
 
 # the methods with state of their own besides weights, and a key of it that an applied step moves
-STATEFUL = {"lff": "extra.ema.values", "lc": "extra.prior", "groupdro": "extra.q", "lff_be": "extra.ema.values"}
+STATEFUL = {
+    "lff": "extra.ema.values",
+    "lc": "extra.prior",
+    "groupdro": "extra.q",
+    "lff_be": "extra.ema.values",
+}
 
 
 @pytest.mark.parametrize("model", ["mlp", "resnet20"])
@@ -55,9 +77,13 @@ def test_nonfinite_step_moves_nothing_and_stop_holds_every_later_step(method_nam
     out = method.update(x_bad, *steps[2][1:], 2)
     assert not bool(out.applied)
     assert "loss" in [k for k, ok in zip(out.terms, out.finite.tolist()) if not ok]
-    assert_same_tensors(method_state_of(method), before)  # as after step k - 1: weights, BN statistics, Adam, state
+    assert_same_tensors(
+        method_state_of(method), before
+    )  # as after step k - 1: weights, BN statistics, Adam, state
     out = method.update(*steps[3], 3)
-    if mode == "stop":  # nothing applies until the loop reads the flag at its next boundary and stops
+    if (
+        mode == "stop"
+    ):  # nothing applies until the loop reads the flag at its next boundary and stops
         assert not bool(out.applied) and bool(out.finite.all())
         assert_same_tensors(method_state_of(method), before)
     else:
@@ -73,8 +99,9 @@ def test_nonfinite_step_moves_nothing_and_stop_holds_every_later_step(method_nam
 def test_skipped_steps_still_count_in_the_lr_schedule():
     """--on_nonfinite skip: steps 2-4 are not finite and move nothing, yet the LR halves every 2
     iterations as if they had applied (README: "the LR schedule still counts them")."""
-    method, targets = make_method("lff", on_nonfinite="skip", use_lr_decay=True, lr_decay_step=2, lr_gamma=0.5,
-                                  curr_step=0)
+    method, targets = make_method(
+        "lff", on_nonfinite="skip", use_lr_decay=True, lr_decay_step=2, lr_gamma=0.5, curr_step=0
+    )
     lrs, applied = [], []
     for step, (x, y, idx) in enumerate(method_batches(targets, 8)):
         if step in (2, 3, 4):
@@ -99,13 +126,17 @@ def test_full_disk_gives_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, m
         return real_save(obj, f, *a, **kw)
 
     monkeypatch.setattr(io.torch, "save", save)
-    with pytest.raises(UserError, match="no space left on the device.*checkpoint_last.pt, step 5.*free space"):
+    with pytest.raises(
+        UserError, match="no space left on the device.*checkpoint_last.pt, step 5.*free space"
+    ):
         train(tiny_config(tmp_path), tiny_bundle())
     run = tmp_path / "tiny" / "e"
     assert torch.load(run / "checkpoint_last.pt", weights_only=True)["step"] == 5
     assert not list(run.glob(".*.tmp"))  # no half-written file left behind
     monkeypatch.setattr(io.torch, "save", real_save)
-    res = train(tiny_config(tmp_path), tiny_bundle())  # space freed: the same call resumes and finishes
+    res = train(
+        tiny_config(tmp_path), tiny_bundle()
+    )  # space freed: the same call resumes and finishes
     assert res["steps"] == 20
 
 
@@ -124,7 +155,10 @@ def test_step_window_sums_applied_steps_per_term_and_reports_the_others():
     assert window.not_applied() == [(2, ["loss"])] and window.not_applied() == []
     state = window.state_dict()
     assert state["log_count"] == 2 and {k: float(v) for k, v in state["log_sums"].items()} == {
-        "loss": 4.0, "a": 6.0, "b": 6.0}
+        "loss": 4.0,
+        "a": 6.0,
+        "b": 6.0,
+    }
     resumed = StepWindow(state["log_sums"], state["log_count"])  # as a checkpoint restores it
     assert window.take_means() == resumed.take_means() == {"loss": 2.0, "a": 3.0, "b": 3.0}
     assert window.take_means() is None  # nothing since

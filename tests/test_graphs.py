@@ -6,6 +6,7 @@ its first outputs. What these tests pin down is the wrapper's bookkeeping: one g
 set of draws, warm-up steps first, each replay fed the batch and the draws of its own step, and
 outputs copied before the next replay overwrites them. tests/test_cuda.py runs the real graphs.
 """
+
 import pytest
 import torch
 
@@ -29,8 +30,10 @@ class StandInGraph:
         if self.output is None:
             self.output = out
         else:
-            for mine, new in zip((self.output.values, self.output.finite, self.output.applied),
-                                 (out.values, out.finite, out.applied)):
+            for mine, new in zip(
+                (self.output.values, self.output.finite, self.output.applied),
+                (out.values, out.finite, out.applied),
+            ):
                 mine.copy_(new)
         return self.output
 
@@ -47,17 +50,25 @@ def run(tmp_path, monkeypatch, graphed: bool, **kw):
     return train(cfg, tiny_bundle()), read_log(tmp_path / "tiny" / "e")
 
 
-@pytest.mark.parametrize("method,extra,keys", [
-    ("disent", dict(curr_step=7, use_lr_decay=True, lr_decay_step=5, lr_gamma=0.5),
-     [("main", ()), ("main", ("perm",))]),
-    ("jtt", dict(jtt_steps=8, jtt_upweight=3), [("erm", ()), ("main", ())]),
-    ("lc", dict(), [("main", ("lam", "scores"))]),
-])
+@pytest.mark.parametrize(
+    "method,extra,keys",
+    [
+        (
+            "disent",
+            dict(curr_step=7, use_lr_decay=True, lr_decay_step=5, lr_gamma=0.5),
+            [("main", ()), ("main", ("perm",))],
+        ),
+        ("jtt", dict(jtt_steps=8, jtt_upweight=3), [("erm", ()), ("main", ())]),
+        ("lc", dict(), [("main", ("lam", "scores"))]),
+    ],
+)
 def test_captured_step_trains_exactly_as_the_eager_step(tmp_path, monkeypatch, method, extra, keys):
     """Same losses, evaluations and selections, step for step, across DisEnt's curr_step and an LR
     decay, JTT's two stages and LC's random draws; one graph per shape of step."""
     eager, eager_log = run(tmp_path / "a", monkeypatch, False, method=method, num_steps=24, **extra)
-    graphed, graphed_log = run(tmp_path / "b", monkeypatch, True, method=method, num_steps=24, **extra)
+    graphed, graphed_log = run(
+        tmp_path / "b", monkeypatch, True, method=method, num_steps=24, **extra
+    )
     assert [g.fn is not None for g in StandInGraph.recorded] == [True] * len(keys)
     assert graphed["cuda_graph"] and not eager["cuda_graph"]
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in eager_log]
@@ -78,8 +89,10 @@ def test_each_replay_reads_its_own_batch_and_draws_and_outputs_are_copies():
         return Out(("loss",), v, torch.isfinite(v), torch.isfinite(v).all())
 
     captured = CapturedStep(step, lambda draws: tuple(draws), warmup=2, graph=StandInGraph)
-    outs = [captured(torch.full((2,), float(i)), torch.zeros(2), torch.zeros(2), {"d": torch.ones(1)})
-            for i in range(5)]
+    outs = [
+        captured(torch.full((2,), float(i)), torch.zeros(2), torch.zeros(2), {"d": torch.ones(1)})
+        for i in range(5)
+    ]
     assert [o.values.item() for o in outs] == [1.0, 3.0, 5.0, 7.0, 9.0]
     assert captured.captured == [("d",)] and captured.eager_steps == {("d",): 2}
     assert outs[3].values is not outs[4].values  # kept flags survive the next replay

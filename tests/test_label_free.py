@@ -7,6 +7,7 @@ whose results.json, eval log, checkpoints and ``test --select wa_*`` agree with 
 Resuming keeps the average bit for bit: tests/test_resume.py checks the full checkpoint's
 ``average`` after SIGKILLs.
 """
+
 import json
 
 import pytest
@@ -24,15 +25,26 @@ from tests.conftest import assert_same_tensors, read_log, run_cli, tiny_bundle, 
 
 # -- the rules on synthetic logs --------------------------------------------------------------------
 def metrics(accuracy, per_class, pseudo=None, unbiased=0.5):
-    m = {"accuracy": accuracy, "per_class": per_class, "unbiased": unbiased, "aligned": 0.9,
-         "conflicting": 0.1, "worst_group": 0.0}
+    m = {
+        "accuracy": accuracy,
+        "per_class": per_class,
+        "unbiased": unbiased,
+        "aligned": 0.9,
+        "conflicting": 0.1,
+        "worst_group": 0.0,
+    }
     if pseudo is not None:
         m["pseudo_unbiased"] = pseudo
     return m
 
 
 def record(step, valid, test_unbiased, wa=None):
-    r = {"kind": "eval", "step": step, "valid": valid, "test": metrics(0.5, [0.5], unbiased=test_unbiased)}
+    r = {
+        "kind": "eval",
+        "step": step,
+        "valid": valid,
+        "test": metrics(0.5, [0.5], unbiased=test_unbiased),
+    }
     if wa is not None:
         r["wa"] = {"valid": wa, "test": metrics(0.5, [0.5], unbiased=test_unbiased + 0.01)}
     return r
@@ -40,9 +52,24 @@ def record(step, valid, test_unbiased, wa=None):
 
 LOG = [
     record(100, metrics(0.99, [1.0, 0.20], pseudo=0.40), 0.30),
-    record(200, metrics(0.97, [0.90, 0.60], pseudo=0.70), 0.60, wa=metrics(0.95, [0.9, 0.5], pseudo=0.75)),
-    record(300, metrics(0.98, [0.95, 0.60], pseudo=0.65), 0.70, wa=metrics(0.96, [0.9, 0.7], pseudo=0.72)),
-    record(400, metrics(0.96, [0.80, 0.50], pseudo=0.70), 0.50, wa=metrics(0.96, [0.9, 0.7], pseudo=0.80)),
+    record(
+        200,
+        metrics(0.97, [0.90, 0.60], pseudo=0.70),
+        0.60,
+        wa=metrics(0.95, [0.9, 0.5], pseudo=0.75),
+    ),
+    record(
+        300,
+        metrics(0.98, [0.95, 0.60], pseudo=0.65),
+        0.70,
+        wa=metrics(0.96, [0.9, 0.7], pseudo=0.72),
+    ),
+    record(
+        400,
+        metrics(0.96, [0.80, 0.50], pseudo=0.70),
+        0.50,
+        wa=metrics(0.96, [0.9, 0.7], pseudo=0.80),
+    ),
 ]
 
 
@@ -50,15 +77,23 @@ def test_each_rule_picks_the_known_step():
     best = picks(LOG, "cmnist")
     got = {name: pick["step"] for name, pick in best.items()}
     assert got == {
-        "last": 400, "best_valid": 100,
+        "last": 400,
+        "best_valid": 100,
         "best_valid_worst_class": 200,  # 0.60 at 200 and 300: the first best
         "best_valid_pseudo_unbiased": 200,  # 0.70 at 200 and 400
-        "best_valid_unbiased": 100, "oracle_best_test": 300,
+        "best_valid_unbiased": 100,
+        "oracle_best_test": 300,
         # the averaged model from step 200 on, scored on its own evaluation
-        "wa_last": 400, "wa_best_valid": 300, "wa_best_valid_worst_class": 300,
-        "wa_best_valid_pseudo_unbiased": 400, "wa_best_valid_unbiased": 200, "wa_oracle_best_test": 300,
+        "wa_last": 400,
+        "wa_best_valid": 300,
+        "wa_best_valid_worst_class": 300,
+        "wa_best_valid_pseudo_unbiased": 400,
+        "wa_best_valid_unbiased": 200,
+        "wa_oracle_best_test": 300,
     }
-    assert best["wa_last"]["test"] == LOG[3]["wa"]["test"]  # the averaged model's metrics, not the raw ones
+    assert (
+        best["wa_last"]["test"] == LOG[3]["wa"]["test"]
+    )  # the averaged model's metrics, not the raw ones
     assert best["last"]["test"] == LOG[3]["test"]
 
 
@@ -71,7 +106,10 @@ def test_a_rule_without_its_metric_picks_nothing():
 
 
 def test_worst_class_skips_classes_without_samples():
-    best = picks([record(1, metrics(0.5, [0.5, None]), 0.1), record(2, metrics(0.5, [0.4, None]), 0.1)], "cmnist")
+    best = picks(
+        [record(1, metrics(0.5, [0.5, None]), 0.1), record(2, metrics(0.5, [0.4, None]), 0.1)],
+        "cmnist",
+    )
     assert best["best_valid_worst_class"]["score"] == 0.5
 
 
@@ -99,7 +137,10 @@ def guarded(log):
     for r in log:
         g = dict(r, valid=Guarded(r["valid"], BIAS_KEYS), test=Guarded(r["test"], "all"))
         if "wa" in r:
-            g["wa"] = {"valid": Guarded(r["wa"]["valid"], BIAS_KEYS), "test": Guarded(r["wa"]["test"], "all")}
+            g["wa"] = {
+                "valid": Guarded(r["wa"]["valid"], BIAS_KEYS),
+                "test": Guarded(r["wa"]["test"], "all"),
+            }
         out.append(g)
     return out
 
@@ -110,8 +151,13 @@ def test_label_free_rules_read_no_test_metric_and_no_bias_label():
     tracker = SelectionTracker("cmnist", names)
     for r in guarded(LOG):
         tracker.update(r)  # raises if a rule reads a guarded key
-    assert {n: tracker.best[n]["step"] for n in names} == {n: p["step"] for n, p in picks(LOG, "cmnist", names).items()}
-    for rule in ("best_valid_unbiased", "oracle_best_test"):  # the guard does catch the rules that read them
+    assert {n: tracker.best[n]["step"] for n in names} == {
+        n: p["step"] for n, p in picks(LOG, "cmnist", names).items()
+    }
+    for rule in (
+        "best_valid_unbiased",
+        "oracle_best_test",
+    ):  # the guard does catch the rules that read them
         with pytest.raises(AssertionError, match="a label-free rule read"):
             SelectionTracker("cmnist", [rule]).update(guarded(LOG)[0])
 
@@ -171,8 +217,10 @@ def test_average_state_round_trips():
     assert_same_tensors(b.models["m"].state_dict(), a.models["m"].state_dict())
 
 
-@pytest.mark.parametrize("flags, message", [({"wa_decay": 1.0}, "--wa_decay must be in"),
-                                            ({"wa_start": -1}, "--wa_start must be")])
+@pytest.mark.parametrize(
+    "flags, message",
+    [({"wa_decay": 1.0}, "--wa_decay must be in"), ({"wa_start": -1}, "--wa_start must be")],
+)
 def test_bad_averaging_flags_are_refused(tmp_path, flags, message):
     with pytest.raises(UserError, match=message):
         tiny_config(tmp_path, **flags).validate()
@@ -194,14 +242,21 @@ def test_a_run_records_averaged_selections_that_replay_from_its_log(tmp_path):
     run = tmp_path / "tiny" / "e"
     evals = read_log(run, "eval")
     assert ["wa" in e for e in evals] == [False] + [True] * 5  # averaging starts after step 5
-    assert all("pseudo_unbiased" in e["valid"] and "pseudo_unbiased" not in e["test"] for e in evals)
-    assert results["weight_averaging"] == {"decay": 0.8, "start": 5, "models": ["biased", "debiased"],
-                                           "steps_averaged": 25}
+    assert all(
+        "pseudo_unbiased" in e["valid"] and "pseudo_unbiased" not in e["test"] for e in evals
+    )
+    assert results["weight_averaging"] == {
+        "decay": 0.8,
+        "start": 5,
+        "models": ["biased", "debiased"],
+        "steps_averaged": 25,
+    }
     selections = results["selections"]
     assert list(selections) == selection_names()
     for name, pick in picks(evals, "tiny").items():
-        assert {k: selections[name][k] for k in ("step", "valid", "test")} == \
-            {k: pick[k] for k in ("step", "valid", "test")}, name
+        assert {k: selections[name][k] for k in ("step", "valid", "test")} == {
+            k: pick[k] for k in ("step", "valid", "test")
+        }, name
     assert replayed(run, "tiny") == {n: s["test_primary"] for n, s in selections.items()}
     last = torch.load(run / "checkpoint_last.pt", weights_only=True)
     wa_last = torch.load(run / "checkpoint_wa_last.pt", weights_only=True)
@@ -215,9 +270,15 @@ def test_collect_gaps_scores_each_selection_against_the_oracle(tmp_path):
 
     runs = []
     for seed in (0, 1):
-        train(tiny_config(tmp_path, method="lff", num_steps=20, valid_freq=5, seed=seed, exp=f"s{seed}"),
-              tiny_bundle())
-        runs.append(json.loads((tmp_path / "tiny" / f"s{seed}" / "results.json").read_text())["selections"])
+        train(
+            tiny_config(
+                tmp_path, method="lff", num_steps=20, valid_freq=5, seed=seed, exp=f"s{seed}"
+            ),
+            tiny_bundle(),
+        )
+        runs.append(
+            json.loads((tmp_path / "tiny" / f"s{seed}" / "results.json").read_text())["selections"]
+        )
     table = collect(str(tmp_path), gaps=True)
 
     def gap(name, against="oracle_best_test"):
@@ -226,7 +287,10 @@ def test_collect_gaps_scores_each_selection_against_the_oracle(tmp_path):
     row = next(line for line in table.splitlines() if line.startswith("| wa_last |"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
     assert cells[2] == "2" and cells[3] == f"{sum(gap('wa_last')) / 2:+.2f}"
-    assert cells[4] == f"{min(gap('wa_last')):+.2f}" and cells[6] == f"{min(gap('wa_last', 'last')):+.2f}"
+    assert (
+        cells[4] == f"{min(gap('wa_last')):+.2f}"
+        and cells[6] == f"{min(gap('wa_last', 'last')):+.2f}"
+    )
     assert cells[7] == "1"  # one cell, both of its runs recorded it
 
 
@@ -234,15 +298,40 @@ def test_test_command_evaluates_an_averaged_pick(tiny_reference, tmp_path):
     from tests.conftest import quick_train_args
 
     logs = tmp_path / "log"
-    r = run_cli("train", "--dataset", "cmnist", "--percent", "1pct", "--exp", "wa", "--train_ours",
-                "--curr_step", "10", *quick_train_args(tiny_reference, logs))
+    r = run_cli(
+        "train",
+        "--dataset",
+        "cmnist",
+        "--percent",
+        "1pct",
+        "--exp",
+        "wa",
+        "--train_ours",
+        "--curr_step",
+        "10",
+        *quick_train_args(tiny_reference, logs),
+    )
     assert r.returncode == 0, r.stderr
     run = logs / "cmnist" / "wa"
     results = json.loads((run / "results.json").read_text())
     assert results["weight_averaging"]["start"] == 10  # DisEnt: from --curr_step
     pick = results["selections"]["wa_best_valid_pseudo_unbiased"]
-    t = run_cli("test", "--pretrained_path", run, "--select", "wa_best_valid_pseudo_unbiased", "--dataset",
-                "cmnist", "--percent", "1pct", "--data_dir", tiny_reference, "--device", "cpu", "--json")
+    t = run_cli(
+        "test",
+        "--pretrained_path",
+        run,
+        "--select",
+        "wa_best_valid_pseudo_unbiased",
+        "--dataset",
+        "cmnist",
+        "--percent",
+        "1pct",
+        "--data_dir",
+        tiny_reference,
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert t.returncode == 0, t.stderr
     out = json.loads(t.stdout)
     assert out["step"] == pick["step"]

@@ -1,4 +1,5 @@
 """LC (Logit Correction) against computations written here: by hand, or by plain Python loops."""
+
 import copy
 import math
 
@@ -8,14 +9,21 @@ import torch.nn.functional as F
 
 from debiaslab.methods.lc import (
     choose_partners,
-    correction_terms,
     corrected_ce,
+    correction_terms,
     group_mixup,
     log_class_given_attribute,
     prior_batch_estimate,
     prior_update,
 )
-from tests.conftest import BATCH, N_CLASSES, assert_same_tensors, make_method, method_batches, method_state_of
+from tests.conftest import (
+    BATCH,
+    N_CLASSES,
+    assert_same_tensors,
+    make_method,
+    method_batches,
+    method_state_of,
+)
 
 
 def make_lc(model="mlp", **kw):
@@ -27,9 +35,13 @@ def test_prior_batch_estimate_by_hand():
     probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.5, 0.25, 0.25], [0.0, 0.4, 0.6]])
     y = torch.tensor([0, 1, 0, 2])
     # rows y, columns a: each sample's P(a | x) lands in its own label's row, divided by B = 4
-    expected = torch.tensor([[(0.7 + 0.5) / 4, (0.2 + 0.25) / 4, (0.1 + 0.25) / 4],
-                             [0.1 / 4, 0.8 / 4, 0.1 / 4],
-                             [0.0, 0.4 / 4, 0.6 / 4]])
+    expected = torch.tensor(
+        [
+            [(0.7 + 0.5) / 4, (0.2 + 0.25) / 4, (0.1 + 0.25) / 4],
+            [0.1 / 4, 0.8 / 4, 0.1 / 4],
+            [0.0, 0.4 / 4, 0.6 / 4],
+        ]
+    )
     got = prior_batch_estimate(probs, y, 3)
     assert torch.allclose(got, expected, atol=1e-7)
     assert torch.allclose(got.sum(), torch.tensor(1.0))
@@ -42,15 +54,24 @@ def test_prior_moving_average_by_hand():
     p1 = prior_update(start, torch.tensor(False), b1, 0.9)
     assert torch.equal(p1, b1)  # first step: the batch estimate itself
     p2 = prior_update(p1, torch.tensor(True), b2, 0.9)
-    assert torch.allclose(p2, torch.tensor([[0.9 * 0.5 + 0.1 * 0.2, 0.9 * 0.1 + 0.1 * 0.2],
-                                            [0.9 * 0.1 + 0.1 * 0.4, 0.9 * 0.3 + 0.1 * 0.2]]), atol=1e-7)
+    assert torch.allclose(
+        p2,
+        torch.tensor(
+            [
+                [0.9 * 0.5 + 0.1 * 0.2, 0.9 * 0.1 + 0.1 * 0.2],
+                [0.9 * 0.1 + 0.1 * 0.4, 0.9 * 0.3 + 0.1 * 0.2],
+            ]
+        ),
+        atol=1e-7,
+    )
 
 
 def test_log_class_given_attribute_by_hand():
     prior = torch.tensor([[0.4, 0.05], [0.1, 0.45]])
     got = log_class_given_attribute(prior)
-    expected = torch.tensor([[math.log(0.4 / 0.5), math.log(0.05 / 0.5)],
-                             [math.log(0.1 / 0.5), math.log(0.45 / 0.5)]])
+    expected = torch.tensor(
+        [[math.log(0.4 / 0.5), math.log(0.05 / 0.5)], [math.log(0.1 / 0.5), math.log(0.45 / 0.5)]]
+    )
     assert torch.allclose(got, expected, atol=1e-6)
     assert torch.isfinite(log_class_given_attribute(torch.tensor([[1.0, 0.0], [0.0, 0.0]]))).all()
 
@@ -76,7 +97,9 @@ def test_joint_or_conditional_prior_column_gives_the_same_loss():
     logits, prior = torch.randn(6, 4, generator=g), torch.rand(4, 4, generator=g) + 0.01
     prior = prior / prior.sum()
     y, a = torch.randint(0, 4, (6,), generator=g), torch.randint(0, 4, (6,), generator=g)
-    conditional = corrected_ce(logits, correction_terms(log_class_given_attribute(prior), a), y, 1.0)
+    conditional = corrected_ce(
+        logits, correction_terms(log_class_given_attribute(prior), a), y, 1.0
+    )
     joint = F.cross_entropy(logits + torch.log(prior)[:, a].t(), y, reduction="none")
     assert torch.allclose(conditional, joint, atol=1e-5)
 
@@ -167,7 +190,13 @@ class LoopLC:
     def __init__(self, method, targets, tau, prior_alpha, ema_alpha, mixup, q=0.7):
         self.mb, self.mf = (copy.deepcopy(method.models[n]) for n in ("biased", "model"))
         self.opts = ref_adam([self.mb, self.mf])
-        self.tau, self.prior_alpha, self.ema_alpha, self.mixup, self.q = tau, prior_alpha, ema_alpha, mixup, q
+        self.tau, self.prior_alpha, self.ema_alpha, self.mixup, self.q = (
+            tau,
+            prior_alpha,
+            ema_alpha,
+            mixup,
+            q,
+        )
         self.ema = {}  # sample -> list of C probabilities
         self.prior = None
         self.gen = torch.Generator().manual_seed(5)  # the stream the method draws from
@@ -183,19 +212,33 @@ class LoopLC:
         probs = []
         for i, s in enumerate(idx.tolist()):
             old = self.ema.get(s)
-            self.ema[s] = p[i] if old is None else [self.ema_alpha * o + (1 - self.ema_alpha) * v
-                                                     for o, v in zip(old, p[i])]
+            self.ema[s] = (
+                p[i]
+                if old is None
+                else [self.ema_alpha * o + (1 - self.ema_alpha) * v for o, v in zip(old, p[i])]
+            )
             probs.append(self.ema[s])
         a = [max(range(C), key=lambda c: pr[c]) for pr in probs]
         yl = y.tolist()
-        batch = [[sum(probs[i][c_a] for i in range(B) if yl[i] == c_y) / B for c_a in range(C)] for c_y in range(C)]
+        batch = [
+            [sum(probs[i][c_a] for i in range(B) if yl[i] == c_y) / B for c_a in range(C)]
+            for c_y in range(C)
+        ]
         if self.prior is None:
             self.prior = batch
         else:
-            self.prior = [[self.prior_alpha * self.prior[r][c] + (1 - self.prior_alpha) * batch[r][c] for c in range(C)]
-                          for r in range(C)]
+            self.prior = [
+                [
+                    self.prior_alpha * self.prior[r][c] + (1 - self.prior_alpha) * batch[r][c]
+                    for c in range(C)
+                ]
+                for r in range(C)
+            ]
         col_sum = [sum(self.prior[r][c] for r in range(C)) for c in range(C)]
-        logc = [[math.log(max(self.prior[r][c], 1e-12)) - math.log(col_sum[c]) for c in range(C)] for r in range(C)]
+        logc = [
+            [math.log(max(self.prior[r][c], 1e-12)) - math.log(col_sum[c]) for c in range(C)]
+            for r in range(C)
+        ]
         corr = [[logc[r][a[i]] for r in range(C)] for i in range(B)]
         rows_x, rows_c = [], []
         for i in range(B):
@@ -209,7 +252,9 @@ class LoopLC:
             else:
                 self.n_mixed += 1
                 rows_x.append(lam[i] * x[i] + (1 - lam[i]) * x[partner])
-                rows_c.append([lam[i] * u + (1 - lam[i]) * v for u, v in zip(corr[i], corr[partner])])
+                rows_c.append(
+                    [lam[i] * u + (1 - lam[i]) * v for u, v in zip(corr[i], corr[partner])]
+                )
         z = self.mf(torch.stack(rows_x)) + self.tau * torch.tensor(rows_c)
         loss_lc = sum(torch.logsumexp(z[i], 0) - z[i, yl[i]] for i in range(B)) / B
         ce_b = F.cross_entropy(lb, y, reduction="none")
@@ -236,7 +281,9 @@ def test_lc_matches_a_loop_reimplementation(mixup):
             assert terms[k].item() == pytest.approx(v, rel=1e-4, abs=1e-5), (step, k)
     assert (ref.n_mixed > 0) == mixup  # the mixup did happen (and only when on)
     for name, model in (("biased", ref.mb), ("model", ref.mf)):
-        for (k, got), want in zip(method.models[name].state_dict().items(), model.state_dict().values()):
+        for (k, got), want in zip(
+            method.models[name].state_dict().items(), model.state_dict().values()
+        ):
             assert torch.allclose(got, want, atol=1e-4), (name, k)
     ema = method.ema.values()
     for s, probs in ref.ema.items():
@@ -269,7 +316,16 @@ def test_defaults_and_flags_reach_the_method():
 
     method, _ = make_lc()
     assert (method.tau, method.prior_alpha, method.mixup) == (1.0, 0.9, True)
-    flags = ["train", "--method", "lc", "--lc_tau", "0.3", "--lc_prior_alpha", "0.5", "--no-lc_mixup"]
+    flags = [
+        "train",
+        "--method",
+        "lc",
+        "--lc_tau",
+        "0.3",
+        "--lc_prior_alpha",
+        "0.5",
+        "--no-lc_mixup",
+    ]
     method, _ = method_from_config(config_from_args(build_parser().parse_args(flags)).resolved())
     assert (method.tau, method.prior_alpha, method.mixup) == (0.3, 0.5, False)
 

@@ -1,4 +1,5 @@
 """The building blocks against their closed forms, on tiny tensors."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,10 +17,10 @@ def test_gce_reference_form_value_and_gradient(q):
     # value: CE * q * p^q
     assert torch.allclose(loss, -torch.log(p) * q * p.detach() ** q)
     # gradient: that of 1 - p^q (q times the textbook GCE gradient)
-    g_ref, = torch.autograd.grad(loss.sum(), logits)
-    g_closed, = torch.autograd.grad((1 - p ** q).sum(), logits, retain_graph=True)
+    (g_ref,) = torch.autograd.grad(loss.sum(), logits)
+    (g_closed,) = torch.autograd.grad((1 - p**q).sum(), logits, retain_graph=True)
     assert torch.allclose(g_ref, g_closed)
-    g_textbook, = torch.autograd.grad(((1 - p ** q) / q).sum(), logits)
+    (g_textbook,) = torch.autograd.grad(((1 - p**q) / q).sum(), logits)
     assert torch.allclose(g_ref, q * g_textbook)
 
 
@@ -30,9 +31,9 @@ def test_gce_textbook_form(q):
     y = torch.tensor([0, 1, 2, 1, 0])
     p = F.softmax(logits, 1).gather(1, y[:, None]).squeeze(1)
     loss = gce(logits, y, q, "textbook")
-    assert torch.allclose(loss, (1 - p ** q) / q)
-    g, = torch.autograd.grad(loss.sum(), logits)
-    g_closed, = torch.autograd.grad(((1 - p ** q) / q).sum(), logits)
+    assert torch.allclose(loss, (1 - p**q) / q)
+    (g,) = torch.autograd.grad(loss.sum(), logits)
+    (g_closed,) = torch.autograd.grad(((1 - p**q) / q).sum(), logits)
     assert torch.allclose(g, g_closed)
 
 
@@ -104,7 +105,9 @@ def test_two_channel_ema_equals_two_single_emas():
         idx = torch.randperm(50)[:10]
         la, lb = torch.rand(10), torch.rand(10) * 3
         out = pair.update(idx, torch.stack([la, lb], 1))
-        assert torch.allclose(out[:, 0], a.update(idx, la)) and torch.allclose(out[:, 1], b.update(idx, lb))
+        assert torch.allclose(out[:, 0], a.update(idx, la)) and torch.allclose(
+            out[:, 1], b.update(idx, lb)
+        )
         y = targets[idx]
         norm = pair.normalize(out, y)
         assert torch.allclose(norm[:, 0], a.normalize(a.values()[idx], y))

@@ -1,27 +1,42 @@
 """Methods against straightforward re-implementations of algorithms.md, on tiny tensors."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from debiaslab.methods import METHODS
-from tests.conftest import (N_CLASSES, assert_disent_matches_its_loop, assert_lff_matches_its_loop,
-                            cli_config, make_method, method_batches, method_from_config, ref_gce)
+from tests.conftest import (
+    N_CLASSES,
+    assert_disent_matches_its_loop,
+    assert_lff_matches_its_loop,
+    cli_config,
+    make_method,
+    method_batches,
+    method_from_config,
+    ref_gce,
+)
 
 
 def test_lff_matches_a_loop_reimplementation():
     method, targets = make_method("lff")
-    assert_lff_matches_its_loop(method, targets, lambda logits_b, y, idx: ref_gce(logits_b, y).mean())
+    assert_lff_matches_its_loop(
+        method, targets, lambda logits_b, y, idx: ref_gce(logits_b, y).mean()
+    )
 
 
 @pytest.mark.parametrize("curr_step", [0, 3, 100])
 def test_disent_matches_a_loop_reimplementation(curr_step):
     kw = dict(curr_step=curr_step, lambda_swap=0.5, lambda_dis_align=10.0, lambda_swap_align=5.0)
     method, targets = make_method("disent", **kw)
-    assert_disent_matches_its_loop(method, targets, lambda logits_b, y, idx: ref_gce(logits_b, y).mean())
+    assert_disent_matches_its_loop(
+        method, targets, lambda logits_b, y, idx: ref_gce(logits_b, y).mean()
+    )
 
 
 def test_disent_swap_labels_weights_and_no_gradient_leak():
-    method, targets = make_method("disent", curr_step=0, lambda_swap=1.0, lambda_dis_align=1.0, lambda_swap_align=1.0)
+    method, targets = make_method(
+        "disent", curr_step=0, lambda_swap=1.0, lambda_dis_align=1.0, lambda_swap_align=1.0
+    )
     x, y, idx = next(method_batches(targets, 1))
     state = method.generator.get_state()
     loss, terms = method.loss(x, y, idx, method.draw(len(y), 1))
@@ -38,8 +53,12 @@ def test_disent_swap_labels_weights_and_no_gradient_leak():
     # no gradient through the detached features
     enc_i = list(m_i.feature.parameters())
     enc_b = list(m_b.feature.parameters())
-    for term, foreign in (("loss_swap_align", enc_i), ("loss_dis_align", enc_i),
-                          ("loss_swap_conflict", enc_b), ("loss_dis_conflict", enc_b)):
+    for term, foreign in (
+        ("loss_swap_align", enc_i),
+        ("loss_dis_align", enc_i),
+        ("loss_swap_conflict", enc_b),
+        ("loss_dis_conflict", enc_b),
+    ):
         grads = torch.autograd.grad(terms[term], foreign, retain_graph=True, allow_unused=True)
         assert all(g is None or not g.any() for g in grads), term
     # ... while each term does train its own branch
@@ -55,7 +74,9 @@ def test_disent_no_swap_until_after_curr_step():
 
 
 def test_lr_schedule_counts_from_curr_step():
-    method, targets = make_method("disent", curr_step=4, use_lr_decay=True, lr_decay_step=3, lr_gamma=0.5)
+    method, targets = make_method(
+        "disent", curr_step=4, use_lr_decay=True, lr_decay_step=3, lr_gamma=0.5
+    )
     lrs = []
     for step, (x, y, idx) in enumerate(method_batches(targets, 14)):
         lrs.append(method.lr())  # the LR used by this step
@@ -63,7 +84,11 @@ def test_lr_schedule_counts_from_curr_step():
     # decays at curr_step + k * decay_step: steps 7, 10, 13
     expected = [0.01 * 0.5 ** max(0, (s - 4) // 3) if s >= 4 else 0.01 for s in range(14)]
     assert lrs == pytest.approx(expected)
-    assert lrs[6] == pytest.approx(0.01) and lrs[7] == pytest.approx(0.005) and lrs[13] == pytest.approx(0.00125)
+    assert (
+        lrs[6] == pytest.approx(0.01)
+        and lrs[7] == pytest.approx(0.005)
+        and lrs[13] == pytest.approx(0.00125)
+    )
     # after step 13 the schedulers have counted steps 4..13 (ten): the LR step 14 would use
     for o in method.optimizers.values():
         assert float(o.param_groups[0]["lr"]) == pytest.approx(0.01 * 0.5 ** (10 // 3))
@@ -86,8 +111,12 @@ def test_lr_schedule_only_with_the_flag():
         flat = lrs_over(cli_config(method, *schedule), 9)
         assert flat == [[0.01] * len(flat[0])] * 9, method
         decayed = lrs_over(cli_config(method, *schedule, "--use_lr_decay"), 9)
-        assert [row[0] for row in decayed] == pytest.approx([0.01 * 0.5 ** (s // 2) for s in range(9)]), method
-        assert all(len(set(row)) == 1 for row in decayed)  # every model's optimizer on the same schedule
+        assert [row[0] for row in decayed] == pytest.approx(
+            [0.01 * 0.5 ** (s // 2) for s in range(9)]
+        ), method
+        assert all(
+            len(set(row)) == 1 for row in decayed
+        )  # every model's optimizer on the same schedule
 
 
 def test_first_adam_step_moves_each_weight_by_the_lr():
@@ -97,7 +126,9 @@ def test_first_adam_step_moves_each_weight_by_the_lr():
     before = {k: v.clone() for k, v in method.models["model"].state_dict().items()}
     x, y, idx = next(method_batches(targets, 1))
     method.update(x, y, idx, 0)
-    moved = torch.cat([(v - before[k]).abs().flatten() for k, v in method.models["model"].state_dict().items()])
+    moved = torch.cat(
+        [(v - before[k]).abs().flatten() for k, v in method.models["model"].state_dict().items()]
+    )
     moved = moved[moved > 0]
     # all but weights whose gradient is near Adam's eps (1e-8) move by exactly the LR
     assert moved.max() == pytest.approx(0.003, rel=1e-3)
@@ -110,13 +141,14 @@ def gce_by_hand(logits, y, q, form):
     -log(p) * q * p^q with p^q held constant."""
     p = F.softmax(logits, 1).gather(1, y[:, None]).squeeze(1)
     if form == "textbook":
-        return (1 - p ** q) / q
+        return (1 - p**q) / q
     return -torch.log(p) * q * p.detach() ** q
 
 
 def weights_by_hand(ce_b_visits, ce_d_visits, y, alpha):
     """W after every sample was seen once per entry of the lists (all samples in each batch): the
     EMA (first visit = the loss), divided by its class maximum, then L_b / (L_b + L_d + 1e-8)."""
+
     def ema(visits):
         value = visits[0]
         for loss in visits[1:]:
@@ -131,9 +163,11 @@ def ce(logits, y):
     return F.cross_entropy(logits, y, reduction="none")
 
 
-LFF_FLAGS = [([], 0.7, "reference", 0.7),
-             (["--q", "0.3", "--gce_form", "textbook", "--ema_alpha", "0.4"], 0.3, "textbook", 0.4),
-             (["--q", "0.9", "--ema_alpha", "0.95"], 0.9, "reference", 0.95)]
+LFF_FLAGS = [
+    ([], 0.7, "reference", 0.7),
+    (["--q", "0.3", "--gce_form", "textbook", "--ema_alpha", "0.4"], 0.3, "textbook", 0.4),
+    (["--q", "0.9", "--ema_alpha", "0.95"], 0.9, "reference", 0.95),
+]
 
 
 @pytest.mark.parametrize("flags,q,form,alpha", LFF_FLAGS)
@@ -151,15 +185,31 @@ def test_lff_flags_reach_its_loss(flags, q, form, alpha):
     loss_b = gce_by_hand(m_b(xs[1]), y, q, form).mean()
     loss_d = (w * ce(m_d(xs[1]), y)).mean()
     assert torch.allclose(terms["w_mean"], w.mean(), atol=1e-6)
-    assert torch.allclose(terms["loss_b"], loss_b, atol=1e-6) and torch.allclose(terms["loss_d"], loss_d, atol=1e-6)
+    assert torch.allclose(terms["loss_b"], loss_b, atol=1e-6) and torch.allclose(
+        terms["loss_d"], loss_d, atol=1e-6
+    )
     assert torch.allclose(loss, loss_b + loss_d, atol=1e-6)
 
 
 DISENT_FLAGS = [
     ([], dict(q=0.7, form="reference", alpha=0.7, swap=1.0, dis_align=1.0, swap_align=1.0)),
-    (["--q", "0.4", "--gce_form", "textbook", "--ema_alpha", "0.6", "--lambda_swap", "0.3",
-      "--lambda_dis_align", "7", "--lambda_swap_align", "3"],
-     dict(q=0.4, form="textbook", alpha=0.6, swap=0.3, dis_align=7.0, swap_align=3.0)),
+    (
+        [
+            "--q",
+            "0.4",
+            "--gce_form",
+            "textbook",
+            "--ema_alpha",
+            "0.6",
+            "--lambda_swap",
+            "0.3",
+            "--lambda_dis_align",
+            "7",
+            "--lambda_swap_align",
+            "3",
+        ],
+        dict(q=0.4, form="textbook", alpha=0.6, swap=0.3, dis_align=7.0, swap_align=3.0),
+    ),
 ]
 
 
@@ -185,14 +235,20 @@ def test_disent_flags_reach_its_loss(flags, h):
         loss, terms = method.loss(x, y, idx, {"perm": perm})
     w = weights_by_hand([ce(b, y) for _, b in visits], [ce(i, y) for i, _ in visits], y, h["alpha"])
     (pred_i, pred_b), (swap_i, swap_b) = heads(xs[1], same), heads(xs[1], perm)
-    expected = {"loss_dis_conflict": (w * ce(pred_i, y)).mean(),
-                "loss_dis_align": gce_by_hand(pred_b, y, h["q"], h["form"]).mean(),
-                "loss_swap_conflict": (w * ce(swap_i, y)).mean(),
-                "loss_swap_align": gce_by_hand(swap_b, y[perm], h["q"], h["form"]).mean()}
+    expected = {
+        "loss_dis_conflict": (w * ce(pred_i, y)).mean(),
+        "loss_dis_align": gce_by_hand(pred_b, y, h["q"], h["form"]).mean(),
+        "loss_swap_conflict": (w * ce(swap_i, y)).mean(),
+        "loss_swap_align": gce_by_hand(swap_b, y[perm], h["q"], h["form"]).mean(),
+    }
     for name, value in expected.items():
         assert torch.allclose(terms[name], value, atol=1e-6), name
-    total = (expected["loss_dis_conflict"] + h["dis_align"] * expected["loss_dis_align"]
-             + h["swap"] * (expected["loss_swap_conflict"] + h["swap_align"] * expected["loss_swap_align"]))
+    total = (
+        expected["loss_dis_conflict"]
+        + h["dis_align"] * expected["loss_dis_align"]
+        + h["swap"]
+        * (expected["loss_swap_conflict"] + h["swap_align"] * expected["loss_swap_align"])
+    )
     assert torch.allclose(loss, total, atol=1e-5)
 
 

@@ -5,6 +5,7 @@ fractions (unequal cell sizes, so the plain mean over (target, bias) cells, the 
 mean and the accuracy all differ), ``metrics_by_loop`` (conftest) on many random draws, and
 literal cases of ``primary_key`` / ``primary_metric`` and ``predict_split``.
 """
+
 from fractions import Fraction as F
 
 import pytest
@@ -26,7 +27,10 @@ def assert_fractions(got: dict, expected: dict) -> None:
         if isinstance(want, list):
             assert len(got[key]) == len(want), key
             for g, w in zip(got[key], want):
-                assert g == (None if w is None else pytest.approx(float(w), abs=1e-12)), (key, got[key])
+                assert g == (None if w is None else pytest.approx(float(w), abs=1e-12)), (
+                    key,
+                    got[key],
+                )
         elif want is None or isinstance(want, int):
             assert got[key] == want, (key, got[key])
         else:
@@ -41,25 +45,51 @@ def assert_fractions(got: dict, expected: dict) -> None:
 #   (1, 4): 2, 1 -> 1/2      conflicting; bias 4 >= num_classes. A grid only num_classes wide would
 #                            put it at index 1*4+4 = 8 = cell (2, 0) and merge it with the next cell
 #   (2, 0): 1, 1 -> 1        conflicting
-HAND_ROWS = [(0, 0, 0), (1, 4, 1), (0, 1, 1), (1, 1, 1), (0, 0, 2), (2, 0, 2), (0, 1, 0), (1, 4, 0),
-             (0, 0, 0), (1, 1, 1), (0, 1, 1), (0, 0, 0), (1, 1, 1)]
+HAND_ROWS = [
+    (0, 0, 0),
+    (1, 4, 1),
+    (0, 1, 1),
+    (1, 1, 1),
+    (0, 0, 2),
+    (2, 0, 2),
+    (0, 1, 0),
+    (1, 4, 0),
+    (0, 0, 0),
+    (1, 1, 1),
+    (0, 1, 1),
+    (0, 0, 0),
+    (1, 1, 1),
+]
 HAND_EXPECTED = {
     "n": 13,
-    "accuracy": F(9, 13),                  # 3 + 1 + 3 + 1 + 1 = 9 correct of 13
-    "aligned": F(6, 7),                    # cells (0,0) + (1,1): 6 of 7
-    "conflicting": F(3, 6),                # cells (0,1) + (1,4) + (2,0): 1 + 1 + 1 of 3 + 2 + 1
+    "accuracy": F(9, 13),  # 3 + 1 + 3 + 1 + 1 = 9 correct of 13
+    "aligned": F(6, 7),  # cells (0,0) + (1,1): 6 of 7
+    "conflicting": F(3, 6),  # cells (0,1) + (1,4) + (2,0): 1 + 1 + 1 of 3 + 2 + 1
     # plain mean of the five cells: (3/4 + 1/3 + 1 + 1/2 + 1) / 5 = (45 + 20 + 60 + 30 + 60) / 300 = 43/60;
     # a sample-weighted mean of the cells would be the accuracy, 9/13
     "unbiased": F(43, 60),
-    "worst_group": F(1, 3),                # cell (0, 1)
-    "per_class": [F(4, 7), F(4, 5), F(1, 1), None],  # class 0: 3+1 of 7; class 1: 3+1 of 5; class 3: empty
+    "worst_group": F(1, 3),  # cell (0, 1)
+    "per_class": [
+        F(4, 7),
+        F(4, 5),
+        F(1, 1),
+        None,
+    ],  # class 0: 3+1 of 7; class 1: 3+1 of 5; class 3: empty
 }
 
 
 def test_hand_worked_example():
     preds, targets, biases = tensors(HAND_ROWS)
     got = compute_metrics(preds, targets, biases, num_classes=4)
-    assert set(got) == {"n", "accuracy", "aligned", "conflicting", "unbiased", "worst_group", "per_class"}
+    assert set(got) == {
+        "n",
+        "accuracy",
+        "aligned",
+        "conflicting",
+        "unbiased",
+        "worst_group",
+        "per_class",
+    }
     assert_fractions(got, HAND_EXPECTED)
     # the three means the issue names really differ here, so a mix-up cannot pass unnoticed
     assert len({F(43, 60), F(9, 13), (F(6, 7) + F(1, 2)) / 2}) == 3
@@ -67,7 +97,10 @@ def test_hand_worked_example():
 
 def test_hand_worked_example_is_order_free():
     """Metrics are over sets of samples: any order of the rows gives the same numbers."""
-    rows = [HAND_ROWS[i] for i in torch.randperm(len(HAND_ROWS), generator=torch.Generator().manual_seed(3))]
+    rows = [
+        HAND_ROWS[i]
+        for i in torch.randperm(len(HAND_ROWS), generator=torch.Generator().manual_seed(3))
+    ]
     assert_fractions(compute_metrics(*tensors(rows), num_classes=4), HAND_EXPECTED)
 
 
@@ -75,25 +108,52 @@ def test_hand_worked_example_without_bias_labels():
     """No bias labels: every bias metric is None, accuracy and per-class stay."""
     preds, targets, _ = tensors(HAND_ROWS)
     got = compute_metrics(preds, targets, None, num_classes=4)
-    assert_fractions(got, {**HAND_EXPECTED, "aligned": None, "conflicting": None, "unbiased": None,
-                           "worst_group": None})
+    assert_fractions(
+        got,
+        {
+            **HAND_EXPECTED,
+            "aligned": None,
+            "conflicting": None,
+            "unbiased": None,
+            "worst_group": None,
+        },
+    )
 
 
 def test_all_aligned_data():
     # cells: (0, 0): 3 samples, 2 correct -> 2/3; (1, 1): 1 sample, correct -> 1; no conflicting sample
     rows = [(0, 0, 0), (0, 0, 1), (0, 0, 0), (1, 1, 1)]
     got = compute_metrics(*tensors(rows), num_classes=2)
-    assert_fractions(got, {"n": 4, "accuracy": F(3, 4), "aligned": F(3, 4), "conflicting": None,
-                           "unbiased": F(5, 6),  # (2/3 + 1) / 2, not the weighted 3/4
-                           "worst_group": F(2, 3), "per_class": [F(2, 3), F(1, 1)]})
+    assert_fractions(
+        got,
+        {
+            "n": 4,
+            "accuracy": F(3, 4),
+            "aligned": F(3, 4),
+            "conflicting": None,
+            "unbiased": F(5, 6),  # (2/3 + 1) / 2, not the weighted 3/4
+            "worst_group": F(2, 3),
+            "per_class": [F(2, 3), F(1, 1)],
+        },
+    )
 
 
 def test_all_conflicting_data():
     # cells: (0, 1): 2 samples, 1 correct -> 1/2; (1, 0): 1 sample, wrong -> 0; nothing aligned
     rows = [(0, 1, 0), (0, 1, 1), (1, 0, 0)]
     got = compute_metrics(*tensors(rows), num_classes=2)
-    assert_fractions(got, {"n": 3, "accuracy": F(1, 3), "aligned": None, "conflicting": F(1, 3),
-                           "unbiased": F(1, 4), "worst_group": F(0, 1), "per_class": [F(1, 2), F(0, 1)]})
+    assert_fractions(
+        got,
+        {
+            "n": 3,
+            "accuracy": F(1, 3),
+            "aligned": None,
+            "conflicting": F(1, 3),
+            "unbiased": F(1, 4),
+            "worst_group": F(0, 1),
+            "per_class": [F(1, 2), F(0, 1)],
+        },
+    )
 
 
 def test_cells_are_target_bias_pairs_not_classes_or_biases():
@@ -103,8 +163,17 @@ def test_cells_are_target_bias_pairs_not_classes_or_biases():
     # by bias: (1/3 + 4/4) / 2 = 2/3, worst 1/3
     rows = [(0, 0, 0), (0, 0, 1), (0, 1, 0), (1, 0, 0), (1, 1, 1), (1, 1, 1), (1, 1, 1)]
     got = compute_metrics(*tensors(rows), num_classes=2)
-    assert_fractions(got, {"unbiased": F(5, 8), "worst_group": F(0, 1), "accuracy": F(5, 7),
-                           "aligned": F(4, 5), "conflicting": F(1, 2), "per_class": [F(2, 3), F(3, 4)]})
+    assert_fractions(
+        got,
+        {
+            "unbiased": F(5, 8),
+            "worst_group": F(0, 1),
+            "accuracy": F(5, 7),
+            "aligned": F(4, 5),
+            "conflicting": F(1, 2),
+            "per_class": [F(2, 3), F(3, 4)],
+        },
+    )
 
 
 def random_case(g: torch.Generator):
@@ -168,4 +237,6 @@ def test_predict_split_batches_equal_one_pass():
     assert seen == [4, 4, 3]
     assert torch.equal(got, expected)
     seen.clear()
-    assert torch.equal(predict_split(predict, images, prepare, batch_size=100), expected) and seen == [11]
+    assert torch.equal(
+        predict_split(predict, images, prepare, batch_size=100), expected
+    ) and seen == [11]

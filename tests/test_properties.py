@@ -1,4 +1,5 @@
 """Property-based tests (hypothesis): the file-name parser and the reference-layout reader on generated trees."""
+
 import tempfile
 import warnings
 from pathlib import Path
@@ -13,7 +14,9 @@ from debiaslab import UserError
 from debiaslab.data.reference import parse_labels, read_split
 
 label = st.integers(min_value=0, max_value=10**6)
-ident = st.text(alphabet="abcxyz0123456789_-.", min_size=1, max_size=12).filter(lambda s: not s.startswith("."))
+ident = st.text(alphabet="abcxyz0123456789_-.", min_size=1, max_size=12).filter(
+    lambda s: not s.startswith(".")
+)
 ext = st.sampled_from([".png", ".jpg", ".PNG", ".jpeg", ".bmp"])
 
 
@@ -28,7 +31,11 @@ def test_parser_accepts_exactly_the_two_label_names(text, e):
     stem = Path(text + e).stem
     parts = stem.split("_")
     digits = set("0123456789")
-    valid = len(parts) >= 3 and all(p and set(p) <= digits for p in parts[-2:]) and "_".join(parts[:-2]) != ""
+    valid = (
+        len(parts) >= 3
+        and all(p and set(p) <= digits for p in parts[-2:])
+        and "_".join(parts[:-2]) != ""
+    )
     try:
         t, b = parse_labels(text + e)
     except UserError as err:
@@ -39,13 +46,27 @@ def test_parser_accepts_exactly_the_two_label_names(text, e):
 
 
 JUNK = [".DS_Store", "Thumbs.db", "desktop.ini", "._0_1_2.png"]
-tree = st.lists(st.tuples(st.sampled_from(["align", "conflict", "align/0", "conflict/7", "align/a/b"]),
-                          st.integers(0, 9), st.integers(0, 9), st.booleans()), min_size=1, max_size=12)
+tree = st.lists(
+    st.tuples(
+        st.sampled_from(["align", "conflict", "align/0", "conflict/7", "align/a/b"]),
+        st.integers(0, 9),
+        st.integers(0, 9),
+        st.booleans(),
+    ),
+    min_size=1,
+    max_size=12,
+)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(tree, st.lists(st.tuples(st.sampled_from(["align", "conflict/7", "align/0", ""]), st.sampled_from(JUNK)), max_size=4),
-       st.booleans())
+@given(
+    tree,
+    st.lists(
+        st.tuples(st.sampled_from(["align", "conflict/7", "align/0", ""]), st.sampled_from(JUNK)),
+        max_size=4,
+    ),
+    st.booleans(),
+)
 def test_reader_returns_every_image_with_its_labels_and_skips_junk(files, junk, hidden_dir):
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
@@ -67,16 +88,27 @@ def test_reader_returns_every_image_with_its_labels_and_skips_junk(files, junk, 
             Image.new("RGB", (5, 5)).save(root / "align" / ".ipynb_checkpoints" / "99_0_0.png")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            split, checksum = read_split([root / "align", root / "conflict"], root, "k", use_cache=False)
-        assert len(caught) == len({(sub, name) for sub, name in junk if sub})  # junk beside align/ is not read at all
-        assert len(split) == len(files) and split.images.shape[1:] == (3, 2, 3) and split.images.dtype == torch.uint8
+            split, checksum = read_split(
+                [root / "align", root / "conflict"], root, "k", use_cache=False
+            )
+        assert len(caught) == len(
+            {(sub, name) for sub, name in junk if sub}
+        )  # junk beside align/ is not read at all
+        assert (
+            len(split) == len(files)
+            and split.images.shape[1:] == (3, 2, 3)
+            and split.images.dtype == torch.uint8
+        )
         got = sorted(zip(split.targets.tolist(), split.biases.tolist()))
         assert got == sorted((t, b) for t, b, _ in expected.values())
         assert checksum == split.checksum()
 
 
 @settings(max_examples=20, deadline=None)
-@given(st.sampled_from(["notes.txt", "x.npy", "README", "1_2_3.png.part"]), st.sampled_from(["align", "conflict/3"]))
+@given(
+    st.sampled_from(["notes.txt", "x.npy", "README", "1_2_3.png.part"]),
+    st.sampled_from(["align", "conflict/3"]),
+)
 def test_reader_refuses_non_images_naming_the_file(name, sub):
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)

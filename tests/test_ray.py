@@ -1,4 +1,5 @@
 """The Ray backend against a local Ray instance started here: the runs are Ray tasks, skip/resume as locally."""
+
 import json
 import os
 import subprocess
@@ -13,17 +14,28 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'debi
 
 @pytest.fixture(scope="module")
 def local_ray():
-    os.environ["PYTHONPATH"] = str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")  # for the workers
+    os.environ["PYTHONPATH"] = (
+        str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")
+    )  # for the workers
     # no GPUs in this cluster, also on a GPU machine: the runs and the "no GPU" refusal below are CPU's
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=200 * 1024 ** 2,
-             log_to_driver=False)
+    ray.init(
+        num_cpus=2,
+        num_gpus=0,
+        include_dashboard=False,
+        object_store_memory=200 * 1024**2,
+        log_to_driver=False,
+    )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
 
 def spec(data, seeds):
-    return {"methods": ["vanilla", "disent"], "ratios": [1], "seeds": seeds,
-            "set": {"data_dir": str(data), "num_steps": 60, "batch_size": 16, "valid_freq": 20}}
+    return {
+        "methods": ["vanilla", "disent"],
+        "ratios": [1],
+        "seeds": seeds,
+        "set": {"data_dir": str(data), "num_steps": 60, "batch_size": 16, "valid_freq": 20},
+    }
 
 
 def test_ray_backend_runs_skips_and_extends_a_sweep(local_ray, tiny_reference, tmp_path, capsys):
@@ -38,22 +50,54 @@ def test_ray_backend_runs_skips_and_extends_a_sweep(local_ray, tiny_reference, t
     mtimes = {d.name: (d / "results.json").stat().st_mtime_ns for d in runs}
 
     # the CLI, connecting to the running cluster by its address: finished runs skipped, the new seed run as tasks
-    r = subprocess.run([sys.executable, "-m", "debiaslab", "sweep", "--methods", "vanilla", "disent", "--ratios", "1",
-                        "--seeds", "0", "1", "--set", f"data_dir={tiny_reference}", "num_steps=60", "batch_size=16",
-                        "valid_freq=20", "--out", str(out), "--backend", "ray", "--address", local_ray, "--no_progress"],
-                       capture_output=True, text=True, timeout=600, env=cli_env())
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "debiaslab",
+            "sweep",
+            "--methods",
+            "vanilla",
+            "disent",
+            "--ratios",
+            "1",
+            "--seeds",
+            "0",
+            "1",
+            "--set",
+            f"data_dir={tiny_reference}",
+            "num_steps=60",
+            "batch_size=16",
+            "valid_freq=20",
+            "--out",
+            str(out),
+            "--backend",
+            "ray",
+            "--address",
+            local_ray,
+            "--no_progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=cli_env(),
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "4 runs in" in r.stdout and "2 finished (skipped), 0 to resume, 2 to start" in r.stdout
     assert "2 runs finished and 0 failed" in r.stdout
     runs = sorted((out / "cmnist").iterdir())
     assert len(runs) == 4 and all((d / "results.json").exists() for d in runs)
-    assert all((out / "cmnist" / n / "results.json").stat().st_mtime_ns == t for n, t in mtimes.items())
+    assert all(
+        (out / "cmnist" / n / "results.json").stat().st_mtime_ns == t for n, t in mtimes.items()
+    )
     for d in runs:
         cfg = json.loads((d / "config.json").read_text())
         assert cfg["device"] == "cpu" and cfg["config"]["log_dir"] == str(out.resolve())
 
 
-def test_ray_backend_reports_a_failing_run_and_bad_resources(local_ray, tiny_reference, tmp_path, capsys):
+def test_ray_backend_reports_a_failing_run_and_bad_resources(
+    local_ray, tiny_reference, tmp_path, capsys
+):
     from debiaslab import UserError
     from debiaslab.sweep import sweep
 
@@ -62,4 +106,10 @@ def test_ray_backend_reports_a_failing_run_and_bad_resources(local_ray, tiny_ref
     assert sweep(bad, tmp_path / "out", backend="ray", progress=False) == 1
     assert capsys.readouterr().out.count("2pct not found") == 2
     with pytest.raises(UserError, match="no GPU"):
-        sweep(spec(tiny_reference, [0]), tmp_path / "out2", backend="ray", gpus_per_run=1, progress=False)
+        sweep(
+            spec(tiny_reference, [0]),
+            tmp_path / "out2",
+            backend="ray",
+            gpus_per_run=1,
+            progress=False,
+        )

@@ -1,4 +1,5 @@
 """Runs survive SIGKILL: resumed runs end bit for bit where an uninterrupted run ends."""
+
 import json
 import os
 import random
@@ -16,11 +17,49 @@ STEPS = 1500
 
 
 def command(data, logs, *extra):
-    return [sys.executable, "-m", "debiaslab", "train", "--method", "disent", "--dataset", "cmnist", "--percent", "1pct",
-            "--data_dir", str(data), "--log_dir", str(logs), "--exp", "r", "--num_steps", str(STEPS), "--valid_freq", "50",
-            "--log_freq", "7", "--save_freq", "5", "--batch_size", "16", "--lr", "0.01", "--curr_step", "300",
-            "--use_lr_decay", "--lr_decay_step", "200", "--lr_gamma", "0.5", "--keep_checkpoints", "2",
-            "--no_progress", "--device", "cpu", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "debiaslab",
+        "train",
+        "--method",
+        "disent",
+        "--dataset",
+        "cmnist",
+        "--percent",
+        "1pct",
+        "--data_dir",
+        str(data),
+        "--log_dir",
+        str(logs),
+        "--exp",
+        "r",
+        "--num_steps",
+        str(STEPS),
+        "--valid_freq",
+        "50",
+        "--log_freq",
+        "7",
+        "--save_freq",
+        "5",
+        "--batch_size",
+        "16",
+        "--lr",
+        "0.01",
+        "--curr_step",
+        "300",
+        "--use_lr_decay",
+        "--lr_decay_step",
+        "200",
+        "--lr_gamma",
+        "0.5",
+        "--keep_checkpoints",
+        "2",
+        "--no_progress",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def run_dir(logs):
@@ -34,7 +73,9 @@ def kill_during(proc, logs, during_save: bool, rng: random.Random) -> str:
     while time.time() < deadline and proc.poll() is None:
         try:
             names = os.listdir(folder)
-        except FileNotFoundError:  # not created yet, or being replaced by a restart that had nothing to resume
+        except (
+            FileNotFoundError
+        ):  # not created yet, or being replaced by a restart that had nothing to resume
             names = []
         if during_save:
             if any(n.startswith(".checkpoint_last.pt.") for n in names):
@@ -51,38 +92,55 @@ def state_of(logs):
     folder = run_dir(logs)
     results = json.loads((folder / "results.json").read_text())
     last = torch.load(folder / "checkpoint_last.pt", weights_only=True)
-    best = {p.name: torch.load(p, weights_only=True)["models"] for p in folder.glob("checkpoint_*.pt")
-            if p.name != "checkpoint_last.pt" and not p.name.startswith("checkpoint_step")}
+    best = {
+        p.name: torch.load(p, weights_only=True)["models"]
+        for p in folder.glob("checkpoint_*.pt")
+        if p.name != "checkpoint_last.pt" and not p.name.startswith("checkpoint_step")
+    }
     log = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     return results, last, best, log
 
 
 def test_sigkill_and_resume_is_bit_for_bit(tiny_reference, tmp_path):
     """A run SIGKILLed five times (twice mid-save) and resumed ends bit for bit as an uninterrupted run."""
-    ref = subprocess.run(command(tiny_reference, tmp_path / "ref"), env=cli_env(), capture_output=True, text=True,
-                         timeout=600)
+    ref = subprocess.run(
+        command(tiny_reference, tmp_path / "ref"),
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert ref.returncode == 0, ref.stderr
     rng = random.Random(1234)
     logs = tmp_path / "killed"
     kills = []
     for i in range(5):
-        proc = subprocess.Popen(command(tiny_reference, logs), env=cli_env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            command(tiny_reference, logs),
+            env=cli_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         kills.append(kill_during(proc, logs, during_save=i % 2 == 0, rng=rng))
         proc.wait(timeout=120)
         if proc.returncode == 0:
             break
     assert sum(k.startswith("during") for k in kills) >= 2, kills
-    final = subprocess.run(command(tiny_reference, logs), env=cli_env(), capture_output=True, text=True,
-                           timeout=600)
+    final = subprocess.run(
+        command(tiny_reference, logs), env=cli_env(), capture_output=True, text=True, timeout=600
+    )
     assert final.returncode == 0, final.stderr
     assert "resuming" in final.stdout or kills[-1].startswith("not killed")
 
     (r1, last1, best1, log1), (r2, last2, best2, log2) = state_of(tmp_path / "ref"), state_of(logs)
     assert r1["selections"] == r2["selections"]  # every metric of every selection rule, exactly
-    assert_same_tensors(last1["method_state"], last2["method_state"], "method_state")  # weights, Adam, schedulers, EMA
+    assert_same_tensors(
+        last1["method_state"], last2["method_state"], "method_state"
+    )  # weights, Adam, schedulers, EMA
     assert_same_tensors(last1["sampler"], last2["sampler"], "sampler")
-    assert last2["average"]["count"] > 0  # weight averaging (from --curr_step) resumes bit for bit too
+    assert (
+        last2["average"]["count"] > 0
+    )  # weight averaging (from --curr_step) resumes bit for bit too
     assert_same_tensors(last1["average"], last2["average"], "weight average")
     assert best1.keys() == best2.keys()
     assert_same_tensors(best1, best2, "best checkpoints")
@@ -101,14 +159,30 @@ def test_finished_run_is_done_and_resume_can_extend_it(tiny_reference, tmp_path)
     assert again.returncode == 0 and "not retraining" in again.stdout
     longer = [a if a != str(STEPS) else "100" for a in base]
     refused = subprocess.run(longer, env=cli_env(), capture_output=True, text=True, timeout=600)
-    assert refused.returncode == 2 and "different run" in refused.stderr and "num_steps" in refused.stderr
-    extended = subprocess.run(longer + ["--resume"], env=cli_env(), capture_output=True, text=True, timeout=600)
-    assert extended.returncode == 0 and "resuming" in extended.stdout and "from step 60" in extended.stdout
-    straight = subprocess.run([a if a != str(tmp_path) else str(tmp_path / "s") for a in longer],
-                              env=cli_env(), capture_output=True, timeout=600)
+    assert (
+        refused.returncode == 2
+        and "different run" in refused.stderr
+        and "num_steps" in refused.stderr
+    )
+    extended = subprocess.run(
+        longer + ["--resume"], env=cli_env(), capture_output=True, text=True, timeout=600
+    )
+    assert (
+        extended.returncode == 0
+        and "resuming" in extended.stdout
+        and "from step 60" in extended.stdout
+    )
+    straight = subprocess.run(
+        [a if a != str(tmp_path) else str(tmp_path / "s") for a in longer],
+        env=cli_env(),
+        capture_output=True,
+        timeout=600,
+    )
     assert straight.returncode == 0
-    assert (json.loads((run_dir(tmp_path) / "results.json").read_text())["selections"]
-            == json.loads((run_dir(tmp_path / "s") / "results.json").read_text())["selections"])
+    assert (
+        json.loads((run_dir(tmp_path) / "results.json").read_text())["selections"]
+        == json.loads((run_dir(tmp_path / "s") / "results.json").read_text())["selections"]
+    )
 
 
 def kill_when_ready(proc, logs, keep: int) -> None:
@@ -127,8 +201,10 @@ def kill_when_ready(proc, logs, keep: int) -> None:
 
 def newest_kept_step(logs) -> int | None:
     """The step stored in the newest checkpoint_step<N>.pt (None when there is none)."""
-    kept = {int(p.stem.removeprefix("checkpoint_step")): p
-            for p in run_dir(logs).glob("checkpoint_step*.pt")}
+    kept = {
+        int(p.stem.removeprefix("checkpoint_step")): p
+        for p in run_dir(logs).glob("checkpoint_step*.pt")
+    }
     if not kept:
         return None
     step = torch.load(kept[max(kept)], weights_only=True)["step"]
@@ -138,13 +214,16 @@ def newest_kept_step(logs) -> int | None:
 
 @pytest.mark.parametrize("keep", [1, 2])
 @pytest.mark.parametrize("corrupt", ["truncate", "garbage"])
-def test_unreadable_last_checkpoint_falls_back_or_says_how_to_restart(tiny_reference, tmp_path, corrupt,
-                                                                       keep):
+def test_unreadable_last_checkpoint_falls_back_or_says_how_to_restart(
+    tiny_reference, tmp_path, corrupt, keep
+):
     """A killed run whose checkpoint_last.pt is unreadable resumes from the kept older checkpoint
     (--keep_checkpoints 2), or without one says in one line how to restart (--overwrite)."""
     # later flags override command()'s: a short run (200 steps) keeping `keep` full checkpoints
     cmd = command(tiny_reference, tmp_path, "--keep_checkpoints", str(keep), "--num_steps", "200")
-    proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     kill_when_ready(proc, tmp_path, keep)
     assert proc.returncode == -signal.SIGKILL and not (run_dir(tmp_path) / "results.json").exists()
     step = newest_kept_step(tmp_path)

@@ -7,6 +7,7 @@ once on ``tiny_reference`` with an evaluation and a full checkpoint every 2 step
 for every rule: results.json against a plain loop over metrics.jsonl, checkpoint_<rule>.pt
 against the full checkpoint of the picked step, and ``debiaslab test --select RULE``.
 """
+
 import json
 import random
 
@@ -62,9 +63,12 @@ def improved_by_loop(records: list[dict], dataset: str) -> list[list[str]]:
 
 
 def record(step, valid_acc, valid_unb, test_acc, test_unb, test_conf=None):
-    return {"kind": "eval", "step": step,
-            "valid": {"accuracy": valid_acc, "unbiased": valid_unb},
-            "test": {"accuracy": test_acc, "unbiased": test_unb, "conflicting": test_conf}}
+    return {
+        "kind": "eval",
+        "step": step,
+        "valid": {"accuracy": valid_acc, "unbiased": valid_unb},
+        "test": {"accuracy": test_acc, "unbiased": test_unb, "conflicting": test_conf},
+    }
 
 
 def track(records, dataset="cmnist"):
@@ -80,21 +84,29 @@ def assert_tracker_picks(tracker, records, dataset):
             assert rule not in tracker.best, rule
             continue
         got = tracker.best[rule]
-        assert {k: v for k, v in got.items() if k != "score"} == {k: want[k] for k in ("step", "valid", "test")}, rule
+        assert {k: v for k, v in got.items() if k != "score"} == {
+            k: want[k] for k in ("step", "valid", "test")
+        }, rule
         assert got["score"] == (None if rule == "last" else rule_score(rule, want, dataset)), rule
 
 
 # -- unit tests on synthetic records -------------------------------------------------------------
-TIES = [record(10, 0.50, 0.30, 0.60, 0.20),
-        record(20, 0.70, 0.40, 0.55, 0.45),   # best valid accuracy, first of two
-        record(30, 0.70, 0.40, 0.65, 0.45),   # ties step 20 on valid accuracy, valid unbiased and test
-        record(40, 0.60, 0.35, 0.90, 0.10)]   # last; best test accuracy but not best test unbiased
+TIES = [
+    record(10, 0.50, 0.30, 0.60, 0.20),
+    record(20, 0.70, 0.40, 0.55, 0.45),  # best valid accuracy, first of two
+    record(30, 0.70, 0.40, 0.65, 0.45),  # ties step 20 on valid accuracy, valid unbiased and test
+    record(40, 0.60, 0.35, 0.90, 0.10),
+]  # last; best test accuracy but not best test unbiased
 
 
 def test_ties_pick_the_first_best():
     tracker, improved = track(TIES)
-    assert {r: tracker.best[r]["step"] for r in RULES} == \
-        {"last": 40, "best_valid": 20, "best_valid_unbiased": 20, "oracle_best_test": 20}
+    assert {r: tracker.best[r]["step"] for r in RULES} == {
+        "last": 40,
+        "best_valid": 20,
+        "best_valid_unbiased": 20,
+        "oracle_best_test": 20,
+    }
     assert improved == [list(RULES[1:]), list(RULES[1:]), [], []]
     assert improved == improved_by_loop(TIES, "cmnist")
     assert_tracker_picks(tracker, TIES, "cmnist")
@@ -103,26 +115,42 @@ def test_ties_pick_the_first_best():
 def test_a_later_higher_score_replaces_the_pick():
     records = TIES + [record(50, 0.71, 0.39, 0.50, 0.46)]
     tracker, improved = track(records)
-    assert {r: tracker.best[r]["step"] for r in RULES} == \
-        {"last": 50, "best_valid": 50, "best_valid_unbiased": 20, "oracle_best_test": 50}
+    assert {r: tracker.best[r]["step"] for r in RULES} == {
+        "last": 50,
+        "best_valid": 50,
+        "best_valid_unbiased": 20,
+        "oracle_best_test": 50,
+    }
     assert improved[-1] == ["best_valid", "oracle_best_test"]
 
 
 def test_bias_free_data_never_picks_best_valid_unbiased():
     """No bias labels: valid unbiased is None (never picked) and the oracle reads test accuracy."""
-    records = [record(s, acc, None, tacc, None)
-               for s, acc, tacc in ((5, 0.4, 0.3), (10, 0.6, 0.8), (15, 0.6, 0.7))]
+    records = [
+        record(s, acc, None, tacc, None)
+        for s, acc, tacc in ((5, 0.4, 0.3), (10, 0.6, 0.8), (15, 0.6, 0.7))
+    ]
     tracker, improved = track(records)
     assert "best_valid_unbiased" not in tracker.best
-    assert {r: tracker.best[r]["step"] for r in ("last", "best_valid", "oracle_best_test")} == \
-        {"last": 15, "best_valid": 10, "oracle_best_test": 10}
-    assert improved == [["best_valid", "oracle_best_test"]] * 2 + [[]] == improved_by_loop(records, "cmnist")
+    assert {r: tracker.best[r]["step"] for r in ("last", "best_valid", "oracle_best_test")} == {
+        "last": 15,
+        "best_valid": 10,
+        "oracle_best_test": 10,
+    }
+    assert (
+        improved
+        == [["best_valid", "oracle_best_test"]] * 2 + [[]]
+        == improved_by_loop(records, "cmnist")
+    )
 
 
 def test_none_scores_are_skipped_not_compared():
     """A None between real scores neither wins nor resets the pick."""
-    records = [record(1, 0.5, None, 0.5, None), record(2, 0.4, 0.2, 0.4, 0.1),
-               record(3, 0.3, None, 0.3, None)]
+    records = [
+        record(1, 0.5, None, 0.5, None),
+        record(2, 0.4, 0.2, 0.4, 0.1),
+        record(3, 0.3, None, 0.3, None),
+    ]
     tracker, improved = track(records)
     assert tracker.best["best_valid_unbiased"]["step"] == 2
     assert tracker.best["oracle_best_test"]["step"] == 1  # 0.5 (accuracy fallback) > 0.1 (unbiased)
@@ -131,7 +159,10 @@ def test_none_scores_are_skipped_not_compared():
 
 
 def test_bffhq_oracle_reads_conflicting():
-    records = [record(1, 0.5, 0.5, 0.5, 0.9, test_conf=0.2), record(2, 0.5, 0.5, 0.5, 0.1, test_conf=0.3)]
+    records = [
+        record(1, 0.5, 0.5, 0.5, 0.9, test_conf=0.2),
+        record(2, 0.5, 0.5, 0.5, 0.1, test_conf=0.3),
+    ]
     tracker, _ = track(records, "bffhq")
     assert tracker.best["oracle_best_test"]["step"] == 2
     assert track(records, "cmnist")[0].best["oracle_best_test"]["step"] == 1
@@ -139,11 +170,21 @@ def test_bffhq_oracle_reads_conflicting():
 
 def random_records(rng: random.Random, n: int) -> list[dict]:
     """Scores from a few values (many ties) and some None, as bias-free splits give."""
+
     def score():
         return rng.choice([None, 0.25, 0.5, 0.5, 0.75])
 
-    return [record(10 * (i + 1), rng.choice([0.25, 0.5, 0.75]), score(),
-                   rng.choice([0.25, 0.5]), score(), score()) for i in range(n)]
+    return [
+        record(
+            10 * (i + 1),
+            rng.choice([0.25, 0.5, 0.75]),
+            score(),
+            rng.choice([0.25, 0.5]),
+            score(),
+            score(),
+        )
+        for i in range(n)
+    ]
 
 
 @pytest.mark.parametrize("dataset", ["cmnist", "bffhq"])
@@ -158,13 +199,21 @@ def test_random_records_match_plain_loop(dataset):
 
 def expected_selection(r: dict) -> dict:
     """What results.json should hold for a picked record (CMNIST: test_primary is test unbiased)."""
-    return {"step": r["step"], "valid": r["valid"], "test": r["test"],
-            "test_primary": rule_score("oracle_best_test", r, "cmnist")}
+    return {
+        "step": r["step"],
+        "valid": r["valid"],
+        "test": r["test"],
+        "test_primary": rule_score("oracle_best_test", r, "cmnist"),
+    }
 
 
 def test_results_selections_follow_the_picks():
-    records = [record(10, 0.5, None, 0.4, None), record(20, 0.8, None, 0.6, 0.3),
-               record(30, 0.8, None, 0.7, None), record(40, 0.6, None, 0.5, 0.2)]
+    records = [
+        record(10, 0.5, None, 0.4, None),
+        record(20, 0.8, None, 0.6, 0.3),
+        record(30, 0.8, None, 0.7, None),
+        record(40, 0.6, None, 0.5, 0.2),
+    ]
     tracker, _ = track(records)
     cfg = TrainConfig(dataset="cmnist", num_steps=40).resolved()
     data = {"counts": {"test": {"n": 4, "aligned": 2, "conflicting": 2}}}
@@ -175,7 +224,9 @@ def test_results_selections_follow_the_picks():
     expected = {"last": records[3], "best_valid": records[1], "oracle_best_test": records[2]}
     for rule, r in expected.items():
         assert sel[rule]["description"] == SELECTION_RULES[rule]
-        assert {k: sel[rule][k] for k in ("step", "valid", "test", "test_primary")} == expected_selection(r)
+        assert {
+            k: sel[rule][k] for k in ("step", "valid", "test", "test_primary")
+        } == expected_selection(r)
 
 
 # -- end to end: one short training run ----------------------------------------------------------
@@ -186,8 +237,17 @@ def test_run_selections_checkpoints_and_test_command(tiny_reference, tmp_path):
     # 40, so the rules pick two steps before the last and a last-best tie-break would pick 40 (with
     # seed 0 every rule picks step 40, which would not tell first-best from last-best)
     every_2 = ["--valid_freq", "2", "--save_freq", "2", "--keep_checkpoints", "100", "--seed", "1"]
-    r = run_cli("train", "--dataset", "cmnist", "--percent", "1pct", "--exp", "sel", "--train_lff",
-                *quick_train_args(tiny_reference, logs, *every_2))
+    r = run_cli(
+        "train",
+        "--dataset",
+        "cmnist",
+        "--percent",
+        "1pct",
+        "--exp",
+        "sel",
+        "--train_lff",
+        *quick_train_args(tiny_reference, logs, *every_2),
+    )
     assert r.returncode == 0, r.stderr
     run = logs / "cmnist" / "sel"
     evals = read_log(run, "eval")
@@ -204,7 +264,9 @@ def assert_first_best_on_ties(evals, picks):
     for rule in RULES[1:]:
         scores = [rule_score(rule, e, "cmnist") for e in evals]
         tied = [e["step"] for e, s in zip(evals, scores) if s == max(scores)]
-        print(f"{rule}: best {max(scores):.4f} at steps {tied}")  # with -s: whether this run has ties
+        print(
+            f"{rule}: best {max(scores):.4f} at steps {tied}"
+        )  # with -s: whether this run has ties
         assert picks[rule]["step"] == tied[0], rule
 
 
@@ -219,8 +281,22 @@ def check_rule(run, data, rule, pick, selection):
         assert ckpt["kind"] == "models" and ckpt["rule"] == rule
         assert ckpt["metrics"] == {"valid": pick["valid"], "test": pick["test"]}
         assert_same_tensors(ckpt["models"], full["method_state"]["models"], rule)
-    t = run_cli("test", "--pretrained_path", run, "--select", rule, "--dataset", "cmnist",
-                "--percent", "1pct", "--data_dir", data, "--device", "cpu", "--json")
+    t = run_cli(
+        "test",
+        "--pretrained_path",
+        run,
+        "--select",
+        rule,
+        "--dataset",
+        "cmnist",
+        "--percent",
+        "1pct",
+        "--data_dir",
+        data,
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert t.returncode == 0, t.stderr
     out = json.loads(t.stdout)
     assert out["step"] == pick["step"], rule

@@ -1,7 +1,8 @@
 """Methods that train in stages (JTT) and GroupDRO, against computations written in the tests."""
+
 import collections
-import dataclasses
 import copy
+import dataclasses
 import json
 import os
 import random
@@ -18,9 +19,21 @@ from debiaslab import UserError
 from debiaslab.methods.base import Stage, StageData, StagePlan
 from debiaslab.methods.groupdro import exponentiated_step, group_means
 from debiaslab.train import EpochSampler
-from tests.conftest import (N_CLASSES, assert_same_tensors, cli_env, make_method, method_batches, method_biases,
-                            quick_train_args, read_log, run_cli, saved_mlps, tiny_bundle, tiny_config,
-                            write_image_folder)
+from tests.conftest import (
+    N_CLASSES,
+    assert_same_tensors,
+    cli_env,
+    make_method,
+    method_batches,
+    method_biases,
+    quick_train_args,
+    read_log,
+    run_cli,
+    saved_mlps,
+    tiny_bundle,
+    tiny_config,
+    write_image_folder,
+)
 
 
 # -- the loop's bookkeeping ---------------------------------------------------------------------
@@ -37,7 +50,9 @@ def test_total_steps_counts_every_stage():
 
     assert total_steps(TrainConfig(method="jtt", jtt_steps=30, num_steps=40)) == 70
     assert total_steps(TrainConfig(method="denetdm", denetdm_stage1_steps=5, num_steps=7)) == 12
-    assert total_steps(TrainConfig(method="lff_be", be_num_models=3, be_steps=4, num_steps=10)) == 22
+    assert (
+        total_steps(TrainConfig(method="lff_be", be_num_models=3, be_steps=4, num_steps=10)) == 22
+    )
     assert total_steps(TrainConfig(method="disent", num_steps=9)) == 9
 
 
@@ -93,7 +108,9 @@ def test_groupdro_matches_a_loop_reimplementation():
     q = torch.full((num_groups,), 1.0 / num_groups)
     for step, (x, y, idx) in enumerate(method_batches(targets, 6)):
         method.update(x, y, idx, step)
-        q = sagawa_step(ref, opt, q, x, y, (targets[idx] * N_CLASSES + biases[idx]).tolist(), 0.3, num_groups)
+        q = sagawa_step(
+            ref, opt, q, x, y, (targets[idx] * N_CLASSES + biases[idx]).tolist(), 0.3, num_groups
+        )
         assert torch.allclose(method.q, q, atol=1e-6)
     for a, b in zip(method.models["model"].state_dict().values(), ref.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-5)
@@ -104,13 +121,31 @@ def test_groupdro_on_data_without_bias_labels_is_refused(tmp_path):
     from debiaslab.train import train
 
     bundle = tiny_bundle()
-    bundle = dataclasses.replace(bundle, train=Split(bundle.train.images, bundle.train.targets, None))
+    bundle = dataclasses.replace(
+        bundle, train=Split(bundle.train.images, bundle.train.targets, None)
+    )
     with pytest.raises(UserError, match="groupdro trains on bias labels.*has none"):
         train(tiny_config(tmp_path, method="groupdro"), bundle)
     assert not (tmp_path / "tiny").exists()  # refused before anything was written
-    write_image_folder(tmp_path / "insects", {"train": 8, "test": 2})  # class folders: no bias labels
-    r = run_cli("train", "--image_folder", tmp_path / "insects", "--method", "groupdro", "--log_dir",
-                tmp_path / "log", "--num_steps", "2", "--batch_size", "4", "--device", "cpu", "--no_progress")
+    write_image_folder(
+        tmp_path / "insects", {"train": 8, "test": 2}
+    )  # class folders: no bias labels
+    r = run_cli(
+        "train",
+        "--image_folder",
+        tmp_path / "insects",
+        "--method",
+        "groupdro",
+        "--log_dir",
+        tmp_path / "log",
+        "--num_steps",
+        "2",
+        "--batch_size",
+        "4",
+        "--device",
+        "cpu",
+        "--no_progress",
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "trains on bias labels" in r.stderr
     assert not (tmp_path / "log").exists()
 
@@ -118,11 +153,15 @@ def test_groupdro_on_data_without_bias_labels_is_refused(tmp_path):
 def test_groupdro_is_marked_as_using_bias_labels(tmp_path):
     from debiaslab.train import train
 
-    results = train(tiny_config(tmp_path, method="groupdro", num_steps=4, valid_freq=2), tiny_bundle())
+    results = train(
+        tiny_config(tmp_path, method="groupdro", num_steps=4, valid_freq=2), tiny_bundle()
+    )
     config = json.loads((tmp_path / "tiny" / "e" / "config.json").read_text())
     assert results["uses_bias_labels_in_training"] and config["uses_bias_labels_in_training"]
     assert results["config"]["groupdro_eta"] == 0.01
-    assert not train(tiny_config(tmp_path, exp="v", num_steps=4), tiny_bundle())["uses_bias_labels_in_training"]
+    assert not train(tiny_config(tmp_path, exp="v", num_steps=4), tiny_bundle())[
+        "uses_bias_labels_in_training"
+    ]
 
 
 # -- JTT -------------------------------------------------------------------------------------------
@@ -133,7 +172,13 @@ def stage_data(targets, x_all):
 def test_jtt_error_set_is_what_the_first_model_gets_wrong_and_is_upsampled():
     method, targets = make_method("jtt", jtt_steps=4, jtt_upweight=5)
     erm, main = method.stages(method.cfg)
-    assert (erm.name, erm.steps, erm.models, main.name, main.models) == ("erm", 4, ("first",), "main", ("model",))
+    assert (erm.name, erm.steps, erm.models, main.name, main.models) == (
+        "erm",
+        4,
+        ("first",),
+        "main",
+        ("model",),
+    )
     g = torch.Generator().manual_seed(2)
     data = stage_data(targets, torch.rand(len(targets), 3, 4, 4, generator=g))
     untouched = copy.deepcopy(method.models["model"].state_dict())
@@ -144,8 +189,11 @@ def test_jtt_error_set_is_what_the_first_model_gets_wrong_and_is_upsampled():
     method.eval()
     method.end_stage(erm, data)
     with torch.no_grad():  # by hand: the first model's predictions on every training image
-        wrong = [int(method.models["first"](data.prepare(data.images[i:i + 1])).argmax()) != int(targets[i])
-                 for i in range(len(targets))]
+        wrong = [
+            int(method.models["first"](data.prepare(data.images[i : i + 1])).argmax())
+            != int(targets[i])
+            for i in range(len(targets))
+        ]
     assert method.error_set.tolist() == wrong and any(wrong) and not all(wrong)
     method.train()
     method.begin_stage(main, data)
@@ -158,17 +206,40 @@ def test_jtt_error_set_is_what_the_first_model_gets_wrong_and_is_upsampled():
 
 def test_jtt_through_train_and_test(tiny_reference, tmp_path):
     logs = tmp_path / "log"
-    r = run_cli("train", "--dataset", "cmnist", "--percent", "1pct", "--exp", "j", "--method", "jtt",
-                "--jtt_steps", "30", "--jtt_upweight", "7", *quick_train_args(tiny_reference, logs, "--valid_freq", "10"))
+    r = run_cli(
+        "train",
+        "--dataset",
+        "cmnist",
+        "--percent",
+        "1pct",
+        "--exp",
+        "j",
+        "--method",
+        "jtt",
+        "--jtt_steps",
+        "30",
+        "--jtt_upweight",
+        "7",
+        *quick_train_args(tiny_reference, logs, "--valid_freq", "10"),
+    )
     assert r.returncode == 0, r.stderr
     run = logs / "cmnist" / "j"
     results = json.loads((run / "results.json").read_text())
     assert results["stages"] == [{"name": "erm", "steps": 30}, {"name": "main", "steps": 40}]
     assert results["steps"] == 40 and results["selections"]["last"]["step"] == 70
-    assert all(s["step"] > 30 for s in results["selections"].values())  # rules pick from the main stage only
+    assert all(
+        s["step"] > 30 for s in results["selections"].values()
+    )  # rules pick from the main stage only
     evals = read_log(run, "eval")
-    assert [(e["step"], e.get("stage")) for e in evals] == [(10, "erm"), (20, "erm"), (30, "erm"), (40, None),
-                                                           (50, None), (60, None), (70, None)]
+    assert [(e["step"], e.get("stage")) for e in evals] == [
+        (10, "erm"),
+        (20, "erm"),
+        (30, "erm"),
+        (40, None),
+        (50, None),
+        (60, None),
+        (70, None),
+    ]
     # the error set logged at the end of stage erm, again from the saved first model (never trained after)
     from debiaslab.data.reference import load_reference
 
@@ -178,25 +249,69 @@ def test_jtt_through_train_and_test(tiny_reference, tmp_path):
         wrong = first(train_split.images.float() / 255 / 255).argmax(1) != train_split.targets
     (end,) = read_log(run, "stage_end")
     assert (end["step"], end["stage"], end["flagged"]) == (30, "erm", int(wrong.sum()))
-    t = run_cli("test", "--pretrained_path", run, "--dataset", "cmnist", "--percent", "1pct", "--data_dir",
-                tiny_reference, "--device", "cpu", "--json")
+    t = run_cli(
+        "test",
+        "--pretrained_path",
+        run,
+        "--dataset",
+        "cmnist",
+        "--percent",
+        "1pct",
+        "--data_dir",
+        tiny_reference,
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert t.returncode == 0, t.stderr
     assert json.loads(t.stdout)["metrics"]["test"] == results["selections"]["last"]["test"]
-    rep = run_cli("report", run, "--output", tmp_path / "report")  # stage-tagged records in the curves
+    rep = run_cli(
+        "report", run, "--output", tmp_path / "report"
+    )  # stage-tagged records in the curves
     assert rep.returncode == 0, rep.stderr
     assert (tmp_path / "report" / "curves.png").exists() and "stage erm ends" not in rep.stderr
 
 
 # -- SIGKILL inside a stage --------------------------------------------------------------------------
-STAGE_FLAGS = {"jtt": ["--jtt_steps", "1000", "--jtt_upweight", "9"],  # 1,000 steps in the first stage
-               "denetdm": ["--denetdm_stage1_steps", "1000", "--denetdm_stage1_lr", "0.002"]}
+STAGE_FLAGS = {
+    "jtt": ["--jtt_steps", "1000", "--jtt_upweight", "9"],  # 1,000 steps in the first stage
+    "denetdm": ["--denetdm_stage1_steps", "1000", "--denetdm_stage1_lr", "0.002"],
+}
 
 
 def stage_command(method, data, logs):
-    return [sys.executable, "-m", "debiaslab", "train", "--method", method, "--dataset", "cmnist", "--percent", "1pct",
-            "--data_dir", str(data), "--log_dir", str(logs), "--exp", "r", *STAGE_FLAGS[method],
-            "--num_steps", "1000", "--valid_freq", "50", "--log_freq", "7", "--save_freq", "5", "--batch_size", "16",
-            "--no_progress", "--device", "cpu"]
+    return [
+        sys.executable,
+        "-m",
+        "debiaslab",
+        "train",
+        "--method",
+        method,
+        "--dataset",
+        "cmnist",
+        "--percent",
+        "1pct",
+        "--data_dir",
+        str(data),
+        "--log_dir",
+        str(logs),
+        "--exp",
+        "r",
+        *STAGE_FLAGS[method],
+        "--num_steps",
+        "1000",
+        "--valid_freq",
+        "50",
+        "--log_freq",
+        "7",
+        "--save_freq",
+        "5",
+        "--batch_size",
+        "16",
+        "--no_progress",
+        "--device",
+        "cpu",
+    ]
 
 
 def kill_after_step(proc, run_dir, step: int, rng: random.Random) -> int | None:
@@ -218,29 +333,52 @@ def kill_after_step(proc, run_dir, step: int, rng: random.Random) -> int | None:
 
 def finished_state(run_dir):
     last = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
-    return (json.loads((run_dir / "results.json").read_text())["selections"], last["method_state"],
-            last["sampler"], read_log(run_dir))
+    return (
+        json.loads((run_dir / "results.json").read_text())["selections"],
+        last["method_state"],
+        last["sampler"],
+        read_log(run_dir),
+    )
 
 
 @pytest.mark.parametrize("method", list(STAGE_FLAGS))
 def test_sigkill_inside_each_stage_resumes_bit_for_bit(method, tiny_reference, tmp_path):
-    ref = subprocess.run(stage_command(method, tiny_reference, tmp_path / "ref"), env=cli_env(), capture_output=True,
-                         timeout=600)
+    ref = subprocess.run(
+        stage_command(method, tiny_reference, tmp_path / "ref"),
+        env=cli_env(),
+        capture_output=True,
+        timeout=600,
+    )
     assert ref.returncode == 0, ref.stderr
     logs, rng = tmp_path / "killed", random.Random(7)
     run_dir = logs / "cmnist" / "r"
     killed_at = []
-    for step in (400, 1400):  # inside the first stage (steps 1-1000), then inside stage main (1001-2000)
-        proc = subprocess.Popen(stage_command(method, tiny_reference, logs), env=cli_env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True)
+    for step in (
+        400,
+        1400,
+    ):  # inside the first stage (steps 1-1000), then inside stage main (1001-2000)
+        proc = subprocess.Popen(
+            stage_command(method, tiny_reference, logs),
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         killed_at.append(kill_after_step(proc, run_dir, step, rng))
         assert proc.returncode == -signal.SIGKILL and not (run_dir / "results.json").exists()
     assert killed_at[0] < 1000 < killed_at[1] < 2000, killed_at
-    final = subprocess.run(stage_command(method, tiny_reference, logs), env=cli_env(), capture_output=True, text=True,
-                           timeout=600)
+    final = subprocess.run(
+        stage_command(method, tiny_reference, logs),
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert final.returncode == 0 and "resuming" in final.stdout, final.stderr
     (sel_a, state_a, sampler_a, log_a), (sel_b, state_b, sampler_b, log_b) = (
-        finished_state(tmp_path / "ref" / "cmnist" / "r"), finished_state(run_dir))
+        finished_state(tmp_path / "ref" / "cmnist" / "r"),
+        finished_state(run_dir),
+    )
     assert sel_a == sel_b and log_a == log_b
     assert_same_tensors(state_a, state_b, "method_state")
     assert_same_tensors(sampler_a, sampler_b, "sampler")

@@ -1,4 +1,5 @@
 """Presets, grid expansion, config hashing and ``collect`` (no training: fast)."""
+
 import csv
 import io
 import json
@@ -22,7 +23,11 @@ def _spec_table(text: str, first_col: str) -> list[list[str]]:
     """The rows of the first table in ``text`` whose header starts with ``first_col``."""
     lines = [ln for ln in text.splitlines() if ln.startswith("|")]
     start = next(i for i, ln in enumerate(lines) if ln.split("|")[1].strip() == first_col)
-    return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[start + 2:] if not ln.startswith("|---")]
+    return [
+        [c.strip() for c in ln.strip("|").split("|")]
+        for ln in lines[start + 2 :]
+        if not ln.startswith("|---")
+    ]
 
 
 def _num(text: str):
@@ -34,9 +39,16 @@ def test_preset_paper_numbers_equal_the_papers_table():
     path = SPEC / "paper-results.md"
     if not path.exists():
         pytest.skip("../shared/spec/paper-results.md not beside the checkout")
-    columns = [("cmnist", p) for p in ("0.5pct", "1pct", "2pct", "5pct")] + \
-              [("cifar10c", p) for p in ("0.5pct", "1pct", "2pct", "5pct")] + [("bffhq", "0.5pct")]
-    rows = {r[0]: r[1:] for r in _spec_table(path.read_text(), "method") if r[0] in ("Vanilla", "LfF", "DisEnt")}
+    columns = (
+        [("cmnist", p) for p in ("0.5pct", "1pct", "2pct", "5pct")]
+        + [("cifar10c", p) for p in ("0.5pct", "1pct", "2pct", "5pct")]
+        + [("bffhq", "0.5pct")]
+    )
+    rows = {
+        r[0]: r[1:]
+        for r in _spec_table(path.read_text(), "method")
+        if r[0] in ("Vanilla", "LfF", "DisEnt")
+    }
     assert len(rows) == 3
     checked = 0
     for name, method in (("Vanilla", "vanilla"), ("LfF", "lff"), ("DisEnt", "disent")):
@@ -47,23 +59,36 @@ def test_preset_paper_numbers_equal_the_papers_table():
     assert checked == 27
     later = {"GroupDRO": "groupdro", "JTT": "jtt", "LC": "lc", "DeNetDM": "denetdm"}
     text = path.read_text()
-    table = _spec_table(text[text.index("## Later methods"):], "method")
+    table = _spec_table(text[text.index("## Later methods") :], "method")
     for row in (r for r in table if r[0] in later):
         numbers = [x.strip() for cell in row[2:5] for x in cell.split("/")]
         for (dataset, pct), number in zip(columns, numbers):
             preset = PRESETS.get(f"{dataset}-{pct}-{later[row[0]]}")
             assert (number in ("–", "-")) == (preset is None), (row[0], dataset, pct)
             if preset is not None:
-                assert (preset.paper_mean, preset.paper_std) == (float(number), None) and row[-1] in preset.source
+                assert (preset.paper_mean, preset.paper_std) == (float(number), None) and row[
+                    -1
+                ] in preset.source
                 checked += 1
-    for preset in (p for p in PRESETS.values() if p.method in ("lff_be", "disent_be")):  # numbers not at hand
-        assert preset.paper_mean is None and "BiasEnsemble" in preset.source and preset.dataset in ("cmnist", "bffhq")
+    for preset in (
+        p for p in PRESETS.values() if p.method in ("lff_be", "disent_be")
+    ):  # numbers not at hand
+        assert (
+            preset.paper_mean is None
+            and "BiasEnsemble" in preset.source
+            and preset.dataset in ("cmnist", "bffhq")
+        )
         base = get_preset(preset.name.replace(preset.method, preset.method[:-3])).config
-        assert preset.config == {**base, "method": preset.method, "be_num_models": 5, "be_steps": 1000, "be_tau": 0.99,
-                                 "be_agreement": 3}
+        assert preset.config == {
+            **base,
+            "method": preset.method,
+            "be_num_models": 5,
+            "be_steps": 1000,
+            "be_tau": 0.99,
+            "be_agreement": 3,
+        }
         checked += 1
     assert checked == len(PRESETS)
-
 
 
 def test_preset_hyper_parameters_equal_the_papers_settings():
@@ -71,25 +96,68 @@ def test_preset_hyper_parameters_equal_the_papers_settings():
     if not path.exists():
         pytest.skip("../shared/spec/algorithms.md not beside the checkout")
     table = {r[0]: r[1:] for r in _spec_table(path.read_text(), "setting")}
-    settings = {"cmnist": {p: table["CMNIST 0.5/1/2/5 pct"] for p in ("0.5pct", "1pct", "2pct", "5pct")},
-                "cifar10c": {"0.5pct": table["C-CIFAR10 0.5 pct"], "1pct": table["C-CIFAR10 1, 2 pct"],
-                             "2pct": table["C-CIFAR10 1, 2 pct"], "5pct": table["C-CIFAR10 5 pct"]},
-                "bffhq": {"0.5pct": table["BFFHQ 0.5 pct"]}}
-    vanilla_lr = dict(zip(("cmnist", "cifar10c", "bffhq"), map(float, table["Vanilla CMNIST / C-CIFAR10 / BFFHQ"][0].split("/"))))
-    vanilla_batch = dict(zip(("cmnist", "cifar10c", "bffhq"), map(int, table["Vanilla CMNIST / C-CIFAR10 / BFFHQ"][1].split("/"))))
+    settings = {
+        "cmnist": {p: table["CMNIST 0.5/1/2/5 pct"] for p in ("0.5pct", "1pct", "2pct", "5pct")},
+        "cifar10c": {
+            "0.5pct": table["C-CIFAR10 0.5 pct"],
+            "1pct": table["C-CIFAR10 1, 2 pct"],
+            "2pct": table["C-CIFAR10 1, 2 pct"],
+            "5pct": table["C-CIFAR10 5 pct"],
+        },
+        "bffhq": {"0.5pct": table["BFFHQ 0.5 pct"]},
+    }
+    vanilla_lr = dict(
+        zip(
+            ("cmnist", "cifar10c", "bffhq"),
+            map(float, table["Vanilla CMNIST / C-CIFAR10 / BFFHQ"][0].split("/")),
+        )
+    )
+    vanilla_batch = dict(
+        zip(
+            ("cmnist", "cifar10c", "bffhq"),
+            map(int, table["Vanilla CMNIST / C-CIFAR10 / BFFHQ"][1].split("/")),
+        )
+    )
     for dataset, by_pct in settings.items():
         for pct, (lr, batch, curr, swap, dis, swap_align, decay) in by_pct.items():
             c = get_preset(f"{dataset}-{pct}-disent").config
             step, gamma = (float(x) for x in decay.split("/"))
-            assert (c["lr"], c["batch_size"], c["curr_step"], c["lambda_swap"], c["lambda_dis_align"], c["lambda_swap_align"],
-                    c["lr_decay_step"], c["lr_gamma"], c["use_lr_decay"]) == \
-                (float(lr), int(batch), int(curr), float(swap), float(dis), float(swap_align), step, gamma, True)
+            assert (
+                c["lr"],
+                c["batch_size"],
+                c["curr_step"],
+                c["lambda_swap"],
+                c["lambda_dis_align"],
+                c["lambda_swap_align"],
+                c["lr_decay_step"],
+                c["lr_gamma"],
+                c["use_lr_decay"],
+            ) == (
+                float(lr),
+                int(batch),
+                int(curr),
+                float(swap),
+                float(dis),
+                float(swap_align),
+                step,
+                gamma,
+                True,
+            )
             for method in ("vanilla", "lff"):
                 c = get_preset(f"{dataset}-{pct}-{method}").config
-                assert (c["lr"], c["batch_size"], c.get("use_lr_decay", False)) == (vanilla_lr[dataset], vanilla_batch[dataset], False)
+                assert (c["lr"], c["batch_size"], c.get("use_lr_decay", False)) == (
+                    vanilla_lr[dataset],
+                    vanilla_batch[dataset],
+                    False,
+                )
             for method in ("vanilla", "lff", "disent"):
                 c = get_preset(f"{dataset}-{pct}-{method}").config
-                assert (c["num_steps"], c["weight_decay"], c["q"], c["ema_alpha"]) == (50_000, 0.0, 0.7, 0.7)
+                assert (c["num_steps"], c["weight_decay"], c["q"], c["ema_alpha"]) == (
+                    50_000,
+                    0.0,
+                    0.7,
+                    0.7,
+                )
 
 
 def test_every_preset_is_a_valid_config():
@@ -100,88 +168,213 @@ def test_every_preset_is_a_valid_config():
 
 
 def test_train_preset_and_flags_override_it(tiny_reference, tmp_path):
-    r = run_cli("train", "--preset", "cmnist-1pct-disent", "--data_dir", tiny_reference, "--log_dir", tmp_path,
-                "--num_steps", "6", "--batch_size", "16", "--valid_freq", "3", "--lambda_swap", "0.5", "--no_progress",
-                "--device", "cpu")
+    r = run_cli(
+        "train",
+        "--preset",
+        "cmnist-1pct-disent",
+        "--data_dir",
+        tiny_reference,
+        "--log_dir",
+        tmp_path,
+        "--num_steps",
+        "6",
+        "--batch_size",
+        "16",
+        "--valid_freq",
+        "3",
+        "--lambda_swap",
+        "0.5",
+        "--no_progress",
+        "--device",
+        "cpu",
+    )
     assert r.returncode == 0, r.stderr
-    cfg = json.loads((tmp_path / "cmnist" / "cmnist-1pct-disent" / "config.json").read_text())["config"]
-    assert (cfg["method"], cfg["percent"], cfg["lr"], cfg["curr_step"], cfg["lambda_dis_align"], cfg["lambda_swap_align"],
-            cfg["use_lr_decay"], cfg["lr_gamma"]) == ("disent", "1pct", 0.01, 10_000, 10.0, 10.0, True, 0.5)
-    assert (cfg["num_steps"], cfg["batch_size"], cfg["lambda_swap"]) == (6, 16, 0.5)  # explicit flags win
-    r = run_cli("train", "--preset", "cmnist-1pct-disent", "--train_vanilla", "--exp", "v", "--data_dir", tiny_reference,
-                "--log_dir", tmp_path, "--num_steps", "3", "--batch_size", "16", "--no_progress", "--device", "cpu")
+    cfg = json.loads((tmp_path / "cmnist" / "cmnist-1pct-disent" / "config.json").read_text())[
+        "config"
+    ]
+    assert (
+        cfg["method"],
+        cfg["percent"],
+        cfg["lr"],
+        cfg["curr_step"],
+        cfg["lambda_dis_align"],
+        cfg["lambda_swap_align"],
+        cfg["use_lr_decay"],
+        cfg["lr_gamma"],
+    ) == ("disent", "1pct", 0.01, 10_000, 10.0, 10.0, True, 0.5)
+    assert (cfg["num_steps"], cfg["batch_size"], cfg["lambda_swap"]) == (
+        6,
+        16,
+        0.5,
+    )  # explicit flags win
+    r = run_cli(
+        "train",
+        "--preset",
+        "cmnist-1pct-disent",
+        "--train_vanilla",
+        "--exp",
+        "v",
+        "--data_dir",
+        tiny_reference,
+        "--log_dir",
+        tmp_path,
+        "--num_steps",
+        "3",
+        "--batch_size",
+        "16",
+        "--no_progress",
+        "--device",
+        "cpu",
+    )
     assert r.returncode == 0, r.stderr
-    assert json.loads((tmp_path / "cmnist" / "v" / "config.json").read_text())["config"]["method"] == "vanilla"
+    assert (
+        json.loads((tmp_path / "cmnist" / "v" / "config.json").read_text())["config"]["method"]
+        == "vanilla"
+    )
 
 
 def test_unknown_preset_is_one_line(tmp_path):
     r = run_cli("train", "--preset", "cmnist-3pct-disent", "--log_dir", tmp_path)
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "unknown preset" in r.stderr
+    assert (
+        r.returncode == 2
+        and len(r.stderr.strip().splitlines()) == 1
+        and "unknown preset" in r.stderr
+    )
     r = run_cli("presets", "cifar10c-*")
     rows = [ln for ln in r.stdout.splitlines() if ln.startswith("  cifar10c-")]
-    assert r.returncode == 0 and len(rows) == 4 * 7  # 4 ratios x vanilla, lff, disent, jtt, lc, groupdro, denetdm
+    assert (
+        r.returncode == 0 and len(rows) == 4 * 7
+    )  # 4 ratios x vanilla, lff, disent, jtt, lc, groupdro, denetdm
     assert [ln.split()[0] for ln in rows if "[trains on bias labels]" in ln] == [
-        f"cifar10c-{pct}-groupdro" for pct in ("0.5pct", "1pct", "2pct", "5pct")]
+        f"cifar10c-{pct}-groupdro" for pct in ("0.5pct", "1pct", "2pct", "5pct")
+    ]
 
 
 # ------------------------------------------------------------------------------------------- grid
 def test_grid_expansion_with_presets_axes_and_fixed_values():
-    cfgs = expand({"datasets": ["cmnist"], "methods": ["vanilla", "disent"], "ratios": [0.5, "1pct"], "seeds": [0, 1],
-                   "set": {"num_steps": 100, "lr": [0.01, 0.001]}})
+    cfgs = expand(
+        {
+            "datasets": ["cmnist"],
+            "methods": ["vanilla", "disent"],
+            "ratios": [0.5, "1pct"],
+            "seeds": [0, 1],
+            "set": {"num_steps": 100, "lr": [0.01, 0.001]},
+        }
+    )
     assert len(cfgs) == 2 * 2 * 2 * 2
     assert {(c.method, c.percent, c.seed, c.lr) for c in cfgs} == {
-        (m, p, s, lr) for m in ("vanilla", "disent") for p in ("0.5pct", "1pct") for s in (0, 1) for lr in (0.01, 0.001)}
+        (m, p, s, lr)
+        for m in ("vanilla", "disent")
+        for p in ("0.5pct", "1pct")
+        for s in (0, 1)
+        for lr in (0.01, 0.001)
+    }
     assert all(c.num_steps == 100 and not c.progress for c in cfgs)
     disent = [c for c in cfgs if c.method == "disent"]
-    assert all((c.curr_step, c.lambda_dis_align, c.use_lr_decay, c.lr_gamma) == (10_000, 10.0, True, 0.5) for c in disent)
+    assert all(
+        (c.curr_step, c.lambda_dis_align, c.use_lr_decay, c.lr_gamma) == (10_000, 10.0, True, 0.5)
+        for c in disent
+    )
     assert [c.seed for c in cfgs] == sorted(c.seed for c in cfgs)  # every cell's seed 0 first
 
 
 def test_grid_union_dedups_and_default_ratios():
-    cfgs = expand({"methods": ["lff"], "grid": [{"ratios": [0.5, 5], "seeds": [0, 1, 2]}, {"ratios": [1, 2, 5], "seeds": [0]}]})
+    cfgs = expand(
+        {
+            "methods": ["lff"],
+            "grid": [{"ratios": [0.5, 5], "seeds": [0, 1, 2]}, {"ratios": [1, 2, 5], "seeds": [0]}],
+        }
+    )
     assert sorted((c.percent, c.seed) for c in cfgs) == sorted(
-        [(p, s) for p in ("0.5pct", "5pct") for s in (0, 1, 2)] + [("1pct", 0), ("2pct", 0)])
-    assert {c.percent for c in expand({"datasets": ["cifar10c"], "methods": ["vanilla"]})} == {"0.5pct", "1pct", "2pct", "5pct"}
-    assert len(expand({"presets": ["cmnist-*"]})) == 4 * 9  # vanilla, lff, disent, jtt, lc, groupdro, denetdm, BE x 2
+        [(p, s) for p in ("0.5pct", "5pct") for s in (0, 1, 2)] + [("1pct", 0), ("2pct", 0)]
+    )
+    assert {c.percent for c in expand({"datasets": ["cifar10c"], "methods": ["vanilla"]})} == {
+        "0.5pct",
+        "1pct",
+        "2pct",
+        "5pct",
+    }
+    assert (
+        len(expand({"presets": ["cmnist-*"]})) == 4 * 9
+    )  # vanilla, lff, disent, jtt, lc, groupdro, denetdm, BE x 2
     assert {c.method for c in expand({"presets": ["*-5pct-disent"]})} == {"disent"}
 
 
-@pytest.mark.parametrize("spec, needle", [
-    ({"set": {"nope": 1}}, "cannot set 'nope'"),
-    ({"set": {"seed": 1}}, "use --seeds"),
-    ({"set": {"num_steps": "ten"}}, "not a valid int"),
-    ({"set": {"lr": -1.0}}, "--lr must be"),
-    ({"methods": ["erm"]}, "unknown method"),
-    ({"ratios": ["x"]}, "not a number"),
-    ({"presets": ["nothing-*"]}, "no preset matches"),
-])
+@pytest.mark.parametrize(
+    "spec, needle",
+    [
+        ({"set": {"nope": 1}}, "cannot set 'nope'"),
+        ({"set": {"seed": 1}}, "use --seeds"),
+        ({"set": {"num_steps": "ten"}}, "not a valid int"),
+        ({"set": {"lr": -1.0}}, "--lr must be"),
+        ({"methods": ["erm"]}, "unknown method"),
+        ({"ratios": ["x"]}, "not a number"),
+        ({"presets": ["nothing-*"]}, "no preset matches"),
+    ],
+)
 def test_grid_errors_name_the_problem(spec, needle):
     with pytest.raises(UserError, match=re.escape(needle)):
         expand(spec)
 
 
 def test_parse_set():
-    assert parse_set(["lr=0.01,0.001", "num_steps=10"]) == {"lr": ["0.01", "0.001"], "num_steps": "10"}
+    assert parse_set(["lr=0.01,0.001", "num_steps=10"]) == {
+        "lr": ["0.01", "0.001"],
+        "num_steps": "10",
+    }
     with pytest.raises(UserError):
         parse_set(["lr"])
-    assert expand({"methods": ["vanilla"], "ratios": [1], "set": parse_set(["use_lr_decay=true", "lr=0.5,0.1"])})[0].use_lr_decay
+    assert expand(
+        {
+            "methods": ["vanilla"],
+            "ratios": [1],
+            "set": parse_set(["use_lr_decay=true", "lr=0.5,0.1"]),
+        }
+    )[0].use_lr_decay
 
 
 # ---------------------------------------------------------------------------------------- hashing
 def test_same_config_same_hash_and_directory(tmp_path):
     a = TrainConfig(method="disent", percent="1pct", lr=0.01, lambda_swap=1)
-    b = TrainConfig(method="disent", percent="1pct", lambda_swap=1.0, exp="other", log_dir="elsewhere", progress=False,
-                    device="cuda", tensorboard=True, keep_checkpoints=3)
-    assert a.config_hash() == b.config_hash()  # runtime and location fields, int vs float, an explicit default
+    b = TrainConfig(
+        method="disent",
+        percent="1pct",
+        lambda_swap=1.0,
+        exp="other",
+        log_dir="elsewhere",
+        progress=False,
+        device="cuda",
+        tensorboard=True,
+        keep_checkpoints=3,
+    )
+    assert (
+        a.config_hash() == b.config_hash()
+    )  # runtime and location fields, int vs float, an explicit default
     assert plan([a], tmp_path)[0].run_dir == plan([b], tmp_path)[0].run_dir
-    assert expand({"methods": ["disent"], "ratios": [1]})[0].config_hash() == \
-        expand({"presets": ["cmnist-1pct-disent"]})[0].config_hash()
+    assert (
+        expand({"methods": ["disent"], "ratios": [1]})[0].config_hash()
+        == expand({"presets": ["cmnist-1pct-disent"]})[0].config_hash()
+    )
 
 
-@pytest.mark.parametrize("change", [dict(lr=0.001), dict(seed=1), dict(num_steps=10), dict(lambda_swap=0.5), dict(percent="2pct"),
-                                    dict(method="lff"), dict(data_dir="other"), dict(q=0.5), dict(model="resnet18"),
-                                    dict(batch_size=128), dict(use_lr_decay=True), dict(valid_freq=100),
-                                    dict(palette="lff")])
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(lr=0.001),
+        dict(seed=1),
+        dict(num_steps=10),
+        dict(lambda_swap=0.5),
+        dict(percent="2pct"),
+        dict(method="lff"),
+        dict(data_dir="other"),
+        dict(q=0.5),
+        dict(model="resnet18"),
+        dict(batch_size=128),
+        dict(use_lr_decay=True),
+        dict(valid_freq=100),
+        dict(palette="lff"),
+    ],
+)
 def test_any_change_gives_another_hash(change, tmp_path):
     base = TrainConfig(method="disent", percent="1pct")
     other = TrainConfig(**{**dict(method="disent", percent="1pct"), **change})
@@ -191,19 +384,41 @@ def test_any_change_gives_another_hash(change, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- collect
-def fake_run(root: Path, *, method="disent", percent="0.5pct", seed=0, values=None, state="finished", step=0, **cfg):
+def fake_run(
+    root: Path,
+    *,
+    method="disent",
+    percent="0.5pct",
+    seed=0,
+    values=None,
+    state="finished",
+    step=0,
+    **cfg,
+):
     c = TrainConfig(**{**get_preset(f"cmnist-{percent}-{method}").config, **cfg, "seed": seed})
     d = root / "cmnist" / run_name(c)
     d.mkdir(parents=True)
-    (d / "config.json").write_text(json.dumps({"config": c.resolved().to_dict(), "data": {"sha256": {
-        "train": f"train{percent}" + "0" * 40, "test": "t" * 64}}}))
+    (d / "config.json").write_text(
+        json.dumps(
+            {
+                "config": c.resolved().to_dict(),
+                "data": {"sha256": {"train": f"train{percent}" + "0" * 40, "test": "t" * 64}},
+            }
+        )
+    )
     if step:
         (d / "metrics.jsonl").write_text(json.dumps({"kind": "eval", "step": step}) + "\n")
     if state == "failed":
         (d / "FAILED").write_text("x")
     if state == "finished":
-        (d / "results.json").write_text(json.dumps({"primary_metric": "unbiased accuracy", "selections": {
-            r: {"test_primary": v} for r, v in values.items()}}))
+        (d / "results.json").write_text(
+            json.dumps(
+                {
+                    "primary_metric": "unbiased accuracy",
+                    "selections": {r: {"test_primary": v} for r, v in values.items()},
+                }
+            )
+        )
     return c
 
 
@@ -215,15 +430,28 @@ def runs(tmp_path):
     root = tmp_path / "sweep"
     for seed, base in enumerate((0.70, 0.80, 0.90)):
         fake_run(root, seed=seed, values={r: base + 0.01 * i for i, r in enumerate(RULES)})
-    fake_run(root, method="vanilla", seed=0, values={"last": 0.40, "best_valid": 0.41, "best_valid_unbiased": None,
-                                                     "oracle_best_test": 0.45})
+    fake_run(
+        root,
+        method="vanilla",
+        seed=0,
+        values={
+            "last": 0.40,
+            "best_valid": 0.41,
+            "best_valid_unbiased": None,
+            "oracle_best_test": 0.45,
+        },
+    )
     fake_run(root, method="vanilla", seed=1, state="unfinished", step=1234)
     fake_run(root, method="lff", seed=0, state="failed", step=500)
-    planned = TrainConfig(**{**get_preset("cmnist-0.5pct-lff").config, "seed": 4, "progress": False})
+    planned = TrainConfig(
+        **{**get_preset("cmnist-0.5pct-lff").config, "seed": 4, "progress": False}
+    )
     from debiaslab.sweep import write_plan
 
     write_plan(root, plan([planned], root))
-    fake_run(root, method="disent", percent="5pct", seed=0, values={r: 0.5 for r in RULES}, lr=0.001)  # a variant
+    fake_run(
+        root, method="disent", percent="5pct", seed=0, values={r: 0.5 for r in RULES}, lr=0.001
+    )  # a variant
     return root
 
 
@@ -239,11 +467,21 @@ def test_collect_markdown_mean_std_paper_and_status(runs):
     assert "| 80.00 ± 10.00 | 3 (0, 1, 2) | 65.22 | +14.78 | 3 finished |" in _row(last, "disent")
     assert "| 83.00 ± 10.00 |" in _row(oracle, "disent")  # every rule reads its own pick
     assert "| 81.00 ± 10.00 |" in _row(best_valid, "disent")
-    assert "| 40.00 | 1 (0) | 35.19 ± 3.49 | +4.81 | 1 finished; 1 unfinished (seed 1 at step 1,234/50,000) |" in _row(last, "vanilla")
-    assert "| — | 0 | 35.19 ± 3.49 | — |" in _row(bvu, "vanilla")  # the rule picked nothing for that run
+    assert (
+        "| 40.00 | 1 (0) | 35.19 ± 3.49 | +4.81 | 1 finished; 1 unfinished (seed 1 at step 1,234/50,000) |"
+        in _row(last, "vanilla")
+    )
+    assert "| — | 0 | 35.19 ± 3.49 | — |" in _row(
+        bvu, "vanilla"
+    )  # the rule picked nothing for that run
     lff = _row(last, "lff")
-    assert "| — | 0 | 52.50 | — | 1 failed (seed 0 at step 500/50,000); 1 not started (seed 4) |" in lff
-    assert "not run" in _row(last, "disent", "2pct") and "84.79" in _row(last, "disent", "2pct")  # missing paper cell shown
+    assert (
+        "| — | 0 | 52.50 | — | 1 failed (seed 0 at step 500/50,000); 1 not started (seed 4) |"
+        in lff
+    )
+    assert "not run" in _row(last, "disent", "2pct") and "84.79" in _row(
+        last, "disent", "2pct"
+    )  # missing paper cell shown
     assert "| disent (lr=0.001) | 50.00 |" in _row(last, "disent (lr", "5pct")
     assert "ORACLE" in text and "paper's own data release" in text
     assert "cmnist 0.5pct: test sha256 tttttttttttttttt, train sha256 train0.5pct00000" in text
@@ -253,10 +491,22 @@ def test_collect_markdown_mean_std_paper_and_status(runs):
 def test_collect_csv_and_latex(runs):
     rows = list(csv.DictReader(io.StringIO(collect(str(runs), "csv"))))
     assert {r["rule"] for r in rows} == set(RULES)
-    d = next(r for r in rows if r["rule"] == "oracle_best_test" and r["method"] == "disent" and r["ratio"] == "0.5pct")
-    assert (float(d["mean"]), float(d["std"]), int(d["n"]), d["seeds"], float(d["paper_mean"])) == (83.0, 10.0, 3, "0 1 2", 65.22)
+    d = next(
+        r
+        for r in rows
+        if r["rule"] == "oracle_best_test" and r["method"] == "disent" and r["ratio"] == "0.5pct"
+    )
+    assert (float(d["mean"]), float(d["std"]), int(d["n"]), d["seeds"], float(d["paper_mean"])) == (
+        83.0,
+        10.0,
+        3,
+        "0 1 2",
+        65.22,
+    )
     assert float(d["ours_minus_paper"]) == pytest.approx(83.0 - 65.22)
-    missing = next(r for r in rows if r["rule"] == "last" and r["method"] == "disent" and r["ratio"] == "1pct")
+    missing = next(
+        r for r in rows if r["rule"] == "last" and r["method"] == "disent" and r["ratio"] == "1pct"
+    )
     assert (missing["mean"], missing["n"], missing["runs"]) == ("", "0", "not run")
     tex = collect(str(runs), "latex", ["last", "oracle_best_test"])
     assert tex.count(r"\begin{tabular}") == 2 and r"80.00 $\pm$ 10.00" in tex and "ORACLE" in tex
@@ -264,7 +514,11 @@ def test_collect_csv_and_latex(runs):
 
 def test_collect_cli_errors_and_output_file(runs, tmp_path):
     r = run_cli("collect", tmp_path / "nowhere")
-    assert r.returncode == 2 and "is not a folder" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (
+        r.returncode == 2
+        and "is not a folder" in r.stderr
+        and len(r.stderr.strip().splitlines()) == 1
+    )
     (tmp_path / "empty").mkdir()
     r = run_cli("collect", tmp_path / "empty")
     assert r.returncode == 2 and "no runs under" in r.stderr
@@ -272,24 +526,37 @@ def test_collect_cli_errors_and_output_file(runs, tmp_path):
     assert r.returncode == 0 and (tmp_path / "t.csv").read_text() == collect(str(runs), "csv")
 
 
-@pytest.mark.parametrize("doc,runs", [("cmnist.md", "cmnist_runs"), ("cmnist_lff.md", "cmnist_lff_runs"),
-                                      ("cmnist_later.md", "cmnist_later_runs")])
+@pytest.mark.parametrize(
+    "doc,runs",
+    [
+        ("cmnist.md", "cmnist_runs"),
+        ("cmnist_lff.md", "cmnist_lff_runs"),
+        ("cmnist_later.md", "cmnist_later_runs"),
+    ],
+)
 def test_committed_cmnist_tables_are_what_collect_prints(doc, runs):
     text = (REPO / "docs" / "results" / doc).read_text()
-    block = re.search(r"<!-- collect:begin -->\n(.*?)<!-- collect:end -->", text, flags=re.S).group(1)
+    block = re.search(r"<!-- collect:begin -->\n(.*?)<!-- collect:end -->", text, flags=re.S).group(
+        1
+    )
     assert block == collect(str(REPO / "docs" / "results" / runs))
 
 
 def test_committed_selection_gaps_are_what_collect_prints():
     text = (REPO / "docs" / "results" / "selection.md").read_text()
-    block = re.search(r"<!-- collect:begin -->\n(.*?)<!-- collect:end -->", text, flags=re.S).group(1)
+    block = re.search(r"<!-- collect:begin -->\n(.*?)<!-- collect:end -->", text, flags=re.S).group(
+        1
+    )
     assert block == collect(str(REPO / "docs" / "results"), gaps=True)
 
 
 def test_palette_is_part_of_a_colored_mnist_config_only():
     disent = TrainConfig(method="disent", percent="1pct")
     assert disent.resolved().palette == "disent" and disent.identity()["palette"] == "disent"
-    assert TrainConfig(method="disent", percent="1pct", palette="lff").config_hash() != disent.config_hash()
+    assert (
+        TrainConfig(method="disent", percent="1pct", palette="lff").config_hash()
+        != disent.config_hash()
+    )
     cifar = TrainConfig(dataset="cifar10c", method="disent", percent="1pct")
     assert "palette" not in cifar.identity()  # so hashes of runs on other datasets did not change
     with pytest.raises(UserError, match="Colored MNIST only"):
@@ -315,7 +582,9 @@ def test_devices_and_child_environment():
     env, device = _child_env("cuda:3", 4)
     assert (env["CUDA_VISIBLE_DEVICES"], device, env["DEBIASLAB_THREADS"]) == ("3", "cuda", "4")
     env, device = _child_env("cpu", 1)
-    assert device == "cpu" and "CUDA_VISIBLE_DEVICES" not in {k for k in env if env[k] != __import__("os").environ.get(k)}
+    assert device == "cpu" and "CUDA_VISIBLE_DEVICES" not in {
+        k for k in env if env[k] != __import__("os").environ.get(k)
+    }
     import torch
 
     if torch.cuda.device_count() == 0:
@@ -331,11 +600,29 @@ def test_reproduce_table1_script_dry_run(tiny_reference, tmp_path):
     import os
     import subprocess
 
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "DRY_RUN": "1", "DATASETS": "cmnist bffhq", "SEEDS": "0 1",
-           "DATA_DIR": str(tiny_reference), "OUT": str(tmp_path / "t1"), "PATH": f"{Path(__import__('sys').executable).parent}:{os.environ['PATH']}"}
-    r = subprocess.run(["bash", str(REPO / "scripts" / "reproduce_table1.sh")], env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO / "src"),
+        "DRY_RUN": "1",
+        "DATASETS": "cmnist bffhq",
+        "SEEDS": "0 1",
+        "DATA_DIR": str(tiny_reference),
+        "OUT": str(tmp_path / "t1"),
+        "PATH": f"{Path(__import__('sys').executable).parent}:{os.environ['PATH']}",
+    }
+    r = subprocess.run(
+        ["bash", str(REPO / "scripts" / "reproduce_table1.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "skipping BFFHQ" in r.stdout and "sweep: 24 runs in" in r.stdout and r.stdout.count("missing ") == 24
+    assert (
+        "skipping BFFHQ" in r.stdout
+        and "sweep: 24 runs in" in r.stdout
+        and r.stdout.count("missing ") == 24
+    )
     assert "CPU cores" in r.stdout
 
 
@@ -345,8 +632,14 @@ def test_runs_per_device_packs_k_runs_on_each_device(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr(sweep_mod, "parse_devices", lambda spec: ["cuda:0", "cuda:1"])
     monkeypatch.setattr(sweep_mod, "cpu_count", lambda: 16)
-    monkeypatch.setattr(sweep_mod, "run_local", lambda runs, out, jobs, devs, progress: seen.update(
-        slots=sweep_mod.device_slots(devs, jobs)) or {"finished": len(runs), "failed": 0})
+    monkeypatch.setattr(
+        sweep_mod,
+        "run_local",
+        lambda runs, out, jobs, devs, progress: (
+            seen.update(slots=sweep_mod.device_slots(devs, jobs))
+            or {"finished": len(runs), "failed": 0}
+        ),
+    )
     spec = {"methods": ["vanilla"], "ratios": [1], "seeds": [0, 1, 2, 3, 4, 5, 6]}
     assert sweep_mod.sweep(spec, tmp_path / "out", runs_per_device=3, progress=False) == 0
     slots, threads = seen["slots"]

@@ -1,4 +1,5 @@
 """Batch augmentation on the training device: whole uint8 batches, per-image random crop / flip."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,7 +9,9 @@ from debiaslab.data.transforms import BatchTransform, resize_uint8
 
 
 def batch(n=64, size=12, seed=0):
-    return torch.randint(0, 256, (n, 3, size, size), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+    return torch.randint(
+        0, 256, (n, 3, size, size), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8
+    )
 
 
 def seeded(**kw):
@@ -18,7 +21,9 @@ def seeded(**kw):
 def test_eval_scales_and_normalises_exactly():
     x = batch()
     out = BatchTransform(mean=CIFAR_MEAN, std=CIFAR_STD, crop_padding=4, flip=True).eval(x)
-    want = (x.float() / 255 - torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+    want = (x.float() / 255 - torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)) / torch.tensor(
+        CIFAR_STD
+    ).view(1, 3, 1, 1)
     assert out.dtype == torch.float32 and out.shape == x.shape
     torch.testing.assert_close(out, want)  # no augmentation at evaluation
 
@@ -27,7 +32,7 @@ def test_value_range_and_reference_scaling():
     x = batch()
     out = seeded(crop_padding=4, flip=True)(x, train=True)
     assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
-    ref = BatchTransform(scale=1 / 255 ** 2).eval(x)
+    ref = BatchTransform(scale=1 / 255**2).eval(x)
     assert ref.max() <= 1 / 255 + 1e-9
 
 
@@ -48,8 +53,12 @@ def test_crop_is_a_shifted_window_of_the_zero_padded_image():
     padded = F.pad(x.float() * (1 / 255), (pad,) * 4)
     offsets = []
     for i in range(len(x)):
-        hits = [(dy, dx) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
-                if torch.equal(padded[i, :, dy:dy + 12, dx:dx + 12], out[i])]
+        hits = [
+            (dy, dx)
+            for dy in range(2 * pad + 1)
+            for dx in range(2 * pad + 1)
+            if torch.equal(padded[i, :, dy : dy + 12, dx : dx + 12], out[i])
+        ]
         assert hits, f"image {i} is not a crop of its padded input"
         offsets.append(hits[0])
     assert len(set(offsets)) > 5 and any(o != (pad, pad) for o in offsets)

@@ -9,6 +9,7 @@ counter) are copied. The first averaged step copies the current weights. The ave
 evaluated next to the raw ones, selected by the same rules (``selection``, prefix ``wa_``),
 checkpointed with the run and resumed bit for bit.
 """
+
 from __future__ import annotations
 
 import copy

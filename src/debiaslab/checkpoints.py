@@ -9,6 +9,7 @@
 Every file is written to a temporary file in the same folder, fsynced and renamed into place
 (``io.atomic_torch_save``): a kill or a full disk during a save leaves the previous file valid.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,9 +31,18 @@ FORMAT = 2
 def rng_state() -> dict:
     """Every global RNG state, in types that ``torch.load(weights_only=True)`` accepts."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": _to_lists(random.getstate()),
-            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {
+        "torch": torch.get_rng_state(),
+        "python": _to_lists(random.getstate()),
+        "numpy": [
+            name,
+            torch.from_numpy(keys.astype(np.int64)),
+            int(pos),
+            int(has_gauss),
+            float(gauss),
+        ],
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
 def set_rng_state(state: dict) -> None:
@@ -74,12 +84,15 @@ def save_full(run_dir: Path, state: dict, keep: int, previous_step: int | None) 
             except OSError:
                 atomic_torch_save(torch.load(last, map_location="cpu", weights_only=True), kept)
     atomic_torch_save({"kind": "full", "format": FORMAT, **state}, last)
-    for _, old in step_files(run_dir)[max(keep - 1, 0):]:
+    for _, old in step_files(run_dir)[max(keep - 1, 0) :]:
         old.unlink(missing_ok=True)
 
 
 def save_models(run_dir: Path, rule: str, state: dict) -> None:
-    atomic_torch_save({"kind": "models", "format": FORMAT, "rule": rule, **state}, Path(run_dir) / f"checkpoint_{rule}.pt")
+    atomic_torch_save(
+        {"kind": "models", "format": FORMAT, "rule": rule, **state},
+        Path(run_dir) / f"checkpoint_{rule}.pt",
+    )
 
 
 def load_for_resume(run_dir: Path) -> dict | None:
@@ -89,7 +102,9 @@ def load_for_resume(run_dir: Path) -> dict | None:
     if none loads, the run cannot be resumed and the error says how to restart it.
     """
     run_dir = Path(run_dir)
-    candidates = ([run_dir / LAST] if (run_dir / LAST).exists() else []) + [p for _, p in step_files(run_dir)]
+    candidates = ([run_dir / LAST] if (run_dir / LAST).exists() else []) + [
+        p for _, p in step_files(run_dir)
+    ]
     errors = []
     for path in candidates:
         try:
@@ -100,6 +115,8 @@ def load_for_resume(run_dir: Path) -> dict | None:
         except Exception as e:
             errors.append(f"{path.name}: {type(e).__name__}")
     if errors:
-        raise UserError(f"cannot resume {run_dir}: no loadable checkpoint ({'; '.join(errors)}); "
-                        "pass --overwrite to start this run again")
+        raise UserError(
+            f"cannot resume {run_dir}: no loadable checkpoint ({'; '.join(errors)}); "
+            "pass --overwrite to start this run again"
+        )
     return None

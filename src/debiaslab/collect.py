@@ -6,6 +6,7 @@ and the difference. Planned runs (``sweep.json``) that never started, unfinished
 are listed in the cell, never dropped; paper cells of a dataset with no run at all are shown as
 not run. The output is deterministic: the same run folders always print the same table.
 """
+
 from __future__ import annotations
 
 import csv
@@ -19,9 +20,17 @@ from pathlib import Path
 from debiaslab import UserError
 from debiaslab.config import TrainConfig
 from debiaslab.methods import total_steps
+from debiaslab.presets import (
+    LATER_SOURCES,
+    METHODS,
+    PAPER_SOURCE,
+    PRESETS,
+    RATIOS,
+    Preset,
+    find_preset,
+)
+from debiaslab.rundir import PLAN_FILE, last_step, status
 from debiaslab.selection import SELECTION_RULES, TABLE_RULES
-from debiaslab.presets import LATER_SOURCES, METHODS, PAPER_SOURCE, PRESETS, RATIOS, Preset, find_preset
-from debiaslab.sweep import PLAN_FILE, last_step, status
 
 RULE_TITLES = {
     "last": "last step (no model selection)",
@@ -39,7 +48,9 @@ class Record:
     status: str  # finished | unfinished | failed | missing
     step: int
     num_steps: int
-    values: dict = field(default_factory=dict)  # rule -> primary test metric in [0, 1] (None when the rule picked nothing)
+    values: dict = field(
+        default_factory=dict
+    )  # rule -> primary test metric in [0, 1] (None when the rule picked nothing)
     metric: str | None = None
     data_sha: tuple = ()
 
@@ -69,7 +80,9 @@ def _identity(cfg: dict) -> dict:
 
 def read(root: Path) -> list[Cell]:
     if not root.is_dir():
-        raise UserError(f"{root} is not a folder; pass the --out folder of a sweep (or any folder holding run directories)")
+        raise UserError(
+            f"{root} is not a folder; pass the --out folder of a sweep (or any folder holding run directories)"
+        )
     cells: dict[str, Cell] = {}
     seen: set[str] = set()
 
@@ -93,12 +106,19 @@ def read(root: Path) -> list[Cell]:
         seen.add(cfg.config_hash())
         st = status(run_dir)
         steps = total_steps(cfg)
-        rec = Record(identity["seed"], st, steps if st == "finished" else last_step(run_dir), steps,
-                     data_sha=tuple(sorted((meta.get("data") or {}).get("sha256", {}).items())))
+        rec = Record(
+            identity["seed"],
+            st,
+            steps if st == "finished" else last_step(run_dir),
+            steps,
+            data_sha=tuple(sorted((meta.get("data") or {}).get("sha256", {}).items())),
+        )
         if st == "finished":
             try:
                 res = json.loads((run_dir / "results.json").read_text())
-                rec.values = {r: (s or {}).get("test_primary") for r, s in res["selections"].items()}
+                rec.values = {
+                    r: (s or {}).get("test_primary") for r, s in res["selections"].items()
+                }
                 rec.values = {**replayed(run_dir, cfg.dataset, exclude=rec.values), **rec.values}
                 rec.metric = res.get("primary_metric")
             except (ValueError, KeyError, TypeError):
@@ -114,9 +134,13 @@ def read(root: Path) -> list[Cell]:
             cfg = TrainConfig.from_dict(identity)
             if cfg.config_hash() not in seen:
                 seen.add(cfg.config_hash())
-                cell_for(identity).records.append(Record(identity["seed"], "missing", 0, total_steps(cfg)))
+                cell_for(identity).records.append(
+                    Record(identity["seed"], "missing", 0, total_steps(cfg))
+                )
     if not cells:
-        raise UserError(f"no runs under {root} (a run directory holds config.json; a sweep folder holds {PLAN_FILE})")
+        raise UserError(
+            f"no runs under {root} (a run directory holds config.json; a sweep folder holds {PLAN_FILE})"
+        )
     _label_variants(list(cells.values()))
     return _with_paper_cells(list(cells.values()))
 
@@ -132,7 +156,11 @@ def replayed(run_dir: Path, dataset: str, exclude=()) -> dict[str, float]:
     if not names:
         return {}
     try:
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+        records = [
+            json.loads(line)
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if line
+        ]
     except (OSError, ValueError):
         return {}
     chosen = picks([r for r in records if r.get("kind") == "eval"], dataset, names)
@@ -145,11 +173,20 @@ def _label_variants(cells: list[Cell]) -> None:
         if c.preset is not None:
             ref = TrainConfig.from_dict(c.preset.config).identity()
         else:
-            siblings = [o for o in cells if (o.dataset, o.percent, o.method) == (c.dataset, c.percent, c.method) and o is not c]
+            siblings = [
+                o
+                for o in cells
+                if (o.dataset, o.percent, o.method) == (c.dataset, c.percent, c.method)
+                and o is not c
+            ]
             if not siblings:
                 continue
             ref = siblings[0].identity
-        diff = [f"{k}={c.identity[k]}" for k in sorted(c.identity) if k not in NOT_A_VARIANT and c.identity[k] != ref.get(k)]
+        diff = [
+            f"{k}={c.identity[k]}"
+            for k in sorted(c.identity)
+            if k not in NOT_A_VARIANT and c.identity[k] != ref.get(k)
+        ]
         c.variant = ", ".join(diff)
 
 
@@ -159,8 +196,14 @@ def _with_paper_cells(cells: list[Cell]) -> list[Cell]:
     present = {(c.dataset, c.percent, c.method) for c in cells}
     datasets, methods = {c.dataset for c in cells}, {c.method for c in cells}
     for p in PRESETS.values():
-        if p.dataset in datasets and p.method in methods and (p.dataset, p.percent, p.method) not in present:
-            cells.append(Cell(p.dataset, p.percent, p.method, TrainConfig.from_dict(p.config).identity()))
+        if (
+            p.dataset in datasets
+            and p.method in methods
+            and (p.dataset, p.percent, p.method) not in present
+        ):
+            cells.append(
+                Cell(p.dataset, p.percent, p.method, TrainConfig.from_dict(p.config).identity())
+            )
 
     def order(c: Cell):
         ds = list(RATIOS).index(c.dataset) if c.dataset in RATIOS else len(RATIOS)
@@ -201,10 +244,15 @@ def _runs_note(c: Cell) -> str:
         if not recs:
             continue
         if st in ("unfinished", "failed"):
-            steps = ", ".join(f"seed {r.seed} at step {r.step:,}/{r.num_steps:,}" for r in sorted(recs, key=lambda r: r.seed))
+            steps = ", ".join(
+                f"seed {r.seed} at step {r.step:,}/{r.num_steps:,}"
+                for r in sorted(recs, key=lambda r: r.seed)
+            )
             parts.append(f"{len(recs)} {st} ({steps})")
         elif st == "missing":
-            parts.append(f"{len(recs)} not started (seed {', '.join(str(r.seed) for r in sorted(recs, key=lambda r: r.seed))})")
+            parts.append(
+                f"{len(recs)} not started (seed {', '.join(str(r.seed) for r in sorted(recs, key=lambda r: r.seed))})"
+            )
         else:
             parts.append(f"{len(recs)} finished")
     return "; ".join(parts)
@@ -213,13 +261,28 @@ def _runs_note(c: Cell) -> str:
 def rows(cells: list[Cell], rule: str) -> list[Row]:
     out = []
     for c in cells:
-        done = sorted((r for r in c.records if r.status == "finished" and r.values.get(rule) is not None), key=lambda r: r.seed)
+        done = sorted(
+            (r for r in c.records if r.status == "finished" and r.values.get(rule) is not None),
+            key=lambda r: r.seed,
+        )
         vals = [100 * r.values[rule] for r in done]
         p = c.preset
-        out.append(Row(c.dataset, c.percent or "-", c.method, c.variant,
-                       statistics.fmean(vals) if vals else None, statistics.stdev(vals) if len(vals) > 1 else None,
-                       len(vals), [r.seed for r in done], p.paper_mean if p else None, p.paper_std if p else None,
-                       _runs_note(c), len({r.data_sha for r in done}) > 1))
+        out.append(
+            Row(
+                c.dataset,
+                c.percent or "-",
+                c.method,
+                c.variant,
+                statistics.fmean(vals) if vals else None,
+                statistics.stdev(vals) if len(vals) > 1 else None,
+                len(vals),
+                [r.seed for r in done],
+                p.paper_mean if p else None,
+                p.paper_std if p else None,
+                _runs_note(c),
+                len({r.data_sha for r in done}) > 1,
+            )
+        )
     return out
 
 
@@ -234,7 +297,11 @@ def _signed(v) -> str:
 
 
 def _method(r: Row) -> str:
-    return r.method + (" †" if _uses_bias_labels(r.method) else "") + (f" ({r.variant})" if r.variant else "")
+    return (
+        r.method
+        + (" †" if _uses_bias_labels(r.method) else "")
+        + (f" ({r.variant})" if r.variant else "")
+    )
 
 
 def _uses_bias_labels(method: str) -> bool:
@@ -249,8 +316,10 @@ def _sources(cells: list[Cell]) -> str:
     return PAPER_SOURCE + "".join(f"; {m}: {LATER_SOURCES[m]}" for m in later)
 
 
-BIAS_LABEL_NOTE = ("† trains on the bias labels of its training split (an upper-bound reference, not comparable with "
-                   "the label-free methods).")
+BIAS_LABEL_NOTE = (
+    "† trains on the bias labels of its training split (an upper-bound reference, not comparable with "
+    "the label-free methods)."
+)
 
 
 def data_lines(cells: list[Cell]) -> list[str]:
@@ -263,7 +332,11 @@ def data_lines(cells: list[Cell]) -> list[str]:
     lines = []
     for (ds, pct), shas in sorted(found.items()):
         for sha in sorted(shas):
-            lines.append(f"{ds} {pct}".strip() + ": " + ", ".join(f"{split} sha256 {h[:16]}" for split, h in sha))
+            lines.append(
+                f"{ds} {pct}".strip()
+                + ": "
+                + ", ".join(f"{split} sha256 {h[:16]}" for split, h in sha)
+            )
     return lines
 
 
@@ -271,26 +344,38 @@ def render(cells: list[Cell], fmt: str = "markdown", rules: list[str] | None = N
     rules = rules or list(TABLE_RULES)
     for r in rules:
         if r not in SELECTION_RULES:
-            raise UserError(f"unknown selection rule {r!r}; choose from {', '.join(SELECTION_RULES)}")
-    metrics = sorted({r.metric for c in cells for r in c.records if r.metric}) or \
-        sorted({f"{c.preset.metric} accuracy" for c in cells if c.preset})
+            raise UserError(
+                f"unknown selection rule {r!r}; choose from {', '.join(SELECTION_RULES)}"
+            )
+    metrics = sorted({r.metric for c in cells for r in c.records if r.metric}) or sorted(
+        {f"{c.preset.metric} accuracy" for c in cells if c.preset}
+    )
     if fmt == "csv":
         return _csv(cells, rules)
     if fmt == "latex":
         return _latex(cells, rules, metrics)
     if fmt != "markdown":
         raise UserError(f"unknown --format {fmt!r}; choose markdown, csv or latex")
-    out = [f"Test metric: {', '.join(metrics) or 'n/a'} (%), mean ± std (sample std over seeds; none with one seed).",
-           f"Paper: {_sources(cells)}; \"ours − paper\" compares different data and selection, see the note of each "
-           "table.", ""]
+    out = [
+        f"Test metric: {', '.join(metrics) or 'n/a'} (%), mean ± std (sample std over seeds; none with one seed).",
+        f'Paper: {_sources(cells)}; "ours − paper" compares different data and selection, see the note of each '
+        "table.",
+        "",
+    ]
     for rule in rules:
-        out += [f"### Selection: {rule} — {RULE_TITLES.get(rule) or SELECTION_RULES[rule]}", "",
-                "| dataset | ratio | method | ours | seeds | paper (own data, best test) | ours − paper | runs |",
-                "|---|---|---|---|---|---|---|---|"]
+        out += [
+            f"### Selection: {rule} — {RULE_TITLES.get(rule) or SELECTION_RULES[rule]}",
+            "",
+            "| dataset | ratio | method | ours | seeds | paper (own data, best test) | ours − paper | runs |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in rows(cells, rule):
             seeds = f"{r.n} ({', '.join(map(str, r.seeds))})" if r.n else "0"
-            out.append(f"| {r.dataset} | {r.ratio} | {_method(r)} | {_pm(r.mean, r.std)}{' ‡' if r.mixed_data else ''} | {seeds} | "
-                       f"{_pm(r.paper_mean, r.paper_std)} | {_signed(r.diff)} | {r.runs} |")
+            out.append(
+                f"| {r.dataset} | {r.ratio} | {_method(r)} | "
+                f"{_pm(r.mean, r.std)}{' ‡' if r.mixed_data else ''} | {seeds} | "
+                f"{_pm(r.paper_mean, r.paper_std)} | {_signed(r.diff)} | {r.runs} |"
+            )
         out.append("")
     if any(r.mixed_data for rule in rules for r in rows(cells, rule)):
         out += ["‡ the seeds of this cell were trained on different data (checksums differ).", ""]
@@ -304,37 +389,94 @@ def render(cells: list[Cell], fmt: str = "markdown", rules: list[str] | None = N
 def _csv(cells: list[Cell], rules: list[str]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["rule", "dataset", "ratio", "method", "variant", "mean", "std", "n", "seeds", "paper_mean", "paper_std",
-                "ours_minus_paper", "runs", "uses_bias_labels"])
-    fmt = (lambda v: "" if v is None else f"{v:.4f}")
+    w.writerow(
+        [
+            "rule",
+            "dataset",
+            "ratio",
+            "method",
+            "variant",
+            "mean",
+            "std",
+            "n",
+            "seeds",
+            "paper_mean",
+            "paper_std",
+            "ours_minus_paper",
+            "runs",
+            "uses_bias_labels",
+        ]
+    )
+
+    def fmt(v):
+        return "" if v is None else f"{v:.4f}"
+
     for rule in rules:
         for r in rows(cells, rule):
-            w.writerow([rule, r.dataset, r.ratio, r.method, r.variant, fmt(r.mean), fmt(r.std), r.n,
-                        " ".join(map(str, r.seeds)), fmt(r.paper_mean), fmt(r.paper_std), fmt(r.diff), r.runs,
-                        int(_uses_bias_labels(r.method))])
+            w.writerow(
+                [
+                    rule,
+                    r.dataset,
+                    r.ratio,
+                    r.method,
+                    r.variant,
+                    fmt(r.mean),
+                    fmt(r.std),
+                    r.n,
+                    " ".join(map(str, r.seeds)),
+                    fmt(r.paper_mean),
+                    fmt(r.paper_std),
+                    fmt(r.diff),
+                    r.runs,
+                    int(_uses_bias_labels(r.method)),
+                ]
+            )
     return buf.getvalue()
 
 
 def _tex(s: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
-                 ("†", r"$^\dagger$")):
+    for a, b in (
+        ("\\", r"\textbackslash{}"),
+        ("_", r"\_"),
+        ("%", r"\%"),
+        ("&", r"\&"),
+        ("#", r"\#"),
+        ("†", r"$^\dagger$"),
+    ):
         s = s.replace(a, b)
     return s
 
 
 def _latex(cells: list[Cell], rules: list[str], metrics: list[str]) -> str:
-    out = ["% debiaslab collect: " + _tex(", ".join(metrics) or "n/a") + " (%), mean $\\pm$ std over seeds",
-           "% paper: " + _tex(PAPER_SOURCE)]
+    out = [
+        "% debiaslab collect: "
+        + _tex(", ".join(metrics) or "n/a")
+        + " (%), mean $\\pm$ std over seeds",
+        "% paper: " + _tex(PAPER_SOURCE),
+    ]
     for rule in rules:
-        out += [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{lllrrrr}", r"\toprule",
-                r"dataset & ratio & method & ours & $n$ & paper & ours $-$ paper \\", r"\midrule"]
+        out += [
+            r"\begin{table}[t]",
+            r"\centering",
+            r"\begin{tabular}{lllrrrr}",
+            r"\toprule",
+            r"dataset & ratio & method & ours & $n$ & paper & ours $-$ paper \\",
+            r"\midrule",
+        ]
         for r in rows(cells, rule):
             ours = _pm(r.mean, r.std).replace("±", r"$\pm$").replace("—", "--")
             paper = _pm(r.paper_mean, r.paper_std).replace("±", r"$\pm$").replace("—", "--")
-            out.append(f"{_tex(r.dataset)} & {_tex(r.ratio)} & {_tex(_method(r))} & {ours} & {r.n} & {paper} & "
-                       f"{_signed(r.diff).replace('—', '--')} \\\\")
-        out += [r"\bottomrule", r"\end{tabular}", f"\\caption{{Selection: {_tex(rule)} --- {_tex(RULE_TITLES.get(rule) or SELECTION_RULES[rule])}.}}",
-                r"\end{table}", ""]
+            out.append(
+                f"{_tex(r.dataset)} & {_tex(r.ratio)} & {_tex(_method(r))} & {ours} & {r.n} & {paper} & "
+                f"{_signed(r.diff).replace('—', '--')} \\\\"
+            )
+        out += [
+            r"\bottomrule",
+            r"\end{tabular}",
+            f"\\caption{{Selection: {_tex(rule)} --- {_tex(RULE_TITLES.get(rule) or SELECTION_RULES[rule])}.}}",
+            r"\end{table}",
+            "",
+        ]
     return "\n".join(out)
 
 
@@ -344,13 +486,19 @@ def cell_means(cells: list[Cell]) -> list[tuple[Cell, dict[str, float], int]]:
     that have both it and the oracle, and the number of finished seeds."""
     out = []
     for c in cells:
-        done = [r for r in c.records if r.status == "finished" and r.values.get("oracle_best_test") is not None]
+        done = [
+            r
+            for r in c.records
+            if r.status == "finished" and r.values.get("oracle_best_test") is not None
+        ]
         if not done:
             continue
         means = {}
         for name in SELECTION_RULES:
             vals = [100 * r.values[name] for r in done if r.values.get(name) is not None]
-            if len(vals) == len(done):  # a mean over fewer seeds than the oracle's would not compare
+            if len(vals) == len(
+                done
+            ):  # a mean over fewer seeds than the oracle's would not compare
                 means[name] = statistics.fmean(vals)
         out.append((c, means, len(done)))
     return out
@@ -364,45 +512,78 @@ def render_gaps(cells: list[Cell]) -> str:
     per_cell = cell_means(cells)
     if not per_cell:
         raise UserError("no finished run to compare selection rules on")
-    runs = [r.values for c in cells for r in c.records
-            if r.status == "finished" and r.values.get("oracle_best_test") is not None]
-    out = ["Primary test metric (%) of each selection minus the oracle's (`oracle_best_test`: the best test "
-           "score of the same run, as papers report); `− last`: minus the raw model's last step. wa_*: the "
-           "weight-averaged model. Over runs: every run that recorded the selection. Over cells: the mean "
-           "over a cell's seeds, for cells where every run recorded it (runs from before weight averaging "
-           "did not).", "",
-           "| selection | reads | runs | mean − oracle | worst run − oracle | mean − last | worst run − last "
-           "| cells | mean − oracle | worst cell − last |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    runs = [
+        r.values
+        for c in cells
+        for r in c.records
+        if r.status == "finished" and r.values.get("oracle_best_test") is not None
+    ]
+    out = [
+        "Primary test metric (%) of each selection minus the oracle's (`oracle_best_test`: the best test "
+        "score of the same run, as papers report); `− last`: minus the raw model's last step. wa_*: the "
+        "weight-averaged model. Over runs: every run that recorded the selection. Over cells: the mean "
+        "over a cell's seeds, for cells where every run recorded it (runs from before weight averaging "
+        "did not).",
+        "",
+        "| selection | reads | runs | mean − oracle | worst run − oracle | mean − last | worst run − last "
+        "| cells | mean − oracle | worst cell − last |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name in SELECTION_RULES:
-        run_gaps = [(100 * (v[name] - v["oracle_best_test"]), 100 * (v[name] - v["last"]))
-                    for v in runs if v.get(name) is not None]
+        run_gaps = [
+            (100 * (v[name] - v["oracle_best_test"]), 100 * (v[name] - v["last"]))
+            for v in runs
+            if v.get(name) is not None
+        ]
         if not run_gaps:
             continue
-        cell_gaps = [(m[name] - m["oracle_best_test"], m[name] - m["last"]) for _, m, _ in per_cell if name in m]
+        cell_gaps = [
+            (m[name] - m["oracle_best_test"], m[name] - m["last"])
+            for _, m, _ in per_cell
+            if name in m
+        ]
         oracle_gap, last_gap = zip(*run_gaps)
         cell_part = "| 0 | — | — |"
         if cell_gaps:
             cell_oracle, cell_last = zip(*cell_gaps)
             cell_part = f"| {len(cell_gaps)} | {statistics.fmean(cell_oracle):+.2f} | {min(cell_last):+.2f} |"
-        out.append(f"| {name} | {base_rule(name).reads} | {len(run_gaps)} | {statistics.fmean(oracle_gap):+.2f} | "
-                   f"{min(oracle_gap):+.2f} | {statistics.fmean(last_gap):+.2f} | {min(last_gap):+.2f} "
-                   + cell_part)
-    shown = [n for n in SELECTION_RULES if n != "oracle_best_test" and any(n in m for _, m, _ in per_cell)]
-    out += ["", "Per cell, each selection minus the oracle (points; the oracle itself in the last column):", "",
-            "| dataset | ratio | method | seeds | " + " | ".join(shown) + " | oracle |",
-            "|---|---|---|---|" + "---|" * (len(shown) + 1)]
+        out.append(
+            f"| {name} | {base_rule(name).reads} | {len(run_gaps)} | {statistics.fmean(oracle_gap):+.2f} | "
+            f"{min(oracle_gap):+.2f} | {statistics.fmean(last_gap):+.2f} | {min(last_gap):+.2f} "
+            + cell_part
+        )
+    shown = [
+        n
+        for n in SELECTION_RULES
+        if n != "oracle_best_test" and any(n in m for _, m, _ in per_cell)
+    ]
+    out += [
+        "",
+        "Per cell, each selection minus the oracle (points; the oracle itself in the last column):",
+        "",
+        "| dataset | ratio | method | seeds | " + " | ".join(shown) + " | oracle |",
+        "|---|---|---|---|" + "---|" * (len(shown) + 1),
+    ]
     for c, m, n in per_cell:
         row = [_signed(m[s] - m["oracle_best_test"]) if s in m else "—" for s in shown]
-        label = c.method + (" †" if _uses_bias_labels(c.method) else "") + (f" ({c.variant})" if c.variant else "")
-        out.append(f"| {c.dataset} | {c.percent or '-'} | {label} | {n} | " + " | ".join(row) +
-                   f" | {m['oracle_best_test']:.2f} |")
+        label = (
+            c.method
+            + (" †" if _uses_bias_labels(c.method) else "")
+            + (f" ({c.variant})" if c.variant else "")
+        )
+        out.append(
+            f"| {c.dataset} | {c.percent or '-'} | {label} | {n} | "
+            + " | ".join(row)
+            + f" | {m['oracle_best_test']:.2f} |"
+        )
     if any(_uses_bias_labels(c.method) for c, _, _ in per_cell):
         out += ["", BIAS_LABEL_NOTE]
     return "\n".join(out) + "\n"
 
 
-def collect(root: str, fmt: str = "markdown", rules: list[str] | None = None, gaps: bool = False) -> str:
+def collect(
+    root: str, fmt: str = "markdown", rules: list[str] | None = None, gaps: bool = False
+) -> str:
     path = Path(root)
     if gaps:
         return render_gaps(read(path))
@@ -420,9 +601,11 @@ def update_block(doc: Path, table: str) -> str:
         raise UserError(f"cannot read {doc}: {e.strerror}") from None
     start, end = text.find(BEGIN), text.find(END)
     if start < 0 or end < start:
-        raise UserError(f"{doc} has no '<!-- collect:begin -->' ... '<!-- collect:end -->' block (each marker on its own "
-                        "line) to replace; add one where the table goes")
-    return text[:start + len(BEGIN)] + table + text[end:]
+        raise UserError(
+            f"{doc} has no '<!-- collect:begin -->' ... '<!-- collect:end -->' block (each marker on its own "
+            "line) to replace; add one where the table goes"
+        )
+    return text[: start + len(BEGIN)] + table + text[end:]
 
 
 __all__ = ["collect", "read", "render", "render_gaps", "rows", "update_block"]

@@ -1,4 +1,5 @@
 """The resolved configuration of a training run and the per-dataset defaults of the paper."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,25 +11,67 @@ CIFAR_STD = (0.2023, 0.1994, 0.2010)
 # The paper's per-dataset settings (algorithms.md): model, batch size, image size, normalisation,
 # train-time augmentation, and the Vanilla learning rate (also the LfF default).
 # Pixel scaling: the reference divided CMNIST pixels by 255 twice.
-INPUT_SCALES = {"unit": 1.0 / 255.0, "reference": 1.0 / 255.0 ** 2}
+INPUT_SCALES = {"unit": 1.0 / 255.0, "reference": 1.0 / 255.0**2}
 DATASET_DEFAULTS = {
     # CMNIST keeps the reference's pixel scaling (x/255/255): measured here, DisEnt at 0.5pct ends
     # ~15 points lower with x/255 under the paper's hyper-parameters (see README).
-    "cmnist": dict(model="mlp", batch_size=256, lr=0.01, image_size=None, normalize=False, augment=False,
-                   input_scale="reference"),
-    "cifar10c": dict(model="resnet18", batch_size=256, lr=0.001, image_size=32, normalize=True, augment=True,
-                     input_scale="unit"),
-    "bffhq": dict(model="resnet18", batch_size=64, lr=0.0001, image_size=224, normalize=True, augment=True,
-                  input_scale="unit"),
+    "cmnist": dict(
+        model="mlp",
+        batch_size=256,
+        lr=0.01,
+        image_size=None,
+        normalize=False,
+        augment=False,
+        input_scale="reference",
+    ),
+    "cifar10c": dict(
+        model="resnet18",
+        batch_size=256,
+        lr=0.001,
+        image_size=32,
+        normalize=True,
+        augment=True,
+        input_scale="unit",
+    ),
+    "bffhq": dict(
+        model="resnet18",
+        batch_size=64,
+        lr=0.0001,
+        image_size=224,
+        normalize=True,
+        augment=True,
+        input_scale="unit",
+    ),
     # BAR: images of many sizes, resized once to 224; the BFFHQ recipe (no paper setting exists for DisEnt on BAR)
-    "bar": dict(model="resnet18", batch_size=64, lr=0.0001, image_size=224, normalize=True, augment=True,
-                input_scale="unit"),
+    "bar": dict(
+        model="resnet18",
+        batch_size=64,
+        lr=0.0001,
+        image_size=224,
+        normalize=True,
+        augment=True,
+        input_scale="unit",
+    ),
 }
 # Fields that say how a run is executed or observed, not what it computes: they may change between a
 # run and its resume, and they do not enter the config hash.
-RUNTIME_FIELDS = frozenset({"progress", "overwrite", "resume", "tensorboard", "wandb", "wandb_project", "device",
-                            "eval_batch_size", "keep_checkpoints", "best_checkpoints", "on_nonfinite",
-                            "compile", "cuda_graph"})
+RUNTIME_FIELDS = frozenset(
+    {
+        "progress",
+        "overwrite",
+        "resume",
+        "tensorboard",
+        "wandb",
+        "wandb_project",
+        "device",
+        "eval_batch_size",
+        "keep_checkpoints",
+        "best_checkpoints",
+        "on_nonfinite",
+        "compile",
+        "cuda_graph",
+    }
+)
 # Where a run is written; the hash names that place, so it cannot depend on it.
 LOCATION_FIELDS = frozenset({"log_dir", "exp"})
 # The hyper-parameters of one method each, and their defaults (algorithms.md; the presets and
@@ -43,12 +86,22 @@ METHOD_DEFAULTS = {
     "disent_be": dict(be_num_models=5, be_steps=1000, be_tau=0.99, be_agreement=3),
     # DeNetDM: the authors' Adam lr 1e-3 / weight decay 1e-3 of stage 1 (CMNIST, C-CIFAR10), T 2,
     # distillation weight 1; the branches' architectures follow --model (methods/denetdm.py)
-    "denetdm": dict(denetdm_stage1_steps=10_000, denetdm_stage1_lr=0.001, denetdm_stage1_weight_decay=0.001,
-                    denetdm_temperature=2.0, denetdm_distill_weight=1.0, denetdm_deep=None, denetdm_shallow=None),
+    "denetdm": dict(
+        denetdm_stage1_steps=10_000,
+        denetdm_stage1_lr=0.001,
+        denetdm_stage1_weight_decay=0.001,
+        denetdm_temperature=2.0,
+        denetdm_distill_weight=1.0,
+        denetdm_deep=None,
+        denetdm_shallow=None,
+    ),
 }
 # field -> the methods it is a setting of
-METHOD_FIELDS = {name: tuple(m for m, own in METHOD_DEFAULTS.items() if name in own)
-                 for fields in METHOD_DEFAULTS.values() for name in fields}
+METHOD_FIELDS = {
+    name: tuple(m for m, own in METHOD_DEFAULTS.items() if name in own)
+    for fields in METHOD_DEFAULTS.values()
+    for name in fields
+}
 # Fields left out of the identity where they are None (they apply to some datasets or methods
 # only, or None means their default), so adding one does not change the hash of the other runs.
 DATASET_SPECIFIC_FIELDS = frozenset({"palette", "wa_decay", "wa_start"}) | frozenset(METHOD_FIELDS)
@@ -56,8 +109,15 @@ DATASET_SPECIFIC_FIELDS = frozenset({"palette", "wa_decay", "wa_start"}) | froze
 PALETTE_CHOICES = ("disent", "lff", "any")
 COLORED_DATASETS = ("cmnist", "colored_digits")
 
-GENERIC_DEFAULTS = dict(model="resnet18", batch_size=64, lr=0.001, image_size=None, normalize=True, augment=False,
-                        input_scale="unit")
+GENERIC_DEFAULTS = dict(
+    model="resnet18",
+    batch_size=64,
+    lr=0.001,
+    image_size=None,
+    normalize=True,
+    augment=False,
+    input_scale="unit",
+)
 
 
 @dataclass
@@ -68,8 +128,12 @@ class TrainConfig:
     method: str = "vanilla"
     model: str | None = None
     data_dir: str = "dataset"
-    corruption_type: int = 0  # cifar10c only: 0 reads <data_dir>/cifar10c, 1 reads <data_dir>/cifar10c_type1
-    palette: str | None = None  # cmnist only: the colours the data must have (default disent, the paper's data)
+    corruption_type: int = (
+        0  # cifar10c only: 0 reads <data_dir>/cifar10c, 1 reads <data_dir>/cifar10c_type1
+    )
+    palette: str | None = (
+        None  # cmnist only: the colours the data must have (default disent, the paper's data)
+    )
     manifest: str | None = None  # a user dataset: CSV with path, target[, bias][, split]
     image_folder: str | None = None  # a user dataset: <dir>/train|valid|test/<class>/<image>
     log_dir: str = "log"
@@ -118,14 +182,20 @@ class TrainConfig:
     denetdm_deep: str | None = None
     denetdm_shallow: str | None = None
     # inputs
-    input_scale: str | None = None  # "unit": pixels / 255; "reference": pixels / 255 / 255 (the reference's CMNIST)
+    input_scale: str | None = (
+        None  # "unit": pixels / 255; "reference": pixels / 255 / 255 (the reference's CMNIST)
+    )
     image_size: int | None = None
     normalize: bool | None = None
     augment: bool | None = None
     amp: bool = True  # bf16 autocast, on CUDA only
     channels_last: bool = True  # channels_last memory format for convolutional models, on CUDA only
-    compile: bool | None = None  # torch.compile the step; None: where measured faster (train.COMPILE_DEFAULT)
-    cuda_graph: bool | None = None  # replay the step as CUDA graphs; None: on CUDA unless --no-compile
+    compile: bool | None = (
+        None  # torch.compile the step; None: where measured faster (train.COMPILE_DEFAULT)
+    )
+    cuda_graph: bool | None = (
+        None  # replay the step as CUDA graphs; None: on CUDA unless --no-compile
+    )
     # weight averaging (averaging.py): the EMA decay (None: averaging.DEFAULT_DECAY; 0: off) and
     # the main-stage step it starts at (None: the method's default, DisEnt's curr_step, else 0)
     wa_decay: float | None = None
@@ -141,26 +211,33 @@ class TrainConfig:
     progress: bool = True
     overwrite: bool = False
     resume: bool = False  # continue an unfinished run (also automatic); with it, --num_steps may grow a finished one
-    keep_checkpoints: int = 1  # full checkpoints kept: checkpoint_last.pt plus k - 1 older checkpoint_step<N>.pt
+    keep_checkpoints: int = (
+        1  # full checkpoints kept: checkpoint_last.pt plus k - 1 older checkpoint_step<N>.pt
+    )
     best_checkpoints: bool = True  # keep checkpoint_<rule>.pt, the models each selection rule picks
     on_nonfinite: str = "stop"  # a NaN / inf loss: "stop" the run, or "skip" the step
     extra: dict = field(default_factory=dict)
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         """Fill every ``None`` from the dataset defaults (an explicit value always wins)."""
         defaults = DATASET_DEFAULTS.get(self.dataset, GENERIC_DEFAULTS)
         changes = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         cfg = dataclasses.replace(self, **changes)
         if cfg.palette is None and cfg.uses_palette():
             cfg = dataclasses.replace(cfg, palette="disent")
-        own = {k: v for k, v in METHOD_DEFAULTS.get(cfg.method, {}).items() if getattr(cfg, k) is None}
+        own = {
+            k: v for k, v in METHOD_DEFAULTS.get(cfg.method, {}).items() if getattr(cfg, k) is None
+        }
         cfg = dataclasses.replace(cfg, **own)
         if cfg.method == "denetdm" and None in (cfg.denetdm_deep, cfg.denetdm_shallow):
             from debiaslab.methods.denetdm import default_branches
 
             deep, shallow = default_branches(cfg.model, cfg.dataset)
-            cfg = dataclasses.replace(cfg, denetdm_deep=cfg.denetdm_deep or deep,
-                                      denetdm_shallow=cfg.denetdm_shallow or shallow)
+            cfg = dataclasses.replace(
+                cfg,
+                denetdm_deep=cfg.denetdm_deep or deep,
+                denetdm_shallow=cfg.denetdm_shallow or shallow,
+            )
         if cfg.save_freq is None:
             cfg = dataclasses.replace(cfg, save_freq=cfg.valid_freq)
         return cfg
@@ -169,12 +246,12 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
     @classmethod
-    def from_saved(cls, d: dict) -> "TrainConfig":
+    def from_saved(cls, d: dict) -> TrainConfig:
         """The config a run directory recorded. Runs saved before ``palette`` existed all trained on
         LfF's palette (the only one then), so a Colored MNIST config without it means ``lff``."""
         if d.get("dataset") in COLORED_DATASETS and "palette" not in d:
@@ -185,9 +262,15 @@ class TrainConfig:
         """What the run computes: the resolved config without runtime and location fields."""
         d = self.resolved().to_dict()
         floats = {f.name for f in dataclasses.fields(self) if str(f.type).startswith("float")}
-        return {k: float(d[k]) if k in floats and isinstance(d[k], int) and not isinstance(d[k], bool) else d[k]
-                for k in sorted(d) if k not in RUNTIME_FIELDS and k not in LOCATION_FIELDS
-                and not (k in DATASET_SPECIFIC_FIELDS and d[k] is None)}
+        return {
+            k: float(d[k])
+            if k in floats and isinstance(d[k], int) and not isinstance(d[k], bool)
+            else d[k]
+            for k in sorted(d)
+            if k not in RUNTIME_FIELDS
+            and k not in LOCATION_FIELDS
+            and not (k in DATASET_SPECIFIC_FIELDS and d[k] is None)
+        }
 
     def config_hash(self, length: int = 10) -> str:
         """A short sha256 of :meth:`identity`: same config -> same hash, any change -> another."""
@@ -220,7 +303,15 @@ class TrainConfig:
         from debiaslab.methods.losses import GCE_FORMS
         from debiaslab.models import MODELS
 
-        positive_int = ("num_steps", "batch_size", "valid_freq", "log_freq", "save_freq", "lr_decay_step", "eval_batch_size")
+        positive_int = (
+            "num_steps",
+            "batch_size",
+            "valid_freq",
+            "log_freq",
+            "save_freq",
+            "lr_decay_step",
+            "eval_batch_size",
+        )
         for name in positive_int:
             v = getattr(self, name)
             if v is not None and v <= 0:
@@ -230,8 +321,10 @@ class TrainConfig:
         for name in ("exp", "dataset"):
             value = getattr(self, name)
             if not value or value in (".", "..") or "/" in value or "\\" in value:
-                raise UserError(f"--{name} {value!r} must be a plain name (it names a folder under --log_dir), "
-                                "without '/' and not '.' or '..'")
+                raise UserError(
+                    f"--{name} {value!r} must be a plain name (it names a folder under --log_dir), "
+                    "without '/' and not '.' or '..'"
+                )
         for name in ("lambda_swap", "lambda_dis_align", "lambda_swap_align"):
             if not 0 <= getattr(self, name) < float("inf"):
                 raise UserError(f"--{name} must be a finite number >= 0, got {getattr(self, name)}")
@@ -250,17 +343,25 @@ class TrainConfig:
         if self.model is not None and self.model.lower() not in MODELS:
             raise UserError(f"unknown --model {self.model!r}; choose one of {', '.join(MODELS)}")
         if self.input_scale is not None and self.input_scale not in INPUT_SCALES:
-            raise UserError(f"--input_scale must be one of {', '.join(INPUT_SCALES)}, got {self.input_scale!r}")
+            raise UserError(
+                f"--input_scale must be one of {', '.join(INPUT_SCALES)}, got {self.input_scale!r}"
+            )
         if self.image_size is not None and self.image_size <= 0:
             raise UserError(f"--image_size must be a positive integer, got {self.image_size}")
         if self.manifest and self.image_folder:
             raise UserError("pass either --manifest or --image_folder, not both")
         if self.palette is not None and self.palette not in PALETTE_CHOICES:
-            raise UserError(f"--palette must be one of {', '.join(PALETTE_CHOICES)}, got {self.palette!r}")
+            raise UserError(
+                f"--palette must be one of {', '.join(PALETTE_CHOICES)}, got {self.palette!r}"
+            )
         if self.palette is not None and not self.uses_palette():
-            raise UserError(f"--palette applies to Colored MNIST only, not to {self.data_label()}; drop it")
+            raise UserError(
+                f"--palette applies to Colored MNIST only, not to {self.data_label()}; drop it"
+            )
         if self.wa_decay is not None and not 0 <= self.wa_decay < 1:
-            raise UserError(f"--wa_decay must be in [0, 1) (0 turns weight averaging off), got {self.wa_decay}")
+            raise UserError(
+                f"--wa_decay must be in [0, 1) (0 turns weight averaging off), got {self.wa_decay}"
+            )
         if self.wa_start is not None and self.wa_start < 0:
             raise UserError(f"--wa_start must be a step >= 0, got {self.wa_start}")
         if self.keep_checkpoints < 1:
@@ -269,7 +370,9 @@ class TrainConfig:
             raise UserError(f"--on_nonfinite must be stop or skip, got {self.on_nonfinite!r}")
         for name, methods in METHOD_FIELDS.items():
             if getattr(self, name) is not None and self.method not in methods:
-                raise UserError(f"--{name} is a setting of {' and '.join(methods)}, not of {self.method}; drop it")
+                raise UserError(
+                    f"--{name} is a setting of {' and '.join(methods)}, not of {self.method}; drop it"
+                )
         for name in ("jtt_steps", "jtt_upweight"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"--{name} must be a positive integer, got {getattr(self, name)}")
@@ -283,20 +386,31 @@ class TrainConfig:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"--{name} must be a positive integer, got {getattr(self, name)}")
         if self.be_tau is not None and not 0 <= self.be_tau < 1:
-            raise UserError(f"--be_tau must be in [0, 1) (a probability a sample's class must exceed), got {self.be_tau}")
-        if None not in (self.be_agreement, self.be_num_models) and self.be_agreement > self.be_num_models:
-            raise UserError(f"--be_agreement {self.be_agreement} is more than --be_num_models {self.be_num_models}: "
-                            "no sample could be selected; lower it or train more models")
+            raise UserError(
+                f"--be_tau must be in [0, 1) (a probability a sample's class must exceed), got {self.be_tau}"
+            )
+        if (
+            None not in (self.be_agreement, self.be_num_models)
+            and self.be_agreement > self.be_num_models
+        ):
+            raise UserError(
+                f"--be_agreement {self.be_agreement} is more than --be_num_models {self.be_num_models}: "
+                "no sample could be selected; lower it or train more models"
+            )
         self._validate_denetdm()
         if self.gce_form not in GCE_FORMS:
-            raise UserError(f"--gce_form must be one of {', '.join(GCE_FORMS)}, got {self.gce_form!r}")
+            raise UserError(
+                f"--gce_form must be one of {', '.join(GCE_FORMS)}, got {self.gce_form!r}"
+            )
 
     def _validate_denetdm(self) -> None:
         from debiaslab import UserError
         from debiaslab.models import MODELS
 
         if self.denetdm_stage1_steps is not None and self.denetdm_stage1_steps < 1:
-            raise UserError(f"--denetdm_stage1_steps must be a positive integer, got {self.denetdm_stage1_steps}")
+            raise UserError(
+                f"--denetdm_stage1_steps must be a positive integer, got {self.denetdm_stage1_steps}"
+            )
         for name in ("denetdm_stage1_lr", "denetdm_temperature"):
             value = getattr(self, name)
             if value is not None and not 0 < value < float("inf"):
@@ -308,10 +422,17 @@ class TrainConfig:
         for name in ("denetdm_deep", "denetdm_shallow"):
             value = getattr(self, name)
             if value is not None and value not in MODELS:
-                raise UserError(f"--{name} {value!r} is not a model; choose one of {', '.join(MODELS)}")
+                raise UserError(
+                    f"--{name} {value!r} is not a model; choose one of {', '.join(MODELS)}"
+                )
         if None not in (self.denetdm_deep, self.denetdm_shallow):
-            deep, shallow = (MODELS[name](num_classes=2).feature_dim for name in (self.denetdm_deep, self.denetdm_shallow))
+            deep, shallow = (
+                MODELS[name](num_classes=2).feature_dim
+                for name in (self.denetdm_deep, self.denetdm_shallow)
+            )
             if deep != shallow:
-                raise UserError(f"DeNetDM's branches share one classifier, so their features must have one size: "
-                                f"--denetdm_deep {self.denetdm_deep} has {deep}, --denetdm_shallow "
-                                f"{self.denetdm_shallow} has {shallow}; pick branches of equal feature size")
+                raise UserError(
+                    f"DeNetDM's branches share one classifier, so their features must have one size: "
+                    f"--denetdm_deep {self.denetdm_deep} has {deep}, --denetdm_shallow "
+                    f"{self.denetdm_shallow} has {shallow}; pick branches of equal feature size"
+                )

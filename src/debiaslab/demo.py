@@ -1,4 +1,5 @@
 """``debiaslab demo``: Vanilla vs LfF vs DisEnt on Colored Digits, in a few CPU minutes."""
+
 from __future__ import annotations
 
 from debiaslab.config import TrainConfig
@@ -14,31 +15,74 @@ DEMO_HPARAMS = dict(batch_size=128, valid_freq=250, log_freq=250, input_scale="u
 DEMO_METHOD_HPARAMS = {
     "vanilla": dict(lr=0.001),
     "lff": dict(lr=0.001),
-    "disent": dict(lr=0.002, curr_step=1000, lambda_swap=1.0, lambda_dis_align=10.0, lambda_swap_align=10.0,
-                   use_lr_decay=True, lr_decay_step=1000, lr_gamma=0.5),
+    "disent": dict(
+        lr=0.002,
+        curr_step=1000,
+        lambda_swap=1.0,
+        lambda_dis_align=10.0,
+        lambda_swap_align=10.0,
+        use_lr_decay=True,
+        lr_decay_step=1000,
+        lr_gamma=0.5,
+    ),
 }
 
 
-def demo_config(method: str, num_steps: int, percent: float, seed: int, log_dir: str, device: str, progress: bool) -> TrainConfig:
-    return TrainConfig(dataset="colored_digits", percent=f"{percent:g}pct", method=method, model="mlp", log_dir=log_dir,
-                       exp=f"demo_{method}", seed=seed, device=device, num_steps=num_steps, normalize=False, augment=False,
-                       progress=progress, overwrite=True, **DEMO_HPARAMS, **DEMO_METHOD_HPARAMS[method])
+def demo_config(
+    method: str,
+    num_steps: int,
+    percent: float,
+    seed: int,
+    log_dir: str,
+    device: str,
+    progress: bool,
+) -> TrainConfig:
+    return TrainConfig(
+        dataset="colored_digits",
+        percent=f"{percent:g}pct",
+        method=method,
+        model="mlp",
+        log_dir=log_dir,
+        exp=f"demo_{method}",
+        seed=seed,
+        device=device,
+        num_steps=num_steps,
+        normalize=False,
+        augment=False,
+        progress=progress,
+        overwrite=True,
+        **DEMO_HPARAMS,
+        **DEMO_METHOD_HPARAMS[method],
+    )
 
 
-def run_demo(methods, num_steps: int, percent: float, seed: int, log_dir: str, device: str = "auto", progress: bool = True) -> dict:
+def run_demo(
+    methods,
+    num_steps: int,
+    percent: float,
+    seed: int,
+    log_dir: str,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict:
     from debiaslab.train import train
 
     bundle = colored_digits(percent, seed)
     counts = bundle.counts()
-    print(f"Colored Digits ({percent:g}% bias-conflicting): train {counts['train']['n']} "
-          f"({counts['train']['conflicting']} conflicting), valid {counts['valid']['n']}, unbiased test {counts['test']['n']}")
+    print(
+        f"Colored Digits ({percent:g}% bias-conflicting): train {counts['train']['n']} "
+        f"({counts['train']['conflicting']} conflicting), valid {counts['valid']['n']}, unbiased "
+        f"test {counts['test']['n']}"
+    )
     results = {}
     for m in methods:
         cfg = demo_config(m, num_steps, percent, seed, log_dir, device, progress)
         results[m] = train(cfg, bundle=bundle, progress_desc=f"demo {m}")
     print()
     print(demo_table(results))
-    print(f"\nTest accuracy (%) of the last-step model; runs in {log_dir}/colored_digits/demo_<method>.")
+    print(
+        f"\nTest accuracy (%) of the last-step model; runs in {log_dir}/colored_digits/demo_<method>."
+    )
     return results
 
 
@@ -46,5 +90,7 @@ def demo_table(results: dict) -> str:
     lines = [f"{'method':10s} {'aligned':>8s} {'conflicting':>12s} {'unbiased':>9s}"]
     for m, r in results.items():
         t = r["selections"]["last"]["test"]
-        lines.append(f"{m:10s} {100 * t['aligned']:8.2f} {100 * t['conflicting']:12.2f} {100 * t['unbiased']:9.2f}")
+        lines.append(
+            f"{m:10s} {100 * t['aligned']:8.2f} {100 * t['conflicting']:12.2f} {100 * t['unbiased']:9.2f}"
+        )
     return "\n".join(lines)

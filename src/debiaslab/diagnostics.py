@@ -8,6 +8,7 @@
   features (stratified half / half split, standardised features): how much of the label a
   feature carries, linearly.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,28 +26,46 @@ def detector_metrics(w, conflicting, threshold: float = 0.5) -> dict:
     w = np.asarray(torch.as_tensor(w).float().cpu())
     y = np.asarray(torch.as_tensor(conflicting).bool().cpu())
     if y.all() or not y.any():
-        return {"ap": None, "precision": None, "recall": None, "base_rate": float(y.mean()) if len(y) else None}
+        return {
+            "ap": None,
+            "precision": None,
+            "recall": None,
+            "base_rate": float(y.mean()) if len(y) else None,
+        }
     pred = w > threshold
-    return {"ap": float(average_precision_score(y, w)),
-            "precision": float(precision_score(y, pred, zero_division=0)),
-            "recall": float(recall_score(y, pred, zero_division=0)), "base_rate": float(y.mean())}
+    return {
+        "ap": float(average_precision_score(y, w)),
+        "precision": float(precision_score(y, pred, zero_division=0)),
+        "recall": float(recall_score(y, pred, zero_division=0)),
+        "base_rate": float(y.mean()),
+    }
 
 
 def weight_report(w, conflicting) -> dict:
     """How well a per-sample weight W singles out the truly conflicting samples (logged only)."""
     w, conflicting = torch.as_tensor(w).float(), torch.as_tensor(conflicting).bool()
-    return {"mean_aligned": float(w[~conflicting].mean()) if (~conflicting).any() else None,
-            "mean_conflicting": float(w[conflicting].mean()) if conflicting.any() else None,
-            **detector_metrics(w, conflicting)}
+    return {
+        "mean_aligned": float(w[~conflicting].mean()) if (~conflicting).any() else None,
+        "mean_conflicting": float(w[conflicting].mean()) if conflicting.any() else None,
+        **detector_metrics(w, conflicting),
+    }
 
 
 def flagged_report(flagged, conflicting) -> dict:
     """A method's flagged set (its guess of "bias-conflicting") against the true labels: the
     detector metrics and the four counts of flagged / not flagged x conflicting / aligned."""
     flagged, conflicting = torch.as_tensor(flagged).bool(), torch.as_tensor(conflicting).bool()
-    counts = {f"{'flagged' if f else 'unflagged'}_{'conflicting' if c else 'aligned'}":
-              int((flagged == f).logical_and(conflicting == c).sum()) for f in (True, False) for c in (True, False)}
-    return {"flagged_diagnostics": detector_metrics(flagged.float(), conflicting), "flagged_counts": counts}
+    counts = {
+        f"{'flagged' if f else 'unflagged'}_{'conflicting' if c else 'aligned'}": int(
+            (flagged == f).logical_and(conflicting == c).sum()
+        )
+        for f in (True, False)
+        for c in (True, False)
+    }
+    return {
+        "flagged_diagnostics": detector_metrics(flagged.float(), conflicting),
+        "flagged_counts": counts,
+    }
 
 
 def probe_accuracy(features, labels, seed: int = 0) -> float | None:
@@ -73,12 +92,18 @@ def snapshot_steps(num_steps: int, valid_freq: int) -> set[int]:
     return {min(evals, key=lambda s: abs(s - f * num_steps)) for f in SNAPSHOT_FRACTIONS}
 
 
-def save_w_snapshot(run_dir: Path, step: int, w: torch.Tensor, conflicting: torch.Tensor | None) -> None:
+def save_w_snapshot(
+    run_dir: Path, step: int, w: torch.Tensor, conflicting: torch.Tensor | None
+) -> None:
     from debiaslab.io import atomic_torch_save
 
     path = Path(run_dir) / W_SNAPSHOTS
-    blob = torch.load(path, weights_only=True) if path.exists() else {"steps": {}, "conflicting": None}
-    blob["steps"] = {s: v for s, v in blob["steps"].items() if s < step}  # a resumed run rewrites later steps
+    blob = (
+        torch.load(path, weights_only=True) if path.exists() else {"steps": {}, "conflicting": None}
+    )
+    blob["steps"] = {
+        s: v for s, v in blob["steps"].items() if s < step
+    }  # a resumed run rewrites later steps
     blob["steps"][step] = w.detach().to("cpu", torch.float16)
     if conflicting is not None:
         blob["conflicting"] = conflicting.detach().cpu().bool()

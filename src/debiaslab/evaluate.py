@@ -1,4 +1,5 @@
 """Evaluate a saved checkpoint: ours (a run directory or .pt file) or the reference code's."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +9,8 @@ import torch
 from debiaslab import UserError
 from debiaslab.config import TrainConfig
 from debiaslab.methods import METHODS
-from debiaslab.selection import SELECTION_RULES
 from debiaslab.models import DATASET_MODEL, MODELS, build_model
+from debiaslab.selection import SELECTION_RULES
 
 REFERENCE_FILES = {"disent": ("best_model_l.th", "best_model_b.th"), "vanilla": ("best_model.th",)}
 
@@ -18,8 +19,10 @@ def _load(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UserError(f"cannot load checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                        "the file is corrupted or not a PyTorch checkpoint") from None
+        raise UserError(
+            f"cannot load checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            "the file is corrupted or not a PyTorch checkpoint"
+        ) from None
 
 
 def _load_state(model, state: dict, path: Path) -> None:
@@ -27,8 +30,10 @@ def _load_state(model, state: dict, path: Path) -> None:
         model.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).splitlines()[0]
-        raise UserError(f"checkpoint {path} does not fit the {type(model).__name__} of this dataset ({first}); "
-                        "check --dataset / --model") from None
+        raise UserError(
+            f"checkpoint {path} does not fit the {type(model).__name__} of this dataset ({first}); "
+            "check --dataset / --model"
+        ) from None
 
 
 def load_checkpoint(path, dataset: str, select: str = "last", model: str | None = None):
@@ -43,11 +48,15 @@ def load_checkpoint(path, dataset: str, select: str = "last", model: str | None 
                 if all((folder / f).exists() for f in files):
                     return _load_reference(folder, files, method, dataset, model)
         if select not in SELECTION_RULES:
-            raise UserError(f"--select {select!r} is not a rule; choose one of {', '.join(SELECTION_RULES)}")
+            raise UserError(
+                f"--select {select!r} is not a rule; choose one of {', '.join(SELECTION_RULES)}"
+            )
         candidate = path / f"checkpoint_{select}.pt"
         if not candidate.exists():
-            raise UserError(f"{path} holds neither a debiaslab checkpoint for rule '{select}' ({candidate.name}) nor the "
-                            "reference's best_model_l.th + best_model_b.th / best_model.th")
+            raise UserError(
+                f"{path} holds neither a debiaslab checkpoint for rule '{select}' ({candidate.name}) nor the "
+                "reference's best_model_l.th + best_model_b.th / best_model.th"
+            )
         path = candidate
     blob = _load(path)
     if not isinstance(blob, dict) or "config" not in blob:
@@ -58,11 +67,20 @@ def load_checkpoint(path, dataset: str, select: str = "last", model: str | None 
     num_classes = next(iter(states.values()))["fc.weight"].shape[0]
     models = {}
     for name in method_cls.model_names:
-        m = build_model(cfg.model, num_classes, method_cls.head_inputs, _in_shape(states[name], cfg.model))
+        m = build_model(
+            cfg.model, num_classes, method_cls.head_inputs, _in_shape(states[name], cfg.model)
+        )
         _load_state(m, states[name], path)
         models[name] = m.eval()
-    info = {"source": "debiaslab", "path": str(path), "step": blob["step"], "rule": blob.get("rule", "last"),
-            "config": cfg, "input_scale": cfg.input_scale, "num_classes": num_classes}
+    info = {
+        "source": "debiaslab",
+        "path": str(path),
+        "step": blob["step"],
+        "rule": blob.get("rule", "last"),
+        "config": cfg,
+        "input_scale": cfg.input_scale,
+        "num_classes": num_classes,
+    }
     return method_cls, models, info
 
 
@@ -82,7 +100,9 @@ def _load_reference(path: Path, files, method: str, dataset: str, model: str | N
     for name, f in zip(method_cls.model_names, files):
         blob = _load(path / f)
         if not isinstance(blob, dict) or "state_dict" not in blob:
-            raise UserError(f"{path / f} is not a reference checkpoint (expected a dict with 'state_dict')")
+            raise UserError(
+                f"{path / f} is not a reference checkpoint (expected a dict with 'state_dict')"
+            )
         state = blob["state_dict"]
         if "fc.weight" not in state:
             raise UserError(f"{path / f} has no 'fc' layer: not a reference {model} checkpoint")
@@ -92,6 +112,13 @@ def _load_reference(path: Path, files, method: str, dataset: str, model: str | N
         models[name] = m.eval()
         steps = blob.get("steps", steps)
     scale = "reference" if model == "mlp" else "unit"
-    info = {"source": "reference", "path": str(path), "step": steps, "rule": "reference 'best' (selected on test by its authors)",
-            "config": None, "input_scale": scale, "num_classes": num_classes}
+    info = {
+        "source": "reference",
+        "path": str(path),
+        "step": steps,
+        "rule": "reference 'best' (selected on test by its authors)",
+        "config": None,
+        "input_scale": scale,
+        "num_classes": num_classes,
+    }
     return method_cls, models, info

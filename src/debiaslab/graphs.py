@@ -15,9 +15,10 @@ One graph per *shape* of step: the stage and the names of the draws, e.g. DisEnt
 steps of training, on a side stream as capture requires, which also initialises the libraries'
 handles and workspaces), then is captured at the next step and replayed from then on.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -42,7 +43,9 @@ class CudaGraph:
 def on_side_stream(fn: Callable, *args):
     """``fn(*args)`` on a side stream that first waits for the current one, which then waits for
     it: what warm-up before a capture must do (PyTorch's CUDA graph notes)."""
-    if not torch.cuda.is_available() or not any(a.is_cuda for a in args if isinstance(a, torch.Tensor)):
+    if not torch.cuda.is_available() or not any(
+        a.is_cuda for a in args if isinstance(a, torch.Tensor)
+    ):
         return fn(*args)
     side, current = torch.cuda.Stream(), torch.cuda.current_stream()
     side.wait_stream(current)
@@ -61,8 +64,13 @@ class CapturedStep:
     graph's own.
     """
 
-    def __init__(self, step: Callable, key: Callable[[dict], tuple], warmup: int = 3,
-                 graph: Callable = CudaGraph):
+    def __init__(
+        self,
+        step: Callable,
+        key: Callable[[dict], tuple],
+        warmup: int = 3,
+        graph: Callable = CudaGraph,
+    ):
         self.step, self.key, self.warmup, self.make_graph = step, key, warmup, graph
         self.graphs: dict[tuple, object] = {}
         self.eager_steps: dict[tuple, int] = {}

@@ -1,4 +1,5 @@
 """Small file helpers shared by caches, checkpoints and results: every write is atomic."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Where a run's numbers go: a JSON-lines log always, tensorboard and wandb when asked for."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,16 @@ def _flat(prefix: str, d: dict) -> dict:
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, config: dict, tensorboard: bool = False, wandb: bool = False,
-                 wandb_project: str = "debiaslab", name: str | None = None, resume_step: int = 0):
+    def __init__(
+        self,
+        run_dir: Path,
+        config: dict,
+        tensorboard: bool = False,
+        wandb: bool = False,
+        wandb_project: str = "debiaslab",
+        name: str | None = None,
+        resume_step: int = 0,
+    ):
         """``resume_step`` > 0: the run continues from that step; later records (logged before a kill) are dropped."""
         self.path = Path(run_dir) / "metrics.jsonl"
         if resume_step:
@@ -37,7 +46,10 @@ class RunLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+            self.tb = SummaryWriter(
+                log_dir=str(Path(run_dir) / "tensorboard"),
+                purge_step=resume_step + 1 if resume_step else None,
+            )
 
     def _truncate(self, step: int) -> None:
         """Keep the records up to ``step``; a line cut short by a kill is dropped."""
@@ -56,7 +68,9 @@ class RunLogger:
         """``record`` has a ``step`` and a ``kind`` ("train" / "eval"); nested dicts are flattened for tb/wandb."""
         self.file.write(json.dumps(record) + "\n")
         step = record["step"]
-        scalars = _flat(record["kind"], {k: v for k, v in record.items() if k not in ("step", "kind")})
+        scalars = _flat(
+            record["kind"], {k: v for k, v in record.items() if k not in ("step", "kind")}
+        )
         if self.tb is not None:
             for k, v in scalars.items():
                 self.tb.add_scalar(k, v, step)
@@ -76,8 +90,10 @@ def require_wandb():
     try:
         import wandb
     except ImportError:
-        raise UserError("--wandb needs the wandb package, which is not installed: "
-                        "pip install 'debiaslab[wandb]' (or drop --wandb)") from None
+        raise UserError(
+            "--wandb needs the wandb package, which is not installed: "
+            "pip install 'debiaslab[wandb]' (or drop --wandb)"
+        ) from None
     return wandb
 
 
@@ -87,7 +103,9 @@ def start_wandb(run_dir, config: dict, project: str, name: str | None):
     mode = os.environ.get("WANDB_MODE")
     if mode is None:
         netrc = Path.home() / ".netrc"
-        has_key = "WANDB_API_KEY" in os.environ or (netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
+        has_key = "WANDB_API_KEY" in os.environ or (
+            netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+        )
         mode = "online" if has_key else "offline"
     return wandb.init(project=project, name=name, config=config, dir=str(run_dir), mode=mode)
 
@@ -134,8 +152,11 @@ class StepWindow:
         if not flags:
             return []
         applied = torch.stack([f[3] for f in flags]).tolist()
-        return [(step, [n for n, ok in zip(names, finite.tolist()) if not ok])
-                for (step, names, finite, _), ok in zip(flags, applied) if not ok]
+        return [
+            (step, [n for n, ok in zip(names, finite.tolist()) if not ok])
+            for (step, names, finite, _), ok in zip(flags, applied)
+            if not ok
+        ]
 
     def take_means(self) -> dict[str, float] | None:
         """The mean of each term over the applied steps since the last call, or None if none applied."""

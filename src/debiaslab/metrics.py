@@ -10,22 +10,28 @@
   reads no bias label.
 Metrics that need bias labels are ``None`` when the split has none.
 """
+
 from __future__ import annotations
 
 import torch
 
 
-def group_accuracy(correct: torch.Tensor, targets: torch.Tensor, biases: torch.Tensor, num_classes: int):
+def group_accuracy(
+    correct: torch.Tensor, targets: torch.Tensor, biases: torch.Tensor, num_classes: int
+):
     """Per-(target, bias) cell counts and correct counts, each [C, C_bias]."""
     nb = max(num_classes, int(biases.max()) + 1)
     cell = targets * nb + biases
     total = torch.bincount(cell, minlength=num_classes * nb).view(num_classes, nb)
-    hits = torch.bincount(cell, weights=correct.double(), minlength=num_classes * nb).view(num_classes, nb)
+    hits = torch.bincount(cell, weights=correct.double(), minlength=num_classes * nb).view(
+        num_classes, nb
+    )
     return hits, total
 
 
-def cell_mean_accuracy(correct: torch.Tensor, targets: torch.Tensor, groups: torch.Tensor,
-                       num_classes: int) -> tuple[float, float]:
+def cell_mean_accuracy(
+    correct: torch.Tensor, targets: torch.Tensor, groups: torch.Tensor, num_classes: int
+) -> tuple[float, float]:
     """(mean, min) over the (target, group) cells that hold samples of the per-cell accuracy."""
     hits, total = group_accuracy(correct, targets, groups, num_classes)
     filled = total > 0
@@ -33,18 +39,32 @@ def cell_mean_accuracy(correct: torch.Tensor, targets: torch.Tensor, groups: tor
     return float(cell_acc.mean()), float(cell_acc.min())
 
 
-def compute_metrics(preds: torch.Tensor, targets: torch.Tensor, biases: torch.Tensor | None,
-                    num_classes: int, pseudo_biases: torch.Tensor | None = None) -> dict:
+def compute_metrics(
+    preds: torch.Tensor,
+    targets: torch.Tensor,
+    biases: torch.Tensor | None,
+    num_classes: int,
+    pseudo_biases: torch.Tensor | None = None,
+) -> dict:
     """Every metric above; ``pseudo_unbiased`` only where ``pseudo_biases`` are given."""
     preds, targets = preds.cpu(), targets.cpu()
     correct = preds == targets
     n_class = torch.bincount(targets, minlength=num_classes).double()
     hit_class = torch.bincount(targets, weights=correct.double(), minlength=num_classes)
     per_class = [float(h / n) if n > 0 else None for h, n in zip(hit_class, n_class)]
-    out = {"n": len(targets), "accuracy": float(correct.double().mean()), "aligned": None, "conflicting": None,
-           "unbiased": None, "worst_group": None, "per_class": per_class}
+    out = {
+        "n": len(targets),
+        "accuracy": float(correct.double().mean()),
+        "aligned": None,
+        "conflicting": None,
+        "unbiased": None,
+        "worst_group": None,
+        "per_class": per_class,
+    }
     if pseudo_biases is not None:
-        out["pseudo_unbiased"] = cell_mean_accuracy(correct, targets, pseudo_biases.cpu(), num_classes)[0]
+        out["pseudo_unbiased"] = cell_mean_accuracy(
+            correct, targets, pseudo_biases.cpu(), num_classes
+        )[0]
     if biases is None:
         return out
     biases = biases.cpu()
@@ -67,7 +87,7 @@ def predict_split(predict, images: torch.Tensor, prepare, batch_size: int = 2048
     """Predicted classes for a whole uint8 image tensor, evaluated in batches."""
     out = []
     for i in range(0, len(images), batch_size):
-        out.append(predict(prepare(images[i:i + batch_size])).argmax(1))
+        out.append(predict(prepare(images[i : i + batch_size])).argmax(1))
     return torch.cat(out)
 
 

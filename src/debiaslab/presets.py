@@ -7,6 +7,7 @@ The paper's numbers are unbiased test accuracy (BFFHQ: accuracy on its bias-conf
 images), mean ± std over seeds where the paper gives a std, selected by the best TEST accuracy
 during training, on the paper's own data release.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -15,10 +16,15 @@ from dataclasses import dataclass, field
 from debiaslab import UserError
 from debiaslab.config import METHOD_DEFAULTS
 
-PAPER_SOURCE = ("Lee et al. 2021 (DisEnt), Table 1: the paper's own data release, best-test-accuracy checkpoint "
-                "(an oracle selection)")
-RATIOS = {"cmnist": ("0.5pct", "1pct", "2pct", "5pct"), "cifar10c": ("0.5pct", "1pct", "2pct", "5pct"),
-          "bffhq": ("0.5pct",)}
+PAPER_SOURCE = (
+    "Lee et al. 2021 (DisEnt), Table 1: the paper's own data release, best-test-accuracy checkpoint "
+    "(an oracle selection)"
+)
+RATIOS = {
+    "cmnist": ("0.5pct", "1pct", "2pct", "5pct"),
+    "cifar10c": ("0.5pct", "1pct", "2pct", "5pct"),
+    "bffhq": ("0.5pct",),
+}
 METHODS = ("vanilla", "lff", "disent", "jtt", "lc", "groupdro", "denetdm", "lff_be", "disent_be")
 # Where the published number of a later method comes from (../shared/spec/paper-results.md, "Later methods").
 # Each was selected as its paper did: the DisEnt / LC code lineage keeps the best-TEST checkpoint.
@@ -27,8 +33,11 @@ LATER_SOURCES = {
     "jtt": "NeurIPS 2024: DeNetDM, Tables 1-2",
     "lc": "Liu et al., ICLR 2023: LC, Tables 1-2",
     "denetdm": "NeurIPS 2024: DeNetDM, Tables 1-2",
-    **dict.fromkeys(("lff_be", "disent_be"), "Lee et al., AAAI 2023 (BiasEnsemble): its published numbers are not "
-                    "quoted here (its tables were not at hand); settings from the authors' scripts"),
+    **dict.fromkeys(
+        ("lff_be", "disent_be"),
+        "Lee et al., AAAI 2023 (BiasEnsemble): its published numbers are not "
+        "quoted here (its tables were not at hand); settings from the authors' scripts",
+    ),
 }
 # BiasEnsemble's settings are those of the method it plugs into (the authors' scripts pass LfF's and
 # DisEnt's CMNIST flags unchanged) plus its own (config.METHOD_DEFAULTS).
@@ -58,8 +67,11 @@ PAPER = {
     ("cifar10c", "denetdm"): [(38.93, None), (44.20, None), (47.35, None), (56.30, None)],
     ("bffhq", "denetdm"): [(75.7, None)],
     # BiasEnsemble was evaluated on CMNIST and BFFHQ (and BAR, Dogs & Cats); numbers not at hand
-    **{(dataset, method): [(None, None)] * len(RATIOS[dataset])
-       for dataset in ("cmnist", "bffhq") for method in ("lff_be", "disent_be")},
+    **{
+        (dataset, method): [(None, None)] * len(RATIOS[dataset])
+        for dataset in ("cmnist", "bffhq")
+        for method in ("lff_be", "disent_be")
+    },
 }
 
 # The reference code run unchanged on data built by debiaslab's CMNIST builder (paper-results.md):
@@ -112,9 +124,17 @@ class Preset:
         return METHOD_CLASSES[self.method].uses_bias_labels
 
     def describe(self) -> str:
-        paper = "—" if self.paper_mean is None else \
-            f"{self.paper_mean:.2f}" + (f" ± {self.paper_std:.2f}" if self.paper_std is not None else "")
-        flags = " ".join(f"--{k}={v}" for k, v in self.config.items() if k not in ("dataset", "percent", "method"))
+        paper = (
+            "—"
+            if self.paper_mean is None
+            else f"{self.paper_mean:.2f}"
+            + (f" ± {self.paper_std:.2f}" if self.paper_std is not None else "")
+        )
+        flags = " ".join(
+            f"--{k}={v}"
+            for k, v in self.config.items()
+            if k not in ("dataset", "percent", "method")
+        )
         marker = " [trains on bias labels]" if self.uses_bias_labels else ""
         return f"{self.name:28s} paper {paper:14s} {flags}{marker}"
 
@@ -124,20 +144,52 @@ def _config(dataset: str, percent: str, method: str) -> dict:
     JTT and GroupDRO, so they take the dataset's Vanilla recipe (lr, batch, 50,000 steps) and their
     methods' defaults (config.METHOD_DEFAULTS), chosen before any run and never by test accuracy."""
     if method in BE_BASE:
-        return {**_config(dataset, percent, BE_BASE[method]), "method": method, **METHOD_DEFAULTS[method]}
-    cfg = dict(dataset=dataset, percent=percent, method=method, num_steps=50_000, batch_size=BATCH[dataset],
-               lr=LR[dataset], weight_decay=0.0, q=0.7, ema_alpha=0.7)
+        return {
+            **_config(dataset, percent, BE_BASE[method]),
+            "method": method,
+            **METHOD_DEFAULTS[method],
+        }
+    cfg = dict(
+        dataset=dataset,
+        percent=percent,
+        method=method,
+        num_steps=50_000,
+        batch_size=BATCH[dataset],
+        lr=LR[dataset],
+        weight_decay=0.0,
+        q=0.7,
+        ema_alpha=0.7,
+    )
     cfg.update({k: v for k, v in METHOD_DEFAULTS.get(method, {}).items() if v is not None})
     if method == "disent":
-        lr, swap, dis_align, swap_align, gamma = DISENT.get((dataset, percent)) or DISENT[(dataset, None)]
-        cfg.update(lr=lr, curr_step=10_000, lambda_swap=swap, lambda_dis_align=dis_align, lambda_swap_align=swap_align,
-                   use_lr_decay=True, lr_decay_step=10_000, lr_gamma=gamma)
+        lr, swap, dis_align, swap_align, gamma = (
+            DISENT.get((dataset, percent)) or DISENT[(dataset, None)]
+        )
+        cfg.update(
+            lr=lr,
+            curr_step=10_000,
+            lambda_swap=swap,
+            lambda_dis_align=dis_align,
+            lambda_swap_align=swap_align,
+            use_lr_decay=True,
+            lr_decay_step=10_000,
+            lr_gamma=gamma,
+        )
     if method == "denetdm":
         batch, epochs1, lr1, wd1, epochs2, lr2, distill = DENETDM[dataset]
         steps_per_epoch = -(-TRAIN_SIZES[dataset] // batch)
-        cfg.update(batch_size=batch, lr=lr2, num_steps=epochs2 * steps_per_epoch, denetdm_stage1_steps=epochs1 * steps_per_epoch,
-                   denetdm_stage1_lr=lr1, denetdm_stage1_weight_decay=wd1, denetdm_distill_weight=distill)
-        if dataset == "cmnist":  # the authors' CMNIST pixels are ToTensor's x / 255, not DisEnt's x / 255 / 255
+        cfg.update(
+            batch_size=batch,
+            lr=lr2,
+            num_steps=epochs2 * steps_per_epoch,
+            denetdm_stage1_steps=epochs1 * steps_per_epoch,
+            denetdm_stage1_lr=lr1,
+            denetdm_stage1_weight_decay=wd1,
+            denetdm_distill_weight=distill,
+        )
+        if (
+            dataset == "cmnist"
+        ):  # the authors' CMNIST pixels are ToTensor's x / 255, not DisEnt's x / 255 / 255
             cfg.update(input_scale="unit")
     return cfg
 
@@ -151,12 +203,28 @@ def _build() -> dict[str, Preset]:
     for (dataset, method), numbers in PAPER.items():
         for percent, (mean, std) in zip(RATIOS[dataset], numbers):
             name = preset_name(dataset, percent, method)
-            out[name] = Preset(name, dataset, percent, method, _config(dataset, percent, method), mean, std,
-                               "conflicting" if dataset == "bffhq" else "unbiased",
-                               REFERENCE_SAME_DATA.get((dataset, percent, method)),
-                               LATER_SOURCES.get(method, PAPER_SOURCE))
-    return dict(sorted(out.items(), key=lambda kv: (list(RATIOS).index(kv[1].dataset), RATIOS[kv[1].dataset].index(kv[1].percent),
-                                                    METHODS.index(kv[1].method))))
+            out[name] = Preset(
+                name,
+                dataset,
+                percent,
+                method,
+                _config(dataset, percent, method),
+                mean,
+                std,
+                "conflicting" if dataset == "bffhq" else "unbiased",
+                REFERENCE_SAME_DATA.get((dataset, percent, method)),
+                LATER_SOURCES.get(method, PAPER_SOURCE),
+            )
+    return dict(
+        sorted(
+            out.items(),
+            key=lambda kv: (
+                list(RATIOS).index(kv[1].dataset),
+                RATIOS[kv[1].dataset].index(kv[1].percent),
+                METHODS.index(kv[1].method),
+            ),
+        )
+    )
 
 
 PRESETS: dict[str, Preset] = _build()
@@ -165,7 +233,9 @@ PRESETS: dict[str, Preset] = _build()
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         close = [n for n in PRESETS if name.split("-")[0] in n][:4] or list(PRESETS)[:4]
-        raise UserError(f"unknown preset {name!r}; e.g. {', '.join(close)} (debiaslab presets lists all {len(PRESETS)})")
+        raise UserError(
+            f"unknown preset {name!r}; e.g. {', '.join(close)} (debiaslab presets lists all {len(PRESETS)})"
+        )
     return PRESETS[name]
 
 

@@ -3,6 +3,7 @@
 ``python -m debiaslab.runner '<config json>'`` trains it; ``train`` itself skips a finished run
 and resumes an unfinished one, so running a config twice never loses or repeats work.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,9 @@ def run_config(cfg_dict: dict, threads: int | None = None, cwd: str | None = Non
     from debiaslab.config import TrainConfig
     from debiaslab.train import train
 
-    if cwd and os.path.isdir(cwd):  # Ray workers start elsewhere: relative data paths mean the driver's directory
+    if cwd and os.path.isdir(
+        cwd
+    ):  # Ray workers start elsewhere: relative data paths mean the driver's directory
         os.chdir(cwd)
     set_threads(threads)
     try:

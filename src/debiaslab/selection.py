@@ -9,15 +9,17 @@ evaluation of the same step.
 The same definitions serve the training loop (``SelectionTracker``, online, saving each rule's
 checkpoint as its pick changes) and runs already on disk (``picks``, replayed from an eval log).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
-
 
 
 def _worst_class(metrics: dict, dataset: str) -> float:
-    from debiaslab.metrics import worst_class  # torch-free import of this module: the CLI lists rules
+    from debiaslab.metrics import (
+        worst_class,
+    )  # torch-free import of this module: the CLI lists rules
 
     return worst_class(metrics)
 
@@ -34,28 +36,56 @@ class Rule:
     split: str  # the only split whose metrics the score reads: "valid" or "test"
     reads: str  # the labels the rule reads, said in its help and tables
     description: str
-    score: Callable[[dict, str], float | None] | None  # (split metrics, dataset) -> score; None: last
+    score: (
+        Callable[[dict, str], float | None] | None
+    )  # (split metrics, dataset) -> score; None: last
 
 
-RULES: dict[str, Rule] = {r.name: r for r in (
-    Rule("last", "valid", "no labels", "the model after the last training step", None),
-    Rule("best_valid", "valid", "validation class labels",
-         "the evaluation with the highest validation accuracy",
-         lambda m, ds: m["accuracy"]),
-    Rule("best_valid_worst_class", "valid", "validation class labels",
-         "the evaluation with the highest worst-class validation accuracy (the lowest accuracy of "
-         "any class)", _worst_class),
-    Rule("best_valid_pseudo_unbiased", "valid", "validation class labels",
-         "the evaluation with the highest pseudo-unbiased validation accuracy: the mean accuracy "
-         "over (class, class the method's own biased branch predicts) cells; methods without a "
-         "biased branch have none", lambda m, ds: m.get("pseudo_unbiased")),
-    Rule("best_valid_unbiased", "valid", "validation class AND BIAS labels",
-         "the evaluation with the highest unbiased (group-balanced) validation accuracy",
-         lambda m, ds: m["unbiased"]),
-    Rule("oracle_best_test", "test", "TEST labels (an oracle)",
-         "ORACLE: the evaluation with the highest test score (how the paper's numbers were "
-         "selected); not a valid model-selection rule", _test_primary),
-)}
+RULES: dict[str, Rule] = {
+    r.name: r
+    for r in (
+        Rule("last", "valid", "no labels", "the model after the last training step", None),
+        Rule(
+            "best_valid",
+            "valid",
+            "validation class labels",
+            "the evaluation with the highest validation accuracy",
+            lambda m, ds: m["accuracy"],
+        ),
+        Rule(
+            "best_valid_worst_class",
+            "valid",
+            "validation class labels",
+            "the evaluation with the highest worst-class validation accuracy (the lowest accuracy of "
+            "any class)",
+            _worst_class,
+        ),
+        Rule(
+            "best_valid_pseudo_unbiased",
+            "valid",
+            "validation class labels",
+            "the evaluation with the highest pseudo-unbiased validation accuracy: the mean accuracy "
+            "over (class, class the method's own biased branch predicts) cells; methods without a "
+            "biased branch have none",
+            lambda m, ds: m.get("pseudo_unbiased"),
+        ),
+        Rule(
+            "best_valid_unbiased",
+            "valid",
+            "validation class AND BIAS labels",
+            "the evaluation with the highest unbiased (group-balanced) validation accuracy",
+            lambda m, ds: m["unbiased"],
+        ),
+        Rule(
+            "oracle_best_test",
+            "test",
+            "TEST labels (an oracle)",
+            "ORACLE: the evaluation with the highest test score (how the paper's numbers were "
+            "selected); not a valid model-selection rule",
+            _test_primary,
+        ),
+    )
+}
 LABEL_FREE = ("last", "best_valid", "best_valid_worst_class", "best_valid_pseudo_unbiased")
 # the rules of collect's results tables unless asked for others (one table each)
 TABLE_RULES = ("last", "best_valid", "best_valid_unbiased", "oracle_best_test")

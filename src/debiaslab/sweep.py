@@ -19,6 +19,7 @@ Every cell starts from its preset (the paper's hyper-parameters) when one exists
 (``TrainConfig.config_hash``): the same config always lands in the same directory, so a finished
 run is skipped and an unfinished one resumes from its checkpoint when the sweep is relaunched.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,8 +36,8 @@ from pathlib import Path
 from debiaslab import UserError
 from debiaslab.config import RUNTIME_FIELDS, TrainConfig
 from debiaslab.presets import RATIOS, find_preset, match_presets
+from debiaslab.rundir import PLAN_FILE, last_step, status
 
-PLAN_FILE = "sweep.json"
 GRID_KEYS = {"datasets", "methods", "ratios", "seeds", "presets", "set", "grid"}
 FIELDS = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig) if f.name != "extra"}
 NOT_SETTABLE = {"log_dir", "exp", "overwrite", "method", "dataset", "percent", "seed"}
@@ -46,9 +47,20 @@ NOT_SETTABLE = {"log_dir", "exp", "overwrite", "method", "dataset", "percent", "
 def coerce(key: str, value):
     """A value for TrainConfig field ``key`` from TOML/JSON or a command-line string."""
     if key not in FIELDS or key in NOT_SETTABLE:
-        hint = {"method": "methods", "dataset": "datasets", "percent": "ratios", "seed": "seeds"}.get(key)
-        raise UserError(f"cannot set {key!r} in a sweep" + (f"; use --{hint}" if hint else
-                        f"; settable: {', '.join(sorted(set(FIELDS) - NOT_SETTABLE))}"))
+        hint = {
+            "method": "methods",
+            "dataset": "datasets",
+            "percent": "ratios",
+            "seed": "seeds",
+        }.get(key)
+        raise UserError(
+            f"cannot set {key!r} in a sweep"
+            + (
+                f"; use --{hint}"
+                if hint
+                else f"; settable: {', '.join(sorted(set(FIELDS) - NOT_SETTABLE))}"
+            )
+        )
     kind = FIELDS[key]
     if isinstance(value, str):
         v = value.strip()
@@ -77,7 +89,9 @@ def parse_set(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise UserError(f"--set {item!r}: expected KEY=VALUE or KEY=V1,V2,... (e.g. --set num_steps=1000)")
+            raise UserError(
+                f"--set {item!r}: expected KEY=VALUE or KEY=V1,V2,... (e.g. --set num_steps=1000)"
+            )
         values = value.split(",")
         out[key.strip()] = values if len(values) > 1 else value
     return out
@@ -95,10 +109,14 @@ def load_spec_file(path: str) -> dict:
 
             spec = tomllib.loads(p.read_text())
     except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"sweep config {path} is not valid {'JSON' if p.suffix == '.json' else 'TOML'}: {e}") from None
+        raise UserError(
+            f"sweep config {path} is not valid {'JSON' if p.suffix == '.json' else 'TOML'}: {e}"
+        ) from None
     unknown = set(spec) - GRID_KEYS
     if unknown:
-        raise UserError(f"sweep config {path}: unknown keys {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(GRID_KEYS))}")
+        raise UserError(
+            f"sweep config {path}: unknown keys {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(GRID_KEYS))}"
+        )
     return spec
 
 
@@ -117,11 +135,14 @@ def _cells(spec: dict) -> list[tuple[str, str | None, str]]:
     if spec.get("presets"):
         return [(p.dataset, p.percent, p.method) for p in match_presets(_as_list(spec["presets"]))]
     datasets = _as_list(spec.get("datasets") or ["cmnist"])
-    methods = _as_list(spec.get("methods") or ["vanilla", "lff", "disent"])  # TrainConfig.validate names unknown ones
+    methods = _as_list(
+        spec.get("methods") or ["vanilla", "lff", "disent"]
+    )  # TrainConfig.validate names unknown ones
     cells = []
     for d in datasets:
-        uses_percent = TrainConfig(dataset=d).uses_percent() and not (spec.get("set", {}).get("manifest")
-                                                                       or spec.get("set", {}).get("image_folder"))
+        uses_percent = TrainConfig(dataset=d).uses_percent() and not (
+            spec.get("set", {}).get("manifest") or spec.get("set", {}).get("image_folder")
+        )
         if not uses_percent:
             ratios = [None]
         elif spec.get("ratios"):
@@ -142,7 +163,10 @@ def expand(spec: dict) -> list[TrainConfig]:
         if unknown:
             raise UserError(f"unknown grid keys {', '.join(sorted(unknown))}")
         merged = {**top, **sub, "set": {**top.get("set", {}), **sub.get("set", {})}}
-        sets = {k: [coerce(k, x) for x in v] if isinstance(v, list) else coerce(k, v) for k, v in merged["set"].items()}
+        sets = {
+            k: [coerce(k, x) for x in v] if isinstance(v, list) else coerce(k, v)
+            for k, v in merged["set"].items()
+        }
         axes = {k: v for k, v in sets.items() if isinstance(v, list)}
         fixed = {k: v for k, v in sets.items() if not isinstance(v, list)}
         seeds = [int(s) for s in _as_list(merged.get("seeds", [0]))]
@@ -153,7 +177,15 @@ def expand(spec: dict) -> list[TrainConfig]:
                 base["percent"] = percent
             for combo in itertools.product(*axes.values()):
                 for seed in seeds:
-                    cfg = TrainConfig(**{**base, **fixed, **dict(zip(axes, combo)), "seed": seed, "progress": False})
+                    cfg = TrainConfig(
+                        **{
+                            **base,
+                            **fixed,
+                            **dict(zip(axes, combo)),
+                            "seed": seed,
+                            "progress": False,
+                        }
+                    )
                     cfg.validate()
                     out.setdefault(cfg.config_hash(), cfg)
     # every cell's first seed before any cell's second: a sweep cut short still covers the table
@@ -177,7 +209,9 @@ def run_name(cfg: TrainConfig) -> str:
 
 
 def plan(cfgs: list[TrainConfig], out: Path) -> list[Run]:
-    return [Run(run_name(c), dataclasses.replace(c, log_dir=str(out), exp=run_name(c))) for c in cfgs]
+    return [
+        Run(run_name(c), dataclasses.replace(c, log_dir=str(out), exp=run_name(c))) for c in cfgs
+    ]
 
 
 def write_plan(out: Path, runs: list[Run]) -> None:
@@ -192,40 +226,17 @@ def write_plan(out: Path, runs: list[Run]) -> None:
         old = {}
     for r in runs:
         ident = r.cfg.identity()
-        old[f"{r.cfg.dataset}/{r.name}"] = {"dataset": r.cfg.dataset, "percent": r.cfg.percent if r.cfg.uses_percent() else None,
-                                            "method": r.cfg.method, "seed": r.cfg.seed, "hash": r.cfg.config_hash(),
-                                            "num_steps": r.cfg.num_steps, "config": ident}
+        old[f"{r.cfg.dataset}/{r.name}"] = {
+            "dataset": r.cfg.dataset,
+            "percent": r.cfg.percent if r.cfg.uses_percent() else None,
+            "method": r.cfg.method,
+            "seed": r.cfg.seed,
+            "hash": r.cfg.config_hash(),
+            "num_steps": r.cfg.num_steps,
+            "config": ident,
+        }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, {"runs": dict(sorted(old.items()))})
-
-
-def last_step(run_dir: Path) -> int:
-    """The last step logged in ``metrics.jsonl`` (0 when none)."""
-    path = run_dir / "metrics.jsonl"
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 8192))
-            lines = f.read().splitlines()
-    except OSError:
-        return 0
-    for line in reversed(lines):
-        try:
-            return int(json.loads(line)["step"])
-        except (ValueError, KeyError, TypeError):
-            continue
-    return 0
-
-
-def status(run_dir: Path) -> str:
-    """finished | failed (stopped; resumable) | unfinished (running, or killed) | missing."""
-    if (run_dir / "results.json").exists():
-        return "finished"
-    if (run_dir / "FAILED").exists():
-        return "failed"
-    if (run_dir / "config.json").exists():
-        return "unfinished"
-    return "missing"
 
 
 # --------------------------------------------------------------------------------------- progress
@@ -240,8 +251,14 @@ class Progress:
         self.runs = runs
         self.steps = {r.run_dir: total_steps(r.cfg) for r in runs}  # every stage's
         self.total = sum(self.steps.values())
-        self.bar = tqdm(total=self.total, unit="step", desc="sweep", disable=not enabled, dynamic_ncols=True,
-                        smoothing=0.05)
+        self.bar = tqdm(
+            total=self.total,
+            unit="step",
+            desc="sweep",
+            disable=not enabled,
+            dynamic_ncols=True,
+            smoothing=0.05,
+        )
         self.counts = {"finished": 0, "failed": 0}
         self.running: set[str] = set()
         self.done_steps = 0
@@ -254,13 +271,22 @@ class Progress:
         self.running.discard(run.name)
         if ok:
             self.done_steps += self.steps[run.run_dir]
-        self.write(("done    " if ok else "FAILED  ") + f"{run.cfg.dataset}/{run.name}" + (f"  {msg}" if msg else ""))
+        self.write(
+            ("done    " if ok else "FAILED  ")
+            + f"{run.cfg.dataset}/{run.name}"
+            + (f"  {msg}" if msg else "")
+        )
 
     def poll(self, active: list[Run]) -> None:
-        steps = self.done_steps + sum(min(last_step(r.run_dir), self.steps[r.run_dir]) for r in active)
+        steps = self.done_steps + sum(
+            min(last_step(r.run_dir), self.steps[r.run_dir]) for r in active
+        )
         self.bar.n = min(steps, self.total)
-        self.bar.set_postfix_str(f"runs: {self.counts['finished']}/{len(self.runs)} done, {len(active)} running, "
-                                 f"{self.counts['failed']} failed", refresh=False)
+        self.bar.set_postfix_str(
+            f"runs: {self.counts['finished']}/{len(self.runs)} done, {len(active)} running, "
+            f"{self.counts['failed']} failed",
+            refresh=False,
+        )
         self.bar.refresh()
 
     def close(self) -> None:
@@ -284,7 +310,9 @@ def parse_devices(spec: str) -> list[str]:
     for part in spec.split(","):
         idx = part.strip().removeprefix("cuda:")
         if not idx.isdigit():
-            raise UserError(f"--devices {spec!r}: expected auto, cpu, cuda or GPU indices such as 0,1")
+            raise UserError(
+                f"--devices {spec!r}: expected auto, cpu, cuda or GPU indices such as 0,1"
+            )
         if int(idx) >= n:
             raise UserError(f"--devices: GPU {idx} does not exist ({n} visible)")
         out.append(f"cuda:{idx}")
@@ -346,10 +374,16 @@ def run_local(runs: list[Run], out: Path, jobs: int, devices: list[str], progres
                 env, device = _child_env(slots[slot], threads)
                 cfg = dataclasses.replace(run.cfg, device=device)
                 log = open(logs / f"{run.cfg.dataset}-{run.name}.log", "a")
-                log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {slots[slot]}, {threads} threads\n")
+                log.write(
+                    f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {slots[slot]}, {threads} threads\n"
+                )
                 log.flush()
-                proc = subprocess.Popen([sys.executable, "-m", "debiaslab.runner", json.dumps(cfg.to_dict())],
-                                        stdout=log, stderr=subprocess.STDOUT, env=env)
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "debiaslab.runner", json.dumps(cfg.to_dict())],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                )
                 log.close()
                 active[slot] = (proc, run, time.time())
             time.sleep(0.5)
@@ -363,12 +397,18 @@ def run_local(runs: list[Run], out: Path, jobs: int, devices: list[str], progres
                 if rc == 0:
                     view.finish(run, True, f"({minutes:.1f} min){_headline(run.run_dir)}")
                 else:
-                    view.finish(run, False, f"exit {rc}: {_error_line(logs / f'{run.cfg.dataset}-{run.name}.log')} "
-                                            f"(log: {logs / f'{run.cfg.dataset}-{run.name}.log'})")
+                    view.finish(
+                        run,
+                        False,
+                        f"exit {rc}: {_error_line(logs / f'{run.cfg.dataset}-{run.name}.log')} "
+                        f"(log: {logs / f'{run.cfg.dataset}-{run.name}.log'})",
+                    )
             view.poll([r for _, r, _ in active.values()])
     except KeyboardInterrupt:
         for proc, _, _ in active.values():
-            proc.send_signal(signal.SIGTERM)  # each run saves nothing more, marks itself FAILED and stays resumable
+            proc.send_signal(
+                signal.SIGTERM
+            )  # each run saves nothing more, marks itself FAILED and stays resumable
         deadline = time.time() + 60
         for proc, _, _ in active.values():
             try:
@@ -396,7 +436,9 @@ def default_runs_per_device(devices: list[str]) -> int:
     return GPU_RUNS_PER_DEVICE if devices and devices[0].startswith("cuda") else 1
 
 
-def check_packing(runs_per_device: int | None, jobs: int | None, gpus_per_run: float | None) -> None:
+def check_packing(
+    runs_per_device: int | None, jobs: int | None, gpus_per_run: float | None
+) -> None:
     """``--runs_per_device K`` says how many runs share a device; ``--jobs`` and ``--gpus_per_run``
     say it another way, so only one of them may be given."""
     if runs_per_device is None:
@@ -405,7 +447,9 @@ def check_packing(runs_per_device: int | None, jobs: int | None, gpus_per_run: f
         raise UserError(f"--runs_per_device must be a positive integer, got {runs_per_device}")
     for flag, value in (("--jobs", jobs), ("--gpus_per_run", gpus_per_run)):
         if value is not None:
-            raise UserError(f"--runs_per_device and {flag} both say how many runs share a device; pass one of them")
+            raise UserError(
+                f"--runs_per_device and {flag} both say how many runs share a device; pass one of them"
+            )
 
 
 def _main_thread() -> bool:
@@ -424,9 +468,19 @@ def _headline(run_dir: Path) -> str:
 
 
 # -------------------------------------------------------------------------------------------- api
-def sweep(spec: dict, out: Path, backend: str = "local", jobs: int | None = None, devices: str = "auto",
-          address: str | None = None, cpus_per_run: float | None = None, gpus_per_run: float | None = None,
-          progress: bool = True, dry_run: bool = False, runs_per_device: int | None = None) -> int:
+def sweep(
+    spec: dict,
+    out: Path,
+    backend: str = "local",
+    jobs: int | None = None,
+    devices: str = "auto",
+    address: str | None = None,
+    cpus_per_run: float | None = None,
+    gpus_per_run: float | None = None,
+    progress: bool = True,
+    dry_run: bool = False,
+    runs_per_device: int | None = None,
+) -> int:
     check_packing(runs_per_device, jobs, gpus_per_run)
     cfgs = expand(spec)
     if not cfgs:
@@ -435,8 +489,10 @@ def sweep(spec: dict, out: Path, backend: str = "local", jobs: int | None = None
     states = {r.name: status(r.run_dir) for r in runs}
     todo = [r for r in runs if states[r.name] != "finished"]
     n_resume = sum(states[r.name] in ("failed", "unfinished") for r in todo)
-    print(f"sweep: {len(runs)} runs in {out}: {len(runs) - len(todo)} finished (skipped), {n_resume} to resume, "
-          f"{len(todo) - n_resume} to start")
+    print(
+        f"sweep: {len(runs)} runs in {out}: {len(runs) - len(todo)} finished (skipped), {n_resume} to resume, "
+        f"{len(todo) - n_resume} to start"
+    )
     if dry_run:
         for r in runs:
             print(f"  {states[r.name]:10s} {r.run_dir}")
@@ -450,7 +506,9 @@ def sweep(spec: dict, out: Path, backend: str = "local", jobs: int | None = None
         if backend == "ray":
             from debiaslab.sweep_ray import run_ray
 
-            counts = run_ray(todo, out, address, cpus_per_run, gpus_per_run, progress, runs_per_device)
+            counts = run_ray(
+                todo, out, address, cpus_per_run, gpus_per_run, progress, runs_per_device
+            )
         else:
             devs = parse_devices(devices)
             n_jobs = jobs or len(devs) * (runs_per_device or default_runs_per_device(devs))
@@ -459,16 +517,33 @@ def sweep(spec: dict, out: Path, backend: str = "local", jobs: int | None = None
             counts = run_local(todo, out, n_jobs, devs, progress)
     except KeyboardInterrupt:
         done = sum(status(r.run_dir) == "finished" for r in runs)
-        print(f"sweep interrupted: {done}/{len(runs)} runs finished; the others keep their checkpoints. "
-              "Rerun the same command to resume.", file=sys.stderr)
+        print(
+            f"sweep interrupted: {done}/{len(runs)} runs finished; the others keep their checkpoints. "
+            "Rerun the same command to resume.",
+            file=sys.stderr,
+        )
         return 130
-    print(f"sweep: {counts['finished']} runs finished and {counts['failed']} failed in {(time.time() - t0) / 60:.1f} min; "
-          f"table: debiaslab collect {out}")
+    print(
+        f"sweep: {counts['finished']} runs finished and {counts['failed']} failed in "
+        f"{(time.time() - t0) / 60:.1f} min; "
+        f"table: debiaslab collect {out}"
+    )
     if counts["failed"]:
-        print("failed runs keep their last checkpoint: fix the cause and rerun the same command to resume them",
-              file=sys.stderr)
+        print(
+            "failed runs keep their last checkpoint: fix the cause and rerun the same command to resume them",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
 
-__all__ = ["expand", "plan", "sweep", "status", "last_step", "parse_set", "load_spec_file", "RUNTIME_FIELDS"]
+__all__ = [
+    "expand",
+    "plan",
+    "sweep",
+    "status",
+    "last_step",
+    "parse_set",
+    "load_spec_file",
+    "RUNTIME_FIELDS",
+]

@@ -6,6 +6,7 @@ Accepted local forms: torchvision's root (holding ``cifar-10-batches-py/``), an 
 ``../shared/data/cifar10-jpeg.zip``). Class folders are CIFAR-10's names (airplane .. truck) or
 the digits 0..9.
 """
+
 from __future__ import annotations
 
 import io
@@ -31,7 +32,9 @@ def _class_index(name: str, where: str) -> int:
         return CLASSES.index(key)
     if key.isdigit() and int(key) < len(CLASSES):
         return int(key)
-    raise UserError(f"{where}: class folder {name!r} is not a CIFAR-10 class; use {', '.join(CLASSES)} or 0..9")
+    raise UserError(
+        f"{where}: class folder {name!r} is not a CIFAR-10 class; use {', '.join(CLASSES)} or 0..9"
+    )
 
 
 def _decode_bytes(blob: bytes, where: str) -> np.ndarray:
@@ -39,7 +42,9 @@ def _decode_bytes(blob: bytes, where: str) -> np.ndarray:
         with Image.open(io.BytesIO(blob)) as im:
             a = np.asarray(im.convert("RGB"))
     except Exception as e:
-        raise UserError(f"cannot read image {where} ({type(e).__name__}: {e}); re-download or remove it") from None
+        raise UserError(
+            f"cannot read image {where} ({type(e).__name__}: {e}); re-download or remove it"
+        ) from None
     if a.shape != (32, 32, 3):
         raise UserError(f"image {where} is {a.shape[1]}x{a.shape[0]}; CIFAR-10 images are 32x32")
     return a
@@ -57,7 +62,9 @@ def _listing(names, where: str) -> dict[str, list[tuple[str, int]]]:
         out[parts[-3]].append((name, _class_index(parts[-2], where)))
     for s in SPLITS:
         if not out[s]:
-            raise UserError(f"{where} has no images under {s}/<class>/; expected train/<class>/*.jpg and test/<class>/*.jpg")
+            raise UserError(
+                f"{where} has no images under {s}/<class>/; expected train/<class>/*.jpg and test/<class>/*.jpg"
+            )
         out[s].sort()
     return out
 
@@ -71,12 +78,16 @@ def _from_class_tree(path: Path) -> tuple:
             raise UserError(f"cannot open {path} as a zip ({e}); is the file complete?") from None
         with archive:
             listing = _listing(archive.namelist(), str(path))
-            read = archive.read  # ZipFile reads are not thread-safe: read serially, decode in threads
+            read = (
+                archive.read
+            )  # ZipFile reads are not thread-safe: read serially, decode in threads
             blobs = {s: [(read(n), f"{path}:{n}") for n, _ in listing[s]] for s in SPLITS}
     else:
         files = [str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()]
         listing = _listing(files, str(path))
-        blobs = {s: [((path / n).read_bytes(), str(path / n)) for n, _ in listing[s]] for s in SPLITS}
+        blobs = {
+            s: [((path / n).read_bytes(), str(path / n)) for n, _ in listing[s]] for s in SPLITS
+        }
     out = []
     with ThreadPoolExecutor(workers) as pool:
         for s in SPLITS:
@@ -96,8 +107,13 @@ def _from_npz(path: Path) -> tuple:
 def _from_torchvision(root: Path, download: bool) -> tuple:
     from torchvision.datasets import CIFAR10
 
-    train, test = torchvision_splits(CIFAR10, root, download, "--cifar10",
-                                     ".npz, .zip or folder with train/<class>/ and test/<class>/, or a torchvision root")
+    train, test = torchvision_splits(
+        CIFAR10,
+        root,
+        download,
+        "--cifar10",
+        ".npz, .zip or folder with train/<class>/ and test/<class>/, or a torchvision root",
+    )
     return train.data, np.asarray(train.targets), test.data, np.asarray(test.targets)
 
 
@@ -106,15 +122,31 @@ def load_cifar10(source: str | None, download_root: Path) -> tuple[dict, dict]:
     forms = [
         (lambda p: p.is_file() and p.suffix.lower() == ".npz", _from_npz, "npz"),
         (lambda p: p.is_file(), _from_class_tree, "zip"),
-        (lambda p: (p / "cifar-10-batches-py").is_dir(), lambda p: _from_torchvision(p, download=False), "torchvision-folder"),
-        (lambda p: (p / "train").is_dir() and (p / "test").is_dir(), _from_class_tree, "image-folder"),
+        (
+            lambda p: (p / "cifar-10-batches-py").is_dir(),
+            lambda p: _from_torchvision(p, download=False),
+            "torchvision-folder",
+        ),
+        (
+            lambda p: (p / "train").is_dir() and (p / "test").is_dir(),
+            _from_class_tree,
+            "image-folder",
+        ),
     ]
-    data, prov = load_source(source, download_root, lambda root: _from_torchvision(root, download=True), forms, "--cifar10",
-                             "a CIFAR-10 .npz, a .zip or image folder with train/<class>/ and test/<class>/, "
-                             "or a torchvision root (with cifar-10-batches-py/)")
+    data, prov = load_source(
+        source,
+        download_root,
+        lambda root: _from_torchvision(root, download=True),
+        forms,
+        "--cifar10",
+        "a CIFAR-10 .npz, a .zip or image folder with train/<class>/ and test/<class>/, "
+        "or a torchvision root (with cifar-10-batches-py/)",
+    )
     for k in ("x_train", "x_test"):
         if data[k].dtype != np.uint8 or data[k].ndim != 4 or data[k].shape[1:] != (32, 32, 3):
-            raise UserError(f"CIFAR-10 {k} must be uint8 [N, 32, 32, 3], got {data[k].dtype} {data[k].shape}")
+            raise UserError(
+                f"CIFAR-10 {k} must be uint8 [N, 32, 32, 3], got {data[k].dtype} {data[k].shape}"
+            )
     for k in ("y_train", "y_test"):
         if data[k].min() < 0 or data[k].max() >= len(CLASSES):
             raise UserError(f"CIFAR-10 {k} has labels outside 0..9")

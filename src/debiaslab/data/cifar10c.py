@@ -14,6 +14,7 @@ with ``severity + 1``; its paper runs (``Severity4``) are CIFAR-10-C severity 5,
 Corrupting runs in worker processes, in fixed chunks whose random streams depend only on
 (seed, split, bias, chunk), so the output is identical for any number of workers.
 """
+
 from __future__ import annotations
 
 import os
@@ -77,7 +78,7 @@ class Corrupter:
         for b, name in enumerate(self.names):
             idx = np.flatnonzero(biases == b)
             for c, start in enumerate(range(0, len(idx), CHUNK)):
-                part = idx[start:start + CHUNK]
+                part = idx[start : start + CHUNK]
                 jobs.append((images[part], name, self.severity, [self.seed, stream, b, c]))
                 where.append(part)
         results = self.pool.map(_corrupt_chunk, jobs) if self.pool else map(_corrupt_chunk, jobs)
@@ -91,51 +92,101 @@ def _generator(seed: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + stream)
 
 
-def corrupted_split(images: np.ndarray, targets: np.ndarray, rho: float, generator: torch.Generator,
-                    corrupter: Corrupter, stream: int) -> Split:
+def corrupted_split(
+    images: np.ndarray,
+    targets: np.ndarray,
+    rho: float,
+    generator: torch.Generator,
+    corrupter: Corrupter,
+    stream: int,
+) -> Split:
     targets = torch.as_tensor(targets, dtype=torch.int64)
     biases = bias_labels(targets, rho, len(corrupter.names), generator)
     return Split(corrupter(images, biases, stream), targets, biases)
 
 
 def build_test(cifar: dict, corrupter: Corrupter) -> Split:
-    return corrupted_split(cifar["x_test"], cifar["y_test"], 0.1, _generator(corrupter.seed, 0), corrupter, 0)
+    return corrupted_split(
+        cifar["x_test"], cifar["y_test"], 0.1, _generator(corrupter.seed, 0), corrupter, 0
+    )
 
 
-def build_cifar10c(cifar: dict, pct: float, corrupter: Corrupter, valid_size: int = VALID_SIZE,
-                   test: Split | None = None) -> DatasetBundle:
+def build_cifar10c(
+    cifar: dict,
+    pct: float,
+    corrupter: Corrupter,
+    valid_size: int = VALID_SIZE,
+    test: Split | None = None,
+) -> DatasetBundle:
     """Build one Corrupted CIFAR-10 ratio in memory (``cifar``: numpy arrays from ``load_cifar10``)."""
     seed = corrupter.seed
-    stream = 1 + int(round(pct * 1000))  # one stream per percentage: each ratio is reproducible on its own
+    stream = 1 + int(
+        round(pct * 1000)
+    )  # one stream per percentage: each ratio is reproducible on its own
     g = _generator(seed, stream)
-    train_idx, valid_idx = (i.numpy() for i in split_indices(len(cifar["x_train"]), valid_size, _generator(seed, 1)))
+    train_idx, valid_idx = (
+        i.numpy() for i in split_indices(len(cifar["x_train"]), valid_size, _generator(seed, 1))
+    )
     rho = percent_to_rho(pct)
     x, y = cifar["x_train"], cifar["y_train"]
     train = corrupted_split(x[train_idx], y[train_idx], rho, g, corrupter, 2 * stream)
     valid = corrupted_split(x[valid_idx], y[valid_idx], rho, g, corrupter, 2 * stream + 1)
     test = test if test is not None else build_test(cifar, corrupter)
-    info = {"percent": pct_name(pct), "seed": seed, "severity": corrupter.severity, "corruptions": list(corrupter.names)}
+    info = {
+        "percent": pct_name(pct),
+        "seed": seed,
+        "severity": corrupter.severity,
+        "corruptions": list(corrupter.names),
+    }
     return DatasetBundle("cifar10c", train, valid, test, 10, info)
 
 
-def write_cifar10c(cifar: dict, provenance: dict, out: Path, percents=PERCENTS, seed: int = 0,
-                   severity: int = DEFAULT_SEVERITY, corruption_type: int = 0, valid_size: int = VALID_SIZE,
-                   force: bool = False, workers: int | None = None, progress=print) -> dict:
+def write_cifar10c(
+    cifar: dict,
+    provenance: dict,
+    out: Path,
+    percents=PERCENTS,
+    seed: int = 0,
+    severity: int = DEFAULT_SEVERITY,
+    corruption_type: int = 0,
+    valid_size: int = VALID_SIZE,
+    force: bool = False,
+    workers: int | None = None,
+    progress=print,
+) -> dict:
     """Write Corrupted CIFAR-10 in the reference layout under ``out/<dataset_folder>`` with caches and a manifest."""
     with Corrupter(corruption_type, severity, seed, workers) as corrupter:
         manifest = {
-            "protocol": "LfF Corrupted CIFAR-10 (Nam et al. 2020), CIFAR-10-C corruptions (Hendrycks & Dietterich 2019)",
-            "corruption_type": corruption_type, "corruptions": list(corrupter.names), "severity": severity,
-            "seed": seed, "valid_size": valid_size, "test_rho": 0.1, "source": provenance,
-            "notes": "frost uses a generated texture; motion blur and snow use an OpenCV line kernel instead of ImageMagick",
+            "protocol": "LfF Corrupted CIFAR-10 (Nam et al. 2020), "
+            "CIFAR-10-C corruptions (Hendrycks & Dietterich 2019)",
+            "corruption_type": corruption_type,
+            "corruptions": list(corrupter.names),
+            "severity": severity,
+            "seed": seed,
+            "valid_size": valid_size,
+            "test_rho": 0.1,
+            "source": provenance,
+            "notes": "frost uses a generated texture; motion blur and snow use an OpenCV line "
+            "kernel instead of ImageMagick",
         }
         test = build_test(cifar, corrupter)
-        return write_dataset(cifar10c_folder(corruption_type), out, manifest, test,
-                             lambda pct: build_cifar10c(cifar, pct, corrupter, valid_size, test),
-                             percents, len(cifar["x_train"]), force=force, valid_layout="class", progress=progress)
+        return write_dataset(
+            cifar10c_folder(corruption_type),
+            out,
+            manifest,
+            test,
+            lambda pct: build_cifar10c(cifar, pct, corrupter, valid_size, test),
+            percents,
+            len(cifar["x_train"]),
+            force=force,
+            valid_layout="class",
+            progress=progress,
+        )
 
 
-def preview_grid(cifar: dict, corruption_type: int, severity: int, seed: int = 0, per_row: int = 10) -> torch.Tensor:
+def preview_grid(
+    cifar: dict, corruption_type: int, severity: int, seed: int = 0, per_row: int = 10
+) -> torch.Tensor:
     """uint8 [3, H, W] grid: one row per corruption (bias order), ``per_row`` test images (one per class first)."""
     x, y = cifar["x_test"], cifar["y_test"]
     picks = [int(np.flatnonzero(y == c % 10)[c // 10]) for c in range(per_row)]
@@ -147,7 +198,9 @@ def preview_grid(cifar: dict, corruption_type: int, severity: int, seed: int = 0
     return _labelled_grid(torch.stack(rows), ["clean", *CORRUPTION_TYPES[corruption_type]])
 
 
-def _labelled_grid(cells: torch.Tensor, labels: list[str], scale: int = 3, pad: int = 2, label_width: int = 130) -> torch.Tensor:
+def _labelled_grid(
+    cells: torch.Tensor, labels: list[str], scale: int = 3, pad: int = 2, label_width: int = 130
+) -> torch.Tensor:
     """cells uint8 [R, K, 3, h, w] -> one uint8 [3, H, W] image with a text label left of each row."""
     from PIL import Image, ImageDraw
 
@@ -158,7 +211,7 @@ def _labelled_grid(cells: torch.Tensor, labels: list[str], scale: int = 3, pad: 
     for i in range(r):
         for j in range(k):
             y0, x0 = pad + i * H, label_width + pad + j * W
-            canvas[y0:y0 + h * scale, x0:x0 + w * scale] = big[i, j].permute(1, 2, 0).numpy()
+            canvas[y0 : y0 + h * scale, x0 : x0 + w * scale] = big[i, j].permute(1, 2, 0).numpy()
     im = Image.fromarray(canvas)
     draw = ImageDraw.Draw(im)
     for i, label in enumerate(labels):

@@ -7,6 +7,7 @@ own generator and shared by every percentage, as in the reference layout. The pa
 (``colored.PALETTES``) only changes the colours; every sample's split and bias label, and its
 colour noise, are the same for both palettes.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,8 +16,18 @@ import torch
 
 from debiaslab import UserError
 from debiaslab.data.builder import pct_name, write_dataset
-from debiaslab.data.colored import (DEFAULT_PALETTE, PALETTE_SOURCES, SEVERITY_SIGMA, bias_labels, colorize,
-                                    match_palette, palette_tensor, percent_to_rho, read_palette, split_indices)
+from debiaslab.data.colored import (
+    DEFAULT_PALETTE,
+    PALETTE_SOURCES,
+    SEVERITY_SIGMA,
+    bias_labels,
+    colorize,
+    match_palette,
+    palette_tensor,
+    percent_to_rho,
+    read_palette,
+    split_indices,
+)
 from debiaslab.data.splits import DatasetBundle, Split
 
 PERCENTS = (0.5, 1.0, 2.0, 5.0)
@@ -27,19 +38,41 @@ def _generator(seed: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + stream)
 
 
-def colored_split(gray: torch.Tensor, targets: torch.Tensor, rho: float, sigma: float,
-                  generator: torch.Generator, num_classes: int = 10, palette: str = DEFAULT_PALETTE) -> Split:
+def colored_split(
+    gray: torch.Tensor,
+    targets: torch.Tensor,
+    rho: float,
+    sigma: float,
+    generator: torch.Generator,
+    num_classes: int = 10,
+    palette: str = DEFAULT_PALETTE,
+) -> Split:
     biases = bias_labels(targets, rho, num_classes, generator)
-    return Split(colorize(gray, biases, sigma, generator, palette_tensor(palette)), targets.clone(), biases)
+    return Split(
+        colorize(gray, biases, sigma, generator, palette_tensor(palette)), targets.clone(), biases
+    )
 
 
 def build_test(mnist: dict, seed: int, severity: int, palette: str = DEFAULT_PALETTE) -> Split:
-    return colored_split(mnist["x_test"], mnist["y_test"], 0.1, SEVERITY_SIGMA[severity], _generator(seed, 0),
-                         palette=palette)
+    return colored_split(
+        mnist["x_test"],
+        mnist["y_test"],
+        0.1,
+        SEVERITY_SIGMA[severity],
+        _generator(seed, 0),
+        palette=palette,
+    )
 
 
-def build_cmnist(mnist: dict, pct: float, seed: int = 0, severity: int = 4, valid_size: int = VALID_SIZE,
-                 test: Split | None = None, palette: str = DEFAULT_PALETTE) -> DatasetBundle:
+def build_cmnist(
+    mnist: dict,
+    pct: float,
+    seed: int = 0,
+    severity: int = 4,
+    valid_size: int = VALID_SIZE,
+    test: Split | None = None,
+    palette: str = DEFAULT_PALETTE,
+) -> DatasetBundle:
     """Build one Colored MNIST ratio in memory."""
     if severity not in SEVERITY_SIGMA:
         raise UserError(f"--severity {severity} must be one of 1..5")
@@ -48,26 +81,60 @@ def build_cmnist(mnist: dict, pct: float, seed: int = 0, severity: int = 4, vali
     g = _generator(seed, 1 + int(round(pct * 1000)))
     train_idx, valid_idx = split_indices(len(mnist["x_train"]), valid_size, _generator(seed, 1))
     rho = percent_to_rho(pct)
-    train = colored_split(mnist["x_train"][train_idx], mnist["y_train"][train_idx], rho, sigma, g, palette=palette)
-    valid = colored_split(mnist["x_train"][valid_idx], mnist["y_train"][valid_idx], rho, sigma, g, palette=palette)
+    train = colored_split(
+        mnist["x_train"][train_idx], mnist["y_train"][train_idx], rho, sigma, g, palette=palette
+    )
+    valid = colored_split(
+        mnist["x_train"][valid_idx], mnist["y_train"][valid_idx], rho, sigma, g, palette=palette
+    )
     test = test if test is not None else build_test(mnist, seed, severity, palette)
-    info = {"percent": pct_name(pct), "seed": seed, "severity": severity, "sigma": sigma, "palette": palette}
+    info = {
+        "percent": pct_name(pct),
+        "seed": seed,
+        "severity": severity,
+        "sigma": sigma,
+        "palette": palette,
+    }
     return DatasetBundle("cmnist", train, valid, test, 10, info)
 
 
-def write_cmnist(mnist: dict, provenance: dict, out: Path, percents=PERCENTS, seed: int = 0,
-                 severity: int = 4, valid_size: int = VALID_SIZE, force: bool = False, progress=print,
-                 palette: str = DEFAULT_PALETTE) -> dict:
+def write_cmnist(
+    mnist: dict,
+    provenance: dict,
+    out: Path,
+    percents=PERCENTS,
+    seed: int = 0,
+    severity: int = 4,
+    valid_size: int = VALID_SIZE,
+    force: bool = False,
+    progress=print,
+    palette: str = DEFAULT_PALETTE,
+) -> dict:
     """Write Colored MNIST in the reference layout under ``out/cmnist`` plus caches and a manifest."""
     manifest = {
-        "protocol": "LfF Colored MNIST (Nam et al. 2020)", "seed": seed, "severity": severity,
-        "sigma": SEVERITY_SIGMA[severity], "palette": palette, "palette_rgb": palette_tensor(palette).tolist(),
-        "palette_source": PALETTE_SOURCES[palette], "valid_size": valid_size, "test_rho": 0.1, "source": provenance,
+        "protocol": "LfF Colored MNIST (Nam et al. 2020)",
+        "seed": seed,
+        "severity": severity,
+        "sigma": SEVERITY_SIGMA[severity],
+        "palette": palette,
+        "palette_rgb": palette_tensor(palette).tolist(),
+        "palette_source": PALETTE_SOURCES[palette],
+        "valid_size": valid_size,
+        "test_rho": 0.1,
+        "source": provenance,
     }
     test = build_test(mnist, seed, severity, palette)
-    return write_dataset("cmnist", out, manifest, test,
-                         lambda pct: build_cmnist(mnist, pct, seed, severity, valid_size, test, palette),
-                         percents, len(mnist["x_train"]), force=force, progress=progress)
+    return write_dataset(
+        "cmnist",
+        out,
+        manifest,
+        test,
+        lambda pct: build_cmnist(mnist, pct, seed, severity, valid_size, test, palette),
+        percents,
+        len(mnist["x_train"]),
+        force=force,
+        progress=progress,
+    )
 
 
 def check_palette(bundle: DatasetBundle, wanted: str, data_dir: Path) -> dict:
@@ -79,8 +146,15 @@ def check_palette(bundle: DatasetBundle, wanted: str, data_dir: Path) -> dict:
     measured = read_palette(bundle.train.images, bundle.train.biases, bundle.num_classes)
     found = match_palette(measured)
     if wanted != "any" and found is not None and found != wanted:
-        raise UserError(f"{data_dir / 'cmnist'} holds Colored MNIST with the {found} palette, but this run asks for "
-                        f"--palette {wanted} (the default is disent, the paper's data); build that data with: debiaslab "
-                        f"data build cmnist --palette {wanted} --out <folder> and pass --data_dir <folder>, "
-                        f"or pass --palette {found}")
-    return {"palette": found or "unknown", "palette_measured": [[None if v != v else round(v, 4) for v in row] for row in measured.tolist()]}
+        raise UserError(
+            f"{data_dir / 'cmnist'} holds Colored MNIST with the {found} palette, but this run asks for "
+            f"--palette {wanted} (the default is disent, the paper's data); build that data with: debiaslab "
+            f"data build cmnist --palette {wanted} --out <folder> and pass --data_dir <folder>, "
+            f"or pass --palette {found}"
+        )
+    return {
+        "palette": found or "unknown",
+        "palette_measured": [
+            [None if v != v else round(v, 4) for v in row] for row in measured.tolist()
+        ],
+    }

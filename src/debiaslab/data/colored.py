@@ -4,6 +4,7 @@ Bias = colour, one colour per class. A fraction ``rho`` of each class is coloure
 own colour (bias-aligned); the rest is spread evenly over the other colours (bias-conflicting).
 Two palettes: DisEnt's (the default: the data the paper's Table 1 was measured on) and LfF's.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -57,7 +58,9 @@ def percent_to_rho(percent: float) -> float:
     return 1.0 - percent / 100.0
 
 
-def bias_labels(targets: torch.Tensor, rho: float, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+def bias_labels(
+    targets: torch.Tensor, rho: float, num_classes: int, generator: torch.Generator
+) -> torch.Tensor:
     """Bias labels by the LfF rule.
 
     For each class c with n_c samples, the cumulative milestones ``round(n_c * cumsum(ratios))``
@@ -82,8 +85,13 @@ def bias_labels(targets: torch.Tensor, rho: float, num_classes: int, generator: 
     return biases
 
 
-def colorize(gray: torch.Tensor, biases: torch.Tensor, sigma: float, generator: torch.Generator,
-             palette: torch.Tensor = PALETTE) -> torch.Tensor:
+def colorize(
+    gray: torch.Tensor,
+    biases: torch.Tensor,
+    sigma: float,
+    generator: torch.Generator,
+    palette: torch.Tensor = PALETTE,
+) -> torch.Tensor:
     """Colour grey digits: ``rgb = gray * clip(palette[bias] + N(0, sigma^2 I_3), 0, 1)``.
 
     ``gray``: uint8 [N, H, W]; returns uint8 [N, 3, H, W]. One colour 3-vector per image.
@@ -96,7 +104,9 @@ def colorize(gray: torch.Tensor, biases: torch.Tensor, sigma: float, generator: 
     return rgb.floor().clamp(0, 255).to(torch.uint8)  # truncation, as LfF's np.uint8(...)
 
 
-def split_indices(n: int, n_valid: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def split_indices(
+    n: int, n_valid: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A seeded split of range(n) into (train, valid) index sets, each sorted."""
     perm = torch.randperm(n, generator=generator)
     return perm[n_valid:].sort().values, perm[:n_valid].sort().values
@@ -116,7 +126,10 @@ def read_palette(images: torch.Tensor, biases: torch.Tensor, num_classes: int = 
     """
     flat = images.reshape(len(images), images.shape[1], -1)
     brightest = flat.sum(1, dtype=torch.int32).argmax(1)
-    colours = flat.gather(2, brightest[:, None, None].expand(-1, flat.shape[1], 1))[:, :, 0].float() / 255.0
+    colours = (
+        flat.gather(2, brightest[:, None, None].expand(-1, flat.shape[1], 1))[:, :, 0].float()
+        / 255.0
+    )
     out = torch.full((num_classes, flat.shape[1]), float("nan"))
     for b in range(num_classes):  # ten labels, each a vectorised median over its images
         members = colours[biases == b]
@@ -128,6 +141,8 @@ def read_palette(images: torch.Tensor, biases: torch.Tensor, num_classes: int = 
 def match_palette(measured: torch.Tensor, tolerance: float = 0.03) -> str | None:
     """The named palette the measured colours are, or None when they are none of them."""
     for name, palette in PALETTES.items():
-        if measured.shape == palette.shape and bool(((measured - palette).abs() <= tolerance).all()):
+        if measured.shape == palette.shape and bool(
+            ((measured - palette).abs() <= tolerance).all()
+        ):
             return name
     return None

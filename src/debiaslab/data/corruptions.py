@@ -38,6 +38,7 @@ Deviations from the reference:
 - pixelate: PIL's BOX resampling (down to int(32 c), back up to 32) re-implemented as separable
   weight matrices, rounding to 8 bits after each pass like PIL.
 """
+
 from __future__ import annotations
 
 import cv2
@@ -55,7 +56,13 @@ SHOT_NOISE = (500, 250, 100, 75, 50)  # photons per unit intensity
 IMPULSE_NOISE = (0.01, 0.02, 0.03, 0.05, 0.07)  # fraction of values flipped
 SPECKLE_NOISE = (0.06, 0.10, 0.12, 0.16, 0.20)  # std of the multiplicative noise
 GAUSSIAN_BLUR = (0.4, 0.6, 0.7, 0.8, 1.0)  # sigma
-GLASS_BLUR = ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2))  # sigma, max_delta, iterations
+GLASS_BLUR = (
+    (0.05, 1, 1),
+    (0.25, 1, 1),
+    (0.4, 1, 1),
+    (0.25, 1, 2),
+    (0.4, 1, 2),
+)  # sigma, max_delta, iterations
 DEFOCUS_BLUR = ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1))  # disk radius, alias blur
 MOTION_BLUR = ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5))  # radius, sigma
 ZOOM_BLUR = tuple(np.arange(1, top, 0.01) for top in (1.06, 1.11, 1.16, 1.21, 1.26))  # zoom factors
@@ -78,8 +85,16 @@ SPATTER = (  # mean, std, sigma, threshold, strength (water) / mud sigma, mud?
     (0.65, 0.1, 0.7, 0.69, 0.6, 1),
     (0.65, 0.1, 0.5, 0.68, 0.6, 1),
 )
-ELASTIC_TRANSFORM = tuple((SIZE * a, SIZE * s, SIZE * f) for a, s, f in (  # alpha, sigma, affine jitter (pixels)
-    (0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05), (0.1, 0.03, 0.03)))
+ELASTIC_TRANSFORM = tuple(
+    (SIZE * a, SIZE * s, SIZE * f)
+    for a, s, f in (  # alpha, sigma, affine jitter (pixels)
+        (0, 0, 0.08),
+        (0.05, 0.2, 0.07),
+        (0.08, 0.06, 0.06),
+        (0.1, 0.04, 0.05),
+        (0.1, 0.03, 0.03),
+    )
+)
 JPEG_COMPRESSION = (80, 65, 58, 50, 40)  # quality
 PIXELATE = (0.95, 0.9, 0.85, 0.75, 0.65)  # downscale factor
 
@@ -105,7 +120,7 @@ def _per_channel(fn, x):
     """Apply a 2-D cv2 op to every channel of every image of x [N, H, W, C], 128 channels per call."""
     n, h, w, c = x.shape
     stacked = x.transpose(1, 2, 0, 3).reshape(h, w, n * c)
-    chunks = [fn(np.ascontiguousarray(stacked[:, :, i:i + 128])) for i in range(0, n * c, 128)]
+    chunks = [fn(np.ascontiguousarray(stacked[:, :, i : i + 128])) for i in range(0, n * c, 128)]
     out = np.concatenate([ch.reshape(ch.shape[0], ch.shape[1], -1) for ch in chunks], axis=2)
     return out.reshape(out.shape[0], out.shape[1], n, c).transpose(2, 0, 1, 3)
 
@@ -117,7 +132,7 @@ def _gaussian(x, sigma, border=cv2.BORDER_REPLICATE, truncate=4.0):
         return x
     r = int(truncate * sigma + 0.5)
     t = np.arange(-r, r + 1)
-    k = np.exp(-0.5 * t ** 2 / sigma ** 2)
+    k = np.exp(-0.5 * t**2 / sigma**2)
     k = (k / k.sum()).astype(np.float32)
     return _per_channel(lambda a: cv2.sepFilter2D(a, -1, k, k, borderType=border), x)
 
@@ -138,14 +153,20 @@ def _zoom_sum(x, factors):
     """Sum over factors of clipped_zoom(x, factor) for x [N, H, W, C] float32."""
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     mats = [_zoom_matrix(f) for f in factors]
-    return _per_channel(lambda a: sum(cv2.warpAffine(a, m, (SIZE, SIZE), flags=flags, borderMode=cv2.BORDER_REPLICATE) for m in mats), x)
+    return _per_channel(
+        lambda a: sum(
+            cv2.warpAffine(a, m, (SIZE, SIZE), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+            for m in mats
+        ),
+        x,
+    )
 
 
 def _motion_blur(x, radius, sigma, angles):
     """ImageMagick's MotionBlurImage on x [N, H, W, C] with one angle (degrees) per image; float32 out."""
     n, h, w, c = x.shape
     taps = np.arange(2 * radius + 1)
-    weights = np.exp(-taps ** 2 / (2 * sigma ** 2))
+    weights = np.exp(-(taps**2) / (2 * sigma**2))
     weights = (weights / weights.sum()).astype(np.float32)
     a = np.deg2rad(angles)[:, None]
     dx = np.ceil(taps * np.cos(a) - 0.5).astype(np.int64)  # [N, taps]
@@ -176,8 +197,12 @@ def _plasma_fractal(rng, n, mapsize=SIZE, wibbledecay=3.0):
         squares = squares + np.roll(squares, -1, axis=2)
         m[:, half::step, half::step] = wibbled_mean(squares)
         dr, ul = m[:, half::step, half::step], m[:, ::step, ::step]
-        m[:, ::step, half::step] = wibbled_mean(dr + np.roll(dr, 1, axis=1) + ul + np.roll(ul, -1, axis=2))
-        m[:, half::step, ::step] = wibbled_mean(dr + np.roll(dr, 1, axis=2) + ul + np.roll(ul, -1, axis=1))
+        m[:, ::step, half::step] = wibbled_mean(
+            dr + np.roll(dr, 1, axis=1) + ul + np.roll(ul, -1, axis=2)
+        )
+        m[:, half::step, ::step] = wibbled_mean(
+            dr + np.roll(dr, 1, axis=2) + ul + np.roll(ul, -1, axis=1)
+        )
         step //= 2
         wibble /= wibbledecay
     m -= m.min(axis=(1, 2), keepdims=True)
@@ -195,17 +220,29 @@ def _frost_texture(seed):
     crystals = np.zeros((h, w), np.float32)
     for _ in range(h * w // 25):
         x0, y0 = rng.uniform(0, w), rng.uniform(0, h)
-        angle, length, value = rng.uniform(0, 2 * np.pi), 1 + rng.exponential(4), rng.uniform(0.3, 1.0)
+        angle, length, value = (
+            rng.uniform(0, 2 * np.pi),
+            1 + rng.exponential(4),
+            rng.uniform(0.3, 1.0),
+        )
         segments = [(x0, y0, angle, length, value)]
         for t in rng.uniform(0.2, 1.0, size=int(length // 2)):  # side branches at +-60 degrees
             side = angle + rng.choice((-1, 1)) * np.pi / 3
-            segments.append((x0 + t * length * np.cos(angle), y0 + t * length * np.sin(angle), side, 0.4 * length, 0.7 * value))
+            segments.append(
+                (
+                    x0 + t * length * np.cos(angle),
+                    y0 + t * length * np.sin(angle),
+                    side,
+                    0.4 * length,
+                    0.7 * value,
+                )
+            )
         for sx, sy, a, ln, v in segments:
             p0 = (int(sx * 16), int(sy * 16))
             p1 = (int((sx + ln * np.cos(a)) * 16), int((sy + ln * np.sin(a)) * 16))
             cv2.line(crystals, p0, p1, float(v), 1, cv2.LINE_AA, shift=4)
     crystals = cv2.GaussianBlur(crystals, (0, 0), 0.6)
-    ice = film ** 1.5 * (0.5 + crystals)
+    ice = film**1.5 * (0.5 + crystals)
     ice = np.clip(ice / np.percentile(ice, 99.5), 0, 1)
     tint = np.float32([0.85, 0.92, 1.0])  # bluish white, RGB
     return np.uint8(255 * ice[..., None] * tint)
@@ -258,7 +295,9 @@ def _hsv_value_and_saturation(x):
 
 def gaussian_noise(images, severity, rng):
     x = _to_float(images)
-    return _to_uint8(x + GAUSSIAN_NOISE[severity - 1] * rng.standard_normal(x.shape, dtype=np.float32))
+    return _to_uint8(
+        x + GAUSSIAN_NOISE[severity - 1] * rng.standard_normal(x.shape, dtype=np.float32)
+    )
 
 
 def shot_noise(images, severity, rng):
@@ -277,7 +316,9 @@ def impulse_noise(images, severity, rng):
 
 def speckle_noise(images, severity, rng):
     x = _to_float(images)
-    return _to_uint8(x + x * SPECKLE_NOISE[severity - 1] * rng.standard_normal(x.shape, dtype=np.float32))
+    return _to_uint8(
+        x + x * SPECKLE_NOISE[severity - 1] * rng.standard_normal(x.shape, dtype=np.float32)
+    )
 
 
 def gaussian_blur(images, severity, rng):
@@ -290,20 +331,24 @@ def glass_blur(images, severity, rng):
     n = len(x)
     inner = np.arange(delta + 1, SIZE - delta + 1)  # the rows / columns the reference visits
     for _ in range(iterations):
-        d = rng.integers(-delta, delta, size=(2, n, len(inner), len(inner)))  # dx, dy in [-delta, delta)
+        d = rng.integers(
+            -delta, delta, size=(2, n, len(inner), len(inner))
+        )  # dx, dy in [-delta, delta)
         rows = inner[:, None] + d[1]
         cols = inner[None, :] + d[0]
-        x[:, inner[0]:inner[-1] + 1, inner[0]:inner[-1] + 1] = x[np.arange(n)[:, None, None], rows, cols]
+        x[:, inner[0] : inner[-1] + 1, inner[0] : inner[-1] + 1] = x[
+            np.arange(n)[:, None, None], rows, cols
+        ]
     return _to_uint8(_gaussian(_to_float(x), sigma))
 
 
 def defocus_blur(images, severity, rng):
     radius, alias_blur = DEFOCUS_BLUR[severity - 1]
     t = np.arange(-8, 9)  # the reference's disk(): 17x17 aliased disk, 3x3 Gaussian antialias
-    disk = ((t[:, None] ** 2 + t[None, :] ** 2) <= radius ** 2).astype(np.float32)
+    disk = ((t[:, None] ** 2 + t[None, :] ** 2) <= radius**2).astype(np.float32)
     kernel = cv2.GaussianBlur(disk / disk.sum(), (3, 3), alias_blur)
     r = int(np.abs(t[np.any(kernel != 0, axis=0)]).max())  # drop the all-zero rim (same result)
-    kernel = np.ascontiguousarray(kernel[8 - r:9 + r, 8 - r:9 + r])
+    kernel = np.ascontiguousarray(kernel[8 - r : 9 + r, 8 - r : 9 + r])
     return _to_uint8(_per_channel(lambda a: cv2.filter2D(a, -1, kernel), _to_float(images)))
 
 
@@ -342,7 +387,11 @@ def frost(images, severity, rng):
     top = rng.integers(0, textures.shape[1] - SIZE, size=n)
     left = rng.integers(0, textures.shape[2] - SIZE, size=n)
     ar = np.arange(SIZE)
-    crops = textures[idx[:, None, None], top[:, None, None] + ar[None, :, None], left[:, None, None] + ar[None, None, :]]
+    crops = textures[
+        idx[:, None, None],
+        top[:, None, None] + ar[None, :, None],
+        left[:, None, None] + ar[None, None, :],
+    ]
     return _to_uint8((a * images.astype(np.float32) + b * crops.astype(np.float32)) / 255)
 
 
@@ -412,13 +461,25 @@ def elastic_transform(images, severity, rng):
     src = np.float32([[c + s, c + s], [c + s, c - s], [c - s, c - s]])
     dst = src + rng.uniform(-jitter, jitter, size=(n, 3, 2)).astype(np.float32)
     noise = rng.uniform(-1, 1, size=(n, SIZE, SIZE, 2)).astype(np.float32)
-    shift = alpha * _gaussian(noise, sigma, border=cv2.BORDER_REFLECT, truncate=3.0)  # [..., 0] = dx, [..., 1] = dy
+    shift = alpha * _gaussian(
+        noise, sigma, border=cv2.BORDER_REFLECT, truncate=3.0
+    )  # [..., 0] = dx, [..., 1] = dy
     grid = np.arange(SIZE, dtype=np.float32)
     out = np.empty_like(x)
     for i in range(n):
-        warped = cv2.warpAffine(x[i], cv2.getAffineTransform(src, dst[i]), (SIZE, SIZE), borderMode=cv2.BORDER_REFLECT_101)
-        out[i] = cv2.remap(warped, grid[None, :] + shift[i, ..., 0], grid[:, None] + shift[i, ..., 1],
-                           cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        warped = cv2.warpAffine(
+            x[i],
+            cv2.getAffineTransform(src, dst[i]),
+            (SIZE, SIZE),
+            borderMode=cv2.BORDER_REFLECT_101,
+        )
+        out[i] = cv2.remap(
+            warped,
+            grid[None, :] + shift[i, ..., 0],
+            grid[:, None] + shift[i, ..., 1],
+            cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REFLECT,
+        )
     return _to_uint8(out)
 
 
@@ -426,7 +487,7 @@ def jpeg_compression(images, severity, rng):
     params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_COMPRESSION[severity - 1]]
     out = np.empty_like(images)
     for i, img in enumerate(images):
-        _, buf = cv2.imencode('.jpg', np.ascontiguousarray(img[..., ::-1]), params)  # cv2 wants BGR
+        _, buf = cv2.imencode(".jpg", np.ascontiguousarray(img[..., ::-1]), params)  # cv2 wants BGR
         out[i] = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
     return out
 
@@ -439,8 +500,30 @@ def original(images, severity, rng):
     return images.copy()
 
 
-TYPE0 = ("snow", "frost", "fog", "brightness", "contrast", "spatter", "elastic_transform", "jpeg_compression", "pixelate", "saturate")
-TYPE1 = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "gaussian_blur", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur", "original")
+TYPE0 = (
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "spatter",
+    "elastic_transform",
+    "jpeg_compression",
+    "pixelate",
+    "saturate",
+)
+TYPE1 = (
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "speckle_noise",
+    "gaussian_blur",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "original",
+)
 CORRUPTION_TYPES = {0: TYPE0, 1: TYPE1}
 CORRUPTIONS = {name: globals()[name] for name in TYPE0 + TYPE1}
 
@@ -449,10 +532,23 @@ def corrupt(images: np.ndarray, name: str, severity: int, rng: np.random.Generat
     """images uint8 [N, 32, 32, 3] RGB -> uint8 [N, 32, 32, 3]; deterministic given the rng's state."""
     if name not in CORRUPTIONS:
         raise UserError(f"unknown corruption {name!r}; choose one of: {', '.join(CORRUPTIONS)}")
-    if not isinstance(severity, (int, np.integer)) or isinstance(severity, bool) or not 1 <= severity <= 5:
+    if (
+        not isinstance(severity, (int, np.integer))
+        or isinstance(severity, bool)
+        or not 1 <= severity <= 5
+    ):
         raise UserError(f"corruption severity must be an integer 1..5, got {severity!r}")
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (SIZE, SIZE, 3):
-        got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
+    if (
+        not isinstance(images, np.ndarray)
+        or images.dtype != np.uint8
+        or images.ndim != 4
+        or images.shape[1:] != (SIZE, SIZE, 3)
+    ):
+        got = (
+            f"{images.dtype} {images.shape}"
+            if isinstance(images, np.ndarray)
+            else type(images).__name__
+        )
         raise ValueError(f"corrupt expects uint8 images [N, {SIZE}, {SIZE}, 3], got {got}")
     if len(images) == 0:
         return images.copy()

@@ -11,6 +11,7 @@ A split is decoded once into a uint8 tensor and cached next to the data (or unde
 ``~/.cache/debiaslab`` when the data folder is read-only). The cache is keyed by a fingerprint of
 the file listing (names, sizes, modification times), so editing the folder invalidates it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,7 +36,11 @@ _LABELS = re.compile(r"(?P<id>.+)_(?P<target>[0-9]+)_(?P<bias>[0-9]+)", re.DOTAL
 CACHE_VERSION = 1
 DATASETS = ("cmnist", "cifar10c", "bffhq")
 # The percent folders the paper ships for each dataset.
-PERCENTS = {"cmnist": ("0.5pct", "1pct", "2pct", "5pct"), "cifar10c": ("0.5pct", "1pct", "2pct", "5pct"), "bffhq": ("0.5pct",)}
+PERCENTS = {
+    "cmnist": ("0.5pct", "1pct", "2pct", "5pct"),
+    "cifar10c": ("0.5pct", "1pct", "2pct", "5pct"),
+    "bffhq": ("0.5pct",),
+}
 
 
 def parse_labels(name: str) -> tuple[int, int]:
@@ -68,8 +73,10 @@ def _scan(folder: str) -> list[tuple[str, os.stat_result]]:
             continue
         ext = os.path.splitext(e.name)[1]
         if ext.lower() not in IMAGE_EXTS:
-            raise UserError(f"{e.path} is not an image (extension {ext or 'none'}); "
-                            f"expected one of {sorted(IMAGE_EXTS)}: move it out of the dataset folder")
+            raise UserError(
+                f"{e.path} is not an image (extension {ext or 'none'}); "
+                f"expected one of {sorted(IMAGE_EXTS)}: move it out of the dataset folder"
+            )
         out.append((e.path, e.stat()))
     return out
 
@@ -79,7 +86,9 @@ def _decode(path, image_size: int | None = None) -> np.ndarray:
         with Image.open(path) as im:
             rgb = im.convert("RGB")
     except Exception as e:  # PIL raises many kinds for broken files
-        raise UserError(f"cannot read image {path} ({type(e).__name__}: {e}); re-download or remove it") from None
+        raise UserError(
+            f"cannot read image {path} ({type(e).__name__}: {e}); re-download or remove it"
+        ) from None
     if image_size is not None and rgb.size != (image_size, image_size):
         rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
     return np.asarray(rgb)
@@ -97,8 +106,10 @@ def decode_images(paths: list, image_size: int | None = None, size_hint: str = "
     shape = arrays[0].shape
     for p, a in zip(paths, arrays):
         if a.shape != shape:
-            raise UserError(f"image {p} is {a.shape[1]}x{a.shape[0]} but the first image of its split "
-                            f"({paths[0]}) is {shape[1]}x{shape[0]}: every image of a split must have the same size{size_hint}")
+            raise UserError(
+                f"image {p} is {a.shape[1]}x{a.shape[0]} but the first image of its split "
+                f"({paths[0]}) is {shape[1]}x{shape[0]}: every image of a split must have the same size{size_hint}"
+            )
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -111,7 +122,7 @@ def listing_fingerprint(entries: list[tuple[str, os.stat_result]], base: Path, l
     h = hashlib.sha256(f"v{CACHE_VERSION}".encode())
     prefix = str(base) + os.sep
     for i, (p, st) in enumerate(entries):
-        rel = p[len(prefix):] if p.startswith(prefix) else os.path.relpath(p, base)
+        rel = p[len(prefix) :] if p.startswith(prefix) else os.path.relpath(p, base)
         line = f"{rel}\0{st.st_size}\0{st.st_mtime_ns}"
         if labels is not None:
             line += "\0{}\0{}".format(*labels[i])
@@ -129,14 +140,25 @@ def _cache_path(base: Path, key: str) -> Path:
 
 
 def _save_cache(cache: Path, fingerprint: str, split: Split, checksum: str) -> None:
-    atomic_torch_save({"version": CACHE_VERSION, "fingerprint": fingerprint, "checksum": checksum,
-                       "images": split.images, "targets": split.targets, "biases": split.biases}, cache)
+    atomic_torch_save(
+        {
+            "version": CACHE_VERSION,
+            "fingerprint": fingerprint,
+            "checksum": checksum,
+            "images": split.images,
+            "targets": split.targets,
+            "biases": split.biases,
+        },
+        cache,
+    )
 
 
 def write_cache(folders, base: Path, key: str, split: Split) -> str:
     """Store ``split`` (whose samples are in the reader's file order) as the cache of ``folders``."""
     checksum = split.checksum()
-    _save_cache(_cache_path(base, key), listing_fingerprint(scan_folders(folders), base), split, checksum)
+    _save_cache(
+        _cache_path(base, key), listing_fingerprint(scan_folders(folders), base), split, checksum
+    )
     return checksum
 
 
@@ -145,7 +167,10 @@ def store_cache(cache: Path, fingerprint: str, split: Split, checksum: str) -> N
     try:
         _save_cache(cache, fingerprint, split, checksum)
     except OSError as e:
-        warnings.warn(f"could not write the cache {cache} ({e}); the next run decodes the images again", stacklevel=3)
+        warnings.warn(
+            f"could not write the cache {cache} ({e}); the next run decodes the images again",
+            stacklevel=3,
+        )
 
 
 def read_cache(cache: Path, fingerprint: str) -> tuple[Split, str] | None:
@@ -161,17 +186,24 @@ def read_cache(cache: Path, fingerprint: str) -> tuple[Split, str] | None:
         warnings.warn(f"ignoring unreadable cache {cache}; rebuilding it", stacklevel=3)
         return None
     if split.checksum() != blob["checksum"]:
-        warnings.warn(f"cache {cache} does not match its checksum (damaged); rebuilding it from the images", stacklevel=3)
+        warnings.warn(
+            f"cache {cache} does not match its checksum (damaged); rebuilding it from the images",
+            stacklevel=3,
+        )
         return None
     return split, blob["checksum"]
 
 
-def read_split(folders: list[Path], base: Path, key: str, use_cache: bool = True) -> tuple[Split, str]:
+def read_split(
+    folders: list[Path], base: Path, key: str, use_cache: bool = True
+) -> tuple[Split, str]:
     """Read one split made of the images under ``folders``; returns the split and its checksum."""
     entries = scan_folders(folders)
     if not entries:
-        raise UserError(f"no images found under {', '.join(map(str, folders))}; "
-                        "check --data_dir / --percent (the folder exists but is empty)")
+        raise UserError(
+            f"no images found under {', '.join(map(str, folders))}; "
+            "check --data_dir / --percent (the folder exists but is empty)"
+        )
     cache = _cache_path(base, key)
     fingerprint = listing_fingerprint(entries, base)
     cached = read_cache(cache, fingerprint) if use_cache else None
@@ -191,27 +223,49 @@ def cifar10c_folder(corruption_type: int) -> str:
     return "cifar10c" if corruption_type == 0 else f"cifar10c_type{corruption_type}"
 
 
-BUILD_HINTS = {"cmnist": "debiaslab data build cmnist", "cifar10c": "debiaslab data build cifar10c",
-               "cifar10c_type1": "debiaslab data build cifar10c --type 1"}
+BUILD_HINTS = {
+    "cmnist": "debiaslab data build cmnist",
+    "cifar10c": "debiaslab data build cifar10c",
+    "cifar10c_type1": "debiaslab data build cifar10c --type 1",
+}
 
 
 def dataset_root(data_dir, dataset: str) -> Path:
     """``<data_dir>/<dataset>``, or a one-line error saying what is missing and how to get it."""
     data_dir = Path(data_dir)
     root = data_dir / dataset
-    hint = f" (build it there with: {BUILD_HINTS[dataset]} --out {data_dir})" if dataset in BUILD_HINTS else ""
+    hint = (
+        f" (build it there with: {BUILD_HINTS[dataset]} --out {data_dir})"
+        if dataset in BUILD_HINTS
+        else ""
+    )
     if data_dir.exists() and not data_dir.is_dir():
-        raise UserError(f"--data_dir {data_dir} is a file, not a folder; point it at the folder that holds '{dataset}/'")
+        raise UserError(
+            f"--data_dir {data_dir} is a file, not a folder; point it at the folder that holds '{dataset}/'"
+        )
     if not data_dir.is_dir():
-        raise UserError(f"--data_dir {data_dir} does not exist; point it at the folder that holds '{dataset}/'{hint}")
+        raise UserError(
+            f"--data_dir {data_dir} does not exist; point it at the folder that holds '{dataset}/'{hint}"
+        )
     if not root.is_dir():
-        if data_dir.name == dataset or (data_dir / "align").is_dir() or data_dir.name.endswith("pct"):
-            raise UserError(f"--data_dir {data_dir} looks like the dataset folder itself; pass the folder that holds "
-                            f"'{dataset}/' (e.g. --data_dir {data_dir.parent if data_dir.name == dataset else data_dir.parent.parent})")
-        have = sorted(p.name for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-        raise UserError(f"{root} does not exist: --data_dir {data_dir} has no '{dataset}' folder "
-                        f"(it has: {', '.join(have[:8]) or 'no folders'}); check --dataset, or pass the folder that contains "
-                        f"'{dataset}/' with --data_dir{hint}")
+        if (
+            data_dir.name == dataset
+            or (data_dir / "align").is_dir()
+            or data_dir.name.endswith("pct")
+        ):
+            raise UserError(
+                f"--data_dir {data_dir} looks like the dataset folder itself; pass the folder that "
+                f"holds '{dataset}/' (e.g. --data_dir "
+                f"{data_dir.parent if data_dir.name == dataset else data_dir.parent.parent})"
+            )
+        have = sorted(
+            p.name for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
+        raise UserError(
+            f"{root} does not exist: --data_dir {data_dir} has no '{dataset}' folder "
+            f"(it has: {', '.join(have[:8]) or 'no folders'}); check --dataset, or pass the folder that contains "
+            f"'{dataset}/' with --data_dir{hint}"
+        )
     return root
 
 
@@ -223,20 +277,28 @@ def split_folders(data_dir: Path, dataset: str, percent: str) -> dict[str, list[
         pct_dir = root / f"{percent}pct"  # --percent 0.5 means the 0.5pct folder
     if not pct_dir.is_dir():
         have = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.endswith("pct"))
-        raise UserError(f"--percent {percent} not found: {pct_dir} does not exist; "
-                        f"available under {root}: {', '.join(have) or 'none'}")
+        raise UserError(
+            f"--percent {percent} not found: {pct_dir} does not exist; "
+            f"available under {root}: {', '.join(have) or 'none'}"
+        )
     train = [pct_dir / "align"]
     conflict = [d for d in (pct_dir / "conflict", pct_dir / "conlict") if d.is_dir()]
     if not train[0].is_dir():
-        raise UserError(f"{train[0]} does not exist: a reference-layout training split needs align/ and conflict/ folders")
+        raise UserError(
+            f"{train[0]} does not exist: a reference-layout training split needs align/ and conflict/ folders"
+        )
     if not conflict:
-        raise UserError(f"{pct_dir} has no conflict/ (or conlict/) folder: the dataset looks incomplete; re-download or rebuild it")
+        raise UserError(
+            f"{pct_dir} has no conflict/ (or conlict/) folder: the dataset looks incomplete; re-download or rebuild it"
+        )
     train += conflict
     valid = pct_dir / "valid" if (pct_dir / "valid").is_dir() else root / "valid"
     test = root / "test"
     for name, d in (("valid", valid), ("test", test)):
         if not d.is_dir():
-            raise UserError(f"the {name} split is missing: neither {pct_dir / name} nor {root / name} exists")
+            raise UserError(
+                f"the {name} split is missing: neither {pct_dir / name} nor {root / name} exists"
+            )
     return {"train": train, "valid": [valid], "test": [test]}
 
 
@@ -244,7 +306,9 @@ def split_folders(data_dir: Path, dataset: str, percent: str) -> dict[str, list[
 KNOWN_CLASSES = {"cmnist": 10, "cifar10c": 10, "cifar10c_type1": 10, "bffhq": 2}
 
 
-def _check_label_range(splits: dict[str, Split], folders: dict[str, list[Path]], dataset: str) -> None:
+def _check_label_range(
+    splits: dict[str, Split], folders: dict[str, list[Path]], dataset: str
+) -> None:
     n = KNOWN_CLASSES.get(dataset)
     if n is None:
         return
@@ -253,8 +317,10 @@ def _check_label_range(splits: dict[str, Split], folders: dict[str, list[Path]],
             bad = labels[(labels < 0) | (labels >= n)]
             if len(bad):
                 pattern = f"*_{int(bad[0])}_*" if kind == "target" else f"*_*_{int(bad[0])}.*"
-                raise UserError(f"{kind} label {int(bad[0])} in {folders[name][0]} is out of range: {dataset} has {n} classes "
-                                f"(0..{n - 1}); fix or remove the files named {pattern}")
+                raise UserError(
+                    f"{kind} label {int(bad[0])} in {folders[name][0]} is out of range: {dataset} has {n} classes "
+                    f"(0..{n - 1}); fix or remove the files named {pattern}"
+                )
 
 
 def load_reference(data_dir, dataset: str, percent: str, use_cache: bool = True) -> DatasetBundle:
@@ -269,12 +335,18 @@ def load_reference(data_dir, dataset: str, percent: str, use_cache: bool = True)
     num_classes = int(max(int(s.targets.max()) for s in splits.values())) + 1
     missing = sorted(set(range(num_classes)) - set(splits["train"].targets.unique().tolist()))
     if missing:
-        raise UserError(f"classes {missing} appear in valid/test but not in the training split of {root / percent}; "
-                        "the dataset is incomplete or its labels are inconsistent")
+        raise UserError(
+            f"classes {missing} appear in valid/test but not in the training split of {root / percent}; "
+            "the dataset is incomplete or its labels are inconsistent"
+        )
     shapes = {name: tuple(s.images.shape[1:]) for name, s in splits.items()}
     if len(set(shapes.values())) != 1:
-        raise UserError(f"splits of {root} have different image sizes {shapes}; every split must have the same size")
-    return DatasetBundle(dataset, splits["train"], splits["valid"], splits["test"], num_classes, info)
+        raise UserError(
+            f"splits of {root} have different image sizes {shapes}; every split must have the same size"
+        )
+    return DatasetBundle(
+        dataset, splits["train"], splits["valid"], splits["test"], num_classes, info
+    )
 
 
 def _save_png(args):

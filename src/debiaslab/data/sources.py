@@ -1,4 +1,5 @@
 """Reading a builder's source dataset (MNIST, CIFAR-10) from torchvision or a local ``.npz``."""
+
 from __future__ import annotations
 
 import hashlib
@@ -25,24 +26,34 @@ def read_npz(path: Path, name: str) -> list[np.ndarray]:
         with np.load(path) as z:
             return [z[k] for k in ARRAYS]
     except KeyError as e:
-        raise UserError(f"{path} lacks the array {e}; a {name} .npz needs {', '.join(ARRAYS)}") from None
+        raise UserError(
+            f"{path} lacks the array {e}; a {name} .npz needs {', '.join(ARRAYS)}"
+        ) from None
     except Exception as e:
-        raise UserError(f"cannot read {path} as .npz ({type(e).__name__}: {e}); is the file complete?") from None
+        raise UserError(
+            f"cannot read {path} as .npz ({type(e).__name__}: {e}); is the file complete?"
+        ) from None
 
 
 def torchvision_splits(dataset_cls, root: Path, download: bool, flag: str, local_forms: str):
     """The train and test sets of a torchvision dataset class, downloading into ``root`` if asked."""
     try:
-        return (dataset_cls(str(root), train=True, download=download),
-                dataset_cls(str(root), train=False, download=download))
+        return (
+            dataset_cls(str(root), train=True, download=download),
+            dataset_cls(str(root), train=False, download=download),
+        )
     except (RuntimeError, OSError) as e:
         what = "downloading" if download else "reading"
         where = "into" if download else "from"
-        raise UserError(f"{what} {dataset_cls.__name__} {where} {root} failed ({str(e).splitlines()[0][:200]}); "
-                        f"pass {flag} with a local copy ({local_forms})") from None
+        raise UserError(
+            f"{what} {dataset_cls.__name__} {where} {root} failed ({str(e).splitlines()[0][:200]}); "
+            f"pass {flag} with a local copy ({local_forms})"
+        ) from None
 
 
-def load_source(source: str | None, download_root: Path, download, forms, flag: str, describe: str) -> tuple[dict, dict]:
+def load_source(
+    source: str | None, download_root: Path, download, forms, flag: str, describe: str
+) -> tuple[dict, dict]:
     """Read a source dataset as ``({'x_train', 'y_train', 'x_test', 'y_test'}: numpy arrays, provenance)``.
 
     ``source`` None: ``download(download_root)``. Otherwise the first of ``forms`` — ``(matches(path),
@@ -66,5 +77,7 @@ def load_source(source: str | None, download_root: Path, download, forms, flag: 
     for k in ("y_train", "y_test"):
         data[k] = data[k].astype(np.int64)
         if len(data[k]) != len(data["x" + k[1:]]):
-            raise UserError(f"{k} of {flag} has {len(data[k])} labels for {len(data['x' + k[1:]])} images")
+            raise UserError(
+                f"{k} of {flag} has {len(data[k])} labels for {len(data['x' + k[1:]])} images"
+            )
     return data, prov

@@ -3,6 +3,7 @@
 Images are decoded once (from PNG folders, a cache or a builder) into a single uint8 tensor
 of shape [N, C, H, W]; training indexes it with batches of indices and never touches a file.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,7 +22,9 @@ class Split:
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise ValueError(f"images must be uint8 [N, C, H, W], got {self.images.dtype} {tuple(self.images.shape)}")
+            raise ValueError(
+                f"images must be uint8 [N, C, H, W], got {self.images.dtype} {tuple(self.images.shape)}"
+            )
         n = len(self.images)
         if len(self.targets) != n or (self.biases is not None and len(self.biases) != n):
             raise ValueError("images, targets and biases must have the same length")
@@ -29,7 +32,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.images)
 
-    def to(self, device) -> "Split":
+    def to(self, device) -> Split:
         return Split(
             self.images.to(device),
             self.targets.to(device),

@@ -6,6 +6,7 @@ torchvision pipeline does. (torchvision's transforms v2 on a batched tensor draw
 parameters for the whole batch, which is a different augmentation.) Random draws come from the
 transform's own generator, on the batch's device, so a seed gives the same batches.
 """
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,16 @@ class BatchTransform:
     by 255 twice, so evaluating them uses ``scale=1/255**2``.
     """
 
-    def __init__(self, mean=None, std=None, crop_padding: int = 0, flip: bool = False,
-                 scale: float = 1.0 / 255.0, generator: torch.Generator | None = None, channels_last: bool = False):
+    def __init__(
+        self,
+        mean=None,
+        std=None,
+        crop_padding: int = 0,
+        flip: bool = False,
+        scale: float = 1.0 / 255.0,
+        generator: torch.Generator | None = None,
+        channels_last: bool = False,
+    ):
         self.mean = None if mean is None else torch.tensor(mean).view(1, -1, 1, 1)
         self.std = None if std is None else torch.tensor(std).view(1, -1, 1, 1)
         self.crop_padding = crop_padding
@@ -72,6 +81,12 @@ def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
         return images
     out = []
     for i in range(0, len(images), 512):
-        chunk = F.interpolate(images[i:i + 512].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        chunk = F.interpolate(
+            images[i : i + 512].float(),
+            size=(size, size),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        )
         out.append(chunk.round_().clamp_(0, 255).to(torch.uint8))
     return torch.cat(out)

@@ -1,4 +1,5 @@
 """Method registry: a new method is one module plus one line here."""
+
 from debiaslab.methods.base import Method, StagePlan
 from debiaslab.methods.bias_ensemble import DisEntBE, LfFBE
 from debiaslab.methods.denetdm import DeNetDM
@@ -10,7 +11,8 @@ from debiaslab.methods.lff import LfF
 from debiaslab.methods.vanilla import Vanilla
 
 METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (Vanilla, LfF, DisEnt, JTT, LC, GroupDRO, LfFBE, DisEntBE, DeNetDM)}
+    m.name: m for m in (Vanilla, LfF, DisEnt, JTT, LC, GroupDRO, LfFBE, DisEntBE, DeNetDM)
+}
 
 
 def total_steps(cfg) -> int:

@@ -1,4 +1,5 @@
 """The interface every method implements (DomainBed style: one class, one small ``loss``)."""
+
 from __future__ import annotations
 
 import itertools
@@ -8,7 +9,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from debiaslab.methods.optim import StepDecay, adam_step, init_adam_state, is_device_steppable, make_adam
+from debiaslab.methods.optim import (
+    StepDecay,
+    adam_step,
+    init_adam_state,
+    is_device_steppable,
+    make_adam,
+)
 from debiaslab.models import build_model
 
 
@@ -54,8 +61,12 @@ class StageData:
     @torch.no_grad()
     def logits(self, predict) -> torch.Tensor:
         """``predict`` (prepared inputs -> logits) on every training image, in batches, as float."""
-        return torch.cat([predict(self.prepare(self.images[i:i + self.batch_size])).float()
-                          for i in range(0, len(self.images), self.batch_size)])
+        return torch.cat(
+            [
+                predict(self.prepare(self.images[i : i + self.batch_size])).float()
+                for i in range(0, len(self.images), self.batch_size)
+            ]
+        )
 
 
 @dataclass
@@ -87,8 +98,15 @@ class Method:
     head_inputs = 1
     uses_bias_labels = False  # True only for methods that read bias labels while training
 
-    def __init__(self, cfg, models: dict[str, nn.Module], train_targets: torch.Tensor, num_classes: int,
-                 generator: torch.Generator, train_biases: torch.Tensor | None = None):
+    def __init__(
+        self,
+        cfg,
+        models: dict[str, nn.Module],
+        train_targets: torch.Tensor,
+        num_classes: int,
+        generator: torch.Generator,
+        train_biases: torch.Tensor | None = None,
+    ):
         """``train_biases`` is given to methods with ``uses_bias_labels`` only."""
         self.cfg = cfg
         self.stage = self.stages(cfg)[-1]
@@ -97,11 +115,17 @@ class Method:
         self.generator = generator
         device = train_targets.device
         self.amp = cfg.amp and device.type == "cuda"  # bf16 autocast of the forward pass
-        self.optimizers = {n: make_adam(m.parameters(), *self.optimizer_settings(n)) for n, m in models.items()}
-        self.schedulers = {
-            n: StepDecay(o, step_size=cfg.lr_decay_step, gamma=cfg.lr_gamma)
-            for n, o in self.optimizers.items()
-        } if cfg.use_lr_decay else {}
+        self.optimizers = {
+            n: make_adam(m.parameters(), *self.optimizer_settings(n)) for n, m in models.items()
+        }
+        self.schedulers = (
+            {
+                n: StepDecay(o, step_size=cfg.lr_decay_step, gamma=cfg.lr_gamma)
+                for n, o in self.optimizers.items()
+            }
+            if cfg.use_lr_decay
+            else {}
+        )
         # under --on_nonfinite stop: set by the first non-finite step, after which no step applies
         self.halted = torch.zeros((), dtype=torch.bool, device=device)
         self.on_device = all(is_device_steppable(o) for o in self.optimizers.values())
@@ -127,8 +151,10 @@ class Method:
     @classmethod
     def build_models(cls, cfg, num_classes: int, in_shape) -> dict[str, nn.Module]:
         """Fresh models of every name in ``model_heads``, in that order (the seed decides them)."""
-        return {name: build_model(cls.model_architecture(cfg, name), num_classes, heads, in_shape)
-                for name, heads in cls.model_heads(cfg).items()}
+        return {
+            name: build_model(cls.model_architecture(cfg, name), num_classes, heads, in_shape)
+            for name, heads in cls.model_heads(cfg).items()
+        }
 
     def optimizer_settings(self, name: str) -> tuple[float, float]:
         """Adam's learning rate and weight decay for model ``name``: the run's, unless the method
@@ -184,8 +210,9 @@ class Method:
         count, passed to ``loss``; a change of its keys is a new graph, so keep them few."""
         return {}
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, draws: dict
-             ) -> tuple[torch.Tensor, dict]:
+    def loss(
+        self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, draws: dict
+    ) -> tuple[torch.Tensor, dict]:
         """The training loss of one batch and its named scalar terms (not detached, ``loss`` among
         them). May update per-sample state; never reads a tensor on the host."""
         raise NotImplementedError
@@ -198,7 +225,9 @@ class Method:
         self._schedule(step)
         return out
 
-    def step_on_batch(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, draws: dict) -> StepOutput:
+    def step_on_batch(
+        self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, draws: dict
+    ) -> StepOutput:
         """The step proper, with no host round-trip where the optimizers are fused (so a CUDA
         graph can hold it whole).
 
@@ -224,7 +253,9 @@ class Method:
         """
         saved_rows = self.sample_state(idx)
         # a CUDA graph must not keep autocast's cast weights across replays (PyTorch's graph notes)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp, cache_enabled=not self.graphed):
+        with torch.autocast(
+            "cuda", dtype=torch.bfloat16, enabled=self.amp, cache_enabled=not self.graphed
+        ):
             loss, terms = self.loss(x, y, idx, draws)
         values = torch.stack([v.detach().float() for v in terms.values()])
         finite = torch.isfinite(values)
@@ -273,8 +304,12 @@ class Method:
 
         if not self.on_device:
             raise ValueError("CUDA graphs need fused Adam (the step would read the host)")
-        self._step = CapturedStep(self.step_on_batch, lambda draws: (self.stage.name, tuple(draws)),
-                                  warmup, graph or CudaGraph)
+        self._step = CapturedStep(
+            self.step_on_batch,
+            lambda draws: (self.stage.name, tuple(draws)),
+            warmup,
+            graph or CudaGraph,
+        )
         self.graphed = True
 
     def train(self) -> None:
@@ -384,8 +419,12 @@ def _compiled_or_eager(method: Method, name: str):
             return compiled(*args)
         except Exception as e:  # noqa: BLE001 - any compile failure means: run it eagerly
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-            warnings.warn(f"--compile: {type(method).__name__}.{name} does not compile ({reason}); "
-                          "it runs eagerly", CompileFallbackWarning, stacklevel=2)
+            warnings.warn(
+                f"--compile: {type(method).__name__}.{name} does not compile ({reason}); "
+                "it runs eagerly",
+                CompileFallbackWarning,
+                stacklevel=2,
+            )
             fell_back = True
             method.compiled.remove(name)
             return eager(*args)

@@ -22,6 +22,7 @@ mean over the selected rows (the reference's mean over an empty selection is NaN
 here 0). Not followed: the reference scores the training set through its training-time
 augmentation; here through the evaluation transform (no difference on CMNIST).
 """
+
 from __future__ import annotations
 
 import torch
@@ -64,9 +65,13 @@ class BiasEnsemble:
         self.scores = torch.zeros(k, n, device=device)  # row i: p_i(x) of aux i, once it is scored
         self.scored = [False] * k
         self.best_steps: list[int | None] = [None] * k  # the step whose aux i was kept
-        self.aligned = torch.zeros(n, dtype=torch.bool, device=device)  # updated in place (compiled graphs read it)
+        self.aligned = torch.zeros(
+            n, dtype=torch.bool, device=device
+        )  # updated in place (compiled graphs read it)
         self.aligned_ready = False
-        self.best: dict | None = None  # this aux stage's best evaluation: step, valid accuracy, the model's state
+        self.best: dict | None = (
+            None  # this aux stage's best evaluation: step, valid accuracy, the model's state
+        )
 
     # -- the models and stages -----------------------------------------------------------------
     @classmethod
@@ -87,20 +92,25 @@ class BiasEnsemble:
         accuracy = record["valid"]["accuracy"]
         if self.best is None or accuracy > self.best["valid"]:
             state = self.models[stage.models[0]].state_dict()
-            self.best = {"step": record["step"], "valid": accuracy,
-                         "state": {k: v.detach().clone() for k, v in state.items()}}
+            self.best = {
+                "step": record["step"],
+                "valid": accuracy,
+                "state": {k: v.detach().clone() for k, v in state.items()},
+            }
 
     def end_stage(self, stage, data) -> None:
         """Put the aux model's best-validation state back, score the training set with it; after
         the last one, the agreement mask."""
         name = stage.models[0]
-        i = int(name[len("aux"):])
+        i = int(name[len("aux") :])
         model = self.models[name]
         if self.best is not None:
             model.load_state_dict(self.best["state"])
             self.best_steps[i] = self.best["step"]
         self.best = None
-        self.scores[i] = true_class_probability(data.logits(model), data.targets).to(self.scores.device)
+        self.scores[i] = true_class_probability(data.logits(model), data.targets).to(
+            self.scores.device
+        )
         self.scored[i] = True
         if all(self.scored):
             self.aligned.copy_(agreement_mask(self.scores, self.cfg.be_tau, self.cfg.be_agreement))
@@ -111,7 +121,9 @@ class BiasEnsemble:
         return ~self.aligned if self.aligned_ready else None
 
     def eval_predict(self, x):
-        return self.predict(self.models, x) if self._main() else self.models[self.stage.models[0]](x)
+        return (
+            self.predict(self.models, x) if self._main() else self.models[self.stage.models[0]](x)
+        )
 
     def sample_weights(self):
         return super().sample_weights() if self._main() else None
@@ -146,9 +158,17 @@ class BiasEnsemble:
 
     # -- state ----------------------------------------------------------------------------------
     def extra_state(self) -> dict:
-        return {**super().extra_state(), "bias_ensemble": {
-            "scores": self.scores.clone(), "scored": list(self.scored), "best_steps": list(self.best_steps),
-            "aligned": self.aligned.clone(), "aligned_ready": self.aligned_ready, "best": self.best}}
+        return {
+            **super().extra_state(),
+            "bias_ensemble": {
+                "scores": self.scores.clone(),
+                "scored": list(self.scored),
+                "best_steps": list(self.best_steps),
+                "aligned": self.aligned.clone(),
+                "aligned_ready": self.aligned_ready,
+                "best": self.best,
+            },
+        }
 
     def load_extra_state(self, state: dict) -> None:
         super().load_extra_state(state)

@@ -33,6 +33,7 @@ target may be any model. They keep the stage-1 state of best validation accuracy
 split that is their test set; here stage 1 ends with its last state, and no stage reads test
 labels. Their CNNs use no padding; ours pad, so they run on inputs of any size.
 """
+
 from __future__ import annotations
 
 import torch
@@ -52,12 +53,16 @@ def default_branches(model: str, dataset: str) -> tuple[str, str]:
     return model, "cnn4"
 
 
-def product_of_experts_loss(logits_a: torch.Tensor, logits_b: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def product_of_experts_loss(
+    logits_a: torch.Tensor, logits_b: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
     """CE of the product of the two experts' softmaxes, renormalised: CE of the summed logits."""
     return F.cross_entropy(logits_a + logits_b, y)
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """``T^2`` times the batch mean of the cross-entropy of the student's tempered softmax against
     the teacher's (Hinton et al. 2015; the T^2 keeps its gradient's scale independent of T)."""
     soft_targets = F.softmax(teacher.float() / temperature, dim=1)
@@ -81,7 +86,10 @@ class DeNetDM(Method):
 
     @classmethod
     def stages(cls, cfg) -> tuple[Stage, ...]:
-        return (Stage("poe", cfg.denetdm_stage1_steps, BRANCHES), Stage("main", cfg.num_steps, ("model",)))
+        return (
+            Stage("poe", cfg.denetdm_stage1_steps, BRANCHES),
+            Stage("main", cfg.num_steps, ("model",)),
+        )
 
     def optimizer_settings(self, name: str) -> tuple[float, float]:
         if name in BRANCHES:

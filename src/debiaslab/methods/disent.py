@@ -52,7 +52,9 @@ class DisEnt(RelativeDifficultyMethod):
         if swap:
             loss_swap_conflict = (w * ce_i[n:]).mean()
             loss_swap_align = self.biased_branch_loss(ce_b[n:], idx_b)
-            loss = loss + cfg.lambda_swap * (loss_swap_conflict + cfg.lambda_swap_align * loss_swap_align)
+            loss = loss + cfg.lambda_swap * (
+                loss_swap_conflict + cfg.lambda_swap_align * loss_swap_align
+            )
             terms.update(loss_swap_conflict=loss_swap_conflict, loss_swap_align=loss_swap_align)
         terms.update(loss=loss, w_mean=w.mean())
         return loss, terms

@@ -46,7 +46,9 @@ class GroupDRO(Method):
 
 def group_means(values: torch.Tensor, groups: torch.Tensor, num_groups: int) -> torch.Tensor:
     """Mean of ``values`` over the samples of each group; 0 for a group with no sample."""
-    sums = torch.zeros(num_groups, device=values.device, dtype=values.dtype).index_add(0, groups, values)
+    sums = torch.zeros(num_groups, device=values.device, dtype=values.dtype).index_add(
+        0, groups, values
+    )
     counts = torch.bincount(groups, minlength=num_groups).to(values.dtype)
     return sums / counts.clamp_min(1)
 

@@ -18,7 +18,9 @@ class JTT(Method):
 
     def __init__(self, cfg, models, train_targets, num_classes, generator, train_biases=None):
         super().__init__(cfg, models, train_targets, num_classes, generator)
-        self.error_set = torch.zeros(len(train_targets), dtype=torch.bool, device=train_targets.device)
+        self.error_set = torch.zeros(
+            len(train_targets), dtype=torch.bool, device=train_targets.device
+        )
         self.error_set_ready = False
 
     @classmethod

@@ -43,6 +43,7 @@ paper's tables; they are algorithms.md's: Adam, batch 256; lr 1e-2 (Colored MNIS
 tau = 1.0, the prior's moving-average factor 0.9, the per-sample EMA factor ``ema_alpha`` (LfF's,
 0.7), mixup on. Equation numbers are those algorithms.md and the task give (Eq. 7, 9-11, 13).
 """
+
 from __future__ import annotations
 
 import torch
@@ -62,7 +63,9 @@ def prior_batch_estimate(probs: torch.Tensor, y: torch.Tensor, num_classes: int)
     return table.index_add(0, y, probs) / len(y)
 
 
-def prior_update(prior: torch.Tensor, seen: torch.Tensor, batch: torch.Tensor, alpha: float) -> torch.Tensor:
+def prior_update(
+    prior: torch.Tensor, seen: torch.Tensor, batch: torch.Tensor, alpha: float
+) -> torch.Tensor:
     """Eq. 11: the moving average of the batch estimates, alpha * prior + (1 - alpha) * batch;
     the batch estimate itself where ``seen`` (0-d bool) is false (the first step)."""
     return torch.where(seen, alpha * prior + (1.0 - alpha) * batch, batch)
@@ -70,7 +73,9 @@ def prior_update(prior: torch.Tensor, seen: torch.Tensor, batch: torch.Tensor, a
 
 def log_class_given_attribute(prior: torch.Tensor) -> torch.Tensor:
     """ln P(y | a) = ln P(y, a) - ln sum_y' P(y', a), [C, A]; cells clamped at 1e-12 before the log."""
-    return torch.log(prior.clamp_min(LOG_EPS)) - torch.log(prior.sum(0, keepdim=True).clamp_min(LOG_EPS))
+    return torch.log(prior.clamp_min(LOG_EPS)) - torch.log(
+        prior.sum(0, keepdim=True).clamp_min(LOG_EPS)
+    )
 
 
 def correction_terms(log_prior: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -78,12 +83,16 @@ def correction_terms(log_prior: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     return log_prior[:, a].t()
 
 
-def corrected_ce(logits: torch.Tensor, correction: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
+def corrected_ce(
+    logits: torch.Tensor, correction: torch.Tensor, y: torch.Tensor, tau: float
+) -> torch.Tensor:
     """Eq. 7, per sample: CE(f(x) + tau * ln P(. | a_x), y)."""
     return F.cross_entropy(logits + tau * correction, y, reduction="none")
 
 
-def choose_partners(y: torch.Tensor, a: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def choose_partners(
+    y: torch.Tensor, a: torch.Tensor, scores: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Group MixUp's pairs, with fixed shapes. Sample i is minority when a_i != y_i; its candidates
     are the majority samples j (a_j == y_j) with y_j == y_i; it takes the candidate of highest
     ``scores[i, j]`` (uniform draws in [0, 1): a uniformly random candidate). Returns ``partner``
@@ -96,14 +105,21 @@ def choose_partners(y: torch.Tensor, a: torch.Tensor, scores: torch.Tensor) -> t
     return partner, mixed
 
 
-def group_mixup(x: torch.Tensor, correction: torch.Tensor, partner: torch.Tensor, mixed: torch.Tensor,
-                lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def group_mixup(
+    x: torch.Tensor,
+    correction: torch.Tensor,
+    partner: torch.Tensor,
+    mixed: torch.Tensor,
+    lam: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 13: x'_i = lam_i x_i + (1 - lam_i) x_p(i) and the same mixture of the correction terms,
     where ``mixed``; elsewhere x_i and its own correction, exactly."""
     lam_x = lam.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
     x_mix = torch.where(mixed.view_as(lam_x), lam_x * x + (1 - lam_x) * x[partner], x)
     lam_c = lam[:, None].to(correction.dtype)
-    c_mix = torch.where(mixed[:, None], lam_c * correction + (1 - lam_c) * correction[partner], correction)
+    c_mix = torch.where(
+        mixed[:, None], lam_c * correction + (1 - lam_c) * correction[partner], correction
+    )
     return x_mix, c_mix
 
 
@@ -120,11 +136,15 @@ class LC(Method):
 
     def __init__(self, cfg, models, train_targets, num_classes, generator, train_biases=None):
         super().__init__(cfg, models, train_targets, num_classes, generator)
-        self.tau, self.prior_alpha, self.mixup = float(cfg.lc_tau), float(cfg.lc_prior_alpha), bool(cfg.lc_mixup)
+        self.tau, self.prior_alpha, self.mixup = (
+            float(cfg.lc_tau),
+            float(cfg.lc_prior_alpha),
+            bool(cfg.lc_mixup),
+        )
         # the per-sample EMA of P(a | x) = softmax(f_hat(x)): one channel per attribute value
         self.ema = PerSampleEMA(train_targets, num_classes, cfg.ema_alpha, channels=num_classes)
         device = train_targets.device
-        self.prior = torch.full((num_classes, num_classes), 1.0 / num_classes ** 2, device=device)
+        self.prior = torch.full((num_classes, num_classes), 1.0 / num_classes**2, device=device)
         self.prior_seen = torch.zeros((), dtype=torch.bool, device=device)
 
     def draw(self, batch_size, step):
@@ -142,8 +162,12 @@ class LC(Method):
         ce_b = F.cross_entropy(logits_b, y, reduction="none")
         probs = self.ema.update(idx, F.softmax(logits_b.detach().float(), 1))  # EMA'd P(a | x_i)
         a = probs.argmax(1)
-        prior = prior_update(self.prior, self.prior_seen, prior_batch_estimate(probs, y, self.num_classes),
-                             self.prior_alpha)
+        prior = prior_update(
+            self.prior,
+            self.prior_seen,
+            prior_batch_estimate(probs, y, self.num_classes),
+            self.prior_alpha,
+        )
         # the state takes copies; the loss reads ``prior`` (keep_sample_state may write the state)
         self.prior.copy_(prior)
         self.prior_seen.fill_(True)
@@ -156,8 +180,13 @@ class LC(Method):
         loss_lc = corrected_ce(self.models["model"](x), correction, y, self.tau).mean()
         loss_b = gce_from_ce(ce_b, self.cfg.q, self.cfg.gce_form).mean()
         loss = loss_b + loss_lc
-        return loss, {"loss": loss, "loss_b": loss_b, "loss_lc": loss_lc, "minority": (a != y).float().mean(),
-                      "mixed": mixed_frac}
+        return loss, {
+            "loss": loss,
+            "loss_b": loss_b,
+            "loss_lc": loss_lc,
+            "minority": (a != y).float().mean(),
+            "mixed": mixed_frac,
+        }
 
     def bias_logits(self, x):
         return self.models["biased"](x)
@@ -179,7 +208,11 @@ class LC(Method):
         return torch.where(self.ema.visited, 1.0 - p_true, torch.zeros_like(p_true))
 
     def extra_state(self) -> dict:
-        return {"ema": self.ema.state_dict(), "prior": self.prior.clone(), "prior_seen": self.prior_seen.clone()}
+        return {
+            "ema": self.ema.state_dict(),
+            "prior": self.prior.clone(),
+            "prior_seen": self.prior_seen.clone(),
+        }
 
     def load_extra_state(self, state: dict) -> None:
         self.ema.load_state_dict(state["ema"])

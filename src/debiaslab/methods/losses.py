@@ -1,4 +1,5 @@
 """The building blocks shared by LfF and DisEnt (algorithms.md, "Building blocks")."""
+
 from __future__ import annotations
 
 import torch
@@ -21,7 +22,9 @@ def gce_from_ce(ce: torch.Tensor, q: float = 0.7, form: str = "reference") -> to
     raise ValueError(f"unknown GCE form {form!r}; choose one of {GCE_FORMS}")
 
 
-def gce(logits: torch.Tensor, targets: torch.Tensor, q: float = 0.7, form: str = "reference") -> torch.Tensor:
+def gce(
+    logits: torch.Tensor, targets: torch.Tensor, q: float = 0.7, form: str = "reference"
+) -> torch.Tensor:
     return gce_from_ce(F.cross_entropy(logits, targets, reduction="none"), q, form)
 
 
@@ -36,7 +39,9 @@ class PerSampleEMA:
     values are [B]; otherwise [B, channels].
     """
 
-    def __init__(self, targets: torch.Tensor, num_classes: int, alpha: float = 0.7, channels: int = 1):
+    def __init__(
+        self, targets: torch.Tensor, num_classes: int, alpha: float = 0.7, channels: int = 1
+    ):
         targets = torch.as_tensor(targets, dtype=torch.int64)
         device = targets.device
         self.alpha = float(alpha)
@@ -61,7 +66,9 @@ class PerSampleEMA:
         flat = self._flat()
         slot = self.slot[idx]
         loss = loss.detach().reshape(len(idx), self.channels).t()
-        new = torch.where(self.visited[idx], self.alpha * flat[:, slot] + (1.0 - self.alpha) * loss, loss)
+        new = torch.where(
+            self.visited[idx], self.alpha * flat[:, slot] + (1.0 - self.alpha) * loss, loss
+        )
         flat[:, slot] = new
         self.visited.index_fill_(0, idx, True)  # a fill, not a host scalar's copy: capturable
         return self._shape(new.t())
@@ -89,17 +96,25 @@ class PerSampleEMA:
         """A copy of the EMA values and visited flags of samples ``idx``."""
         return self._flat()[:, self.slot[idx]].clone(), self.visited[idx].clone()
 
-    def keep_rows(self, idx: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor], keep: torch.Tensor) -> None:
+    def keep_rows(
+        self, idx: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor], keep: torch.Tensor
+    ) -> None:
         """Where ``keep`` (0-d bool) is false, put back ``rows`` (from :meth:`rows`); no host read."""
         flat, slot = self._flat(), self.slot[idx]
         flat[:, slot] = torch.where(keep, flat[:, slot], rows[0])
         self.visited[idx] = torch.where(keep, self.visited[idx], rows[1])
 
     def state_dict(self) -> dict:
-        return {"values": self.values().clone(), "visited": self.visited.clone(), "alpha": self.alpha}
+        return {
+            "values": self.values().clone(),
+            "visited": self.visited.clone(),
+            "alpha": self.alpha,
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        self._flat()[:, self.slot] = state["values"].to(self.table).reshape(len(self.slot), self.channels).t()
+        self._flat()[:, self.slot] = (
+            state["values"].to(self.table).reshape(len(self.slot), self.channels).t()
+        )
         self.visited.copy_(state["visited"].to(self.visited.device))
 
 

@@ -5,6 +5,7 @@
 kernel of ``Adam.step`` itself on state built up front: the same arithmetic, bit for bit. The
 optimizer object, its ``state_dict`` and its checkpoints stay those of ``torch.optim.Adam``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,8 +22,11 @@ def make_adam(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     if device.type in ("cpu", "cuda"):
         # float64 on the CPU keeps the schedule's arithmetic that of a Python float (bit for bit);
         # the CUDA kernel reads a float32 learning rate where the parameters are
-        lr_tensor = torch.tensor(lr, dtype=torch.float64 if device.type == "cpu" else torch.float32,
-                                 device="cpu" if device.type == "cpu" else device)
+        lr_tensor = torch.tensor(
+            lr,
+            dtype=torch.float64 if device.type == "cpu" else torch.float32,
+            device="cpu" if device.type == "cpu" else device,
+        )
         try:
             opt = torch.optim.Adam(params, lr=lr_tensor, weight_decay=weight_decay, fused=True)
             init_adam_state(opt)
@@ -65,12 +69,27 @@ def adam_step(optimizers: list[torch.optim.Optimizer], skip: torch.Tensor) -> No
             states = [opt.state[p] for p in params]
             steps = [s["step"] for s in states]
             beta1, beta2 = group["betas"]
-            kernel = torch._fused_adamw_ if group.get("decoupled_weight_decay") else torch._fused_adam_
+            kernel = (
+                torch._fused_adamw_ if group.get("decoupled_weight_decay") else torch._fused_adam_
+            )
             torch._foreach_add_(steps, 1)
-            kernel(params, [p.grad for p in params], [s["exp_avg"] for s in states],
-                   [s["exp_avg_sq"] for s in states], [], steps, amsgrad=False, lr=group["lr"],
-                   beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
-                   maximize=False, grad_scale=None, found_inf=skip)
+            kernel(
+                params,
+                [p.grad for p in params],
+                [s["exp_avg"] for s in states],
+                [s["exp_avg_sq"] for s in states],
+                [],
+                steps,
+                amsgrad=False,
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=group["weight_decay"],
+                eps=group["eps"],
+                maximize=False,
+                grad_scale=None,
+                found_inf=skip,
+            )
             torch._foreach_sub_(steps, [skip] * len(steps))
 
 

@@ -1,4 +1,5 @@
 """The per-sample EMA + class-max normalisation + W machinery shared by LfF and DisEnt."""
+
 from __future__ import annotations
 
 import torch
@@ -15,7 +16,9 @@ class RelativeDifficultyMethod(Method):
         # channel 0: the biased branch's loss EMA (L_b); channel 1: the debiased branch's (L_d)
         self.ema = PerSampleEMA(train_targets, num_classes, cfg.ema_alpha, channels=2)
 
-    def weights(self, ce_b: torch.Tensor, ce_d: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def weights(
+        self, ce_b: torch.Tensor, ce_d: torch.Tensor, y: torch.Tensor, idx: torch.Tensor
+    ) -> torch.Tensor:
         """Update both EMAs with the batch's detached CE, class-max normalise each, return W."""
         loss = self.ema.normalize(self.ema.update(idx, torch.stack([ce_b, ce_d], 1)), y)
         return relative_difficulty(loss[:, 0], loss[:, 1])

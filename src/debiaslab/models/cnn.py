@@ -1,5 +1,6 @@
 """Small plain CNNs: DeNetDM's shallow branches (a 3-layer CNN for 32x32 images, a 4-layer one for
 224x224). Padding keeps every layer valid on small inputs; the feature vector is a global average."""
+
 from __future__ import annotations
 
 import torch
@@ -15,7 +16,11 @@ class SmallCNN(nn.Module):
         super().__init__()
         blocks, cin = [], in_shape[0]
         for cout, kernel, pool in self.layers:
-            blocks += [nn.Conv2d(cin, cout, kernel, padding=kernel // 2), nn.BatchNorm2d(cout), nn.ReLU()]
+            blocks += [
+                nn.Conv2d(cin, cout, kernel, padding=kernel // 2),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
+            ]
             blocks += [nn.MaxPool2d(2, ceil_mode=True)] if pool else []  # ceil: valid down to 1x1
             cin = cout
         self.feature = nn.Sequential(*blocks)

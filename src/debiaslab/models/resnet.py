@@ -48,14 +48,15 @@ class _CifarBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        shortcut = x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
+        shortcut = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
         if self.pad:
             shortcut = F.pad(shortcut, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
         return F.relu(out + shortcut)
 
 
 class ResNet20(nn.Module):
-    """The CIFAR ResNet-20 of He et al. (2016), LfF's Corrupted CIFAR-10 backbone: 3 stages of 3 blocks, 16/32/64 channels."""
+    """The CIFAR ResNet-20 of He et al. (2016), LfF's Corrupted CIFAR-10 backbone: 3 stages of 3
+    blocks, 16/32/64 channels."""
 
     feature_dim = 64
 

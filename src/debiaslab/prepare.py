@@ -1,0 +1,123 @@
+"""What a run needs before its first step, and to evaluate: the device, the seeds, the data, the
+batch transform and the metrics of a model on a split. The training loop, ``test``, ``report``
+and the Python API all set a run up through this module."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from debiaslab import UserError
+from debiaslab.config import CIFAR_MEAN, CIFAR_STD, INPUT_SCALES, TrainConfig
+from debiaslab.data.reference import load_reference
+from debiaslab.data.splits import DatasetBundle, Split
+from debiaslab.data.transforms import BatchTransform, resize_uint8
+from debiaslab.metrics import compute_metrics, predict_split
+
+
+def resolve_device(name: str) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(
+            f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            f"--device {name} asked for, but this machine has no usable CUDA GPU; use --device cpu (or auto)"
+        )
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and device.index is not None and device.index >= count:
+        raise UserError(
+            f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}; "
+            "pick one of them (or --device cuda)"
+        )
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def uses_cuda_extras(cfg: TrainConfig, device: torch.device) -> tuple[bool, bool]:
+    """(bf16 autocast, channels_last): each on when its flag is on, the device is CUDA and
+    (channels_last) the model convolves."""
+    cuda = torch.device(device).type == "cuda"
+    return cfg.amp and cuda, cfg.channels_last and cuda and cfg.model != "mlp"
+
+
+def make_transform(
+    cfg: TrainConfig, generator: torch.Generator | None, device="cpu"
+) -> BatchTransform:
+    return BatchTransform(
+        mean=CIFAR_MEAN if cfg.normalize else None,
+        std=CIFAR_STD if cfg.normalize else None,
+        crop_padding=4 if cfg.augment else 0,
+        flip=bool(cfg.augment),
+        generator=generator,
+        scale=INPUT_SCALES[cfg.input_scale],
+        channels_last=uses_cuda_extras(cfg, device)[1],
+    )
+
+
+def prepare_split(split: Split, cfg: TrainConfig, device) -> Split:
+    """Move a split to the device, then resize it there once (never per step)."""
+    split = split.to(device)
+    if cfg.image_size is not None:
+        split = Split(resize_uint8(split.images, cfg.image_size), split.targets, split.biases)
+    return split
+
+
+DATA_SEED = 0  # seeds the valid hold-out of datasets without one, the same for every training seed
+
+
+def load_data(cfg: TrainConfig) -> DatasetBundle:
+    """The dataset a config names: a user manifest or image folder, BAR, or a reference-layout folder."""
+    from debiaslab.data.folders import load_bar, load_image_folder, load_manifest
+    from debiaslab.data.reference import cifar10c_folder, dataset_root
+
+    if cfg.manifest:
+        return load_manifest(cfg.manifest, cfg.image_size, seed=DATA_SEED)
+    if cfg.image_folder:
+        return load_image_folder(cfg.image_folder, cfg.image_size, seed=DATA_SEED)
+    if cfg.dataset == "bar":
+        return load_bar(dataset_root(cfg.data_dir, "bar"), cfg.image_size or 224, seed=DATA_SEED)
+    folder = cifar10c_folder(cfg.corruption_type) if cfg.dataset == "cifar10c" else cfg.dataset
+    bundle = load_reference(cfg.data_dir, folder, cfg.percent)
+    if cfg.dataset == "cmnist":
+        from debiaslab.data.cmnist import check_palette
+
+        bundle.info.update(check_palette(bundle, cfg.resolved().palette, Path(cfg.data_dir)))
+    return bundle
+
+
+def evaluate(
+    logits_of,
+    split: Split,
+    transform: BatchTransform,
+    num_classes: int,
+    batch_size: int,
+    amp: bool = False,
+    pseudo_biases: torch.Tensor | None = None,
+) -> dict:
+    """Every metric of ``logits_of`` (prepared inputs -> logits) on ``split`` (``pseudo_unbiased``
+    too where ``pseudo_biases`` are given)."""
+    preds = predict_split(autocast_logits(logits_of, amp), split.images, transform.eval, batch_size)
+    return compute_metrics(preds, split.targets, split.biases, num_classes, pseudo_biases)
+
+
+def autocast_logits(logits_of, amp: bool):
+    """``logits_of`` under bf16 autocast on CUDA where ``amp`` is on."""
+
+    def predict(x):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            return logits_of(x)
+
+    return predict

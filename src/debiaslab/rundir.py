@@ -1,0 +1,39 @@
+"""A run directory and a sweep folder as files on disk: what ``collect``, ``report`` and ``sweep``
+read to know a run's state, without importing the training loop or the sweep."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+PLAN_FILE = "sweep.json"  # a sweep folder's plan: every run it holds or will hold, with its config
+
+
+def last_step(run_dir: Path) -> int:
+    """The last step logged in ``metrics.jsonl`` (0 when none)."""
+    path = run_dir / "metrics.jsonl"
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            lines = f.read().splitlines()
+    except OSError:
+        return 0
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return 0
+
+
+def status(run_dir: Path) -> str:
+    """finished | failed (stopped; resumable) | unfinished (running, or killed) | missing."""
+    if (run_dir / "results.json").exists():
+        return "finished"
+    if (run_dir / "FAILED").exists():
+        return "failed"
+    if (run_dir / "config.json").exists():
+        return "unfinished"
+    return "missing"

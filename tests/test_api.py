@@ -1,0 +1,163 @@
+"""The Python API (debiaslab.fit / load_run / Run) and the examples/ scripts, on tiny data."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+import debiaslab as dl
+from debiaslab import UserError
+from debiaslab.selection import selection_names
+from tests.conftest import cli_env, tiny_bundle
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_cnn(num_classes, head_inputs, in_shape):
+    features = nn.Sequential(
+        nn.Conv2d(in_shape[0], 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1)
+    )
+    return dl.Backbone(features, feature_dim=8, num_classes=num_classes, head_inputs=head_inputs)
+
+
+def tensors(split):
+    return split.images, split.targets, split.biases
+
+
+@pytest.fixture(scope="module")
+def disent_run(tmp_path_factory):
+    """DisEnt with a user's CNN on tensors, trained once for the tests below."""
+    bundle = tiny_bundle()
+    data = dl.tensor_data(
+        train=tensors(bundle.train), valid=tensors(bundle.valid), test=tensors(bundle.test)
+    )
+    return dl.fit(
+        "disent",
+        data,
+        model=tiny_cnn,
+        num_steps=30,
+        curr_step=10,
+        valid_freq=10,
+        batch_size=16,
+        lr=1e-2,
+        log_dir=tmp_path_factory.mktemp("api"),
+        device="cpu",
+    ), bundle
+
+
+def test_a_custom_backbone_trains_through_disent_with_every_rule(disent_run):
+    run, _ = disent_run
+    assert run.config.method == "disent" and run.config.model == "user_tiny_cnn"
+    assert set(run.rules) == set(selection_names(True))
+    models = run.models("best_valid_pseudo_unbiased")
+    assert set(models) == {"intrinsic", "bias"}
+    assert isinstance(models["intrinsic"], dl.Backbone) and models["intrinsic"].fc.in_features == 16
+    for rule in run.rules:
+        assert 0.0 <= run.metrics(rule)["accuracy"] <= 1.0 and run.step(rule) in (10, 20, 30)
+
+
+def test_predict_and_evaluate_reproduce_the_recorded_metrics(disent_run):
+    """The reloaded run's predictions score exactly what training recorded, under each rule."""
+    run, bundle = disent_run
+    reloaded = dl.load_run(run.dir)
+    for rule in ("last", "best_valid", "wa_last"):
+        logits = reloaded.predict(bundle.test.images, rule)
+        assert logits.shape == (len(bundle.test), 2)
+        assert reloaded.evaluate(tensors(bundle.test), rule) == run.metrics(rule, "test")
+        assert torch.equal(logits, run.predict(bundle.test.images, rule))
+
+
+def test_dataset_data_reads_a_torch_dataset_of_pil_images(tmp_path):
+    from PIL import Image
+
+    bundle = tiny_bundle()
+
+    class PilDataset(torch.utils.data.Dataset):
+        def __init__(self, split):
+            self.split = split
+
+        def __len__(self):
+            return len(self.split)
+
+        def __getitem__(self, i):
+            image = Image.fromarray(self.split.images[i].permute(1, 2, 0).numpy())
+            return image, int(self.split.targets[i]), int(self.split.biases[i])
+
+    data = dl.dataset_data(
+        PilDataset(bundle.train), PilDataset(bundle.valid), PilDataset(bundle.test)
+    )
+    assert torch.equal(data.train.images, bundle.train.images) and torch.equal(
+        data.test.biases, bundle.test.biases
+    )
+    run = dl.fit(
+        "vanilla",
+        data,
+        model="mlp",
+        num_steps=10,
+        valid_freq=5,
+        batch_size=16,
+        log_dir=tmp_path,
+        device="cpu",
+    )
+    assert run.metrics("last")["unbiased"] is not None
+
+
+def test_bad_input_is_refused_with_the_fix(tmp_path):
+    bundle = tiny_bundle()
+    float_images = (bundle.train.images.float() / 255, bundle.train.targets)
+    with pytest.raises(UserError, match=r"uint8 \[N, C, H, W\].*to\(torch.uint8\)"):
+        dl.tensor_data(train=float_images, valid=tensors(bundle.valid), test=tensors(bundle.test))
+    with pytest.raises(UserError, match="unknown option.*nums_steps"):
+        dl.fit("vanilla", bundle, nums_steps=10)
+    with pytest.raises(UserError, match="unknown method"):
+        dl.fit("erm", bundle)
+    with pytest.raises(UserError, match="holds no finished run"):
+        dl.load_run(tmp_path)
+
+
+def test_a_rule_the_run_did_not_record_is_refused(disent_run):
+    run, _ = disent_run
+    with pytest.raises(UserError, match="'best' .*not a rule"):
+        run.metrics("best")
+
+
+@pytest.mark.parametrize(
+    "script,args,expect",
+    [
+        (
+            "disent_custom_cnn.py",
+            ["--steps", "40", "--device", "cpu"],
+            "best_valid_pseudo_unbiased",
+        ),
+        ("manifest_csv.py", ["--steps", "30"], "worst group"),
+        (
+            "compare_methods.py",
+            ["--steps", "30", "--methods", "vanilla", "lff", "--plot", "methods.png"],
+            "plot:",
+        ),
+    ],
+)
+def test_examples_run(tmp_path, script, args, expect):
+    extra = ["--out", str(tmp_path / "data")] if script == "manifest_csv.py" else []
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / script),
+            *args,
+            *extra,
+            "--log_dir",
+            str(tmp_path / "log"),
+        ],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert expect in proc.stdout
+    if script == "compare_methods.py":
+        assert (tmp_path / "methods.png").stat().st_size > 0
