@@ -344,12 +344,16 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="run each training step's per-batch computation (forwards, losses, per-sample "
         "state) through torch.compile (default: on where it was measured to be faster, "
-        "which is nowhere yet: see the README); if it does not compile it runs eagerly "
+        "which is nowhere yet: see docs/speed.md); if it does not compile it runs eagerly "
         "after one warning; --no-compile (or --no_compile) is the eager path: no "
         "torch.compile and, unless --cuda_graph says otherwise, no CUDA graphs",
     )
     h.add_argument(
-        "--no_compile", dest="compile", action="store_false", default=None, help=argparse.SUPPRESS
+        "--no_compile",
+        dest="compile",
+        action="store_false",
+        default=None,
+        help="same as --no-compile",
     )
     h.add_argument(
         "--cuda_graph",
@@ -500,7 +504,7 @@ def add_data_args(g) -> None:
     u.add_argument(
         "--manifest",
         default=None,
-        help="your own dataset: a CSV with columns path, target and optionally bias, split (see README)",
+        help="your own dataset: a CSV with columns path, target and optionally bias, split (see docs/datasets.md)",
     )
     u.add_argument(
         "--image_folder",
@@ -1013,7 +1017,9 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
         "the grid (a config file and/or flags; flags override the file's top-level keys)"
     )
     g.add_argument(
-        "--config", default=None, help="TOML or JSON grid file (see docs/sweeps.md and configs/)"
+        "--config",
+        default=None,
+        help="TOML or JSON grid file (see docs/reproducing.md and configs/)",
     )
     g.add_argument(
         "--presets",
@@ -1308,7 +1314,7 @@ COMMANDS = [
         cmd_train,
         add_train_args,
         "train a method on a reference-layout dataset",
-        "Train Vanilla, LfF or DisEnt. The paper's flags work as in its README.",
+        "Train a method (Vanilla, LfF, DisEnt and the later ones). The paper's flags work as in its README.",
     ),
     (
         "test",

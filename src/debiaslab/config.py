@@ -14,7 +14,7 @@ CIFAR_STD = (0.2023, 0.1994, 0.2010)
 INPUT_SCALES = {"unit": 1.0 / 255.0, "reference": 1.0 / 255.0**2}
 DATASET_DEFAULTS = {
     # CMNIST keeps the reference's pixel scaling (x/255/255): measured here, DisEnt at 0.5pct ends
-    # ~15 points lower with x/255 under the paper's hyper-parameters (see README).
+    # ~15 points lower with x/255 under the paper's hyper-parameters (see docs/methods/index.md, "Faithfulness notes").
     "cmnist": dict(
         model="mlp",
         batch_size=256,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from debiaslab.config import TrainConfig
 from debiaslab.data.digits import colored_digits
 
-# Tuned on Colored Digits (2% bias-conflicting, seeds 0-2; see README) so that the debiasing effect
+# Tuned on Colored Digits (2% bias-conflicting, seeds 0-2; see docs/index.md) so that the debiasing effect
 # shows in a short run. Mean conflicting test accuracy over seeds 0-2 when tuned (LfF's palette):
 # Vanilla 30.9, LfF 39.8, DisEnt 45.9; with DisEnt's palette, the default since, the same settings
 # give 23.2, 34.6, 38.9, so they were kept. DisEnt keeps the paper's CMNIST lambdas with a shorter

@@ -1,4 +1,4 @@
-"""Every metric, defined once (docs/metrics.md repeats these definitions).
+"""Every metric, defined once (docs/runs.md repeats these definitions).
 
 - ``accuracy``: plain top-1 accuracy on the split.
 - ``aligned`` / ``conflicting``: accuracy on samples with bias == target / bias != target.

@@ -425,7 +425,7 @@ def run_local(runs: list[Run], out: Path, jobs: int, devices: list[str], progres
 
 
 # Runs packed onto each GPU when neither --jobs nor --runs_per_device says: measured on one H200
-# (benchmarks/gpu_suite.sh, README "Speed"), 4 captured DisEnt C-CIFAR10 runs at once did 1.67x the
+# (benchmarks/gpu_suite.sh, docs/speed.md), 4 captured DisEnt C-CIFAR10 runs at once did 1.67x the
 # run-steps/s of one (222.9 vs 133.4), 8 CMNIST runs 1.74x; each run's step is CUDA-graph
 # replayed, so what packing fills is the GPU's idle time around evaluations and checkpoints.
 GPU_RUNS_PER_DEVICE = 4

@@ -100,7 +100,7 @@ class EpochSampler:
 
 
 # Where --compile is on by default: only where benchmarks/steps_per_second.py measured it faster
-# (README, "Speed"). CPU: not faster for Vanilla or DisEnt on CMNIST (LfF +30%), and 5-20 s more
+# (docs/speed.md). CPU: not faster for Vanilla or DisEnt on CMNIST (LfF +30%), and 5-20 s more
 # start-up, so off. CUDA: off until measured there.
 COMPILE_DEFAULT = {"cpu": False, "cuda": False}
 
