@@ -161,3 +161,38 @@ def test_examples_run(tmp_path, script, args, expect):
     assert expect in proc.stdout
     if script == "compare_methods.py":
         assert (tmp_path / "methods.png").stat().st_size > 0
+
+
+def test_a_torchvision_classifier_is_split_into_features_and_a_head():
+    from torchvision.models import resnet18
+
+    model = dl.Backbone.from_classifier(resnet18(num_classes=7), num_classes=3, head_inputs=2)
+    x = torch.randn(2, 3, 32, 32)
+    assert model.extract(x).shape == (2, 512) and model.fc.in_features == 1024
+    with pytest.raises(UserError, match="not a linear layer"):
+        dl.Backbone.from_classifier(nn.Sequential(nn.Linear(4, 2)), num_classes=2)
+
+
+def test_fit_reads_a_dataset_debiaslab_knows_by_name(tiny_reference, tmp_path):
+    run = dl.fit(
+        "lff",
+        "cmnist",
+        data_dir=str(tiny_reference),
+        percent="1pct",
+        num_steps=10,
+        valid_freq=5,
+        batch_size=16,
+        log_dir=tmp_path,
+        device="cpu",
+    )
+    assert run.dir == tmp_path / "cmnist" / "lff" and run.config.model == "mlp"
+    assert (
+        run.evaluate((lambda s: (s.images, s.targets, s.biases))(_tiny_test(tiny_reference)))
+        == run.metrics()
+    )
+
+
+def _tiny_test(root):
+    from debiaslab.data.reference import load_reference
+
+    return load_reference(str(root), "cmnist", "1pct").test

@@ -138,6 +138,23 @@ class Backbone(nn.Module):
         self.features = features
         self.fc = nn.Linear(feature_dim * head_inputs, num_classes)
 
+    @classmethod
+    def from_classifier(
+        cls, model: nn.Module, num_classes: int, head_inputs: int = 1, head: str = "fc"
+    ) -> Backbone:
+        """Split a classifier whose last layer is the linear attribute ``head`` (torchvision's
+        ResNets: ``fc``; VGG / EfficientNet: index into ``classifier`` first) into its feature
+        extractor and a fresh head for ``num_classes`` and ``head_inputs``. The given ``head``
+        is replaced by an identity in ``model``, which becomes the extractor."""
+        old = getattr(model, head, None)
+        if not isinstance(old, nn.Linear):
+            raise UserError(
+                f"{type(model).__name__}.{head} is not a linear layer; name the model's last "
+                "linear layer with head=, or wrap the features with Backbone(features, dim, ...)"
+            )
+        setattr(model, head, nn.Identity())
+        return cls(model, old.in_features, num_classes, head_inputs)
+
     def extract(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.features(x), 1)
 
