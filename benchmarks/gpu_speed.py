@@ -148,48 +148,38 @@ def single(args, clock: Clock, tmp: Path, summary: dict) -> None:
             f"{dataset} {method} {mode}", 25
         ):
             continue
-        res = finish(train(args, dataset, method, mode, n, tmp), tmp, dataset, f"{method}-{mode}-0")
-        if res:
-            rate = n / res["train_seconds"]
-            summary.setdefault("single", []).append(
-                dict(
-                    dataset=dataset,
-                    method=method,
-                    mode=mode,
-                    steps=n,
-                    steps_per_second=round(rate, 1),
-                    cuda_graph=res["cuda_graph"],
-                )
+        measure_one(args, tmp, summary, dataset, method, mode, n)
+
+
+def measure_one(
+    args, tmp: Path, summary: dict, dataset: str, method: str, mode: str, n: int
+) -> None:
+    """One run of ``n`` steps; its steps over the loop's seconds go to ``summary["single"]``."""
+    res = finish(train(args, dataset, method, mode, n, tmp), tmp, dataset, f"{method}-{mode}-0")
+    if res:
+        rate = n / res["train_seconds"]
+        summary.setdefault("single", []).append(
+            dict(
+                dataset=dataset,
+                method=method,
+                mode=mode,
+                steps=n,
+                steps_per_second=round(rate, 1),
+                cuda_graph=res["cuda_graph"],
+                compiled=res["compiled"],
             )
-            print(f"{dataset:9s} {method:8s} {mode:14s} {n:6d} {rate:8.1f}", flush=True)
+        )
+        print(
+            f"{dataset:9s} {method:8s} {mode:14s} {n:6d} {rate:8.1f}  compiled: {res['compiled']}",
+            flush=True,
+        )
 
 
 def compiled(args, clock: Clock, tmp: Path, summary: dict) -> None:
     for mode in ("graph+compile", "compile"):
         if not clock.allows(f"cifar10c disent {mode}", 150):
             return
-        res = finish(
-            train(args, "cifar10c", "disent", mode, args.steps, tmp),
-            tmp,
-            "cifar10c",
-            f"disent-{mode}-0",
-        )
-        if res:
-            rate = args.steps / res["train_seconds"]
-            summary.setdefault("single", []).append(
-                dict(
-                    dataset="cifar10c",
-                    method="disent",
-                    mode=mode,
-                    steps=args.steps,
-                    steps_per_second=round(rate, 1),
-                    compiled=res["compiled"],
-                )
-            )
-            print(
-                f"cifar10c  disent   {mode:14s} {args.steps:6d} {rate:8.1f}  (compiled: {res['compiled']})",
-                flush=True,
-            )
+        measure_one(args, tmp, summary, "cifar10c", "disent", mode, args.steps)
 
 
 def packed(
