@@ -118,6 +118,15 @@ def test_bad_input_is_refused_with_the_fix(tmp_path):
         dl.load_run(tmp_path)
 
 
+def test_a_run_of_an_unregistered_model_says_how_to_register_it(disent_run, monkeypatch):
+    from debiaslab.models import MODELS
+
+    run, _ = disent_run
+    monkeypatch.delitem(MODELS, "user_tiny_cnn")
+    with pytest.raises(UserError, match=r"register_model\('user_tiny_cnn', factory\)"):
+        dl.load_run(run.dir).models()
+
+
 def test_a_rule_the_run_did_not_record_is_refused(disent_run):
     run, _ = disent_run
     with pytest.raises(UserError, match="'best' .*not a rule"):

@@ -217,15 +217,14 @@ class Run:
                 f"{path} is missing: the run kept no checkpoint for rule {rule!r} "
                 "(trained with best_checkpoints off?)"
             )
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        states = blob["models"] if blob.get("kind") == "models" else blob["method_state"]["models"]
+        from debiaslab.evaluate import model_states, read_checkpoint, rebuild_models
+
+        blob = read_checkpoint(path)
         method_cls = METHODS[self.config.method]
-        models = {}
-        for name in method_cls.model_names:
-            model = _build(method_cls, self.config, name, self.num_classes, self.in_shape)
-            model.load_state_dict(states[name])
-            models[name] = model.to(device).eval()
-        return models
+        models = rebuild_models(
+            method_cls, self.config, model_states(blob), self.num_classes, self.in_shape, path
+        )
+        return {name: model.to(device) for name, model in models.items()}
 
     @torch.no_grad()
     def predict(
@@ -277,14 +276,6 @@ class Run:
             hint = "" if rule in SELECTION_RULES else " (not a rule)"
             raise UserError(f"rule {rule!r}{hint} is not among this run's selections: {known}")
         return self.results["selections"][rule]
-
-
-def _build(method_cls, cfg: TrainConfig, name: str, num_classes: int, in_shape) -> nn.Module:
-    from debiaslab.models import build_model
-
-    return build_model(
-        method_cls.model_architecture(cfg, name), num_classes, method_cls.head_inputs, in_shape
-    )
 
 
 def fit(

@@ -15,7 +15,8 @@ from debiaslab.selection import SELECTION_RULES
 REFERENCE_FILES = {"disent": ("best_model_l.th", "best_model_b.th"), "vanilla": ("best_model.th",)}
 
 
-def _load(path: Path) -> dict:
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint file as a dict on the CPU; a file that does not load is a one-line error."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -58,20 +59,16 @@ def load_checkpoint(path, dataset: str, select: str = "last", model: str | None 
                 "reference's best_model_l.th + best_model_b.th / best_model.th"
             )
         path = candidate
-    blob = _load(path)
+    blob = read_checkpoint(path)
     if not isinstance(blob, dict) or "config" not in blob:
         raise UserError(f"{path} is not a debiaslab checkpoint (no config inside)")
     cfg = TrainConfig.from_saved(blob["config"]).resolved()
     method_cls = METHODS[blob["method"]]
-    states = blob["models"] if blob.get("kind") == "models" else blob["method_state"]["models"]
+    states = model_states(blob)
     num_classes = next(iter(states.values()))["fc.weight"].shape[0]
-    models = {}
-    for name in method_cls.model_names:
-        m = build_model(
-            cfg.model, num_classes, method_cls.head_inputs, _in_shape(states[name], cfg.model)
-        )
-        _load_state(m, states[name], path)
-        models[name] = m.eval()
+    models = rebuild_models(
+        method_cls, cfg, states, num_classes, recorded_in_shape(path.parent), path
+    )
     info = {
         "source": "debiaslab",
         "path": str(path),
@@ -82,6 +79,42 @@ def load_checkpoint(path, dataset: str, select: str = "last", model: str | None 
         "num_classes": num_classes,
     }
     return method_cls, models, info
+
+
+def model_states(blob: dict) -> dict:
+    """The state dicts of the predicting models in a checkpoint: a rule's pick or a full one."""
+    return blob["models"] if blob.get("kind") == "models" else blob["method_state"]["models"]
+
+
+def recorded_in_shape(run_dir: Path) -> tuple[int, ...] | None:
+    """The input shape a run built its models for (config.json), None for runs from before it
+    was recorded."""
+    import json
+
+    config = Path(run_dir) / "config.json"
+    shape = json.loads(config.read_text()).get("in_shape") if config.exists() else None
+    return tuple(shape) if shape else None
+
+
+def rebuild_models(
+    method_cls, cfg: TrainConfig, states: dict, num_classes: int, in_shape, source: Path
+) -> dict:
+    """The models ``method_cls`` predicts with, built as the run built them (each name's
+    architecture, ``in_shape`` where recorded) and loaded from ``states``, in eval mode."""
+    models = {}
+    for name in method_cls.model_names:
+        arch = method_cls.model_architecture(cfg, name)
+        if arch.lower() not in MODELS:
+            raise UserError(
+                f"{source}: model {arch!r} is not known in this process; a run trained with your own "
+                f"model factory needs it registered again: debiaslab.register_model({arch!r}, factory)"
+            )
+        model = build_model(
+            arch, num_classes, method_cls.head_inputs, in_shape or _in_shape(states[name], arch)
+        )
+        _load_state(model, states[name], source)
+        models[name] = model.eval()
+    return models
 
 
 def _in_shape(state: dict, model: str):
@@ -98,7 +131,7 @@ def _load_reference(path: Path, files, method: str, dataset: str, model: str | N
     method_cls = METHODS[method]
     models, steps = {}, None
     for name, f in zip(method_cls.model_names, files):
-        blob = _load(path / f)
+        blob = read_checkpoint(path / f)
         if not isinstance(blob, dict) or "state_dict" not in blob:
             raise UserError(
                 f"{path / f} is not a reference checkpoint (expected a dict with 'state_dict')"
