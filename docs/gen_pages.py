@@ -1,0 +1,19 @@
+"""mkdocs-gen-files script: the pages and assets made at build time.
+
+- cli.md, the command-line reference, from the parsers (src/debiaslab/clidoc.py);
+- MathJax (its SVG build, one self-contained file from the django-static-mathjax wheel of the
+  docs extra), served by the site itself so the methods' equations render offline too.
+"""
+
+from importlib.resources import files
+
+import mkdocs_gen_files
+
+from debiaslab.clidoc import cli_reference
+
+with mkdocs_gen_files.open("cli.md", "w") as f:
+    f.write(cli_reference())
+
+mathjax = files("mathjax") / "static" / "mathjax" / "es5" / "tex-svg.js"
+with mkdocs_gen_files.open("assets/mathjax/tex-svg.js", "w") as f:
+    f.write(mathjax.read_text(encoding="utf-8"))
