@@ -4,7 +4,7 @@ The manifest has one row per image: `path,target,bias,split`, with `split` in tr
 test, paths relative to the CSV. Here the script writes such a dataset (PNG files from Colored
 Digits, the digit as target, the colour as bias) next to the CSV: point `manifest_data` at yours.
 
-    python examples/manifest_csv.py --out my_dataset --steps 2000
+    python examples/manifest_csv.py --out my_dataset --steps 3000
 """
 
 import argparse
@@ -41,7 +41,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--out", default="my_dataset")
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--log_dir", default="log")
     args = p.parse_args()
 
@@ -51,8 +51,9 @@ def main() -> None:
         data,
         model="mlp",
         num_steps=args.steps,
-        batch_size=64,
+        batch_size=128,
         lr=1e-3,
+        normalize=False,
         valid_freq=max(1, args.steps // 10),
         log_dir=args.log_dir,
     )
