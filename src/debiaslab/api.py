@@ -190,6 +190,7 @@ class Run:
     dir: Path
     config: TrainConfig
     results: dict
+    record: dict  # config.json as the run wrote it: the config, the data and its input shape
 
     @property
     def rules(self) -> list[str]:
@@ -255,20 +256,17 @@ class Run:
 
     @property
     def num_classes(self) -> int:
-        return int(self._config_json()["data"]["num_classes"])
+        return int(self.record["data"]["num_classes"])
 
     @property
     def in_shape(self) -> tuple[int, ...]:
-        shape = self._config_json().get("in_shape")
+        shape = self.record.get("in_shape")
         if shape is None:
             raise UserError(
                 f"{self.dir} was trained before runs recorded their input shape; evaluate "
                 "it with `debiaslab test --pretrained_path` instead"
             )
         return tuple(shape)
-
-    def _config_json(self) -> dict:
-        return json.loads((self.dir / "config.json").read_text())
 
     def _selection(self, rule: str) -> dict:
         if rule not in self.results["selections"]:
@@ -331,5 +329,7 @@ def load_run(path: str | Path) -> Run:
             f"{path} holds no finished run (config.json and results.json); train it first "
             "or point at <log_dir>/<dataset>/<exp>"
         )
-    cfg = TrainConfig.from_saved(json.loads(config.read_text())["config"])
-    return Run(path, cfg, json.loads(results.read_text()))
+    record = json.loads(config.read_text())
+    return Run(
+        path, TrainConfig.from_saved(record["config"]), json.loads(results.read_text()), record
+    )
