@@ -756,17 +756,12 @@ def cmd_test(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------ data
-def add_build_cmnist_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--mnist",
-        default=None,
-        help="local MNIST: an .npz (x_train, y_train, x_test, y_test), a torchvision root "
-        "holding MNIST/, or an image folder with train/<digit>/ and test/<digit>/ (default: download with torchvision)",
-    )
+def add_build_output_args(p: argparse.ArgumentParser, folder: str, train_images: str) -> None:
+    """The output options every dataset builder shares."""
     p.add_argument(
         "--out",
         default="dataset",
-        help="output folder; the dataset goes to <out>/cmnist (default: dataset)",
+        help=f"output folder; the dataset goes to <out>/{folder} (default: dataset)",
     )
     p.add_argument(
         "--percent",
@@ -774,6 +769,36 @@ def add_build_cmnist_args(p: argparse.ArgumentParser) -> None:
         default=["0.5", "1", "2", "5"],
         help="bias-conflicting percentages to build (default: 0.5 1 2 5)",
     )
+    p.add_argument(
+        "--valid_size",
+        type=int,
+        default=5000,
+        help=f"{train_images} held out as the biased valid split (default: 5000)",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing dataset folder")
+
+
+def build_percents(args) -> list[float]:
+    from debiaslab.data.builder import parse_pct
+
+    return sorted({parse_pct(p) for p in args.percent})
+
+
+def check_valid_size(args, num_train: int, train_images: str) -> None:
+    if not 0 < args.valid_size < num_train:
+        raise UserError(
+            f"--valid_size {args.valid_size} must be between 1 and the {num_train} {train_images}"
+        )
+
+
+def add_build_cmnist_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--mnist",
+        default=None,
+        help="local MNIST: an .npz (x_train, y_train, x_test, y_test), a torchvision root "
+        "holding MNIST/, or an image folder with train/<digit>/ and test/<digit>/ (default: download with torchvision)",
+    )
+    add_build_output_args(p, "cmnist", "MNIST training digits")
     p.add_argument("--seed", type=int, default=0, help="builder seed (default: 0)")
     p.add_argument(
         "--severity",
@@ -791,33 +816,22 @@ def add_build_cmnist_args(p: argparse.ArgumentParser) -> None:
         "lff = LfF's palette (Nam et al. 2020), an easier problem",
     )
     p.add_argument(
-        "--valid_size",
-        type=int,
-        default=5000,
-        help="MNIST training digits held out as the biased valid split (default: 5000)",
-    )
-    p.add_argument(
         "--download_dir",
         default=None,
         help="where torchvision downloads MNIST (default: <out>/.downloads)",
     )
-    p.add_argument("--force", action="store_true", help="replace an existing <out>/cmnist")
 
 
 def cmd_build_cmnist(args) -> int:
-    from debiaslab.data.builder import parse_pct
     from debiaslab.data.cmnist import write_cmnist
     from debiaslab.data.mnist import load_mnist
 
-    pcts = sorted({parse_pct(p) for p in args.percent})
+    pcts = build_percents(args)
     out = Path(args.out)
     mnist, prov = load_mnist(
         args.mnist, Path(args.download_dir) if args.download_dir else out / ".downloads"
     )
-    if not 0 < args.valid_size < len(mnist["x_train"]):
-        raise UserError(
-            f"--valid_size {args.valid_size} must be between 1 and the {len(mnist['x_train'])} MNIST training digits"
-        )
+    check_valid_size(args, len(mnist["x_train"]), "MNIST training digits")
     manifest = write_cmnist(
         mnist,
         prov,
@@ -871,30 +885,13 @@ def add_cifar10_source_args(p: argparse.ArgumentParser) -> None:
 
 def add_build_cifar10c_args(p: argparse.ArgumentParser) -> None:
     add_cifar10_source_args(p)
-    p.add_argument(
-        "--out",
-        default="dataset",
-        help="output folder; the dataset goes to <out>/cifar10c (type 1: <out>/cifar10c_type1) (default: dataset)",
-    )
-    p.add_argument(
-        "--percent",
-        nargs="+",
-        default=["0.5", "1", "2", "5"],
-        help="bias-conflicting percentages to build (default: 0.5 1 2 5)",
-    )
-    p.add_argument(
-        "--valid_size",
-        type=int,
-        default=5000,
-        help="CIFAR-10 training images held out as the biased valid split (default: 5000)",
-    )
+    add_build_output_args(p, "cifar10c (type 1: <out>/cifar10c_type1)", "CIFAR-10 training images")
     p.add_argument(
         "--workers",
         type=int,
         default=None,
         help="worker processes for the corruptions (default: one per CPU core)",
     )
-    p.add_argument("--force", action="store_true", help="replace an existing dataset folder")
 
 
 def _load_cifar10(args):
@@ -907,18 +904,14 @@ def _load_cifar10(args):
 
 
 def cmd_build_cifar10c(args) -> int:
-    from debiaslab.data.builder import parse_pct
     from debiaslab.data.cifar10c import write_cifar10c
     from debiaslab.data.reference import cifar10c_folder
 
-    pcts = sorted({parse_pct(p) for p in args.percent})
+    pcts = build_percents(args)
     if args.workers is not None and args.workers <= 0:
         raise UserError(f"--workers must be positive, got {args.workers}")
     cifar, prov = _load_cifar10(args)
-    if not 0 < args.valid_size < len(cifar["x_train"]):
-        raise UserError(
-            f"--valid_size {args.valid_size} must be between 1 and the {len(cifar['x_train'])} CIFAR-10 training images"
-        )
+    check_valid_size(args, len(cifar["x_train"]), "CIFAR-10 training images")
     manifest = write_cifar10c(
         cifar,
         prov,
