@@ -54,6 +54,21 @@ def run_cli(*args, cwd=None, env=None, timeout=600, module=True):
     )
 
 
+def run_test_cli(run, data_dir, *extra):
+    """``debiaslab test`` of a run trained on the tiny CMNIST 1pct data, on the CPU."""
+    return run_cli(
+        "test", "--pretrained_path", run, "--dataset", "cmnist", "--percent", "1pct",
+        "--data_dir", data_dir, "--device", "cpu", *extra,
+    )  # fmt: skip
+
+
+def assert_test_reproduces_last(run, data_dir, results: dict) -> None:
+    """``debiaslab test`` of the run's last checkpoint gives the test metrics it recorded."""
+    t = run_test_cli(run, data_dir, "--json")
+    assert t.returncode == 0, t.stderr
+    assert json.loads(t.stdout)["metrics"]["test"] == results["selections"]["last"]["test"]
+
+
 def quick_train_args(data, logs, *extra) -> list:
     """Flags of a short CPU training run on ``tiny_reference``: 40 steps, evaluations at 20 and 40."""
     return [

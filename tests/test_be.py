@@ -20,6 +20,7 @@ from tests.conftest import (
     assert_lff_matches_its_loop,
     assert_same_tensors,
     assert_same_weights,
+    assert_test_reproduces_last,
     cli_config,
     make_method,
     method_batches,
@@ -522,19 +523,4 @@ def test_lff_be_through_train_and_test(tiny_reference, tmp_path):
         "biased",
         "debiased",
     }  # the best checkpoints hold what predict reads
-    t = run_cli(
-        "test",
-        "--pretrained_path",
-        run,
-        "--dataset",
-        "cmnist",
-        "--percent",
-        "1pct",
-        "--data_dir",
-        tiny_reference,
-        "--device",
-        "cpu",
-        "--json",
-    )
-    assert t.returncode == 0, t.stderr
-    assert json.loads(t.stdout)["metrics"]["test"] == results["selections"]["last"]["test"]
+    assert_test_reproduces_last(run, tiny_reference, results)

@@ -17,6 +17,7 @@ from tests.conftest import (
     quick_train_args,
     read_log,
     run_cli,
+    run_test_cli,
     saved_mlps,
     tiny_bundle,
     tiny_config,
@@ -100,27 +101,14 @@ def test_no_best_checkpoints_writes_only_the_last_and_test_says_so(tiny_referenc
         if n not in no_biased_branch
     )
 
-    test_args = [
-        "test",
-        "--pretrained_path",
-        run,
-        "--dataset",
-        "cmnist",
-        "--percent",
-        "1pct",
-        "--data_dir",
-        tiny_reference,
-        "--device",
-        "cpu",
-    ]
-    missing = run_cli(*test_args, "--select", "best_valid")
+    missing = run_test_cli(run, tiny_reference, "--select", "best_valid")
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert (
         len(missing.stderr.strip().splitlines()) == 1
         and "checkpoint_best_valid.pt" in missing.stderr
     )
 
-    last = run_cli(*test_args, "--json")
+    last = run_test_cli(run, tiny_reference, "--json")
     assert last.returncode == 0, last.stderr
     out = json.loads(last.stdout)
     assert out["step"] == 40

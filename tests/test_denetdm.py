@@ -14,6 +14,7 @@ from debiaslab.models import DeepMLP, ShallowMLP
 from debiaslab.models.cnn import CNN3
 from tests.conftest import (
     assert_same_tensors,
+    assert_test_reproduces_last,
     cli_config,
     make_method,
     method_batches,
@@ -261,22 +262,7 @@ def test_denetdm_through_train_and_test(tiny_reference, tmp_path):
         (60, None),
     ]
     assert {"poe", "distill"} <= set(read_log(run, "train")[-1])
-    t = run_cli(
-        "test",
-        "--pretrained_path",
-        run,
-        "--dataset",
-        "cmnist",
-        "--percent",
-        "1pct",
-        "--data_dir",
-        tiny_reference,
-        "--device",
-        "cpu",
-        "--json",
-    )
-    assert t.returncode == 0, t.stderr
-    assert json.loads(t.stdout)["metrics"]["test"] == results["selections"]["last"]["test"]
+    assert_test_reproduces_last(run, tiny_reference, results)
     assert set(saved_mlps(run, "denetdm", 3, (3, 8, 8))) == {
         "model"
     }  # only the target is what predicts

@@ -20,7 +20,14 @@ from debiaslab.collect import replayed
 from debiaslab.metrics import compute_metrics
 from debiaslab.selection import LABEL_FREE, RULES, SelectionTracker, picks, selection_names
 from debiaslab.train import train
-from tests.conftest import assert_same_tensors, read_log, run_cli, tiny_bundle, tiny_config
+from tests.conftest import (
+    assert_same_tensors,
+    read_log,
+    run_cli,
+    run_test_cli,
+    tiny_bundle,
+    tiny_config,
+)
 
 
 # -- the rules on synthetic logs --------------------------------------------------------------------
@@ -316,22 +323,7 @@ def test_test_command_evaluates_an_averaged_pick(tiny_reference, tmp_path):
     results = json.loads((run / "results.json").read_text())
     assert results["weight_averaging"]["start"] == 10  # DisEnt: from --curr_step
     pick = results["selections"]["wa_best_valid_pseudo_unbiased"]
-    t = run_cli(
-        "test",
-        "--pretrained_path",
-        run,
-        "--select",
-        "wa_best_valid_pseudo_unbiased",
-        "--dataset",
-        "cmnist",
-        "--percent",
-        "1pct",
-        "--data_dir",
-        tiny_reference,
-        "--device",
-        "cpu",
-        "--json",
-    )
+    t = run_test_cli(run, tiny_reference, "--select", "wa_best_valid_pseudo_unbiased", "--json")
     assert t.returncode == 0, t.stderr
     out = json.loads(t.stdout)
     assert out["step"] == pick["step"]

@@ -17,7 +17,7 @@ import torch
 from debiaslab.config import TrainConfig
 from debiaslab.selection import SELECTION_RULES, SelectionTracker
 from debiaslab.train import _results
-from tests.conftest import assert_same_tensors, quick_train_args, read_log, run_cli
+from tests.conftest import assert_same_tensors, quick_train_args, read_log, run_cli, run_test_cli
 
 RULES = ("last", "best_valid", "best_valid_unbiased", "oracle_best_test")
 
@@ -281,22 +281,7 @@ def check_rule(run, data, rule, pick, selection):
         assert ckpt["kind"] == "models" and ckpt["rule"] == rule
         assert ckpt["metrics"] == {"valid": pick["valid"], "test": pick["test"]}
         assert_same_tensors(ckpt["models"], full["method_state"]["models"], rule)
-    t = run_cli(
-        "test",
-        "--pretrained_path",
-        run,
-        "--select",
-        rule,
-        "--dataset",
-        "cmnist",
-        "--percent",
-        "1pct",
-        "--data_dir",
-        data,
-        "--device",
-        "cpu",
-        "--json",
-    )
+    t = run_test_cli(run, data, "--select", rule, "--json")
     assert t.returncode == 0, t.stderr
     out = json.loads(t.stdout)
     assert out["step"] == pick["step"], rule

@@ -22,6 +22,7 @@ from debiaslab.train import EpochSampler
 from tests.conftest import (
     N_CLASSES,
     assert_same_tensors,
+    assert_test_reproduces_last,
     cli_env,
     make_method,
     method_batches,
@@ -249,22 +250,7 @@ def test_jtt_through_train_and_test(tiny_reference, tmp_path):
         wrong = first(train_split.images.float() / 255 / 255).argmax(1) != train_split.targets
     (end,) = read_log(run, "stage_end")
     assert (end["step"], end["stage"], end["flagged"]) == (30, "erm", int(wrong.sum()))
-    t = run_cli(
-        "test",
-        "--pretrained_path",
-        run,
-        "--dataset",
-        "cmnist",
-        "--percent",
-        "1pct",
-        "--data_dir",
-        tiny_reference,
-        "--device",
-        "cpu",
-        "--json",
-    )
-    assert t.returncode == 0, t.stderr
-    assert json.loads(t.stdout)["metrics"]["test"] == results["selections"]["last"]["test"]
+    assert_test_reproduces_last(run, tiny_reference, results)
     rep = run_cli(
         "report", run, "--output", tmp_path / "report"
     )  # stage-tagged records in the curves
