@@ -1007,7 +1007,8 @@ def cmd_presets(args) -> int:
 # ----------------------------------------------------------------------------------------- sweep
 def add_sweep_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
-        "the grid (a config file and/or flags; flags override the file's top-level keys)"
+        "the grid (a config file and/or flags; a flag replaces that key everywhere in the file, "
+        "sub-grids included: --seeds 1 runs every sub-grid's cells at seed 1)"
     )
     g.add_argument(
         "--config",
