@@ -67,6 +67,7 @@ def test_predict_and_evaluate_reproduce_the_recorded_metrics(disent_run):
         logits = reloaded.predict(bundle.test.images, rule)
         assert logits.shape == (len(bundle.test), 2)
         assert reloaded.evaluate(tensors(bundle.test), rule) == run.metrics(rule, "test")
+        assert reloaded.evaluate(bundle.test, rule) == run.metrics(rule, "test")  # a Split
         assert torch.equal(logits, run.predict(bundle.test.images, rule))
 
 

@@ -245,12 +245,17 @@ class Run:
             ]
         )
 
-    def evaluate(self, data: DatasetBundle | Sequence[torch.Tensor], rule: str = "last") -> dict:
+    def evaluate(
+        self, data: DatasetBundle | Split | Sequence[torch.Tensor], rule: str = "last"
+    ) -> dict:
         """Every metric of the model ``rule`` picked on new data: a split as ``(images, targets[,
-        biases])`` or a ``DatasetBundle`` (its test split)."""
+        biases])``, a ``Split`` (``bundle.valid``) or a ``DatasetBundle`` (its test split)."""
         from debiaslab.metrics import compute_metrics
 
-        split = data.test if isinstance(data, DatasetBundle) else _split("data", data)
+        if isinstance(data, DatasetBundle):
+            split = data.test
+        else:
+            split = data if isinstance(data, Split) else _split("data", data)
         preds = self.predict(split.images, rule).argmax(1)
         return compute_metrics(preds, split.targets, split.biases, self.num_classes)
 
