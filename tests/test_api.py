@@ -10,6 +10,7 @@ import torch.nn as nn
 
 import debiaslab as dl
 from debiaslab import UserError
+from debiaslab.methods import METHODS
 from debiaslab.selection import selection_names
 from tests.conftest import cli_env, tiny_bundle
 
@@ -206,3 +207,38 @@ def _tiny_test(root):
     from debiaslab.data.reference import load_reference
 
     return load_reference(str(root), "cmnist", "1pct").test
+
+
+# Each stage as short as the method allows, so that every stage runs in a few steps.
+SHORT_STAGES = {
+    "disent": dict(curr_step=2),
+    "jtt": dict(jtt_steps=3),
+    "denetdm": dict(denetdm_stage1_steps=3),
+    "lff_be": dict(be_num_models=3, be_steps=2),
+    "disent_be": dict(be_num_models=3, be_steps=2, curr_step=2),
+}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_trains_a_resnet18_on_rgb_tensors(tmp_path, method):
+    """Every registered method, ResNet-18 on RGB images, through fit; what it saved predicts the
+    metrics it recorded."""
+    bundle = tiny_bundle(size=16)
+    data = dl.tensor_data(
+        train=tensors(bundle.train), valid=tensors(bundle.valid), test=tensors(bundle.test)
+    )
+    run = dl.fit(
+        method,
+        data,
+        model="resnet18",
+        num_steps=4,
+        valid_freq=2,
+        batch_size=8,
+        log_dir=tmp_path,
+        device="cpu",
+        **SHORT_STAGES.get(method, {}),
+    )
+    assert run.config.model == "resnet18" and run.step("last") == run.results["steps"] + sum(
+        stage["steps"] for stage in run.results.get("stages") or [] if stage["name"] != "main"
+    )
+    assert run.evaluate(bundle.test) == run.metrics("last", "test")
