@@ -167,10 +167,15 @@ def measure_one(
                 steps_per_second=round(rate, 1),
                 cuda_graph=res["cuda_graph"],
                 compiled=res["compiled"],
+                boundary_seconds=res.get("boundary_seconds"),
             )
         )
+        parts = res.get("boundary_seconds", {})
+        steps_only = res["train_seconds"] - sum(parts.values())
         print(
-            f"{dataset:9s} {method:8s} {mode:14s} {n:6d} {rate:8.1f}  compiled: {res['compiled']}",
+            f"{dataset:9s} {method:8s} {mode:14s} {n:6d} {rate:8.1f}  compiled: {res['compiled']}"
+            f"  seconds: steps {steps_only:.1f}, "
+            + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()),
             flush=True,
         )
 

@@ -157,6 +157,7 @@ def test_finished_run_is_done_and_resume_can_extend_it(tiny_reference, tmp_path)
     assert subprocess.run(short, env=cli_env(), capture_output=True, timeout=600).returncode == 0
     again = subprocess.run(short, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "not retraining" in again.stdout
+    first = json.loads((run_dir(tmp_path) / "results.json").read_text())
     longer = [a if a != str(STEPS) else "100" for a in base]
     refused = subprocess.run(longer, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert (
@@ -172,6 +173,13 @@ def test_finished_run_is_done_and_resume_can_extend_it(tiny_reference, tmp_path)
         and "resuming" in extended.stdout
         and "from step 60" in extended.stdout
     )
+    # the time spent evaluating and checkpointing is timed, and adds up across sessions
+    parts = json.loads((run_dir(tmp_path) / "results.json").read_text())["boundary_seconds"]
+    assert set(parts) == {"evaluation", "best_checkpoints", "full_checkpoints"}
+    assert all(v > 0 for v in parts.values())
+    # a checkpoint holds the evaluations before it (the time of its own writing comes after)
+    assert all(parts[k] >= first["boundary_seconds"][k] for k in ("evaluation", "best_checkpoints"))
+    assert sum(first["boundary_seconds"].values()) < first["train_seconds"]
     straight = subprocess.run(
         [a if a != str(tmp_path) else str(tmp_path / "s") for a in longer],
         env=cli_env(),

@@ -103,6 +103,9 @@ class EpochSampler:
 # (docs/speed.md). CPU: not faster for Vanilla or DisEnt on CMNIST (LfF +30%), and 5-20 s more
 # start-up, so off. CUDA: off until measured there.
 COMPILE_DEFAULT = {"cpu": False, "cuda": False}
+# The loop's work outside the steps, timed (results.json "boundary_seconds"): evaluating, saving
+# the models a selection rule picked, and writing the resumable full checkpoint.
+BOUNDARY_PARTS = ("evaluation", "best_checkpoints", "full_checkpoints")
 
 
 def _existing_run(cfg: TrainConfig) -> tuple[str, dict | None]:
@@ -319,6 +322,8 @@ class TrainingLoop:
         self.graphed = capture_step(cfg, device, self.method)
         self.window, self.start, self.skipped, self.seconds_before = StepWindow(), 0, [], 0.0
         self.last_saved: int | None = None
+        # where the loop's time goes besides the steps: the figures that say what bounds a run
+        self.boundary_seconds = dict.fromkeys(BOUNDARY_PARTS, 0.0)
         self.w_steps = {
             self.plan.main_start + s for s in snapshot_steps(cfg.num_steps, cfg.valid_freq)
         }
@@ -376,6 +381,7 @@ class TrainingLoop:
             self.window = StepWindow(sums, state["log_count"])
             self.start, self.skipped = state["step"], list(state["skipped"])
             self.seconds_before, self.last_saved = state["train_seconds"], state["step"]
+            self.boundary_seconds.update(state.get("boundary_seconds", {}))
             # a checkpoint from before weight averaging holds none: the average starts afresh
             if self.average is not None and "average" in state:
                 self.average.load_state_dict(state["average"])
@@ -458,9 +464,11 @@ class TrainingLoop:
         if done % cfg.log_freq == 0 or stage_ends:
             self.log_train(done, tag)
         if done % cfg.valid_freq == 0 or stage_ends:
-            record = self.evaluate(done, k, tag)
+            with self.timed("evaluation"):
+                record = self.evaluate(done, k, tag)
             if main:
-                self.select(done, record)
+                with self.timed("best_checkpoints"):
+                    self.select(done, record)
         if stage_ends and not main:
             _end_stage(
                 self.method,
@@ -473,8 +481,19 @@ class TrainingLoop:
             k += 1
             self.enter_stage(k)
         if done % cfg.save_freq == 0 or stage_ends:
-            self.save(done)
+            with self.timed("full_checkpoints"):
+                self.save(done)
         return k
+
+    @contextlib.contextmanager
+    def timed(self, part: str):
+        """Add the wall time of the block to ``boundary_seconds[part]``. The queued steps were
+        waited for before it (check_nonfinite reads the device), so they are not counted in it."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.boundary_seconds[part] += time.perf_counter() - t0
 
     def check_nonfinite(self, done: int) -> None:
         for bad_step, terms in self.window.not_applied():
@@ -544,6 +563,7 @@ class TrainingLoop:
                 "skipped": self.skipped,
                 **({"average": self.average.state_dict()} if self.average is not None else {}),
                 "train_seconds": self.seconds_before + time.time() - self.t_loop,
+                "boundary_seconds": dict(self.boundary_seconds),
                 "rng": checkpoints.rng_state(),
             },
             cfg.keep_checkpoints,
@@ -569,6 +589,7 @@ class TrainingLoop:
             results["stages"] = [{"name": st.name, "steps": st.steps} for st in plan.stages]
         speed = round(plan.total / train_seconds, 2) if train_seconds > 0 else math.nan
         results["steps_per_second"] = speed
+        results["boundary_seconds"] = {k: round(v, 2) for k, v in self.boundary_seconds.items()}
         results["compiled"] = self.method.compiled  # the parts of the step compiled (none: eager)
         results["cuda_graph"] = self.method.graphed
         return results
