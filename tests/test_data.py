@@ -199,16 +199,21 @@ def test_build_cmnist_in_memory_follows_the_protocol(mnist_npz):
     assert build_cmnist(mnist, 0.5, seed=1).checksums()["train"] != b.checksums()["train"]
 
 
-def test_cli_builds_cmnist_from_npz(tmp_path, mnist_npz):
-    # a slice of the real MNIST keeps this test quick; the full build runs the same code
+def write_mnist_slice(mnist_npz, path, n_train: int, n_test: int) -> None:
+    """The first digits of the real MNIST, as an .npz the builder reads."""
     with np.load(mnist_npz) as z:
         np.savez(
-            tmp_path / "small.npz",
-            x_train=z["x_train"][:3000],
-            y_train=z["y_train"][:3000],
-            x_test=z["x_test"][:1000],
-            y_test=z["y_test"][:1000],
+            path,
+            x_train=z["x_train"][:n_train],
+            y_train=z["y_train"][:n_train],
+            x_test=z["x_test"][:n_test],
+            y_test=z["y_test"][:n_test],
         )
+
+
+def test_cli_builds_cmnist_from_npz(tmp_path, mnist_npz):
+    # a slice of the real MNIST keeps this test quick; the full build runs the same code
+    write_mnist_slice(mnist_npz, tmp_path / "small.npz", 3000, 1000)
     out = tmp_path / "dataset"
     r = run_cli(
         "data",
@@ -287,14 +292,7 @@ def test_cli_builds_cmnist_from_npz(tmp_path, mnist_npz):
 
 
 def test_a_folder_of_one_palette_is_never_used_as_the_other(tmp_path, mnist_npz):
-    with np.load(mnist_npz) as z:
-        np.savez(
-            tmp_path / "small.npz",
-            x_train=z["x_train"][:2000],
-            y_train=z["y_train"][:2000],
-            x_test=z["x_test"][:500],
-            y_test=z["y_test"][:500],
-        )
+    write_mnist_slice(mnist_npz, tmp_path / "small.npz", 2000, 500)
     out = tmp_path / "lff_data"
     r = run_cli(
         "data",
