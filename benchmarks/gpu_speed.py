@@ -157,7 +157,7 @@ def measure_one(
     """One run of ``n`` steps; its steps over the loop's seconds go to ``summary["single"]``."""
     res = finish(train(args, dataset, method, mode, n, tmp), tmp, dataset, f"{method}-{mode}-0")
     if res:
-        rate = n / res["train_seconds"]
+        rate, parts = n / res["train_seconds"], res.get("boundary_seconds", {})
         summary.setdefault("single", []).append(
             dict(
                 dataset=dataset,
@@ -167,10 +167,9 @@ def measure_one(
                 steps_per_second=round(rate, 1),
                 cuda_graph=res["cuda_graph"],
                 compiled=res["compiled"],
-                boundary_seconds=res.get("boundary_seconds"),
+                boundary_seconds=parts,
             )
         )
-        parts = res.get("boundary_seconds", {})
         steps_only = res["train_seconds"] - sum(parts.values())
         print(
             f"{dataset:9s} {method:8s} {mode:14s} {n:6d} {rate:8.1f}  compiled: {res['compiled']}"

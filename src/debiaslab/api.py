@@ -254,8 +254,10 @@ class Run:
 
         if isinstance(data, DatasetBundle):
             split = data.test
+        elif isinstance(data, Split):
+            split = data
         else:
-            split = data if isinstance(data, Split) else _split("data", data)
+            split = _split("data", data)
         preds = self.predict(split.images, rule).argmax(1)
         return compute_metrics(preds, split.targets, split.biases, self.num_classes)
 
