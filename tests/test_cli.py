@@ -62,6 +62,8 @@ def test_paper_train_then_test_commands(tiny_reference, tmp_path):
     assert list(results["selections"]) == selection_names()
     assert "ORACLE" in results["selections"]["oracle_best_test"]["description"]
     assert results["data"]["sha256"]["train"] and results["config"]["batch_size"] == 16
+    hardware = json.loads((run / "config.json").read_text())["hardware"]
+    assert hardware["cpu"] and hardware["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     last = results["selections"]["last"]
     ckpt = torch.load(run / "checkpoint_last.pt", weights_only=False)
     assert last["step"] == 40

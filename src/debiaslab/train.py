@@ -7,6 +7,7 @@ import errno
 import functools
 import json
 import math
+import platform
 import shutil
 import time
 from pathlib import Path
@@ -42,6 +43,26 @@ from debiaslab.selection import (
     evaluation_of,
     selection_names,
 )
+
+
+def hardware(device: torch.device) -> dict:
+    """The processor a run's numbers came from: CPU kernels (ATen's vector width, oneDNN's bf16
+    path) differ between machines, so the same seed and config give different bits on another
+    CPU, though not different results beyond seed noise."""
+    info = {"cpu": _cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 class EpochSampler:
@@ -354,6 +375,7 @@ class TrainingLoop:
                 "torch": torch.__version__,
                 "device": str(self.device),
                 "torch_threads": torch.get_num_threads(),
+                "hardware": hardware(self.device),
                 "uses_bias_labels_in_training": self.method_cls.uses_bias_labels,
                 "in_shape": list(
                     self.train_split.images.shape[1:]
