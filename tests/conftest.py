@@ -64,7 +64,7 @@ def run_test_cli(run, data_dir, *extra):
 
 def assert_test_reproduces_last(run, data_dir, results: dict) -> None:
     """``debiaslab test`` of the run's last checkpoint gives the test metrics it recorded."""
-    t = run_test_cli(run, data_dir, "--json")
+    t = run_test_cli(run, data_dir, "--select", "last", "--json")
     assert t.returncode == 0, t.stderr
     assert json.loads(t.stdout)["metrics"]["test"] == results["selections"]["last"]["test"]
 

@@ -108,7 +108,7 @@ def test_no_best_checkpoints_writes_only_the_last_and_test_says_so(tiny_referenc
         and "checkpoint_best_valid.pt" in missing.stderr
     )
 
-    last = run_test_cli(run, tiny_reference, "--json")
+    last = run_test_cli(run, tiny_reference, "--select", "last", "--json")
     assert last.returncode == 0, last.stderr
     out = json.loads(last.stdout)
     assert out["step"] == 40

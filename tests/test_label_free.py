@@ -15,10 +15,20 @@ import torch
 import torch.nn as nn
 
 from debiaslab import UserError
+from debiaslab.api import load_run
 from debiaslab.averaging import WeightAverage
 from debiaslab.collect import replayed
 from debiaslab.metrics import compute_metrics
-from debiaslab.selection import LABEL_FREE, RULES, SelectionTracker, picks, selection_names
+from debiaslab.selection import (
+    LABEL_FREE,
+    RULES,
+    SelectionTracker,
+    base_rule,
+    default_selection,
+    picks,
+    selection_names,
+    shipped_selection,
+)
 from debiaslab.train import train
 from tests.conftest import (
     assert_same_tensors,
@@ -328,6 +338,35 @@ def test_test_command_evaluates_an_averaged_pick(tiny_reference, tmp_path):
     out = json.loads(t.stdout)
     assert out["step"] == pick["step"]
     assert out["metrics"]["test"] == pick["test"]
+    # a Colored MNIST run ships that pick: test, the API and report use it unless told otherwise
+    assert results["default_selection"] == "wa_best_valid_pseudo_unbiased"
+    plain = run_test_cli(run, tiny_reference, "--json")
+    assert plain.returncode == 0, plain.stderr
+    assert json.loads(plain.stdout) == out
+    assert load_run(run).metrics() == pick["test"] and load_run(run).step() == pick["step"]
+    last = run_test_cli(run, tiny_reference, "--select", "last", "--json")
+    assert json.loads(last.stdout)["step"] == results["selections"]["last"]["step"]
+
+
+@pytest.mark.parametrize(
+    "dataset,recorded,shipped",
+    [
+        (
+            "cmnist",
+            ("last", "wa_last", "wa_best_valid_pseudo_unbiased"),
+            "wa_best_valid_pseudo_unbiased",
+        ),
+        ("cmnist", ("last", "wa_last"), "wa_last"),  # no biased branch (Vanilla)
+        ("cmnist", ("last",), "last"),  # averaging off, or a run from before it
+        ("cifar10c", ("last", "wa_last", "wa_best_valid_pseudo_unbiased"), "last"),  # not measured
+    ],
+)
+def test_the_shipped_selection_is_the_measured_label_free_one(dataset, recorded, shipped):
+    selections = {name: None for name in selection_names()} | {n: {"step": 1} for n in recorded}
+    assert default_selection(dataset, selections) == shipped
+    assert base_rule(shipped).name in LABEL_FREE
+    assert shipped_selection({"default_selection": shipped}) == shipped
+    assert shipped_selection({}) == "last"  # results.json from before it was recorded
 
 
 def test_averaging_off(tmp_path):

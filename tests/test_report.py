@@ -133,7 +133,8 @@ def test_report_embeds_every_figure_and_header_equals_results(runs):
     for text in (
         "<th>seed</th><td>0</td>",
         "<th>steps</th><td>40</td>",
-        "figures&#x27; checkpoint (selection rule)</th><td>last",
+        # the selection the run ships, as no --select was given
+        f"figures&#x27; checkpoint (selection rule)</th><td>{results['default_selection']}<",
         "read from the images)</th><td>disent / unknown",
     ):  # the tiny data's colours are no known palette
         assert text in html
@@ -221,7 +222,8 @@ def test_report_of_run_without_checkpoints_says_why(runs, tmp_path):
     shutil.copytree(runs["disent"], copy, ignore=shutil.ignore_patterns("*.pt", "report"))
     path = make_report([copy])
     html = path.read_text()
-    assert "Unavailable: the &#x27;last&#x27; checkpoint could not be evaluated" in html
+    shipped = json.loads((copy / "results.json").read_text())["default_selection"]
+    assert f"Unavailable: the &#x27;{shipped}&#x27; checkpoint could not be evaluated" in html
     assert "curves.png" in images(html)
 
 

@@ -29,7 +29,7 @@ from debiaslab.config import TrainConfig
 from debiaslab.data.splits import DatasetBundle, Split
 from debiaslab.methods import METHODS
 from debiaslab.models import MODELS
-from debiaslab.selection import SELECTION_RULES
+from debiaslab.selection import SELECTION_RULES, shipped_selection
 
 ModelFactory = Callable[..., nn.Module]  # (num_classes=, head_inputs=, in_shape=) -> model
 
@@ -197,20 +197,28 @@ class Run:
         """The selection rules this run recorded (``last``, ``best_valid``, ... and ``wa_*``)."""
         return list(self.results["selections"])
 
-    def metrics(self, rule: str = "last", split: str = "test") -> dict:
+    @property
+    def default_rule(self) -> str:
+        """The selection the run ships, used when no rule is given (``default_selection`` of
+        results.json: on Colored MNIST the averaged model picked by its pseudo-unbiased
+        validation score; ``last`` elsewhere and for runs from before)."""
+        return shipped_selection(self.results)
+
+    def metrics(self, rule: str | None = None, split: str = "test") -> dict:
         """Every metric (accuracy, unbiased, aligned, conflicting, worst_group, ...) on ``split``
-        (``valid`` or ``test``) of the model ``rule`` picked."""
+        (``valid`` or ``test``) of the model ``rule`` picked (None: the run's ``default_rule``)."""
         selection = self._selection(rule)
         if split not in ("valid", "test"):
             raise UserError(f"split {split!r}: choose valid or test")
         return selection[split]
 
-    def step(self, rule: str = "last") -> int:
+    def step(self, rule: str | None = None) -> int:
         """The training step whose model ``rule`` picked."""
         return self._selection(rule)["step"]
 
-    def models(self, rule: str = "last", device: str = "cpu") -> dict[str, nn.Module]:
+    def models(self, rule: str | None = None, device: str = "cpu") -> dict[str, nn.Module]:
         """The models (by name, those the method predicts with) that ``rule`` picked, in eval mode."""
+        rule = rule or self.default_rule
         self._selection(rule)
         path = self.dir / ("checkpoint_last.pt" if rule == "last" else f"checkpoint_{rule}.pt")
         if not path.exists():
@@ -229,7 +237,7 @@ class Run:
 
     @torch.no_grad()
     def predict(
-        self, images: torch.Tensor, rule: str = "last", batch_size: int = 2048
+        self, images: torch.Tensor, rule: str | None = None, batch_size: int = 2048
     ) -> torch.Tensor:
         """Logits of the model ``rule`` picked, for uint8 images ``[N, C, H, W]`` like the training
         data (the run's evaluation transform is applied)."""
@@ -246,7 +254,7 @@ class Run:
         )
 
     def evaluate(
-        self, data: DatasetBundle | Split | Sequence[torch.Tensor], rule: str = "last"
+        self, data: DatasetBundle | Split | Sequence[torch.Tensor], rule: str | None = None
     ) -> dict:
         """Every metric of the model ``rule`` picked on new data: a split as ``(images, targets[,
         biases])``, a ``Split`` (``bundle.valid``) or a ``DatasetBundle`` (its test split)."""
@@ -275,7 +283,8 @@ class Run:
             )
         return tuple(shape)
 
-    def _selection(self, rule: str) -> dict:
+    def _selection(self, rule: str | None) -> dict:
+        rule = rule or self.default_rule
         if rule not in self.results["selections"]:
             known = ", ".join(self.rules)
             hint = "" if rule in SELECTION_RULES else " (not a rule)"

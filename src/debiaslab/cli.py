@@ -8,7 +8,7 @@ from pathlib import Path
 
 from debiaslab import UserError, __version__
 from debiaslab.config import PALETTE_CHOICES
-from debiaslab.selection import TABLE_RULES, selection_names
+from debiaslab.selection import TABLE_RULES, selection_names, shipped_selection
 
 METHOD_FLAGS = {
     "train_vanilla": "vanilla",
@@ -639,7 +639,8 @@ def results_summary(results: dict) -> str:
         + f", seed {results['seed']}, "
         f"{results['steps']} steps, {results.get('steps_per_second', 0):.1f} steps/s — test "
         "metrics (%) per selection rule "
-        f"(default: last; oracle_best_test selects on test labels):\n" + metrics_table(rows)
+        f"(shipped by default: {shipped_selection(results)}; oracle_best_test selects on test "
+        "labels):\n" + metrics_table(rows)
     )
 
 
@@ -654,11 +655,12 @@ def add_test_args(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
     p.add_argument(
         "--select",
-        default="last",
+        default=None,
         choices=selection_names(),
         metavar="RULE",
         help="for a debiaslab run directory: the checkpoint a selection rule picked, one of "
-        f"{', '.join(selection_names())} (wa_*: the weight-averaged model) (default: last)",
+        f"{', '.join(selection_names())} (wa_*: the weight-averaged model) (default: the one "
+        "the run ships, its results.json default_selection; last for runs without one)",
     )
     p.add_argument(
         "--input_scale",
@@ -1250,9 +1252,10 @@ def add_report_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--select",
-        default="last",
+        default=None,
         choices=RULE_CHOICES,
-        help="the checkpoint the feature and accuracy-grid figures use (default: last)",
+        help="the checkpoint the feature and accuracy-grid figures use (default: the one each "
+        "run ships, its results.json default_selection)",
     )
     p.add_argument(
         "--tsne",

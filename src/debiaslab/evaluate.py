@@ -10,7 +10,8 @@ from debiaslab import UserError
 from debiaslab.config import TrainConfig
 from debiaslab.methods import METHODS
 from debiaslab.models import DATASET_MODEL, MODELS, build_model
-from debiaslab.selection import SELECTION_RULES
+from debiaslab.rundir import read_results
+from debiaslab.selection import SELECTION_RULES, shipped_selection
 
 REFERENCE_FILES = {"disent": ("best_model_l.th", "best_model_b.th"), "vanilla": ("best_model.th",)}
 
@@ -37,8 +38,9 @@ def _load_state(model, state: dict, path: Path) -> None:
         ) from None
 
 
-def load_checkpoint(path, dataset: str, select: str = "last", model: str | None = None):
-    """Returns ``(method_cls, models, info)``; ``info['input_scale']`` names the pixel scaling to use."""
+def load_checkpoint(path, dataset: str, select: str | None = None, model: str | None = None):
+    """Returns ``(method_cls, models, info)``; ``info['input_scale']`` names the pixel scaling to use.
+    ``select`` None: the selection a run directory recorded as its default."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"--pretrained_path {path} does not exist")
@@ -48,6 +50,7 @@ def load_checkpoint(path, dataset: str, select: str = "last", model: str | None 
             for method, files in REFERENCE_FILES.items():
                 if all((folder / f).exists() for f in files):
                     return _load_reference(folder, files, method, dataset, model)
+        select = select or shipped_selection(read_results(path))
         if select not in SELECTION_RULES:
             raise UserError(
                 f"--select {select!r} is not a rule; choose one of {', '.join(SELECTION_RULES)}"

@@ -24,7 +24,7 @@ from debiaslab import UserError
 from debiaslab.config import TrainConfig
 from debiaslab.methods import METHODS
 from debiaslab.methods.base import StagePlan
-from debiaslab.selection import SELECTION_RULES
+from debiaslab.selection import SELECTION_RULES, shipped_selection
 
 METRIC_KEYS = ("accuracy", "aligned", "conflicting", "unbiased", "worst_group")
 METHOD_COLORS = {
@@ -616,14 +616,14 @@ LOADED_SCRIPT = (
 def make_report(
     paths: list,
     output: Path | None = None,
-    select: str = "last",
+    select: str | None = None,
     tsne: bool = False,
     device: str = "cpu",
     max_points: int = 2000,
 ) -> Path:
     if not paths:
         raise UserError("give at least one run directory")
-    if select not in SELECTION_RULES:
+    if select is not None and select not in SELECTION_RULES:
         raise UserError(
             f"--select {select!r} is not a rule; choose one of {', '.join(SELECTION_RULES)}"
         )
@@ -635,10 +635,11 @@ def make_report(
     sections = []
     for i, run in enumerate(runs):
         prefix = f"run{i + 1}_" if len(runs) > 1 else ""
+        rule = select or shipped_selection(run.results)
         try:
-            ev, reason = evaluate_checkpoint(run, select, device), ""
+            ev, reason = evaluate_checkpoint(run, rule, device), ""
         except UserError as e:
-            ev, reason = None, f"the '{select}' checkpoint could not be evaluated: {e}"
+            ev, reason = None, f"the '{rule}' checkpoint could not be evaluated: {e}"
         figs = [
             fig_curves(run, out, prefix),
             fig_w_detection(run, out, prefix),
@@ -649,7 +650,7 @@ def make_report(
         figs.append(fig_heatmap(run, ev, reason, out, prefix))
         sections.append(
             f"<section><h2>{html.escape(run.name)}</h2>\n<p>{html.escape(str(run.path))}</p>\n"
-            + header_html(run, select)
+            + header_html(run, rule)
             + "\n"
             + "\n".join(_figure_html(f, out) for f in figs)
             + "</section>"

@@ -28,6 +28,14 @@ def last_step(run_dir: Path) -> int:
     return 0
 
 
+def read_results(run_dir: Path) -> dict | None:
+    """A finished run's ``results.json`` (None when the run has none or it does not parse)."""
+    try:
+        return json.loads((run_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def status(run_dir: Path) -> str:
     """finished | failed (stopped; resumable) | unfinished (running, or killed) | missing."""
     if (run_dir / "results.json").exists():

@@ -92,6 +92,25 @@ TABLE_RULES = ("last", "best_valid", "best_valid_unbiased", "oracle_best_test")
 WA_PREFIX = "wa_"
 
 
+# The selection a run ships when none is asked for (results.json ``default_selection``, and what
+# ``test``, ``report`` and the Python API use by default), per dataset: the first of these the run
+# recorded, else ``last``. Moved from ``last`` only where docs/results/selection.md measured the
+# averaged model, picked by its own pseudo-unbiased validation score, better than the last step.
+SHIPPED_SELECTIONS = {"cmnist": ("wa_best_valid_pseudo_unbiased", "wa_last")}
+
+
+def default_selection(dataset: str, selections: dict) -> str:
+    """The selection a run of ``dataset`` with these recorded ``selections`` (name -> pick or
+    None) ships by default. Reads no test label and no bias label, like every rule it can name."""
+    preferred = SHIPPED_SELECTIONS.get(dataset, ())
+    return next((name for name in preferred if selections.get(name) is not None), "last")
+
+
+def shipped_selection(results: dict | None) -> str:
+    """The selection a finished run recorded as its default (``last`` for runs from before)."""
+    return (results or {}).get("default_selection") or "last"
+
+
 def base_rule(name: str) -> Rule:
     """The rule a selection name uses, with or without the ``wa_`` prefix."""
     return RULES[name.removeprefix(WA_PREFIX)]

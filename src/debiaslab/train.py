@@ -39,6 +39,7 @@ from debiaslab.prepare import (
 from debiaslab.selection import (
     WA_PREFIX,
     SelectionTracker,
+    default_selection,
     describe,
     evaluation_of,
     selection_names,
@@ -775,7 +776,7 @@ def _results(
         "percent": cfg.percent if cfg.uses_percent() else None,
         "seed": cfg.seed,
         "steps": cfg.num_steps,
-        "default_selection": "last",
+        "default_selection": default_selection(cfg.dataset, selections),
         "primary_metric": f"{primary_key(cfg.dataset)} accuracy"
         if "conflicting" in data_info["counts"]["test"]
         else "accuracy (no bias labels)",
