@@ -162,3 +162,30 @@ def test_step_window_sums_applied_steps_per_term_and_reports_the_others():
     resumed = StepWindow(state["log_sums"], state["log_count"])  # as a checkpoint restores it
     assert window.take_means() == resumed.take_means() == {"loss": 2.0, "a": 3.0, "b": 3.0}
     assert window.take_means() is None  # nothing since
+
+
+class _TermWhilePickled:
+    """Sends this process SIGTERM from inside torch.save, as a pre-emption can."""
+
+    def __reduce__(self):
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGTERM)
+        return (int, (5,))
+
+
+def test_sigterm_during_a_checkpoint_write_exits_after_the_file_is_in_place(tmp_path):
+    """The exit waits for the write: raised inside torch.save it aborted the process (SIGABRT)."""
+    import signal
+
+    from debiaslab.io import atomic_torch_save
+    from debiaslab.train import _sigterm_as_exit
+
+    path = tmp_path / "checkpoint_last.pt"
+    with pytest.raises(SystemExit) as exit_, _sigterm_as_exit():
+        atomic_torch_save({"step": 7, "odd": _TermWhilePickled(), "w": torch.ones(3)}, path)
+    assert exit_.value.code == 128 + signal.SIGTERM
+    saved = torch.load(path, weights_only=False)  # the test's own file: int(5) as a global
+    assert saved["step"] == 7 and saved["odd"] == 5 and torch.equal(saved["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_last.pt"]  # no temporary left

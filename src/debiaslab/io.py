@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -10,8 +11,42 @@ from pathlib import Path
 import torch
 
 
+class _ExitHold:
+    """A signal handler's exit held while a file is written. torch.save writing through a Python
+    file object aborts the whole process (SIGABRT, nothing marked or resumable) when an exception
+    is raised inside it, so SIGTERM's exit waits for the write to end."""
+
+    depth = 0
+    pending: int | None = None
+
+
+def defer_exit(code: int) -> bool:
+    """For a signal handler: hold ``SystemExit(code)`` until the file being written is in place
+    (True), or say that none is being written, so the handler exits now (False)."""
+    if _ExitHold.depth:
+        _ExitHold.pending = code
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def _exit_held():
+    _ExitHold.depth += 1
+    try:
+        yield
+    finally:
+        _ExitHold.depth -= 1
+        if _ExitHold.depth == 0 and _ExitHold.pending is not None:
+            code, _ExitHold.pending = _ExitHold.pending, None
+            raise SystemExit(code)
+
+
 def _atomic_write(path: Path, write) -> None:
-    path = Path(path)
+    with _exit_held():
+        _write_then_rename(Path(path), write)
+
+
+def _write_then_rename(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

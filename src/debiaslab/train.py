@@ -20,7 +20,7 @@ from debiaslab.config import RUNTIME_FIELDS, TrainConfig
 from debiaslab.data.splits import DatasetBundle, Split
 from debiaslab.data.transforms import BatchTransform
 from debiaslab.diagnostics import flagged_report, save_w_snapshot, snapshot_steps, weight_report
-from debiaslab.io import atomic_write_json
+from debiaslab.io import atomic_write_json, defer_exit
 from debiaslab.logging import RunLogger, StepWindow, require_wandb
 from debiaslab.methods import METHODS
 from debiaslab.methods.base import StageData, StagePlan
@@ -257,7 +257,8 @@ def _sigterm_as_exit():
         return
 
     def handler(signum, frame):
-        raise SystemExit(128 + signum)
+        if not defer_exit(128 + signum):  # a checkpoint being written ends first
+            raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
