@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -65,7 +66,27 @@ def _write_then_rename(path: Path, write) -> None:
 
 def atomic_torch_save(obj, path) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+    obj = compact(obj)
     _atomic_write(Path(path), lambda f: torch.save(obj, f))
+
+
+def compact(obj):
+    """``obj`` with every tensor that is a view into a larger storage copied on its own:
+    ``torch.save`` writes a view's whole storage, and a fused run's weights are rows of its
+    group's stacked tensors (a file K times too large, loading the group's other runs too)."""
+    if isinstance(obj, torch.Tensor):
+        if obj.layout == torch.strided and obj.untyped_storage().nbytes() > obj.nbytes:
+            return obj.clone()
+        return obj
+    if isinstance(obj, dict):
+        kind = collections.OrderedDict if isinstance(obj, collections.OrderedDict) else dict
+        out = kind((k, compact(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):  # a state_dict's module versions
+            out._metadata = obj._metadata
+        return out
+    if type(obj) in (list, tuple):
+        return type(obj)(compact(v) for v in obj)
+    return obj
 
 
 def atomic_write_text(path, text: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import functools
 import json
@@ -187,6 +188,37 @@ def train(
     cfg: TrainConfig, bundle: DatasetBundle | None = None, progress_desc: str | None = None
 ) -> dict:
     """Train ``cfg.method`` and return the results dict written to ``<run_dir>/results.json``."""
+    opened = open_run(cfg, bundle)
+    if opened.done is not None:
+        return opened.done
+    with marked_failed_on_error([opened.run_dir]):
+        with _sigterm_as_exit():
+            return _train(
+                opened.cfg,
+                opened.bundle,
+                opened.device,
+                opened.run_dir,
+                progress_desc,
+                opened.state,
+            )
+
+
+@dataclasses.dataclass
+class OpenedRun:
+    """A run made ready to train: its resolved config, device, data and directory, the
+    checkpoint it resumes from (None: fresh), or ``done``, the results of a finished one."""
+
+    cfg: TrainConfig
+    device: torch.device | None = None
+    bundle: DatasetBundle | None = None
+    run_dir: Path | None = None
+    state: dict | None = None
+    done: dict | None = None
+
+
+def open_run(cfg: TrainConfig, bundle: DatasetBundle | None = None) -> OpenedRun:
+    """Resolve and check ``cfg``, read its data and make its directory ready: fresh (emptied),
+    resumed (its last checkpoint read) or done (its results read; nothing else touched)."""
     cfg = cfg.resolved()
     if cfg.model is None:
         cfg.model = DATASET_MODEL.get(cfg.dataset, "resnet18")
@@ -199,7 +231,7 @@ def train(
         print(
             f"{cfg.run_dir()} already holds this finished run; not retraining (pass --overwrite to retrain)"
         )
-        return json.loads((Path(cfg.run_dir()) / "results.json").read_text())
+        return OpenedRun(cfg, done=json.loads((Path(cfg.run_dir()) / "results.json").read_text()))
     if bundle is None:
         bundle = load_data(cfg)  # before the run directory exists: bad data leaves nothing behind
     bias_labels_for(
@@ -226,24 +258,35 @@ def train(
             missing_ok=True
         )  # a grown --num_steps: the old results no longer hold
         print(f"resuming {run_dir} from step {state['step']}")
+    return OpenedRun(cfg, device, bundle, run_dir, state)
+
+
+@contextlib.contextmanager
+def marked_failed_on_error(run_dirs: list[Path]):
+    """Never leave a results.json-less run that looks like something: on any error, mark every
+    run of ``run_dirs`` FAILED (resumable) and re-raise; a full disk becomes a one-line error."""
     try:
-        with _sigterm_as_exit():
-            return _train(cfg, bundle, device, run_dir, progress_desc, state)
+        yield
     except BaseException as e:
-        # never leave a results.json-less run that looks like something: mark it failed
-        try:
-            (run_dir / "FAILED").write_text(
-                f"training did not finish ({type(e).__name__}); "
-                "rerun the same command to resume from the last checkpoint\n"
-            )
-        except OSError:
-            pass
+        for run_dir in run_dirs:
+            mark_failed(run_dir, e)
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            run_dir = run_dirs[0]
             raise UserError(
                 f"no space left on the device while writing {e.filename or run_dir}; the last complete checkpoint "
                 f"({_last_step(run_dir)}) is intact: free space and rerun the same command to resume"
             ) from None
         raise
+
+
+def mark_failed(run_dir: Path, e: BaseException) -> None:
+    try:
+        (run_dir / "FAILED").write_text(
+            f"training did not finish ({type(e).__name__}); "
+            "rerun the same command to resume from the last checkpoint\n"
+        )
+    except OSError:
+        pass
 
 
 @contextlib.contextmanager
@@ -345,6 +388,7 @@ class TrainingLoop:
         self.graphed = capture_step(cfg, device, self.method)
         self.window, self.start, self.skipped, self.seconds_before = StepWindow(), 0, [], 0.0
         self.last_saved: int | None = None
+        self.fused_with: list[str] = []  # the other runs of its fused group (none: alone)
         # where the loop's time goes besides the steps: the figures that say what bounds a run
         self.boundary_seconds = dict.fromkeys(BOUNDARY_PARTS, 0.0)
         self.w_steps = {
@@ -384,6 +428,7 @@ class TrainingLoop:
                 ),  # what the models were built for
                 "compiled": self.compiled,
                 "cuda_graph": self.graphed,
+                **({"fused_with": self.fused_with} if self.fused_with else {}),
             },
         )
 
@@ -391,8 +436,9 @@ class TrainingLoop:
         self.method.begin_stage(self.plan.stages[k], self.stage_data)
         self.sampler.use_counts(self.method.sample_counts())
 
-    def restore(self, state: dict | None) -> None:
-        """Put a checkpoint's state back (None: a fresh run), then open the log."""
+    def restore(self, state: dict | None, accelerate: bool = True) -> None:
+        """Put a checkpoint's state back (None: a fresh run), then open the log. ``accelerate``:
+        compile or capture the method's own step as configured (a fused group does its own)."""
         if state is None:
             self.enter_stage(0)
         else:
@@ -409,9 +455,9 @@ class TrainingLoop:
             # a checkpoint from before weight averaging holds none: the average starts afresh
             if self.average is not None and "average" in state:
                 self.average.load_state_dict(state["average"])
-        if self.compiled:
+        if self.compiled and accelerate:
             self.method.compile()
-        if self.graphed:
+        if self.graphed and accelerate:
             self.method.capture()
         cfg = self.cfg
         self.logger = RunLogger(
@@ -430,19 +476,9 @@ class TrainingLoop:
     # -- the loop ------------------------------------------------------------------------------
     def run(self, progress_desc: str | None) -> float:
         """Train from ``self.start`` to the end; returns the training seconds of every session."""
-        from tqdm.auto import tqdm
-
-        cfg, plan = self.cfg, self.plan
+        plan = self.plan
         self.t_loop = time.time()
-        self.bar = tqdm(
-            total=plan.total,
-            initial=self.start,
-            desc=progress_desc or f"{cfg.method} {cfg.data_label()}",
-            disable=not cfg.progress,
-            mininterval=0.5,
-            dynamic_ncols=True,
-            leave=True,
-        )
+        self.open_bar(progress_desc)
         try:
             self.method.train()
             k = plan.index(self.start)
@@ -456,17 +492,39 @@ class TrainingLoop:
             self.logger.close()
         return self.seconds_before + time.time() - self.t_loop
 
+    def open_bar(self, desc: str | None, position: int | None = None) -> None:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        self.bar = tqdm(
+            total=self.plan.total,
+            initial=self.start,
+            desc=desc or f"{cfg.method} {cfg.data_label()}",
+            disable=not cfg.progress,
+            mininterval=0.5,
+            dynamic_ncols=True,
+            leave=True,
+            position=position,
+        )
+
     def step(self, step: int, k: int) -> None:
         """One training step (0-based ``step``, in stage ``k``) and the weight average after it."""
-        split, start = self.train_split, self.plan.start(k)
-        idx = self.sampler.next()
+        x, y, idx = self.batch()
+        self.after_step(step, k, self.method.update(x, y, idx, step - self.plan.start(k)))
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The next training batch: augmented inputs, class labels and sample indices."""
+        split, idx = self.train_split, self.sampler.next()
         # index_select copies whole rows: ~10x faster than advanced indexing of a 4-D tensor
         x = self.transform(torch.index_select(split.images, 0, idx), train=True)
-        y = torch.index_select(split.targets, 0, idx)
-        self.window.add(step + 1, self.method.update(x, y, idx, step - start))
+        return x, torch.index_select(split.targets, 0, idx), idx
+
+    def after_step(self, step: int, k: int, out) -> None:
+        """Keep the step's flags and terms, advance the bar, fold the step into the average."""
+        self.window.add(step + 1, out)
         self.bar.update(1)
         if self._main(k) and self.average is not None:
-            self.average.update(step - start)
+            self.average.update(step - self.plan.start(k))
 
     def _main(self, k: int) -> bool:
         return k == len(self.plan.stages) - 1
@@ -616,6 +674,8 @@ class TrainingLoop:
         results["boundary_seconds"] = {k: round(v, 2) for k, v in self.boundary_seconds.items()}
         results["compiled"] = self.method.compiled  # the parts of the step compiled (none: eager)
         results["cuda_graph"] = self.method.graphed
+        if self.fused_with:
+            results["fused_with"] = self.fused_with
         return results
 
 

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from debiaslab.methods.base import Method, Stage
+from debiaslab.methods.losses import mean_ce
 
 BRANCHES = ("deep", "shallow")
 
@@ -57,7 +58,7 @@ def product_of_experts_loss(
     logits_a: torch.Tensor, logits_b: torch.Tensor, y: torch.Tensor
 ) -> torch.Tensor:
     """CE of the product of the two experts' softmaxes, renormalised: CE of the summed logits."""
-    return F.cross_entropy(logits_a + logits_b, y)
+    return mean_ce(logits_a + logits_b, y)
 
 
 def distillation_loss(
@@ -112,7 +113,7 @@ class DeNetDM(Method):
         head = self.models["shallow"].fc
         if not self._main():
             z_deep, z_shallow = self.experts(x)
-            loss = F.cross_entropy(head(z_deep + z_shallow), y)
+            loss = mean_ce(head(z_deep + z_shallow), y)
             return loss, {"loss": loss}
         with torch.no_grad():
             z_deep, z_shallow = self.experts(x)

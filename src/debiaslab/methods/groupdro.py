@@ -49,7 +49,8 @@ def group_means(values: torch.Tensor, groups: torch.Tensor, num_groups: int) -> 
     sums = torch.zeros(num_groups, device=values.device, dtype=values.dtype).index_add(
         0, groups, values
     )
-    counts = torch.bincount(groups, minlength=num_groups).to(values.dtype)
+    # counts by index_add rather than bincount: the same counts, and vmap (fused runs) batches it
+    counts = torch.zeros_like(sums).index_add(0, groups, torch.ones_like(values))
     return sums / counts.clamp_min(1)
 
 

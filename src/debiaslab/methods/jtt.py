@@ -1,7 +1,7 @@
 import torch
-import torch.nn.functional as F
 
 from debiaslab.methods.base import Method, Stage
+from debiaslab.methods.losses import mean_ce
 
 
 class JTT(Method):
@@ -28,7 +28,7 @@ class JTT(Method):
         return (Stage("erm", cfg.jtt_steps, ("first",)), Stage("main", cfg.num_steps, ("model",)))
 
     def loss(self, x, y, idx, draws):
-        loss = F.cross_entropy(self.models[self.stage.models[0]](x), y)
+        loss = mean_ce(self.models[self.stage.models[0]](x), y)
         return loss, {"loss": loss}
 
     def end_stage(self, stage, data) -> None:

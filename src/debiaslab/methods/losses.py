@@ -22,6 +22,13 @@ def gce_from_ce(ce: torch.Tensor, q: float = 0.7, form: str = "reference") -> to
     raise ValueError(f"unknown GCE form {form!r}; choose one of {GCE_FORMS}")
 
 
+def mean_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy, as the mean of the per-sample losses: the value of
+    ``F.cross_entropy(logits, targets)`` up to the order of its sum, in the one order a fused run
+    (vmap) computes too, so fused runs repeat lone ones bit for bit."""
+    return F.cross_entropy(logits, targets, reduction="none").mean()
+
+
 def gce(
     logits: torch.Tensor, targets: torch.Tensor, q: float = 0.7, form: str = "reference"
 ) -> torch.Tensor:
@@ -66,10 +73,11 @@ class PerSampleEMA:
         flat = self._flat()
         slot = self.slot[idx]
         loss = loss.detach().reshape(len(idx), self.channels).t()
-        new = torch.where(
-            self.visited[idx], self.alpha * flat[:, slot] + (1.0 - self.alpha) * loss, loss
-        )
-        flat[:, slot] = new
+        # index_select and a put on the transpose rather than flat[:, slot]: the same values, and
+        # vmap (fused runs) batches them, where it misplaces the index of an assignment after a slice
+        old = flat.index_select(1, slot)
+        new = torch.where(self.visited[idx], self.alpha * old + (1.0 - self.alpha) * loss, loss)
+        flat.t().index_put_((slot,), new.t())
         self.visited.index_fill_(0, idx, True)  # a fill, not a host scalar's copy: capturable
         return self._shape(new.t())
 
@@ -90,19 +98,19 @@ class PerSampleEMA:
 
     def values(self) -> torch.Tensor:
         """EMA of every training sample, in dataset order."""
-        return self._shape(self._flat()[:, self.slot].t())
+        return self._shape(self._flat().index_select(1, self.slot).t())
 
     def rows(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A copy of the EMA values and visited flags of samples ``idx``."""
-        return self._flat()[:, self.slot[idx]].clone(), self.visited[idx].clone()
+        return self._flat().index_select(1, self.slot[idx]), self.visited[idx].clone()
 
     def keep_rows(
         self, idx: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor], keep: torch.Tensor
     ) -> None:
         """Where ``keep`` (0-d bool) is false, put back ``rows`` (from :meth:`rows`); no host read."""
         flat, slot = self._flat(), self.slot[idx]
-        flat[:, slot] = torch.where(keep, flat[:, slot], rows[0])
-        self.visited[idx] = torch.where(keep, self.visited[idx], rows[1])
+        flat.t().index_put_((slot,), torch.where(keep, flat.index_select(1, slot), rows[0]).t())
+        self.visited.index_put_((idx,), torch.where(keep, self.visited[idx], rows[1]))
 
     def state_dict(self) -> dict:
         return {

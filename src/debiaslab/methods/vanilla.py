@@ -1,6 +1,5 @@
-import torch.nn.functional as F
-
 from debiaslab.methods.base import Method
+from debiaslab.methods.losses import mean_ce
 
 
 class Vanilla(Method):
@@ -9,5 +8,5 @@ class Vanilla(Method):
     name = "vanilla"
 
     def loss(self, x, y, idx, draws):
-        loss = F.cross_entropy(self.models["model"](x), y)
+        loss = mean_ce(self.models["model"](x), y)
         return loss, {"loss": loss}

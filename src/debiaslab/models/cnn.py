@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from debiaslab.models.layers import Linear
+
 
 class SmallCNN(nn.Module):
     """``layers`` of conv -> BatchNorm -> ReLU (-> 2x2 max-pool), a global average, then ``fc``."""
@@ -24,7 +26,7 @@ class SmallCNN(nn.Module):
             blocks += [nn.MaxPool2d(2, ceil_mode=True)] if pool else []  # ceil: valid down to 1x1
             cin = cout
         self.feature = nn.Sequential(*blocks)
-        self.fc = nn.Linear(self.feature_dim * head_inputs, num_classes)
+        self.fc = Linear(self.feature_dim * head_inputs, num_classes)
 
     @property
     def feature_dim(self) -> int:

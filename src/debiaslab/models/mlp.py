@@ -5,6 +5,8 @@ import math
 import torch
 import torch.nn as nn
 
+from debiaslab.models.layers import Linear
+
 
 class MLP(nn.Module):
     """The paper's CMNIST MLP: flatten -> 100 -> ReLU -> 100 -> ReLU -> 16 -> ReLU, then ``fc``.
@@ -18,10 +20,10 @@ class MLP(nn.Module):
         super().__init__()
         layers, d_in = [], math.prod(in_shape)
         for width in self.widths:
-            layers += [nn.Linear(d_in, width), nn.ReLU()]
+            layers += [Linear(d_in, width), nn.ReLU()]
             d_in = width
         self.feature = nn.Sequential(*layers)
-        self.fc = nn.Linear(self.feature_dim * head_inputs, num_classes)
+        self.fc = Linear(self.feature_dim * head_inputs, num_classes)
 
     @property
     def feature_dim(self) -> int:

@@ -5,6 +5,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from debiaslab.models.layers import Linear
+
 
 class _TorchvisionResNet(ResNet):
     """torchvision's ResNet (ImageNet stem, not pretrained) with ``extract`` and a wider ``fc``.
@@ -16,7 +18,7 @@ class _TorchvisionResNet(ResNet):
 
     def __init__(self, num_classes: int = 10, head_inputs: int = 1, in_shape=(3, 224, 224)):
         super().__init__(self.block, list(self.layers), num_classes=num_classes)
-        self.fc = nn.Linear(self.feature_dim * head_inputs, num_classes)
+        self.fc = Linear(self.feature_dim * head_inputs, num_classes)
 
     def extract(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -70,7 +72,7 @@ class ResNet20(nn.Module):
                 blocks.append(_CifarBlock(cin, cout, stride if i == 0 else 1))
                 cin = cout
         self.layers = nn.Sequential(*blocks)
-        self.fc = nn.Linear(self.feature_dim * head_inputs, num_classes)
+        self.fc = Linear(self.feature_dim * head_inputs, num_classes)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)

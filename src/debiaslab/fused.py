@@ -1,0 +1,280 @@
+"""Fused runs: K runs of one method trained as one step per iteration.
+
+Each run keeps its own ``Method`` object (models, optimizers, schedulers, generator, per-sample
+state), built as it would be alone. ``FusedStep`` then stacks them along a new leading run
+dimension and computes all K losses with ``torch.func.vmap`` over the *lead* method's own
+``compute``: the method's code, written for one run, sees one run's tensors, and vmap's batching
+rules turn its K small matmuls into one batched matmul, its K convolutions into one grouped
+convolution and its K BatchNorms into one over K x C channels (what HFTA's fused modules do by
+hand). Why vmap and not fused modules, measured: docs/speed.md, "Fused runs".
+
+Where each run's tensors live:
+
+- parameters and buffers (BatchNorm statistics): one stacked ``[K, ...]`` tensor each; every
+  run's own parameter is a view of its row, so evaluation, weight averaging, checkpoints and the
+  optimizer see their run's current values without a copy;
+- gradients: the stacked parameter's gradient, whose row is handed to the run's parameter; each
+  run then takes its own optimizer step (its own fused Adam, learning rate and skip flag): the same
+  kernel, on the same numbers, as a lone run;
+- the method's own tensors (per-sample EMAs, group weights, error sets, the stop flag): stacked
+  (zero-padded where runs of other data have other sizes) while steps run, and copied back into
+  each run's own tensors before anything else reads them (``sync_out``, at a boundary) and from
+  them after (``sync_in``);
+- per-run float settings that differ in the group (lambdas, q, EMA alpha, ...): a ``[K]`` tensor
+  the lead method reads in place of its own float during the vmapped call.
+
+A run whose step is not finite skips (or stops) alone: its loss, gradient, optimizer step, buffers
+and per-sample state are its own rows, and the flags that guard them are per run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+
+import torch
+import torch.nn as nn
+from torch.func import vmap
+
+from debiaslab.methods.base import StepOutput, _compiled_or_eager
+
+# What the walk over a method's attributes leaves alone: what fusion handles itself (models,
+# optimizers, schedulers, generator, buffer snapshot) and the method's stage (a Python value).
+_NOT_STATE = frozenset(
+    {"models", "optimizers", "schedulers", "generator", "buffers", "stage", "_compute", "_step"}
+)
+
+
+def _state_slots(method) -> list[tuple[object, object, object]]:
+    """(owner, key, value) of every tensor and float the method's step may read, found by walking
+    its attributes (objects, lists, tuples' items, dicts) but not its models or optimizers."""
+    slots: list[tuple[object, object, object]] = []
+
+    def walk(owner, key, value, depth):
+        if depth > 4 or isinstance(value, (nn.Module, torch.optim.Optimizer, torch.Generator)):
+            return
+        if isinstance(value, torch.Tensor) or (
+            isinstance(value, float) and not isinstance(value, bool)
+        ):
+            slots.append((owner, key, value))
+        elif isinstance(value, (list, dict)):
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for k, v in items:
+                walk(value, k, v, depth + 1)
+        elif dataclasses.is_dataclass(value) or hasattr(value, "__dict__"):
+            if callable(value) and not dataclasses.is_dataclass(value):
+                return  # functions, bound methods, classes
+            for k, v in vars(value).items():
+                if not (owner is None and k in _NOT_STATE):
+                    walk(value, k, v, depth + 1)
+
+    walk(None, None, method, 0)
+    return slots
+
+
+def _set(owner, key, value) -> None:
+    if isinstance(owner, (list, dict)):
+        owner[key] = value
+    else:
+        object.__setattr__(owner, key, value)
+
+
+def _model_tensors(method) -> tuple[list[tuple[nn.Module, str]], list[tuple[nn.Module, str]]]:
+    """(module, name) of every parameter and every buffer of the method's models, in order."""
+    params, buffers = [], []
+    for model in method.models.values():
+        for module in model.modules():
+            params += [(module, n) for n, p in module._parameters.items() if p is not None]
+            buffers += [(module, n) for n, b in module._buffers.items() if b is not None]
+    return params, buffers
+
+
+def _pad_stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack`` of tensors of one rank and dtype, each zero-padded to the largest shape."""
+    shape = [max(sizes) for sizes in zip(*(t.shape for t in tensors))]
+    if all(list(t.shape) == shape for t in tensors):
+        return torch.stack([t.detach() for t in tensors])
+    out = tensors[0].new_zeros([len(tensors), *shape])
+    for row, t in zip(out, tensors):
+        row[tuple(slice(0, s) for s in t.shape)].copy_(t)
+    return out
+
+
+def _row(stacked: torch.Tensor, k: int, like: torch.Tensor) -> torch.Tensor:
+    """Run ``k``'s part of a padded stack: the leading block of row ``k`` of ``like``'s shape."""
+    return stacked[k][tuple(slice(0, s) for s in like.shape)]
+
+
+class FusedStep:
+    """The training step of K methods of one class, shapes and stage plan, as one computation."""
+
+    def __init__(self, methods: list):
+        self.methods = list(methods)
+        self.lead = self.methods[0]
+        self.K = len(self.methods)
+        self.compiled: list[str] = []
+        self.graphed = False
+        self._compute = self.compute
+        self._step = self.step_on_batch
+        self._stack_models()
+        self.sync_in()
+
+    # -- stacking ------------------------------------------------------------------------------
+    def _stack_models(self) -> None:
+        """Stack every parameter and buffer over the runs; each run's becomes a view of its row."""
+        per_run = [_model_tensors(m) for m in self.methods]
+        self.param_slots, self.buffer_slots = per_run[0]
+        self.params, self.buffers = [], []
+        for j in range(len(self.param_slots)):
+            tensors = [getattr(m, n) for m, n in (slots[0][j] for slots in per_run)]
+            stacked = torch.stack([t.detach() for t in tensors]).requires_grad_()
+            for k, t in enumerate(tensors):
+                t.data = stacked.detach()[k]
+            self.params.append(stacked)
+        for j in range(len(self.buffer_slots)):
+            tensors = [getattr(m, n) for m, n in (slots[1][j] for slots in per_run)]
+            stacked = torch.stack([t.detach() for t in tensors])
+            for k, t in enumerate(tensors):
+                t.data = stacked[k]
+            self.buffers.append(stacked)
+
+    def release(self) -> None:
+        """Give every run its own storage back (before the group is rebuilt without some runs)."""
+        self.sync_out()
+        for method in self.methods:
+            params, buffers = _model_tensors(method)
+            for m, n in params + buffers:
+                t = getattr(m, n)
+                t.data = t.data.clone()
+
+    def sync_in(self) -> None:
+        """Take the methods' own tensors and differing floats into the stacked state (after a
+        boundary, a resume or a stage change, which may have changed or replaced them)."""
+        per_run = [_state_slots(m) for m in self.methods]
+        lead = per_run[0]
+        if any(len(s) != len(lead) for s in per_run):
+            raise ValueError("the runs' methods hold different state; they cannot be fused")
+        self.state_slots, self.state = [], []
+        for j, (owner, key, value) in enumerate(lead):
+            values = [s[j][2] for s in per_run]
+            if isinstance(value, torch.Tensor):
+                if any(v.dtype != value.dtype or v.dim() != value.dim() for v in values):
+                    raise ValueError(f"state {key!r} differs in dtype or rank between the runs")
+                self.state.append(_pad_stack(values))
+            elif any(v != value for v in values):
+                dtype = torch.float32 if not torch.is_floating_point(self.params[0]) else None
+                device = self.params[0].device
+                self.state.append(torch.tensor(values, dtype=dtype or torch.float32, device=device))
+            else:
+                continue
+            self.state_slots.append((owner, key, [s[j] for s in per_run]))
+
+    def sync_out(self) -> None:
+        """Copy the stacked state back into each run's own tensors (before they are read)."""
+        for stacked, (_, _, per_run) in zip(self.state, self.state_slots):
+            for k, (_, _, value) in enumerate(per_run):
+                if isinstance(value, torch.Tensor):
+                    value.copy_(_row(stacked, k, value))
+
+    @contextlib.contextmanager
+    def _swapped(self, params, buffers, state):
+        """The lead method reading one run's slice (vmap's batched tensors) in place of its own."""
+        saved = []
+        for (module, name), value in zip(self.param_slots, params):
+            saved.append((module._parameters, name, module._parameters[name]))
+            module._parameters[name] = value
+        for (module, name), value in zip(self.buffer_slots, buffers):
+            saved.append((module._buffers, name, module._buffers[name]))
+            module._buffers[name] = value
+        state_saved = []
+        for (owner, key, per_run), value in zip(self.state_slots, state):
+            owner, key, own = per_run[0]
+            state_saved.append((owner, key, own))
+            _set(owner, key, value)
+        try:
+            yield
+        finally:
+            for table, name, value in saved:
+                table[name] = value
+            for owner, key, own in state_saved:
+                _set(owner, key, own)
+
+    # -- the step ------------------------------------------------------------------------------
+    def compute(self, xs, ys, idxs, draws):
+        """Every run's loss, terms and flags: the lead's ``compute`` vmapped over the runs."""
+        names: list[tuple[str, ...]] = []
+
+        def one(params, buffers, state, x, y, idx, draws):
+            with self._swapped(params, buffers, state):
+                loss, term_names, values, finite, applied = self.lead.compute(x, y, idx, draws)
+            names.append(term_names)
+            return loss, values, finite, applied
+
+        loss, values, finite, applied = vmap(one, randomness="error")(
+            self.params, self.buffers, self.state, xs, ys, idxs, draws
+        )
+        return loss, names[0], values, finite, applied
+
+    def step_on_batch(self, xs, ys, idxs, draws) -> StepOutput:
+        """One step of every run: as ``Method.step_on_batch``, with the loss, the BatchNorm
+        statistics and the skip flags per run, then each run's own optimizer step."""
+        saved_buffers = [b.clone() for b in self.buffers]
+        loss, names, values, finite, applied = self._compute(xs, ys, idxs, draws)
+        for p in self.params:
+            p.grad = None
+        loss.sum().backward()
+        for b, saved in zip(self.buffers, saved_buffers):
+            keep = applied.view(-1, *[1] * (b.dim() - 1))
+            b.copy_(torch.where(keep, b, saved))
+        for k, method in enumerate(self.methods):
+            for (module, name), stacked in zip(self.param_slots_of(k), self.params):
+                getattr(module, name).grad = None if stacked.grad is None else stacked.grad[k]
+            method.optimizer_step(applied[k])
+        return StepOutput(names, values, finite, applied)
+
+    def param_slots_of(self, k: int) -> list[tuple[nn.Module, str]]:
+        if not hasattr(self, "_run_param_slots"):
+            self._run_param_slots = [_model_tensors(m)[0] for m in self.methods]
+        return self._run_param_slots[k]
+
+    def update(self, xs, ys, idxs, step: int) -> list[StepOutput]:
+        """One step of every run (``Method.update`` for K runs): each run's draws, the fused step,
+        each run's LR schedule; returns each run's ``StepOutput``."""
+        draws = [m.draw(ys.shape[1], step) for m in self.methods]
+        if any(tuple(d) != tuple(draws[0]) for d in draws):
+            raise ValueError("the runs drew different things at one step; they cannot be fused")
+        stacked = {name: torch.stack([d[name] for d in draws]) for name in draws[0]}
+        out = self._step(xs, ys, idxs, stacked)
+        for method in self.methods:
+            method._schedule(step)
+        return [
+            StepOutput(out.names, out.values[k], out.finite[k], out.applied[k])
+            for k in range(self.K)
+        ]
+
+    def compile(self) -> None:
+        """The fused computation through ``torch.compile`` (eager after one warning if it fails)."""
+        self._compute = _compiled_or_eager(self, "compute")
+        self.compiled.append("compute")
+
+    def capture(self, warmup: int = 3, graph=None) -> None:
+        """Replay the fused step as CUDA graphs, one per stage and set of draws (as ``Method``)."""
+        from debiaslab.graphs import CapturedStep, CudaGraph
+
+        if not all(m.on_device for m in self.methods):
+            raise ValueError("CUDA graphs need fused Adam (the step would read the host)")
+        self._step = CapturedStep(
+            self.step_on_batch,
+            lambda draws: (self.lead.stage.name, tuple(draws)),
+            warmup,
+            graph or CudaGraph,
+        )
+        self.graphed = True
+        for m in self.methods:
+            m.graphed = True
+
+
+def fused_copy(cfg):
+    """A copy of ``cfg`` a method can hold while its floats are swapped (never shared)."""
+    return copy.copy(cfg)

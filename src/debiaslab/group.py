@@ -1,0 +1,282 @@
+"""Training a group of runs fused: K runs, one step per iteration (``fused.FusedStep``).
+
+Every run of a group is a whole ``TrainingLoop`` of its own, built as it would be alone (its seed,
+data, sampler, transform, method, weight average, selection tracker, logger and run directory);
+only the step is shared. At a boundary each run logs, evaluates, selects and saves through its own
+loop, and a run that fails there (a non-finite loss under ``--on_nonfinite stop``) is marked
+FAILED and leaves the group, which goes on without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+
+from debiaslab import UserError, checkpoints
+from debiaslab.config import TrainConfig
+from debiaslab.fused import FusedStep
+from debiaslab.io import atomic_write_json
+from debiaslab.prepare import load_data
+from debiaslab.train import (
+    OpenedRun,
+    TrainingLoop,
+    _sigterm_as_exit,
+    mark_failed,
+    marked_failed_on_error,
+    open_run,
+)
+
+# What runs of one group may differ in: the seed, the data (ratio, build) and every float setting
+# (learning rate, lambdas, q, EMA alpha, ...). Everything else (method, model, batch size, steps,
+# stage plan, cadence, device) must agree.
+DATA_FIELDS = ("percent", "data_dir", "corruption_type", "palette")
+RUN_FIELDS = frozenset({"seed", "exp", "log_dir", *DATA_FIELDS})
+
+
+def fusion_key(cfg: TrainConfig) -> tuple:
+    """Runs with equal keys can train as one fused group."""
+    cfg = cfg.resolved()
+    floats = {f.name for f in dataclasses.fields(cfg) if "float" in str(f.type)}
+    d = cfg.to_dict()
+    return tuple(
+        (k, str(d[k]))
+        for k in sorted(d)
+        if k not in RUN_FIELDS and k not in floats and k not in ("progress", "overwrite")
+    )
+
+
+def fusion_groups(cfgs: list[TrainConfig], max_size: int) -> list[list[int]]:
+    """Indices of ``cfgs`` in groups of compatible runs of at most ``max_size``, in first-seen
+    order (a run that fits with none is a group of one)."""
+    by_key: dict[tuple, list[int]] = {}
+    for i, cfg in enumerate(cfgs):
+        by_key.setdefault(fusion_key(cfg), []).append(i)
+    groups = []
+    for members in by_key.values():
+        groups += [members[i : i + max_size] for i in range(0, len(members), max_size)]
+    return sorted(groups)
+
+
+class GroupFailed(UserError):
+    """Some runs of a fused group failed; the others finished. ``results``: one per run (None for
+    a failed one), ``errors``: run directory -> the error."""
+
+    def __init__(self, results: list, errors: dict):
+        self.results, self.errors = results, errors
+        super().__init__(
+            "; ".join(f"{Path(d).name}: {e}" for d, e in errors.items())
+            + f" ({len(errors)} of {len(results)} runs failed; the others finished)"
+        )
+
+
+def train_group(
+    cfgs: list[TrainConfig], progress_desc: str | None = None, bundles: dict | None = None
+) -> list[dict]:
+    """Train ``cfgs`` (one fusion key) as fused groups; returns each run's results, in order.
+
+    Finished runs are read back, not retrained; the others resume from their own last checkpoint.
+    Runs whose checkpoints stand at different steps (a group killed between two runs' saves)
+    train as one group per step. Raises ``GroupFailed`` after the others finish if some failed.
+    """
+    keys = {fusion_key(c) for c in cfgs}
+    if len(keys) > 1:
+        raise UserError(
+            "these runs cannot train fused: they differ in more than seed, data and float "
+            "settings; train them separately (sweep --fuse auto groups them)"
+        )
+    bundles = {} if bundles is None else bundles
+    opened = [open_run(cfg, _data(cfg, bundles)) for cfg in cfgs]
+    results: list[dict | None] = [o.done for o in opened]
+    todo = [i for i, o in enumerate(opened) if o.done is None]
+    errors: dict[str, BaseException] = {}
+    by_start: dict[int, list[int]] = {}
+    for i in todo:
+        state = opened[i].state
+        by_start.setdefault(0 if state is None else state["step"], []).append(i)
+    for members in by_start.values():
+        runs = [opened[i] for i in members]
+        for i, result in zip(members, _train_fused(runs, progress_desc, errors)):
+            results[i] = result
+    if errors:
+        raise GroupFailed(results, {str(d): e for d, e in errors.items()})
+    return results
+
+
+def _data(cfg: TrainConfig, bundles: dict):
+    """The run's dataset, read once for every run of the group that trains on it."""
+    cfg = cfg.resolved()
+    key = tuple(getattr(cfg, f) for f in (*DATA_FIELDS, "dataset", "manifest", "image_folder"))
+    if key not in bundles:
+        from debiaslab.train import _existing_run
+
+        if _existing_run(cfg)[0] == "done":
+            return None
+        bundles[key] = load_data(cfg)
+    return bundles[key]
+
+
+def _train_fused(runs: list[OpenedRun], progress_desc, errors: dict) -> list[dict | None]:
+    run_dirs = [r.run_dir for r in runs]
+    with marked_failed_on_error(run_dirs), _sigterm_as_exit():
+        t_start = time.time()
+        loops, rngs = [], []
+        for run in runs:  # one at a time: each seeds the global RNG and builds its models
+            loop = TrainingLoop(run.cfg, run.bundle, run.device, run.run_dir)
+            if len(runs) > 1:
+                loop.fused_with = [str(d) for d in run_dirs if d != loop.run_dir]
+            loop.write_config()
+            loop.restore(run.state, accelerate=len(runs) == 1)
+            loops.append(loop)
+            rngs.append(checkpoints.rng_state())
+        group = FusedLoop(loops, rngs)
+        seconds = group.run(progress_desc)
+    out = []
+    for loop in loops:
+        if loop.run_dir in group.failed:
+            errors[loop.run_dir] = group.failed[loop.run_dir]
+            out.append(None)
+            continue
+        results = loop.results(seconds, time.time() - t_start)
+        if len(loops) > 1:
+            results["compiled"], results["cuda_graph"] = group.compiled, group.graphed
+        atomic_write_json(loop.run_dir / "results.json", results)
+        out.append(results)
+    return out
+
+
+class FusedLoop:
+    """The loop over the steps of a group's runs (``TrainingLoop.run`` for K runs)."""
+
+    def __init__(self, loops: list[TrainingLoop], rngs: list[dict] | None = None):
+        self.loops = loops
+        # each run's global RNG state, put in place around its boundary: its checkpoints record
+        # (and its resume restores) its own, as alone; the step itself draws from no global RNG
+        self.rngs = dict(zip((lp.run_dir for lp in loops), rngs or []))
+        self.active = list(loops)
+        self.failed: dict[Path, BaseException] = {}
+        self.fused = self._fuse()
+
+    def _fuse(self):
+        lead = self.active[0]
+        if len(self.active) == 1:
+            return None  # one run: its own step, compiled or captured as configured
+        shapes = {(tuple(lp.train_split.images.shape[1:]), lp.num_classes) for lp in self.active}
+        if len(shapes) > 1:
+            raise UserError(
+                f"these runs cannot train fused: their images or classes differ ({sorted(shapes)})"
+            )
+        fused = FusedStep([loop.method for loop in self.active])
+        if lead.compiled:
+            fused.compile()
+        if lead.graphed:
+            fused.capture()
+        return fused
+
+    @property
+    def compiled(self) -> list[str]:
+        return [] if self.fused is None else self.fused.compiled
+
+    @property
+    def graphed(self) -> bool:
+        return self.fused is not None and self.fused.graphed
+
+    def run(self, progress_desc: str | None) -> float:
+        """Train every run from the group's start to the end; returns the training seconds."""
+        lead = self.loops[0]
+        t_loop = time.time()
+        for position, loop in enumerate(self.loops):
+            loop.t_loop = t_loop
+            desc = progress_desc or f"{loop.cfg.method} {loop.cfg.data_label()} s{loop.cfg.seed}"
+            loop.open_bar(desc, position if len(self.loops) > 1 else None)
+        try:
+            for loop in self.loops:
+                loop.method.train()
+            k = lead.plan.index(lead.start)
+            for step in range(lead.start, lead.plan.total):
+                if not self.active:
+                    break
+                self.step(step, k)
+                done = step + 1
+                if lead.at_boundary(done, k):
+                    k = self.boundary(done, k)
+        finally:
+            for loop in self.loops:
+                loop.bar.close()
+                loop.logger.close()
+        return lead.seconds_before + time.time() - t_loop
+
+    def step(self, step: int, k: int) -> None:
+        if self.fused is None:
+            for loop in self.active:
+                loop.step(step, k)
+            return
+        xs, ys, idxs = self.batches()
+        outs = self.fused.update(xs, ys, idxs, step - self.loops[0].plan.start(k))
+        for loop, out in zip(self.active, outs):
+            loop.after_step(step, k, out)
+
+    def batches(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every run's next batch, stacked [K, B, ...]. Without random augmentation the images
+        are gathered as uint8 into one buffer and transformed once (the same numbers as one
+        transform per run: it is elementwise), not transformed per run and copied again."""
+        lead = self.active[0].transform
+        if lead.crop_padding or lead.flip:
+            return tuple(torch.stack(parts) for parts in zip(*(lp.batch() for lp in self.active)))
+        idxs = torch.stack([loop.sampler.next() for loop in self.active])
+        images = self.active[0].train_split.images
+        shape = (len(self.active), idxs.shape[1], *images.shape[1:])
+        if getattr(self, "_gathered", None) is None or self._gathered.shape != shape:
+            self._gathered = images.new_empty(shape)
+        for loop, idx, out in zip(self.active, idxs, self._gathered):
+            torch.index_select(loop.train_split.images, 0, idx, out=out)
+        x = lead(self._gathered.flatten(0, 1), train=True).unflatten(0, shape[:2])
+        ys = torch.stack([lp.train_split.targets[idx] for lp, idx in zip(self.active, idxs)])
+        return x, ys, idxs
+
+    def boundary(self, done: int, k: int) -> int:
+        """Every run's boundary (log, evaluate, select, end a stage, save) on its own tensors."""
+        if self.fused is not None:
+            self.fused.sync_out()
+        next_k, failed = k, []
+        for loop in self.active:
+            try:
+                with self.own_rng(loop):
+                    next_k = loop.boundary(done, k)
+            except UserError as e:  # this run alone stops (a non-finite loss under stop)
+                mark_failed(loop.run_dir, e)
+                print(f"{loop.run_dir}: {e}")
+                self.failed[loop.run_dir] = e
+                failed.append(loop)
+        if failed:
+            if self.fused is not None:
+                self.fused.release()
+            self.active = [loop for loop in self.active if loop not in failed]
+            self.fused = self._fuse() if len(self.active) > 1 else None
+            if self.fused is None:
+                self._accelerate_alone()
+        elif self.fused is not None:
+            self.fused.sync_in()
+        return next_k
+
+    @contextlib.contextmanager
+    def own_rng(self, loop: TrainingLoop):
+        if loop.run_dir not in self.rngs:
+            yield
+            return
+        checkpoints.set_rng_state(self.rngs[loop.run_dir])
+        try:
+            yield
+        finally:
+            self.rngs[loop.run_dir] = checkpoints.rng_state()
+
+    def _accelerate_alone(self) -> None:
+        """A group left with one run steps it alone, compiled or captured as configured."""
+        for loop in self.active:
+            if loop.compiled and not loop.method.compiled:
+                loop.method.compile()
+            if loop.graphed and not loop.method.graphed:
+                loop.method.capture()
