@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -116,6 +117,16 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="random seed; the same seed on CPU gives identical results (default: 0)",
+    )
+    g.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="SEED",
+        help="train one run per seed, fused into one step per iteration (docs/speed.md, "
+        "'Fused runs'); each run goes to <log_dir>/<dataset>/<exp>_seed<SEED> and is the run "
+        "--seed SEED would train (instead of --seed)",
     )
     g.add_argument(
         "--device",
@@ -369,6 +380,14 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         help="turn off bf16 automatic mixed precision (CUDA only; on by default there)",
     )
     h.add_argument(
+        "--cpu_amp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="CPU only: bf16 automatic mixed precision (oneDNN's bf16 dot products or matrix "
+        "units, where the processor has them; see docs/speed.md for what it gains and costs); "
+        "default: off (fp32)",
+    )
+    h.add_argument(
         "--no_channels_last",
         action="store_true",
         help="turn off the channels_last memory format of convolutional models (CUDA only; on by default there)",
@@ -565,6 +584,7 @@ def config_from_args(args):
         method=method,
         model="resnet20" if args.use_resnet20 else args.model,
         amp=not args.no_amp,
+        cpu_amp=args.cpu_amp,
         channels_last=not args.no_channels_last,
         log_dir=args.log_dir,
         exp=args.exp,
@@ -619,6 +639,8 @@ def cmd_train(args) -> int:
     from debiaslab.train import train
 
     cfg = config_from_args(args)
+    if args.seeds is not None:
+        return train_seeds(cfg, args)
     results = train(cfg)
     print(results_summary(results))
     print(f"run directory: {Path(cfg.log_dir) / cfg.dataset / cfg.exp}")
@@ -627,6 +649,32 @@ def cmd_train(args) -> int:
 
         print(f"report: {make_report([cfg.run_dir()], device=cfg.device)}")
     return 0
+
+
+def train_seeds(cfg, args) -> int:
+    """``train --seeds A B ...``: one run per seed, trained as one fused group."""
+    from debiaslab.group import GroupFailed, train_group
+
+    if len(set(args.seeds)) != len(args.seeds):
+        raise UserError(f"--seeds {' '.join(map(str, args.seeds))} repeats a seed; give each once")
+    cfgs = [dataclasses.replace(cfg, seed=seed, exp=f"{cfg.exp}_seed{seed}") for seed in args.seeds]
+    try:
+        results = train_group(cfgs)
+        failed = {}
+    except GroupFailed as e:
+        results, failed = e.results, e.errors
+    for c, r in zip(cfgs, results):
+        if r is not None:
+            print(results_summary(r))
+        print(f"run directory: {c.run_dir()}" + (" (FAILED)" if r is None else ""))
+    if args.report:
+        from debiaslab.report import make_report
+
+        done = [c.run_dir() for c, r in zip(cfgs, results) if r is not None]
+        print(f"report: {make_report(done, device=cfg.device)}")
+    for run_dir, error in failed.items():
+        print(f"debiaslab: error: {run_dir}: {error}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def results_summary(results: dict) -> str:
@@ -677,7 +725,6 @@ def add_test_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_test(args) -> int:
-    import dataclasses
     import json
 
     import torch
@@ -1080,6 +1127,22 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
         "between kernels, so packing runs fills it (default: 4 on a GPU, 1 on the CPU; instead of --jobs)",
     )
     x.add_argument(
+        "--fuse",
+        choices=("auto", "off"),
+        default="auto",
+        help="local: train runs that differ only in seed, data and float settings as fused "
+        "groups, one process and one step per iteration for the whole group (docs/speed.md, "
+        "'Fused runs'); off: one process per run (default: auto)",
+    )
+    x.add_argument(
+        "--fuse_max",
+        type=int,
+        default=12,
+        metavar="K",
+        help="the most runs in one fused group (default: 12); groups are also split so that "
+        "every job has one",
+    )
+    x.add_argument(
         "--address",
         default=None,
         help="ray: cluster address, e.g. ray://head:10001 or auto (default: start a local Ray)",
@@ -1139,6 +1202,7 @@ def cmd_sweep(args) -> int:
         not args.no_progress,
         args.dry_run,
         args.runs_per_device,
+        fuse_max=args.fuse_max if args.fuse == "auto" else 1,
     )
 
 

@@ -104,7 +104,9 @@ METHOD_FIELDS = {
 }
 # Fields left out of the identity where they are None (they apply to some datasets or methods
 # only, or None means their default), so adding one does not change the hash of the other runs.
-DATASET_SPECIFIC_FIELDS = frozenset({"palette", "wa_decay", "wa_start"}) | frozenset(METHOD_FIELDS)
+DATASET_SPECIFIC_FIELDS = frozenset({"palette", "wa_decay", "wa_start", "cpu_amp"}) | frozenset(
+    METHOD_FIELDS
+)
 # Colored MNIST's palettes (data/colored.py); "any" accepts whatever colours the data holds.
 PALETTE_CHOICES = ("disent", "lff", "any")
 COLORED_DATASETS = ("cmnist", "colored_digits")
@@ -189,6 +191,8 @@ class TrainConfig:
     normalize: bool | None = None
     augment: bool | None = None
     amp: bool = True  # bf16 autocast, on CUDA only
+    # bf16 autocast on the CPU (oneDNN's bf16 dot products / matrix units); None: off (fp32)
+    cpu_amp: bool | None = None
     channels_last: bool = True  # channels_last memory format for convolutional models, on CUDA only
     compile: bool | None = (
         None  # torch.compile the step; None: where measured faster (train.COMPILE_DEFAULT)
@@ -279,6 +283,13 @@ class TrainConfig:
 
         blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+    def bf16(self, device_type: str) -> bool:
+        """Whether a run of this config on a ``device_type`` device computes under bf16 autocast:
+        ``amp`` on CUDA, ``cpu_amp`` on the CPU."""
+        if device_type == "cuda":
+            return self.amp
+        return device_type == "cpu" and bool(self.cpu_amp)
 
     def uses_percent(self) -> bool:
         """Reference-layout datasets come in ratio folders; BAR and user datasets do not."""

@@ -17,7 +17,7 @@ Where each run's tensors live:
   run then takes its own optimizer step (its own fused Adam, learning rate and skip flag): the same
   kernel, on the same numbers, as a lone run;
 - the method's own tensors (per-sample EMAs, group weights, error sets, the stop flag): stacked
-  (zero-padded where runs of other data have other sizes) while steps run, and copied back into
+  while steps run (runs fuse only where these have one shape), and copied back into
   each run's own tensors before anything else reads them (``sync_out``, at a boundary) and from
   them after (``sync_in``);
 - per-run float settings that differ in the group (lambdas, q, EMA alpha, ...): a ``[K]`` tensor
@@ -90,20 +90,14 @@ def _model_tensors(method) -> tuple[list[tuple[nn.Module, str]], list[tuple[nn.M
     return params, buffers
 
 
-def _pad_stack(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """``torch.stack`` of tensors of one rank and dtype, each zero-padded to the largest shape."""
-    shape = [max(sizes) for sizes in zip(*(t.shape for t in tensors))]
-    if all(list(t.shape) == shape for t in tensors):
-        return torch.stack([t.detach() for t in tensors])
-    out = tensors[0].new_zeros([len(tensors), *shape])
-    for row, t in zip(out, tensors):
-        row[tuple(slice(0, s) for s in t.shape)].copy_(t)
-    return out
-
-
-def _row(stacked: torch.Tensor, k: int, like: torch.Tensor) -> torch.Tensor:
-    """Run ``k``'s part of a padded stack: the leading block of row ``k`` of ``like``'s shape."""
-    return stacked[k][tuple(slice(0, s) for s in like.shape)]
+def state_signature(method) -> tuple:
+    """The shapes and dtypes of the method's step state: runs fuse only where these agree (a
+    per-sample table laid out by its data's class sizes cannot be padded to another run's)."""
+    return tuple(
+        (str(key), tuple(v.shape), v.dtype)
+        for _, key, v in _state_slots(method)
+        if isinstance(v, torch.Tensor)
+    )
 
 
 class FusedStep:
@@ -159,13 +153,12 @@ class FusedStep:
         for j, (owner, key, value) in enumerate(lead):
             values = [s[j][2] for s in per_run]
             if isinstance(value, torch.Tensor):
-                if any(v.dtype != value.dtype or v.dim() != value.dim() for v in values):
-                    raise ValueError(f"state {key!r} differs in dtype or rank between the runs")
-                self.state.append(_pad_stack(values))
+                if any(v.dtype != value.dtype or v.shape != value.shape for v in values):
+                    raise ValueError(f"state {key!r} differs in shape or dtype between the runs")
+                self.state.append(torch.stack([v.detach() for v in values]))
             elif any(v != value for v in values):
-                dtype = torch.float32 if not torch.is_floating_point(self.params[0]) else None
                 device = self.params[0].device
-                self.state.append(torch.tensor(values, dtype=dtype or torch.float32, device=device))
+                self.state.append(torch.tensor(values, dtype=torch.float32, device=device))
             else:
                 continue
             self.state_slots.append((owner, key, [s[j] for s in per_run]))
@@ -175,7 +168,7 @@ class FusedStep:
         for stacked, (_, _, per_run) in zip(self.state, self.state_slots):
             for k, (_, _, value) in enumerate(per_run):
                 if isinstance(value, torch.Tensor):
-                    value.copy_(_row(stacked, k, value))
+                    value.copy_(stacked[k])
 
     @contextlib.contextmanager
     def _swapped(self, params, buffers, state):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 
 from debiaslab import UserError, checkpoints
 from debiaslab.config import TrainConfig
-from debiaslab.fused import FusedStep
+from debiaslab.fused import FusedStep, state_signature
 from debiaslab.io import atomic_write_json
 from debiaslab.prepare import load_data
 from debiaslab.train import (
@@ -89,10 +90,17 @@ def train_group(
             "settings; train them separately (sweep --fuse auto groups them)"
         )
     bundles = {} if bundles is None else bundles
-    opened = [open_run(cfg, _data(cfg, bundles)) for cfg in cfgs]
-    results: list[dict | None] = [o.done for o in opened]
-    todo = [i for i, o in enumerate(opened) if o.done is None]
     errors: dict[str, BaseException] = {}
+    opened: list[OpenedRun | None] = []
+    for cfg in cfgs:  # a run whose data or directory is refused fails alone
+        try:
+            opened.append(open_run(cfg, _data(cfg, bundles)))
+        except UserError as e:
+            print(f"debiaslab: error: {cfg.run_dir()}: {e}", file=sys.stderr)
+            errors[cfg.run_dir()] = e
+            opened.append(None)
+    results: list[dict | None] = [o and o.done for o in opened]
+    todo = [i for i, o in enumerate(opened) if o is not None and o.done is None]
     by_start: dict[int, list[int]] = {}
     for i in todo:
         state = opened[i].state
@@ -120,32 +128,57 @@ def _data(cfg: TrainConfig, bundles: dict):
 
 
 def _train_fused(runs: list[OpenedRun], progress_desc, errors: dict) -> list[dict | None]:
+    """Build every run's loop, fuse those whose shapes agree, train each fused part."""
     run_dirs = [r.run_dir for r in runs]
     with marked_failed_on_error(run_dirs), _sigterm_as_exit():
         t_start = time.time()
         loops, rngs = [], []
         for run in runs:  # one at a time: each seeds the global RNG and builds its models
-            loop = TrainingLoop(run.cfg, run.bundle, run.device, run.run_dir)
-            if len(runs) > 1:
-                loop.fused_with = [str(d) for d in run_dirs if d != loop.run_dir]
-            loop.write_config()
-            loop.restore(run.state, accelerate=len(runs) == 1)
-            loops.append(loop)
+            loops.append(TrainingLoop(run.cfg, run.bundle, run.device, run.run_dir))
             rngs.append(checkpoints.rng_state())
-        group = FusedLoop(loops, rngs)
-        seconds = group.run(progress_desc)
+        parts = fusible_parts(loops)
+        for part in parts:
+            for i in part:
+                if len(part) > 1:
+                    loops[i].fused_with = [str(loops[j].run_dir) for j in part if j != i]
+                loops[i].write_config()
+                checkpoints.set_rng_state(rngs[i])
+                loops[i].restore(runs[i].state, accelerate=len(part) == 1)
+                rngs[i] = checkpoints.rng_state()
+        seconds, groups = {}, {}
+        for part in parts:
+            group = FusedLoop([loops[i] for i in part], [rngs[i] for i in part])
+            part_seconds = group.run(progress_desc)
+            seconds.update({i: part_seconds for i in part})
+            groups.update({i: group for i in part})
     out = []
-    for loop in loops:
+    for i, loop in enumerate(loops):
+        group = groups[i]
         if loop.run_dir in group.failed:
             errors[loop.run_dir] = group.failed[loop.run_dir]
             out.append(None)
             continue
-        results = loop.results(seconds, time.time() - t_start)
-        if len(loops) > 1:
+        results = loop.results(seconds[i], time.time() - t_start)
+        if loop.fused_with:
             results["compiled"], results["cuda_graph"] = group.compiled, group.graphed
         atomic_write_json(loop.run_dir / "results.json", results)
         out.append(results)
     return out
+
+
+def fusible_parts(loops: list[TrainingLoop]) -> list[list[int]]:
+    """Indices of ``loops`` in parts that can share one step: equal image shape, number of
+    classes and shapes of the method's step state (e.g. data of other sizes lay out per-sample
+    tables otherwise), in first-seen order."""
+    parts: dict[tuple, list[int]] = {}
+    for i, loop in enumerate(loops):
+        key = (
+            tuple(loop.train_split.images.shape[1:]),
+            loop.num_classes,
+            state_signature(loop.method),
+        )
+        parts.setdefault(key, []).append(i)
+    return list(parts.values())
 
 
 class FusedLoop:
@@ -164,11 +197,6 @@ class FusedLoop:
         lead = self.active[0]
         if len(self.active) == 1:
             return None  # one run: its own step, compiled or captured as configured
-        shapes = {(tuple(lp.train_split.images.shape[1:]), lp.num_classes) for lp in self.active}
-        if len(shapes) > 1:
-            raise UserError(
-                f"these runs cannot train fused: their images or classes differ ({sorted(shapes)})"
-            )
         fused = FusedStep([loop.method for loop in self.active])
         if lead.compiled:
             fused.compile()

@@ -47,10 +47,11 @@ def seed_everything(seed: int) -> None:
 
 
 def uses_cuda_extras(cfg: TrainConfig, device: torch.device) -> tuple[bool, bool]:
-    """(bf16 autocast, channels_last): each on when its flag is on, the device is CUDA and
-    (channels_last) the model convolves."""
-    cuda = torch.device(device).type == "cuda"
-    return cfg.amp and cuda, cfg.channels_last and cuda and cfg.model != "mlp"
+    """(bf16 autocast, channels_last): autocast where ``amp`` (CUDA) or ``cpu_amp`` (CPU) is on;
+    channels_last where its flag is on, the device is CUDA and the model convolves."""
+    device_type = torch.device(device).type
+    cuda = device_type == "cuda"
+    return cfg.bf16(device_type), cfg.channels_last and cuda and cfg.model != "mlp"
 
 
 def make_transform(
@@ -64,6 +65,9 @@ def make_transform(
         generator=generator,
         scale=INPUT_SCALES[cfg.input_scale],
         channels_last=uses_cuda_extras(cfg, device)[1],
+        dtype=torch.bfloat16
+        if torch.device(device).type == "cpu" and cfg.bf16("cpu")
+        else torch.float32,
     )
 
 
@@ -114,10 +118,10 @@ def evaluate(
 
 
 def autocast_logits(logits_of, amp: bool):
-    """``logits_of`` under bf16 autocast on CUDA where ``amp`` is on."""
+    """``logits_of`` under bf16 autocast (on the inputs' device) where ``amp`` is on."""
 
     def predict(x):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             return logits_of(x)
 
     return predict

@@ -1,7 +1,8 @@
 """Run one resolved config: the unit of work of a sweep, in a subprocess (local) or a Ray task.
 
-``python -m debiaslab.runner '<config json>'`` trains it; ``train`` itself skips a finished run
-and resumes an unfinished one, so running a config twice never loses or repeats work.
+``python -m debiaslab.runner '<config json>'`` trains it (a JSON list: a fused group); ``train``
+itself skips a finished run and resumes an unfinished one, so running a config twice never loses
+or repeats work.
 """
 
 from __future__ import annotations
@@ -40,10 +41,30 @@ def run_config(cfg_dict: dict, threads: int | None = None, cwd: str | None = Non
     return {"status": "finished", "message": "", "last_primary": primary}
 
 
+def run_group(cfg_dicts: list[dict], threads: int | None = None) -> dict:
+    """Train configs as one fused group (``group.train_group``); the status of the whole group
+    ("error" if any run failed: each failed run is marked FAILED, the others finished)."""
+    from debiaslab import UserError
+    from debiaslab.config import TrainConfig
+    from debiaslab.group import train_group
+
+    set_threads(threads)
+    try:
+        train_group([TrainConfig.from_dict(d) for d in cfg_dicts])
+    except UserError as e:
+        return {"status": "error", "message": str(e)}
+    except Exception as e:  # noqa: BLE001 - as run_config
+        return {"status": "error", "message": f"{type(e).__name__}: {e}"}
+    return {"status": "finished", "message": ""}
+
+
 def main(argv=None) -> int:
+    """``python -m debiaslab.runner CONFIG``: one config (a JSON object) or a fused group of
+    them (a JSON list)."""
     argv = sys.argv[1:] if argv is None else argv
     threads = int(os.environ["DEBIASLAB_THREADS"]) if os.environ.get("DEBIASLAB_THREADS") else None
-    out = run_config(json.loads(argv[0]), threads)
+    spec = json.loads(argv[0])
+    out = run_group(spec, threads) if isinstance(spec, list) else run_config(spec, threads)
     if out["status"] != "finished":
         print(f"debiaslab: error: {out['message']}", file=sys.stderr)
         return 1

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import os
 import signal
 import subprocess
@@ -352,14 +353,42 @@ def device_slots(devices: list[str], jobs: int) -> tuple[list[str], int]:
     return [devices[i % len(devices)] for i in range(jobs)], max(1, cpu_count() // jobs)
 
 
-def run_local(runs: list[Run], out: Path, jobs: int, devices: list[str], progress: bool) -> dict:
-    """Run every run in subprocesses, ``jobs`` at a time, spread over ``devices``; returns the status counts."""
+def fused_units(runs: list[Run], fuse_max: int, jobs: int) -> list[list[Run]]:
+    """The sweep's units of work: groups of runs that train fused (``group.fusion_groups``), of
+    at most ``fuse_max`` runs, each compatible set cut into at least ``jobs`` groups of even size
+    where it has that many runs (so every job has a group); ``fuse_max`` 1: one run each."""
+    from debiaslab.group import fusion_groups
+
+    if fuse_max <= 1:
+        return [[r] for r in runs]
+    units = []
+    for members in fusion_groups([r.cfg for r in runs], len(runs)):
+        parts = max(math.ceil(len(members) / fuse_max), min(jobs, len(members)))
+        size = math.ceil(len(members) / parts)
+        units += [[runs[i] for i in members[j : j + size]] for j in range(0, len(members), size)]
+    return units
+
+
+def _unit_name(unit: list[Run]) -> str:
+    return unit[0].name + (f"+{len(unit) - 1}" if len(unit) > 1 else "")
+
+
+def run_local(
+    runs: list[Run],
+    out: Path,
+    jobs: int,
+    devices: list[str],
+    progress: bool,
+    fuse_max: int = 1,
+) -> dict:
+    """Run every run in subprocesses, ``jobs`` at a time, spread over ``devices``, compatible
+    runs fused in groups of at most ``fuse_max``; returns the status counts."""
     slots, threads = device_slots(devices, jobs)
     logs = out / ".sweep-logs"
     logs.mkdir(parents=True, exist_ok=True)
     view = Progress(runs, progress)
-    pending = list(runs)
-    active: dict[int, tuple[subprocess.Popen, Run, float]] = {}  # slot -> process
+    pending = fused_units(runs, fuse_max, jobs)
+    active: dict[int, tuple[subprocess.Popen, list[Run], float]] = {}  # slot -> process
     free = list(range(jobs))
 
     def on_term(signum, frame):
@@ -369,41 +398,41 @@ def run_local(runs: list[Run], out: Path, jobs: int, devices: list[str], progres
     try:
         while pending or active:
             while pending and free:
-                run = pending.pop(0)
+                unit = pending.pop(0)
                 slot = free.pop(0)
                 env, device = _child_env(slots[slot], threads)
-                cfg = dataclasses.replace(run.cfg, device=device)
-                log = open(logs / f"{run.cfg.dataset}-{run.name}.log", "a")
+                cfgs = [dataclasses.replace(r.cfg, device=device).to_dict() for r in unit]
+                log = open(logs / f"{unit[0].cfg.dataset}-{_unit_name(unit)}.log", "a")
                 log.write(
-                    f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {slots[slot]}, {threads} threads\n"
+                    f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {slots[slot]}, {threads} threads"
+                    + (f", fused: {' '.join(r.name for r in unit)}" if len(unit) > 1 else "")
+                    + "\n"
                 )
                 log.flush()
+                arg = json.dumps(cfgs if len(unit) > 1 else cfgs[0])
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "debiaslab.runner", json.dumps(cfg.to_dict())],
+                    [sys.executable, "-m", "debiaslab.runner", arg],
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=env,
                 )
                 log.close()
-                active[slot] = (proc, run, time.time())
+                active[slot] = (proc, unit, time.time())
             time.sleep(0.5)
-            for slot, (proc, run, t0) in list(active.items()):
+            for slot, (proc, unit, t0) in list(active.items()):
                 rc = proc.poll()
                 if rc is None:
                     continue
                 del active[slot]
                 free.append(slot)
                 minutes = (time.time() - t0) / 60
-                if rc == 0:
-                    view.finish(run, True, f"({minutes:.1f} min){_headline(run.run_dir)}")
-                else:
-                    view.finish(
-                        run,
-                        False,
-                        f"exit {rc}: {_error_line(logs / f'{run.cfg.dataset}-{run.name}.log')} "
-                        f"(log: {logs / f'{run.cfg.dataset}-{run.name}.log'})",
-                    )
-            view.poll([r for _, r, _ in active.values()])
+                log = logs / f"{unit[0].cfg.dataset}-{_unit_name(unit)}.log"
+                for run in unit:  # a fused group's runs finish or fail each on its own
+                    if rc == 0 or status(run.run_dir) == "finished":
+                        view.finish(run, True, f"({minutes:.1f} min){_headline(run.run_dir)}")
+                    else:
+                        view.finish(run, False, f"exit {rc}: {_error_line(log)} (log: {log})")
+            view.poll([r for _, unit, _ in active.values() for r in unit])
     except KeyboardInterrupt:
         for proc, _, _ in active.values():
             proc.send_signal(
@@ -480,7 +509,10 @@ def sweep(
     progress: bool = True,
     dry_run: bool = False,
     runs_per_device: int | None = None,
+    fuse_max: int = 12,
 ) -> int:
+    """Train every run of ``spec`` into ``out`` (finished runs skipped, the others resumed);
+    ``fuse_max`` > 1: compatible runs train as fused groups of at most that many (local)."""
     check_packing(runs_per_device, jobs, gpus_per_run)
     cfgs = expand(spec)
     if not cfgs:
@@ -514,7 +546,7 @@ def sweep(
             n_jobs = jobs or len(devs) * (runs_per_device or default_runs_per_device(devs))
             if n_jobs <= 0:
                 raise UserError(f"--jobs must be positive, got {n_jobs}")
-            counts = run_local(todo, out, n_jobs, devs, progress)
+            counts = run_local(todo, out, n_jobs, devs, progress, fuse_max)
     except KeyboardInterrupt:
         done = sum(status(r.run_dir) == "finished" for r in runs)
         print(

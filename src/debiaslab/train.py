@@ -428,6 +428,7 @@ class TrainingLoop:
                 ),  # what the models were built for
                 "compiled": self.compiled,
                 "cuda_graph": self.graphed,
+                "bf16": self.method.amp,  # the step and evaluations ran under bf16 autocast
                 **({"fused_with": self.fused_with} if self.fused_with else {}),
             },
         )
@@ -674,6 +675,7 @@ class TrainingLoop:
         results["boundary_seconds"] = {k: round(v, 2) for k, v in self.boundary_seconds.items()}
         results["compiled"] = self.method.compiled  # the parts of the step compiled (none: eager)
         results["cuda_graph"] = self.method.graphed
+        results["bf16"] = self.method.amp
         if self.fused_with:
             results["fused_with"] = self.fused_with
         return results

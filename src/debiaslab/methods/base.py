@@ -114,7 +114,8 @@ class Method:
         self.num_classes = num_classes
         self.generator = generator
         device = train_targets.device
-        self.amp = cfg.amp and device.type == "cuda"  # bf16 autocast of the forward pass
+        self.amp = cfg.bf16(device.type)  # bf16 autocast of the forward pass
+        self.device_type = device.type
         self.optimizers = {
             n: make_adam(m.parameters(), *self.optimizer_settings(n)) for n, m in models.items()
         }
@@ -254,7 +255,7 @@ class Method:
         saved_rows = self.sample_state(idx)
         # a CUDA graph must not keep autocast's cast weights across replays (PyTorch's graph notes)
         with torch.autocast(
-            "cuda", dtype=torch.bfloat16, enabled=self.amp, cache_enabled=not self.graphed
+            self.device_type, dtype=torch.bfloat16, enabled=self.amp, cache_enabled=not self.graphed
         ):
             loss, terms = self.loss(x, y, idx, draws)
         values = torch.stack([v.detach().float() for v in terms.values()])

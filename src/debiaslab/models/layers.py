@@ -97,6 +97,11 @@ class _Linear(torch.autograd.Function):
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     if x.dim() != 2 or bias is None or torch.compiler.is_compiling():
         return F.linear(x, weight, bias)
+    device = x.device.type
+    if torch.is_autocast_enabled(device):  # what autocast does to addmm: all three cast
+        dtype = torch.get_autocast_dtype(device)
+        with torch.autocast(device, enabled=False):
+            return _Linear.apply(x.to(dtype), weight.to(dtype), bias.to(dtype))
     return _Linear.apply(x, weight, bias)
 
 

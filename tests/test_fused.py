@@ -1,0 +1,245 @@
+"""Fused runs: K runs trained as one step per iteration end exactly where the same runs end alone.
+
+The runs of a group differ in seed, ratio (data of another size) and float settings; each keeps
+its own weights, optimizer, per-sample state, selections, checkpoints and log. With the MLP the
+fused step repeats the lone step bit for bit (models/layers.py); with a ResNet, vmap's grouped
+convolutions sum in another order, so there the runs agree within a tolerance that another seed
+falls far outside.
+"""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from debiaslab.config import TrainConfig
+from debiaslab.group import FusedLoop, GroupFailed, fusion_groups, fusion_key, train_group
+from debiaslab.train import TrainingLoop, train
+from tests.conftest import assert_same_tensors, read_log, tiny_split
+
+STEPS = 200
+
+
+@pytest.fixture(scope="module")
+def two_ratios(tmp_path_factory):
+    """Tiny CMNIST-shaped data: 1pct and 2pct of one size (120 training images, other
+    conflicting samples and pixels), and 5pct of another (150)."""
+    from debiaslab.data.reference import write_split
+
+    root = tmp_path_factory.mktemp("fused-data")
+    base = root / "cmnist"
+    for pct, n, every, seed in (("1pct", 40, 10, 0), ("2pct", 40, 4, 5), ("5pct", 50, 3, 7)):
+        write_split(tiny_split(n, 3, every, seed), base / pct, "train")
+        write_split(tiny_split(6, 3, 3, seed + 1), base / pct / "valid", "flat", start_id=1000)
+    write_split(tiny_split(10, 3, 2, 2), base / "test", "class", start_id=2000)
+    return root
+
+
+def configs(data, logs, method, **kw) -> list[TrainConfig]:
+    """Three runs of ``method``: seeds 0, 1, 2 on ratios 1pct, 2pct, 1pct, the third with its
+    own learning rate and lambdas (float settings a group may differ in)."""
+    base = dict(
+        dataset="cmnist",
+        method=method,
+        data_dir=str(data),
+        log_dir=str(logs),
+        num_steps=STEPS,
+        valid_freq=50,
+        log_freq=25,
+        batch_size=16,
+        lr=0.01,
+        progress=False,
+        device="cpu",
+        **kw,
+    )
+    runs = [(0, "1pct", {}), (1, "2pct", {}), (2, "1pct", {"lr": 0.005, "lambda_dis_align": 2.0})]
+    return [
+        TrainConfig(**{**base, **own, "seed": s, "percent": p, "exp": f"{method}-{s}"})
+        for s, p, own in runs
+    ]
+
+
+def run_state(run_dir):
+    results = json.loads((run_dir / "results.json").read_text())
+    last = torch.load(run_dir / "checkpoint_last.pt", weights_only=True)
+    picks = {
+        p.name: torch.load(p, weights_only=True)["models"]
+        for p in run_dir.glob("checkpoint_*.pt")
+        if p.name != "checkpoint_last.pt"
+    }
+    log = [{k: v for k, v in r.items()} for r in read_log(run_dir)]
+    return results, last, picks, log
+
+
+def assert_same_run(fused_dir, lone_dir):
+    """Everything a run leaves is the same: selections, full checkpoint, picked models, log."""
+    (r1, last1, picks1, log1), (r2, last2, picks2, log2) = run_state(fused_dir), run_state(lone_dir)
+    assert r1["selections"] == r2["selections"]
+    assert r1["default_selection"] == r2["default_selection"]
+    assert r1["skipped_steps"] == r2["skipped_steps"]
+    assert r1["data"] == r2["data"]
+    assert {**r1["config"], "log_dir": ""} == {**r2["config"], "log_dir": ""}
+    for part in ("method_state", "sampler", "average", "rng", "tracker"):
+        assert_same_tensors(last1.get(part), last2.get(part), part)
+    assert_same_tensors(picks1, picks2, "picked models")
+    assert log1 == log2
+
+
+def train_both(data, tmp_path, method, **kw):
+    fused_cfgs = configs(data, tmp_path / "fused", method, **kw)
+    lone_cfgs = configs(data, tmp_path / "lone", method, **kw)
+    fused = train_group(fused_cfgs)
+    lone = [train(c) for c in lone_cfgs]
+    return fused_cfgs, lone_cfgs, fused, lone
+
+
+@pytest.mark.parametrize(
+    "method, kw",
+    [
+        ("vanilla", {}),
+        ("lff", {}),
+        # across the feature swap's start and two LR decays
+        ("disent", dict(curr_step=60, use_lr_decay=True, lr_decay_step=50, lr_gamma=0.5)),
+        ("jtt", dict(jtt_steps=40, jtt_upweight=5)),  # staged: ERM, then the upsampled main
+        ("lff_be", dict(be_num_models=2, be_steps=30, be_agreement=1)),
+        ("denetdm", dict(denetdm_stage1_steps=50)),
+    ],
+)
+def test_fused_mlp_runs_end_bit_for_bit_where_lone_runs_end(two_ratios, tmp_path, method, kw):
+    fused_cfgs, lone_cfgs, fused, lone = train_both(two_ratios, tmp_path, method, **kw)
+    for f_cfg, l_cfg, f_res in zip(fused_cfgs, lone_cfgs, fused):
+        assert_same_run(
+            tmp_path / "fused" / "cmnist" / f_cfg.exp, tmp_path / "lone" / "cmnist" / l_cfg.exp
+        )
+        others = sorted(c.run_dir() for c in fused_cfgs if c is not f_cfg)
+        assert sorted(f_res["fused_with"]) == others
+        config = json.loads((tmp_path / "fused" / "cmnist" / f_cfg.exp / "config.json").read_text())
+        assert sorted(config["fused_with"]) == others
+        # the same identity as alone: test, report, collect and load_run see the same run
+        assert f_cfg.resolved().config_hash() == l_cfg.resolved().config_hash()
+
+
+def test_runs_of_data_of_other_sizes_train_in_parts_each_as_alone(two_ratios, tmp_path):
+    """1pct (120 images) and 5pct (150): their per-sample tables differ in shape, so the group
+    trains them as two parts; each still ends where it ends alone and reads only its own data."""
+    fused = [
+        dataclasses.replace(c, percent=p)
+        for c, p in zip(configs(two_ratios, tmp_path / "fused", "lff")[:2], ("1pct", "5pct"))
+    ]
+    lone = [dataclasses.replace(c, log_dir=str(tmp_path / "lone")) for c in fused]
+    results = train_group(fused)
+    assert all("fused_with" not in r for r in results)
+    assert [r["data"]["counts"]["train"]["n"] for r in results] == [120, 150]
+    for f, c in zip(fused, lone):
+        train(c)
+        assert_same_run(tmp_path / "fused" / "cmnist" / f.exp, tmp_path / "lone" / "cmnist" / c.exp)
+
+
+def test_each_run_of_a_group_reads_its_own_ratio(two_ratios, tmp_path):
+    """1pct and 2pct in one fused group: each run records and trains on its own data."""
+    cfgs = configs(two_ratios, tmp_path, "lff")[:2]
+    results = train_group(cfgs)
+    shas = [r["data"]["sha256"]["train"] for r in results]
+    assert shas[0] != shas[1] and [r["percent"] for r in results] == ["1pct", "2pct"]
+    assert all(r["fused_with"] for r in results)
+    for cfg, sha in zip(cfgs, shas):
+        alone = train(dataclasses.replace(cfg, log_dir=str(tmp_path / "alone")))
+        assert alone["data"]["sha256"]["train"] == sha
+
+
+@pytest.fixture
+def nan_in_run_1_at_step_7(monkeypatch):
+    """A NaN in the inputs of the run of seed 1 at its 7th step, fused or alone."""
+    batches, batch = FusedLoop.batches, TrainingLoop.batch
+
+    def seventh_of_seed_1(loop) -> bool:
+        loop.steps_drawn = getattr(loop, "steps_drawn", 0) + 1
+        return loop.cfg.seed == 1 and loop.steps_drawn == 7
+
+    def fused_batches(self):
+        xs, ys, idxs = batches(self)
+        for k, loop in enumerate(self.active):
+            if seventh_of_seed_1(loop):
+                xs[k] = float("nan")
+        return xs, ys, idxs
+
+    def lone_batch(self):
+        x, y, idx = batch(self)
+        return (x * float("nan") if seventh_of_seed_1(self) else x), y, idx
+
+    monkeypatch.setattr(FusedLoop, "batches", fused_batches)
+    monkeypatch.setattr(TrainingLoop, "batch", lone_batch)
+
+
+@pytest.mark.parametrize("mode", ["skip", "stop"])
+def test_a_nan_in_one_run_leaves_the_others_as_they_are(
+    two_ratios, tmp_path, nan_in_run_1_at_step_7, mode
+):
+    fused_cfgs = configs(two_ratios, tmp_path / "fused", "lff", on_nonfinite=mode)
+    lone_cfgs = configs(two_ratios, tmp_path / "lone", "lff", on_nonfinite=mode)
+    if mode == "skip":
+        results = train_group(fused_cfgs)
+        assert [bool(r["skipped_steps"]) for r in results] == [False, True, False]
+    else:
+        with pytest.raises(GroupFailed, match="1 of 3 runs failed") as failed:
+            train_group(fused_cfgs)
+        assert list(failed.value.errors) == [fused_cfgs[1].run_dir()]
+        assert (tmp_path / "fused" / "cmnist" / fused_cfgs[1].exp / "FAILED").exists()
+    for f_cfg, l_cfg in zip(fused_cfgs, lone_cfgs):
+        if mode == "stop" and f_cfg.seed == 1:
+            continue
+        train(l_cfg)
+        assert_same_run(
+            tmp_path / "fused" / "cmnist" / f_cfg.exp, tmp_path / "lone" / "cmnist" / l_cfg.exp
+        )
+
+
+def test_resnet_runs_agree_within_a_tolerance_another_seed_falls_outside(two_ratios, tmp_path):
+    """ResNet20 under vmap: grouped convolutions, so agreement up to float rounding over a short run."""
+    kw = dict(model="resnet20", num_steps=20, valid_freq=10, log_freq=10)
+    fused_cfgs = [
+        dataclasses.replace(c, **kw) for c in configs(two_ratios, tmp_path / "f", "disent")
+    ]
+    lone_cfgs = [
+        dataclasses.replace(c, **kw) for c in configs(two_ratios, tmp_path / "l", "disent")
+    ]
+    train_group(fused_cfgs[:2])
+    for c in lone_cfgs[:2]:
+        train(c)
+
+    def weights(cfg):
+        state = torch.load(f"{cfg.run_dir()}/checkpoint_last.pt", weights_only=True)
+        models = state["method_state"]["models"]
+        return torch.cat([v.flatten().float() for m in models.values() for v in m.values()])
+
+    other = dataclasses.replace(lone_cfgs[0], seed=7, exp="other")
+    train(other)
+
+    def distance(a, b):  # relative: BatchNorm's running variances are large numbers
+        return float((weights(a) - weights(b)).norm() / weights(b).norm())
+
+    tolerance = 1e-3
+    for f, lone in zip(fused_cfgs[:2], lone_cfgs[:2]):
+        assert distance(f, lone) < tolerance
+    assert distance(other, lone_cfgs[0]) > 100 * tolerance
+
+
+def test_fusion_keys_group_what_may_differ_and_split_what_may_not():
+    base = TrainConfig(dataset="cmnist", method="disent", num_steps=100)
+    same = [
+        dataclasses.replace(base, seed=1),
+        dataclasses.replace(base, percent="5pct"),
+        dataclasses.replace(base, lr=0.5, lambda_swap=3.0, q=0.5, ema_alpha=0.9),
+    ]
+    assert {fusion_key(c) for c in same} == {fusion_key(base)}
+    for other in (
+        dataclasses.replace(base, method="lff"),
+        dataclasses.replace(base, num_steps=200),
+        dataclasses.replace(base, curr_step=10),
+        dataclasses.replace(base, batch_size=32),
+        dataclasses.replace(base, model="resnet20"),
+    ):
+        assert fusion_key(other) != fusion_key(base)
+    cfgs = [base, *same, dataclasses.replace(base, method="lff")]
+    assert fusion_groups(cfgs, 3) == [[0, 1, 2], [3], [4]]
