@@ -243,3 +243,78 @@ def test_fusion_keys_group_what_may_differ_and_split_what_may_not():
         assert fusion_key(other) != fusion_key(base)
     cfgs = [base, *same, dataclasses.replace(base, method="lff")]
     assert fusion_groups(cfgs, 3) == [[0, 1, 2], [3], [4]]
+
+
+def test_fit_many_trains_seeds_and_settings_fused_each_as_fit_would(tmp_path):
+    import debiaslab as dl
+    from tests.conftest import tiny_bundle
+
+    data = tiny_bundle()
+    common = dict(model="mlp", num_steps=20, valid_freq=10, batch_size=16, device="cpu")
+    runs = dl.fit_many(
+        "lff", data, [{"seed": 0}, {"seed": 1, "lr": 0.003}], log_dir=tmp_path / "many", **common
+    )
+    assert [r.dir.name for r in runs] == ["lff_seed0", "lff_seed1"]
+    assert [len(r.results["fused_with"]) for r in runs] == [1, 1]
+    alone = dl.fit("lff", data, log_dir=tmp_path / "one", exp="x", seed=1, lr=0.003, **common)
+    assert runs[1].results["selections"] == alone.results["selections"]
+    assert runs[1].config.config_hash() == alone.config.config_hash()
+
+
+def group_command(data, logs):
+    return [
+        *("-m", "debiaslab", "train", "--method", "disent", "--dataset", "cmnist"),
+        *("--percent", "1pct", "--data_dir", str(data), "--log_dir", str(logs), "--exp", "g"),
+        *("--seeds", "0", "1", "2", "--num_steps", "400", "--valid_freq", "50"),
+        *("--log_freq", "7", "--save_freq", "20", "--batch_size", "16", "--lr", "0.01"),
+        *("--curr_step", "100", "--use_lr_decay", "--lr_decay_step", "100", "--lr_gamma", "0.5"),
+        *("--no_progress", "--device", "cpu"),
+    ]
+
+
+def test_a_sigkilled_fused_group_resumes_bit_for_bit(two_ratios, tmp_path):
+    """``train --seeds 0 1 2`` SIGKILLed three times and rerun ends, run by run, where the
+    uninterrupted group ends (and, the group being exact, where each run alone ends)."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import cli_env
+
+    def run(logs, kill_after=None):
+        proc = subprocess.Popen(
+            [sys.executable, *group_command(two_ratios, logs)],
+            env=cli_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        if kill_after is not None:
+            dirs = [logs / "cmnist" / f"g_seed{s}" for s in range(3)]
+            deadline = time.time() + 120
+            while time.time() < deadline and proc.poll() is None:
+                if all((d / "checkpoint_last.pt").exists() for d in dirs):
+                    time.sleep(kill_after)
+                    proc.send_signal(signal.SIGKILL)
+                    break
+                time.sleep(0.02)
+        proc.wait(timeout=600)
+        return proc
+
+    ref = run(tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr.read()
+    rng = random.Random(7)
+    killed = 0
+    for _ in range(3):
+        proc = run(tmp_path / "killed", kill_after=rng.uniform(0.0, 0.5))
+        killed += proc.returncode == -signal.SIGKILL
+        if proc.returncode == 0:
+            break
+    assert killed >= 1
+    final = run(tmp_path / "killed")
+    assert final.returncode == 0, final.stderr.read()
+    for s in range(3):
+        name = f"g_seed{s}"
+        assert_same_run(tmp_path / "ref" / "cmnist" / name, tmp_path / "killed" / "cmnist" / name)

@@ -10,6 +10,7 @@ __all__ = [
     "UserError",
     "dataset_data",
     "fit",
+    "fit_many",
     "load_run",
     "manifest_data",
     "register_model",

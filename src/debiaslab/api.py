@@ -312,6 +312,13 @@ def fit(
     """
     from debiaslab.train import train
 
+    cfg = _config(method, data, model, log_dir, exp or method, options)
+    train(cfg, data if isinstance(data, DatasetBundle) else None)
+    return load_run(cfg.run_dir())
+
+
+def _config(method, data, model, log_dir, exp: str, options: dict) -> TrainConfig:
+    """The ``TrainConfig`` of ``fit``'s arguments; unknown methods and options are refused."""
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}; choose one of {', '.join(sorted(METHODS))}")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -320,19 +327,49 @@ def fit(
         raise UserError(
             f"unknown option(s) {', '.join(unknown)}; TrainConfig has: {', '.join(sorted(fields))}"
         )
-    bundle = data if isinstance(data, DatasetBundle) else None
-    dataset = bundle.name if bundle is not None else data
-    options.setdefault("progress", False)
-    cfg = TrainConfig(
+    dataset = data.name if isinstance(data, DatasetBundle) else data
+    return TrainConfig(
+        **{"progress": False, **options},
         dataset=dataset,
         method=method,
         model=_model_name(model),
         log_dir=str(log_dir),
-        exp=exp or method,
-        **options,
+        exp=exp,
     )
-    train(cfg, bundle)
-    return load_run(cfg.run_dir())
+
+
+def fit_many(
+    method: str,
+    data: DatasetBundle | str,
+    runs: Sequence[dict],
+    *,
+    model: str | ModelFactory | None = None,
+    log_dir: str | Path = "log",
+    exp: str | None = None,
+    **options,
+) -> list[Run]:
+    """Train several runs of ``method`` on ``data`` at once, as one fused group (one step per
+    iteration for all of them; docs/speed.md, "Fused runs"), and return each finished ``Run``.
+
+    ``runs``: each run's own options over the shared ``options``: its ``seed``, its data (a
+    ``percent``) and float settings (``lr``, ``lambda_swap``, ``q``, ...). Runs that differ in
+    anything else train in separate groups. Each run is the run ``fit`` would train with the
+    same options, in ``<log_dir>/<dataset>/<exp>`` (default exp: ``<method>_seed<seed>``, or the
+    run's own ``exp``).
+    """
+    from debiaslab.group import fusion_groups, train_group
+
+    cfgs = []
+    for own in runs:
+        merged = {**options, **own}
+        name = merged.pop("exp", None) or f"{exp or method}_seed{merged.get('seed', 0)}"
+        cfgs.append(_config(method, data, model, log_dir, name, merged))
+    if len({c.run_dir() for c in cfgs}) != len(cfgs):
+        raise UserError("two runs of fit_many would share a run directory; give each its own exp")
+    bundle = data if isinstance(data, DatasetBundle) else None
+    for members in fusion_groups(cfgs, len(cfgs)):
+        train_group([cfgs[i] for i in members], bundle=bundle)
+    return [load_run(c.run_dir()) for c in cfgs]
 
 
 def load_run(path: str | Path) -> Run:

@@ -75,9 +75,11 @@ class GroupFailed(UserError):
 
 
 def train_group(
-    cfgs: list[TrainConfig], progress_desc: str | None = None, bundles: dict | None = None
+    cfgs: list[TrainConfig], progress_desc: str | None = None, bundle=None
 ) -> list[dict]:
     """Train ``cfgs`` (one fusion key) as fused groups; returns each run's results, in order.
+    ``bundle``: the data of every run (in-memory data); default: each run's own, read once per
+    dataset and ratio.
 
     Finished runs are read back, not retrained; the others resume from their own last checkpoint.
     Runs whose checkpoints stand at different steps (a group killed between two runs' saves)
@@ -89,12 +91,12 @@ def train_group(
             "these runs cannot train fused: they differ in more than seed, data and float "
             "settings; train them separately (sweep --fuse auto groups them)"
         )
-    bundles = {} if bundles is None else bundles
+    bundles: dict = {}
     errors: dict[str, BaseException] = {}
     opened: list[OpenedRun | None] = []
     for cfg in cfgs:  # a run whose data or directory is refused fails alone
         try:
-            opened.append(open_run(cfg, _data(cfg, bundles)))
+            opened.append(open_run(cfg, bundle or _data(cfg, bundles)))
         except UserError as e:
             print(f"debiaslab: error: {cfg.run_dir()}: {e}", file=sys.stderr)
             errors[cfg.run_dir()] = e
