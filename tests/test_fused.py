@@ -318,3 +318,39 @@ def test_a_sigkilled_fused_group_resumes_bit_for_bit(two_ratios, tmp_path):
     for s in range(3):
         name = f"g_seed{s}"
         assert_same_run(tmp_path / "ref" / "cmnist" / name, tmp_path / "killed" / "cmnist" / name)
+
+
+def test_sweep_units_fuse_compatible_runs_and_give_every_job_a_group():
+    from debiaslab.sweep import Run, fused_units
+
+    def run(method, seed, pct="1pct"):
+        return Run(f"{method}{seed}{pct}", TrainConfig(method=method, seed=seed, percent=pct))
+
+    runs = [run(m, s, p) for m in ("lff", "disent") for p in ("1pct", "2pct") for s in range(3)]
+    names = [[r.name for r in unit] for unit in fused_units(runs, fuse_max=12, jobs=1)]
+    assert names == [[r.name for r in runs[:6]], [r.name for r in runs[6:]]]
+    sizes = [len(u) for u in fused_units(runs, fuse_max=12, jobs=2)]
+    assert sizes == [3, 3, 3, 3]  # each method's six runs in two groups: both jobs busy
+    assert [len(u) for u in fused_units(runs, fuse_max=4, jobs=1)] == [3, 3, 3, 3]
+    assert [len(u) for u in fused_units(runs, fuse_max=1, jobs=1)] == [1] * 12  # --fuse off
+
+
+@pytest.mark.parametrize("fuse", ["auto", "off"])
+def test_sweep_trains_compatible_runs_as_one_fused_group(two_ratios, tmp_path, fuse):
+    from tests.conftest import run_cli
+
+    out = tmp_path / "out"
+    r = run_cli(
+        *("sweep", "--methods", "lff", "--ratios", "1", "2", "--seeds", "0", "1"),
+        *("--set", f"data_dir={two_ratios}", "num_steps=30", "batch_size=16", "valid_freq=15"),
+        *("--out", out, "--jobs", "1", "--devices", "cpu", "--no_progress", "--fuse", fuse),
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "4 runs finished and 0 failed" in r.stdout
+    results = [json.loads(p.read_text()) for p in sorted(out.glob("cmnist/*/results.json"))]
+    logs = sorted((out / ".sweep-logs").iterdir())
+    if fuse == "auto":
+        assert all(len(res["fused_with"]) == 3 for res in results) and len(logs) == 1
+        assert "fused: lff-1pct-seed0" in logs[0].read_text()
+    else:
+        assert all("fused_with" not in res for res in results) and len(logs) == 4

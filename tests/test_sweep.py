@@ -635,7 +635,7 @@ def test_runs_per_device_packs_k_runs_on_each_device(monkeypatch, tmp_path):
     monkeypatch.setattr(
         sweep_mod,
         "run_local",
-        lambda runs, out, jobs, devs, progress: (
+        lambda runs, out, jobs, devs, progress, fuse_max=1: (
             seen.update(slots=sweep_mod.device_slots(devs, jobs))
             or {"finished": len(runs), "failed": 0}
         ),
