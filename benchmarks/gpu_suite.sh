@@ -9,7 +9,9 @@
 # 1. builds C-CIFAR10 0.5pct and 5pct (and CMNIST) into dataset/, while 2. the CUDA tests run;
 # 3. benchmarks/profile_step.py (what bounds DisEnt's C-CIFAR10 step) and benchmarks/gpu_speed.py: steps/s eager vs captured (C-CIFAR10 and CMNIST, paper commands through
 #    `train`), the paper's own code, packed K = 1, 2, 4, 8 (and under MPS), then the table's runs;
-# 4. copies each table run's config.json, results.json and metrics.jsonl to OUT/cifar10c_runs.tar.gz.
+# 4. benchmarks/fused_speed.py on the GPU (K fused runs against K packed processes) and the C-CIFAR10 table as
+#    fused groups (sweep --fuse auto --fuse_max 36);
+# 5. copies each table run's config.json, results.json and metrics.jsonl to OUT/cifar10c_runs.tar.gz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 cifar=$1; mnist=${2:--}; out=${3:-/tmp/debiaslab_gpu}; ref=${4:-}
@@ -37,6 +39,13 @@ budget_args=(); [ -n "${SUITE_BUDGET:-}" ] && budget_args=(--budget "$SUITE_BUDG
 ref_args=(); [ -n "$ref" ] && ref_args=(--reference "$ref")
 $py benchmarks/gpu_speed.py --data_dir dataset --out "$out" --runs "$out/cifar10c_runs" "${budget_args[@]}" \
   "${ref_args[@]}" ${SPEED_ARGS:-}
+# fused runs (docs/speed.md, "Fused runs"): K = 1, 4, 12, 36 runs fused in one process against the same runs
+# as packed processes (ResNet18, bf16, channels_last, captured), then the C-CIFAR10 table as fused groups
+$py benchmarks/fused_speed.py --device cuda --dataset cifar10c --methods vanilla lff disent --K 1 4 12 36 \
+  --seconds ${FUSED_SECONDS:-15} --json "$out/fused_speed.json" 2>&1 | tee "$out/fused_speed.log" | grep -v Warning
+[ -d dataset/cifar10c/0.5pct ] && $py -m debiaslab sweep --config configs/cifar10c_table.toml --set data_dir=dataset \
+  --out "$out/cifar10c_runs" --devices cuda --runs_per_device 1 --fuse auto --fuse_max 36 --no_progress \
+  2>&1 | tee "$out/fused_table.log" | tail -5
 if [ -d "$out/cifar10c_runs" ]; then
   (cd "$out" && find cifar10c_runs \( -name config.json -o -name results.json -o -name metrics.jsonl \) -print0 \
     | tar -czf cifar10c_runs.tar.gz --null -T - && rm -rf cifar10c_runs)

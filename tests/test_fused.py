@@ -354,3 +354,24 @@ def test_sweep_trains_compatible_runs_as_one_fused_group(two_ratios, tmp_path, f
         assert "fused: lff-1pct-seed0" in logs[0].read_text()
     else:
         assert all("fused_with" not in res for res in results) and len(logs) == 4
+
+
+def test_a_fused_step_replays_as_one_graph_per_shape(two_ratios, tmp_path, monkeypatch):
+    """The fused step under ``graphs.CapturedStep`` (a stand-in for the CUDA graph on the CPU):
+    one graph per stage and draws, each run ending where the eager group ends."""
+    import debiaslab.graphs
+    import debiaslab.train
+    from tests.test_graphs import StandInGraph
+
+    kw = dict(curr_step=30, num_steps=60, valid_freq=20)
+    eager = [dataclasses.replace(c, **kw) for c in configs(two_ratios, tmp_path / "e", "disent")]
+    train_group(eager)
+    StandInGraph.recorded = []
+    monkeypatch.setattr(debiaslab.graphs, "CudaGraph", StandInGraph)
+    monkeypatch.setattr(debiaslab.train, "capture_step", lambda cfg, device, method: True)
+    graphed = [dataclasses.replace(c, log_dir=str(tmp_path / "g")) for c in eager]
+    results = train_group(graphed)
+    assert all(r["cuda_graph"] for r in results)
+    assert len(StandInGraph.recorded) == 2  # before and after the swap's permutation appears
+    for e, g in zip(eager, graphed):
+        assert_same_run(tmp_path / "e" / "cmnist" / e.exp, tmp_path / "g" / "cmnist" / g.exp)
