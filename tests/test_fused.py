@@ -375,3 +375,29 @@ def test_a_fused_step_replays_as_one_graph_per_shape(two_ratios, tmp_path, monke
     assert len(StandInGraph.recorded) == 2  # before and after the swap's permutation appears
     for e, g in zip(eager, graphed):
         assert_same_run(tmp_path / "e" / "cmnist" / e.exp, tmp_path / "g" / "cmnist" / g.exp)
+
+
+def test_a_boundary_keeps_the_stacked_tensors_a_captured_graph_holds(two_ratios, tmp_path):
+    """sync_out / sync_in at a boundary write the stacked state in place: a CUDA graph recorded
+    before it reads and writes those very tensors after it."""
+    from debiaslab.train import open_run
+
+    loops = []
+    for cfg in configs(two_ratios, tmp_path, "lff")[:2]:
+        opened = open_run(cfg)
+        loop = TrainingLoop(opened.cfg, opened.bundle, opened.device, opened.run_dir)
+        loop.restore(None, accelerate=False)
+        loops.append(loop)
+    group = FusedLoop(loops)
+    for step in range(3):
+        group.step(step, 0)
+    state, params = list(group.fused.state), list(group.fused.params)
+    group.fused.sync_out()
+    loops[1].method.ema.visited.fill_(False)  # a boundary hook changing a run's own state
+    group.fused.sync_in()
+    assert all(a is b for a, b in zip(state, group.fused.state))
+    assert all(a is b for a, b in zip(params, group.fused.params))
+    visited = [t for t in group.fused.state if t.dtype == torch.bool and t.shape[-1] == 120]
+    assert visited and not visited[0][1].any() and visited[0][0].any()
+    for loop in loops:
+        loop.logger.close()

@@ -30,7 +30,6 @@ and per-sample state are its own rows, and the flags that guard them are per run
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 
 import torch
@@ -112,6 +111,7 @@ class FusedStep:
         self._compute = self.compute
         self._step = self.step_on_batch
         self._stack_models()
+        self.run_param_slots = [_model_tensors(m)[0] for m in self.methods]
         self.sync_in()
 
     # -- stacking ------------------------------------------------------------------------------
@@ -149,19 +149,36 @@ class FusedStep:
         lead = per_run[0]
         if any(len(s) != len(lead) for s in per_run):
             raise ValueError("the runs' methods hold different state; they cannot be fused")
+        previous = getattr(self, "_stacked_by_slot", {})
+        self._stacked_by_slot: dict[tuple, torch.Tensor] = {}
         self.state_slots, self.state = [], []
+        stacked_of: dict[int, torch.Tensor] = {}  # one tensor reached twice is stacked once
         for j, (owner, key, value) in enumerate(lead):
             values = [s[j][2] for s in per_run]
-            if isinstance(value, torch.Tensor):
+            if isinstance(value, torch.Tensor) and id(value) in stacked_of:
+                self.state.append(stacked_of[id(value)])
+            elif isinstance(value, torch.Tensor):
                 if any(v.dtype != value.dtype or v.shape != value.shape for v in values):
                     raise ValueError(f"state {key!r} differs in shape or dtype between the runs")
-                self.state.append(torch.stack([v.detach() for v in values]))
+                stacked = torch.stack([v.detach() for v in values])
+                self.state.append(self._kept((id(owner), key), stacked, previous))
+                stacked_of[id(value)] = self.state[-1]
             elif any(v != value for v in values):
                 device = self.params[0].device
-                self.state.append(torch.tensor(values, dtype=torch.float32, device=device))
+                stacked = torch.tensor(values, dtype=torch.float32, device=device)
+                self.state.append(self._kept((id(owner), key), stacked, previous))
             else:
                 continue
             self.state_slots.append((owner, key, [s[j] for s in per_run]))
+
+    def _kept(self, slot: tuple, stacked: torch.Tensor, previous: dict) -> torch.Tensor:
+        """``stacked``'s values in the tensor the slot had before, where it fits: a captured
+        graph holds the very tensors it was recorded with."""
+        old = previous.get(slot)
+        if old is not None and old.shape == stacked.shape and old.dtype == stacked.dtype:
+            stacked = old.copy_(stacked)
+        self._stacked_by_slot[slot] = stacked
+        return stacked
 
     def sync_out(self) -> None:
         """Copy the stacked state back into each run's own tensors (before they are read)."""
@@ -221,15 +238,10 @@ class FusedStep:
             keep = applied.view(-1, *[1] * (b.dim() - 1))
             b.copy_(torch.where(keep, b, saved))
         for k, method in enumerate(self.methods):
-            for (module, name), stacked in zip(self.param_slots_of(k), self.params):
+            for (module, name), stacked in zip(self.run_param_slots[k], self.params):
                 getattr(module, name).grad = None if stacked.grad is None else stacked.grad[k]
             method.optimizer_step(applied[k])
         return StepOutput(names, values, finite, applied)
-
-    def param_slots_of(self, k: int) -> list[tuple[nn.Module, str]]:
-        if not hasattr(self, "_run_param_slots"):
-            self._run_param_slots = [_model_tensors(m)[0] for m in self.methods]
-        return self._run_param_slots[k]
 
     def update(self, xs, ys, idxs, step: int) -> list[StepOutput]:
         """One step of every run (``Method.update`` for K runs): each run's draws, the fused step,
@@ -266,8 +278,3 @@ class FusedStep:
         self.graphed = True
         for m in self.methods:
             m.graphed = True
-
-
-def fused_copy(cfg):
-    """A copy of ``cfg`` a method can hold while its floats are swapped (never shared)."""
-    return copy.copy(cfg)
