@@ -387,6 +387,7 @@ def test_a_boundary_keeps_the_stacked_tensors_a_captured_graph_holds(two_ratios,
         opened = open_run(cfg)
         loop = TrainingLoop(opened.cfg, opened.bundle, opened.device, opened.run_dir)
         loop.restore(None, accelerate=False)
+        loop.open_bar(None)
         loops.append(loop)
     group = FusedLoop(loops)
     for step in range(3):

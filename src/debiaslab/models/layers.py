@@ -16,7 +16,26 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-class _BatchedLinear(torch.autograd.Function):
+class _LinearFunction(torch.autograd.Function):
+    """What both forms share: they save x and W, and their backward is ``grad @ W``,
+    ``grad^T @ x`` and the sum of ``grad`` over the batch, each in its own products."""
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], inputs[1])
+
+    @staticmethod
+    def grads(ctx, grad, times, transposed, batch_dim: int):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        return (
+            times(grad, weight) if need_x else None,
+            times(transposed, x) if need_w else None,
+            grad.sum(batch_dim) if need_b else None,
+        )
+
+
+class _BatchedLinear(_LinearFunction):
     """``x[k] @ W[k].T + b[k]`` for every run k: x [K, B, in], W [K, out, in], b [K, out].
 
     On CUDA one ``baddbmm`` / ``bmm`` per product. On the CPU one ``addmm`` / ``mm`` per run, the
@@ -35,35 +54,20 @@ class _BatchedLinear(torch.autograd.Function):
         return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0], inputs[1])
-
-    @staticmethod
     def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad
-        if x.device.type == "cpu":
-            return (
-                _per_run(torch.mm, grad, weight) if need_x else None,
-                _per_run(torch.mm, grad.transpose(1, 2), x) if need_w else None,
-                grad.sum(1) if need_b else None,
-            )
-        return (
-            torch.bmm(grad, weight) if need_x else None,
-            torch.bmm(grad.transpose(1, 2), x) if need_w else None,
-            grad.sum(1) if need_b else None,
-        )
+        times = _per_run_mm if grad.device.type == "cpu" else torch.bmm
+        return _LinearFunction.grads(ctx, grad, times, grad.transpose(1, 2), 1)
 
 
-def _per_run(product, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``product(a[k], b[k])`` for every run k, written into one [K, ...] tensor."""
+def _per_run_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a[k] @ b[k]`` for every run k, written into one [K, ...] tensor."""
     out = a.new_empty(a.shape[0], a.shape[1], b.shape[2])
     for a_k, b_k, o in zip(a, b, out):
-        product(a_k, b_k, out=o)
+        torch.mm(a_k, b_k, out=o)
     return out
 
 
-class _Linear(torch.autograd.Function):
+class _Linear(_LinearFunction):
     """``F.linear`` of a 2-D input with a bias, with the batched rule above under vmap."""
 
     @staticmethod
@@ -71,18 +75,8 @@ class _Linear(torch.autograd.Function):
         return torch.addmm(bias, x, weight.t())
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0], inputs[1])
-
-    @staticmethod
     def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad
-        return (
-            grad.mm(weight) if need_x else None,
-            grad.t().mm(x) if need_w else None,
-            grad.sum(0) if need_b else None,
-        )
+        return _LinearFunction.grads(ctx, grad, torch.mm, grad.t(), 0)
 
     @staticmethod
     def vmap(info, in_dims, x, weight, bias):
