@@ -333,6 +333,10 @@ def test_sweep_units_fuse_compatible_runs_and_give_every_job_a_group():
     assert sizes == [3, 3, 3, 3]  # each method's six runs in two groups: both jobs busy
     assert [len(u) for u in fused_units(runs, fuse_max=4, jobs=1)] == [3, 3, 3, 3]
     assert [len(u) for u in fused_units(runs, fuse_max=1, jobs=1)] == [1] * 12  # --fuse off
+    # the sweep's order (every cell's first seed first) stays: each unit where its first run was
+    by_seed = sorted(runs, key=lambda r: r.cfg.seed)
+    firsts = [by_seed.index(u[0]) for u in fused_units(by_seed, fuse_max=2, jobs=2)]
+    assert firsts == sorted(firsts)
 
 
 @pytest.mark.parametrize("fuse", ["auto", "off"])

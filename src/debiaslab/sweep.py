@@ -356,7 +356,9 @@ def device_slots(devices: list[str], jobs: int) -> tuple[list[str], int]:
 def fused_units(runs: list[Run], fuse_max: int, jobs: int) -> list[list[Run]]:
     """The sweep's units of work: groups of runs that train fused (``group.fusion_groups``), of
     at most ``fuse_max`` runs, each compatible set cut into at least ``jobs`` groups of even size
-    where it has that many runs (so every job has a group); ``fuse_max`` 1: one run each."""
+    where it has that many runs (so every job has a group); ``fuse_max`` 1: one run each. The
+    units keep the runs' order (every cell's first seed first: a sweep cut short still covers
+    the table), each in the place of its first run."""
     from debiaslab.group import fusion_groups
 
     if fuse_max <= 1:
@@ -365,8 +367,8 @@ def fused_units(runs: list[Run], fuse_max: int, jobs: int) -> list[list[Run]]:
     for members in fusion_groups([r.cfg for r in runs], len(runs)):
         parts = max(math.ceil(len(members) / fuse_max), min(jobs, len(members)))
         size = math.ceil(len(members) / parts)
-        units += [[runs[i] for i in members[j : j + size]] for j in range(0, len(members), size)]
-    return units
+        units += [members[j : j + size] for j in range(0, len(members), size)]
+    return [[runs[i] for i in unit] for unit in sorted(units)]
 
 
 def _unit_name(unit: list[Run]) -> str:
