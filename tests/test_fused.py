@@ -406,3 +406,24 @@ def test_a_boundary_keeps_the_stacked_tensors_a_captured_graph_holds(two_ratios,
     assert visited and not visited[0][1].any() and visited[0][0].any()
     for loop in loops:
         loop.logger.close()
+
+
+def test_a_run_released_from_a_captured_group_is_no_longer_marked_graphed(two_ratios, tmp_path):
+    """A run leaving a group (its partner stopped) steps alone: results.json must not claim the
+    group's graphs, and the loop captures its own step again where configured."""
+    from debiaslab.train import open_run
+    from tests.test_graphs import StandInGraph
+
+    loops = []
+    for cfg in configs(two_ratios, tmp_path, "lff")[:2]:
+        opened = open_run(cfg)
+        loop = TrainingLoop(opened.cfg, opened.bundle, opened.device, opened.run_dir)
+        loop.restore(None, accelerate=False)
+        loops.append(loop)
+    group = FusedLoop(loops)
+    group.fused.capture(graph=StandInGraph)
+    assert all(loop.method.graphed for loop in loops)
+    group.fused.release()
+    assert not any(loop.method.graphed for loop in loops)
+    for loop in loops:
+        loop.logger.close()

@@ -111,7 +111,6 @@ class FusedStep:
         self._compute = self.compute
         self._step = self.step_on_batch
         self._stack_models()
-        self.run_param_slots = [_model_tensors(m)[0] for m in self.methods]
         self.sync_in()
 
     # -- stacking ------------------------------------------------------------------------------
@@ -119,6 +118,7 @@ class FusedStep:
         """Stack every parameter and buffer over the runs; each run's becomes a view of its row."""
         per_run = [_model_tensors(m) for m in self.methods]
         self.param_slots, self.buffer_slots = per_run[0]
+        self.run_param_slots = [params for params, _ in per_run]  # each run's, for its gradients
         self.params, self.buffers = [], []
         for j in range(len(self.param_slots)):
             tensors = [getattr(m, n) for m, n in (slots[0][j] for slots in per_run)]
@@ -141,6 +141,7 @@ class FusedStep:
             for m, n in params + buffers:
                 t = getattr(m, n)
                 t.data = t.data.clone()
+            method.graphed = False  # no longer stepped through the group's graphs
 
     def sync_in(self) -> None:
         """Take the methods' own tensors and differing floats into the stacked state (after a
@@ -169,7 +170,7 @@ class FusedStep:
                 self.state.append(self._kept((id(owner), key), stacked, previous))
             else:
                 continue
-            self.state_slots.append((owner, key, [s[j] for s in per_run]))
+            self.state_slots.append([s[j] for s in per_run])  # (owner, key, value) of each run
 
     def _kept(self, slot: tuple, stacked: torch.Tensor, previous: dict) -> torch.Tensor:
         """``stacked``'s values in the tensor the slot had before, where it fits: a captured
@@ -182,7 +183,7 @@ class FusedStep:
 
     def sync_out(self) -> None:
         """Copy the stacked state back into each run's own tensors (before they are read)."""
-        for stacked, (_, _, per_run) in zip(self.state, self.state_slots):
+        for stacked, per_run in zip(self.state, self.state_slots):
             for k, (_, _, value) in enumerate(per_run):
                 if isinstance(value, torch.Tensor):
                     value.copy_(stacked[k])
@@ -197,10 +198,8 @@ class FusedStep:
         for (module, name), value in zip(self.buffer_slots, buffers):
             saved.append((module._buffers, name, module._buffers[name]))
             module._buffers[name] = value
-        state_saved = []
-        for (owner, key, per_run), value in zip(self.state_slots, state):
-            owner, key, own = per_run[0]
-            state_saved.append((owner, key, own))
+        state_saved = [per_run[0] for per_run in self.state_slots]  # the lead's own
+        for (owner, key, _), value in zip(state_saved, state):
             _set(owner, key, value)
         try:
             yield

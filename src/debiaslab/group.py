@@ -91,12 +91,12 @@ def train_group(
             "these runs cannot train fused: they differ in more than seed, data and float "
             "settings; train them separately (sweep --fuse auto groups them)"
         )
-    bundles: dict = {}
+    load = _data_cache()
     errors: dict[str, BaseException] = {}
     opened: list[OpenedRun | None] = []
     for cfg in cfgs:  # a run whose data or directory is refused fails alone
         try:
-            opened.append(open_run(cfg, bundle or _data(cfg, bundles)))
+            opened.append(open_run(cfg, bundle, load))
         except UserError as e:
             print(f"debiaslab: error: {cfg.run_dir()}: {e}", file=sys.stderr)
             errors[cfg.run_dir()] = e
@@ -116,17 +116,17 @@ def train_group(
     return results
 
 
-def _data(cfg: TrainConfig, bundles: dict):
-    """The run's dataset, read once for every run of the group that trains on it."""
-    cfg = cfg.resolved()
-    key = tuple(getattr(cfg, f) for f in (*DATA_FIELDS, "dataset", "manifest", "image_folder"))
-    if key not in bundles:
-        from debiaslab.train import _existing_run
+def _data_cache():
+    """``load_data`` that reads each dataset and ratio once for every run of the group."""
+    bundles: dict = {}
 
-        if _existing_run(cfg)[0] == "done":
-            return None
-        bundles[key] = load_data(cfg)
-    return bundles[key]
+    def load(cfg: TrainConfig):
+        key = tuple(getattr(cfg, f) for f in (*DATA_FIELDS, "dataset", "manifest", "image_folder"))
+        if key not in bundles:
+            bundles[key] = load_data(cfg)
+        return bundles[key]
+
+    return load
 
 
 def _train_fused(runs: list[OpenedRun], progress_desc, errors: dict) -> list[dict | None]:
@@ -194,6 +194,7 @@ class FusedLoop:
         self.active = list(loops)
         self.failed: dict[Path, BaseException] = {}
         self.fused = self._fuse()
+        self.gathered: torch.Tensor | None = None  # the uint8 batches' buffer, [K, B, ...]
 
     def _fuse(self):
         lead = self.active[0]
@@ -253,18 +254,19 @@ class FusedLoop:
         """Every run's next batch, stacked [K, B, ...]. Without random augmentation the images
         are gathered as uint8 into one buffer and transformed once (the same numbers as one
         transform per run: it is elementwise), not transformed per run and copied again."""
-        lead = self.active[0].transform
-        if lead.crop_padding or lead.flip:
+        transform = self.active[0].transform
+        if transform.crop_padding or transform.flip:
             return tuple(torch.stack(parts) for parts in zip(*(lp.batch() for lp in self.active)))
         idxs = torch.stack([loop.sampler.next() for loop in self.active])
         images = self.active[0].train_split.images
         shape = (len(self.active), idxs.shape[1], *images.shape[1:])
-        if getattr(self, "_gathered", None) is None or self._gathered.shape != shape:
-            self._gathered = images.new_empty(shape)
-        for loop, idx, out in zip(self.active, idxs, self._gathered):
+        if self.gathered is None or self.gathered.shape != shape:
+            self.gathered = images.new_empty(shape)
+        for loop, idx, out in zip(self.active, idxs, self.gathered):
             torch.index_select(loop.train_split.images, 0, idx, out=out)
-        x = lead(self._gathered.flatten(0, 1), train=True).unflatten(0, shape[:2])
-        ys = torch.stack([lp.train_split.targets[idx] for lp, idx in zip(self.active, idxs)])
+        x = transform(self.gathered.flatten(0, 1), train=True).unflatten(0, shape[:2])
+        splits = (loop.train_split for loop in self.active)
+        ys = torch.stack([torch.index_select(s.targets, 0, idx) for s, idx in zip(splits, idxs)])
         return x, ys, idxs
 
     def boundary(self, done: int, k: int) -> int:

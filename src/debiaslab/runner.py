@@ -22,7 +22,6 @@ def set_threads(threads: int | None) -> None:
 
 def run_config(cfg_dict: dict, threads: int | None = None, cwd: str | None = None) -> dict:
     """Train one config; returns {"status": "finished" | "error", "message": str}. Never raises on bad runs."""
-    from debiaslab import UserError
     from debiaslab.config import TrainConfig
     from debiaslab.train import train
 
@@ -31,31 +30,37 @@ def run_config(cfg_dict: dict, threads: int | None = None, cwd: str | None = Non
     ):  # Ray workers start elsewhere: relative data paths mean the driver's directory
         os.chdir(cwd)
     set_threads(threads)
-    try:
-        results = train(TrainConfig.from_dict(cfg_dict))
-    except UserError as e:
-        return {"status": "error", "message": str(e)}
-    except Exception as e:  # noqa: BLE001 - a sweep reports a crashed run and goes on with the others
-        return {"status": "error", "message": f"{type(e).__name__}: {e}"}
-    primary = (results["selections"].get("last") or {}).get("test_primary")
-    return {"status": "finished", "message": "", "last_primary": primary}
+    out = _attempt(lambda: train(TrainConfig.from_dict(cfg_dict)))
+    if "results" in out:
+        out["last_primary"] = (out.pop("results")["selections"].get("last") or {}).get(
+            "test_primary"
+        )
+    return out
 
 
 def run_group(cfg_dicts: list[dict], threads: int | None = None) -> dict:
     """Train configs as one fused group (``group.train_group``); the status of the whole group
     ("error" if any run failed: each failed run is marked FAILED, the others finished)."""
-    from debiaslab import UserError
     from debiaslab.config import TrainConfig
     from debiaslab.group import train_group
 
     set_threads(threads)
+    out = _attempt(lambda: train_group([TrainConfig.from_dict(d) for d in cfg_dicts]))
+    out.pop("results", None)
+    return out
+
+
+def _attempt(work) -> dict:
+    """``work()`` as a status: finished (with its ``results``) or error (with the message)."""
+    from debiaslab import UserError
+
     try:
-        train_group([TrainConfig.from_dict(d) for d in cfg_dicts])
+        results = work()
     except UserError as e:
         return {"status": "error", "message": str(e)}
-    except Exception as e:  # noqa: BLE001 - as run_config
+    except Exception as e:  # noqa: BLE001 - a sweep reports a crashed run and goes on with the others
         return {"status": "error", "message": f"{type(e).__name__}: {e}"}
-    return {"status": "finished", "message": ""}
+    return {"status": "finished", "message": "", "results": results}
 
 
 def main(argv=None) -> int:

@@ -216,9 +216,10 @@ class OpenedRun:
     done: dict | None = None
 
 
-def open_run(cfg: TrainConfig, bundle: DatasetBundle | None = None) -> OpenedRun:
-    """Resolve and check ``cfg``, read its data and make its directory ready: fresh (emptied),
-    resumed (its last checkpoint read) or done (its results read; nothing else touched)."""
+def open_run(cfg: TrainConfig, bundle: DatasetBundle | None = None, load=load_data) -> OpenedRun:
+    """Resolve and check ``cfg``, read its data (``bundle``, else ``load(cfg)``) and make its
+    directory ready: fresh (emptied), resumed (its last checkpoint read) or done (its results
+    read; nothing else touched, no data read)."""
     cfg = cfg.resolved()
     if cfg.model is None:
         cfg.model = DATASET_MODEL.get(cfg.dataset, "resnet18")
@@ -233,7 +234,7 @@ def open_run(cfg: TrainConfig, bundle: DatasetBundle | None = None) -> OpenedRun
         )
         return OpenedRun(cfg, done=json.loads((Path(cfg.run_dir()) / "results.json").read_text()))
     if bundle is None:
-        bundle = load_data(cfg)  # before the run directory exists: bad data leaves nothing behind
+        bundle = load(cfg)  # before the run directory exists: bad data leaves nothing behind
     bias_labels_for(
         METHODS[cfg.method], bundle.train, bundle.name
     )  # refused before anything is written
