@@ -427,3 +427,11 @@ def test_a_run_released_from_a_captured_group_is_no_longer_marked_graphed(two_ra
     assert not any(loop.method.graphed for loop in loops)
     for loop in loops:
         loop.logger.close()
+
+
+def test_sweep_refuses_a_fuse_max_below_one(tmp_path):
+    from tests.conftest import run_cli
+
+    r = run_cli("sweep", "--methods", "lff", "--out", tmp_path, "--fuse_max", "0", "--dry_run")
+    assert r.returncode == 2 and "--fuse_max must be positive" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -1190,6 +1190,8 @@ def cmd_sweep(args) -> int:
 
     if args.jobs is not None and args.jobs <= 0:
         raise UserError(f"--jobs must be positive, got {args.jobs}")
+    if args.fuse_max <= 0:
+        raise UserError(f"--fuse_max must be positive (1: no fusion), got {args.fuse_max}")
     return sweep(
         sweep_spec(args),
         Path(args.out),
