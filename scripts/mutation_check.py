@@ -191,6 +191,28 @@ MUTATIONS = [  # (name, file, text, its replacement, the tests that must then fa
         "if True:",
         "tests/test_claims.py::test_read_only_data_folder_caches_under_xdg_cache_home",
     ),
+    (
+        "identity: a run's data checksums dropped from the reuse check",
+        "src/debiaslab/train.py",
+        '    _check_same_data(run_dir, (record.get("data") or {}).get("sha256"), checksums)\n',
+        "",
+        "tests/test_misuse.py::test_other_data_under_the_same_name_trains_a_new_run "
+        "tests/test_misuse.py::test_a_finished_cli_run_is_not_reused_when_its_folder_data_changed",
+    ),
+    (
+        "identity: fit's default folder without the data's id",
+        "src/debiaslab/api.py",
+        'return f"{method}-{data_id(data.checksums())}"',
+        "return method",
+        "tests/test_misuse.py::test_other_data_under_the_same_name_trains_a_new_run",
+    ),
+    (
+        "checks: labels not checked against num_classes",
+        "src/debiaslab/data/checks.py",
+        "        outside = (labels < 0) | (labels >= num_classes)\n",
+        "        outside = labels < 0\n",
+        "tests/test_misuse.py",
+    ),
 ]
 
 

@@ -307,3 +307,22 @@ def test_cache_reuses_decoded_splits_and_follows_changes(tmp_path, monkeypatch):
         load_manifest(csv_path)
     with pytest.raises(AssertionError, match="decoded again"):  # and another image size
         load_manifest(csv_path, image_size=4)
+
+
+def test_manifest_bias_names_that_are_class_names_point_to_those_classes(tmp_path):
+    """'fox' as a bias is class fox (2), not the second bias name in sorted order."""
+    csv_path = write_manifest(
+        tmp_path,
+        "path,target,bias,split",
+        [
+            "imgs/a0.png,cat,fox,train",
+            "imgs/a1.png,dog,cat,train",
+            "imgs/a2.png,fox,fox,train",
+            "imgs/v0.png,cat,dog,valid",
+            "imgs/t0.png,dog,fox,test",
+        ],
+    )
+    b = load_manifest(csv_path)
+    assert b.info["classes"] == ["cat", "dog", "fox"] and "bias_classes" not in b.info
+    assert b.train.biases.tolist() == [2, 0, 2] and b.valid.biases.tolist() == [1]
+    assert b.test.biases.tolist() == [2]

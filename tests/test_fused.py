@@ -254,7 +254,10 @@ def test_fit_many_trains_seeds_and_settings_fused_each_as_fit_would(tmp_path):
     runs = dl.fit_many(
         "lff", data, [{"seed": 0}, {"seed": 1, "lr": 0.003}], log_dir=tmp_path / "many", **common
     )
-    assert [r.dir.name for r in runs] == ["lff_seed0", "lff_seed1"]
+    from debiaslab.data.splits import data_id
+
+    stem = f"lff-{data_id(data.checksums())}"  # fit's default folder: the method and the data
+    assert [r.dir.name for r in runs] == [f"{stem}_seed0", f"{stem}_seed1"]
     assert [len(r.results["fused_with"]) for r in runs] == [1, 1]
     alone = dl.fit("lff", data, log_dir=tmp_path / "one", exp="x", seed=1, lr=0.003, **common)
     assert runs[1].results["selections"] == alone.results["selections"]

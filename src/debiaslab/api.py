@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from debiaslab import UserError
 from debiaslab.config import TrainConfig
-from debiaslab.data.splits import DatasetBundle, Split
+from debiaslab.data.checks import check_bundle, check_label_range, checked_images, checked_split
+from debiaslab.data.splits import DatasetBundle, Split, data_id
 from debiaslab.methods import METHODS
 from debiaslab.models import MODELS
 from debiaslab.selection import SELECTION_RULES, shipped_selection
@@ -42,15 +45,28 @@ def tensor_data(
     num_classes: int | None = None,
     name: str = "tensors",
 ) -> DatasetBundle:
-    """A dataset from tensors: each split ``(images, targets)`` or ``(images, targets, biases)``.
+    """A dataset from tensors (or numpy arrays): each split ``(images, targets)`` or ``(images,
+    targets, biases)``.
 
-    ``images`` are uint8 ``[N, C, H, W]`` (pixels 0-255; the run scales them to [0, 1]);
-    ``targets`` and ``biases`` integer class and bias labels. Bias labels are optional: without
-    them, methods that read them (GroupDRO) are refused and the bias-aware metrics are ``None``.
+    ``images`` are uint8 ``[N, C, H, W]`` (pixels 0-255; the run scales them to [0, 1]), the
+    same channels and size in every split; ``targets`` integer class labels in ``[0,
+    num_classes)`` (default ``num_classes``: the largest label + 1); ``biases`` the class each
+    sample's bias attribute is aligned with (bias-aligned: ``bias == target``), in the same
+    range. Bias labels are optional: without them, methods that read them (GroupDRO) are refused
+    and the bias-aware metrics are ``None``. Anything else is refused with the conversion to make.
     """
-    splits = {n: _split(n, s) for n, s in (("train", train), ("valid", valid), ("test", test))}
+    splits = {
+        n: checked_split(f"tensor_data({n}=...)", s)
+        for n, s in (("train", train), ("valid", valid), ("test", test))
+    }
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int)
+    ):
+        raise UserError(f"tensor_data(num_classes={num_classes!r}): give an integer, e.g. 10")
     classes = num_classes or int(max(int(s.targets.max()) for s in splits.values())) + 1
-    return DatasetBundle(name, splits["train"], splits["valid"], splits["test"], classes)
+    bundle = DatasetBundle(name, splits["train"], splits["valid"], splits["test"], classes)
+    check_bundle(bundle, "tensor_data")
+    return bundle
 
 
 def dataset_data(
@@ -77,48 +93,69 @@ def manifest_data(csv_path: str | Path, image_size: int | None = None) -> Datase
     from debiaslab.data.folders import load_manifest
     from debiaslab.prepare import DATA_SEED
 
-    return load_manifest(csv_path, image_size, seed=DATA_SEED)
+    bundle = load_manifest(csv_path, image_size, seed=DATA_SEED)
+    check_bundle(bundle, f"manifest {csv_path}")
+    return bundle
 
 
 def _read(name: str, dataset) -> tuple[torch.Tensor, ...]:
-    from torchvision.transforms.functional import pil_to_tensor
-
+    """The columns of a ``Dataset``'s items: images stacked, labels as given (checked later)."""
+    where = f"dataset_data({name}=...)"
+    if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+        raise UserError(f"{where} is a {type(dataset).__name__}, not a torch Dataset (len and [i])")
     columns = None
     for i in range(len(dataset)):
         item = dataset[i]
         if columns is None:
-            if len(item) not in (2, 3):
+            if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
                 raise UserError(
-                    f"{name} dataset: items must be (image, target) or (image, target, bias), "
-                    f"got {len(item)} values"
+                    f"{where}: items must be (image, target) or (image, target, bias), "
+                    f"item 0 is {_describe(item)}"
                 )
             columns = [[] for _ in item]
-        image = item[0] if isinstance(item[0], torch.Tensor) else pil_to_tensor(item[0])
+        image = item[0] if isinstance(item[0], torch.Tensor) else _image_tensor(where, i, item[0])
         columns[0].append(image)
         for column, value in zip(columns[1:], item[1:]):
-            column.append(int(value))
+            column.append(value.item() if isinstance(value, torch.Tensor) else value)
     if columns is None:
-        raise UserError(f"{name} dataset is empty")
-    return (torch.stack(columns[0]), *(torch.tensor(c, dtype=torch.int64) for c in columns[1:]))
+        raise UserError(f"{where} is empty")
+    sizes = {tuple(image.shape) for image in columns[0]}
+    if len(sizes) > 1:
+        raise UserError(
+            f"{where}: the images have different shapes {sorted(sizes)[:3]}; resize them to one "
+            "size in the Dataset (e.g. torchvision.transforms.Resize)"
+        )
+    labels = [_labels(f"{where} labels", c) for c in columns[1:]]
+    return (torch.stack(columns[0]), *labels)
 
 
-def _split(name: str, parts: Sequence[torch.Tensor]) -> Split:
-    if len(parts) not in (2, 3):
-        raise UserError(
-            f"{name}: give (images, targets) or (images, targets, biases), got {len(parts)} tensors"
-        )
-    images, targets, biases = (*parts, None) if len(parts) == 2 else parts
-    if images.dtype != torch.uint8 or images.dim() != 4:
-        raise UserError(
-            f"{name}: images must be uint8 [N, C, H, W] (pixels 0-255), got {images.dtype} "
-            f"{tuple(images.shape)}; convert with (x * 255).round().to(torch.uint8)"
-        )
+def _describe(item) -> str:
+    if isinstance(item, (tuple, list)):
+        return f"{len(item)} values"
+    return f"a {type(item).__name__}"
+
+
+def _image_tensor(where: str, i: int, image) -> torch.Tensor:
+    from PIL import Image
+    from torchvision.transforms.functional import pil_to_tensor
+
+    if isinstance(image, Image.Image):
+        return pil_to_tensor(image)
+    if isinstance(image, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(image))
+    raise UserError(
+        f"{where}: item {i}'s image is a {type(image).__name__}; give a uint8 tensor [C, H, W] "
+        "or a PIL image"
+    )
+
+
+def _labels(where: str, values: list) -> torch.Tensor:
     try:
-        return Split(
-            images.cpu(), targets.long().cpu(), None if biases is None else biases.long().cpu()
-        )
-    except ValueError as e:
-        raise UserError(f"{name}: {e}") from None
+        return torch.tensor(values)
+    except (TypeError, ValueError, RuntimeError):
+        raise UserError(
+            f"{where}: {values[0]!r}, ... are not numbers; map class names to 0, 1, ... first"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------- models
@@ -166,11 +203,28 @@ def register_model(name: str, factory: ModelFactory) -> str:
     """Make ``factory`` a model that configs (``model=name``) and ``--model`` can name. It is
     called as ``factory(num_classes=, head_inputs=, in_shape=)`` and must return a module with
     ``extract(x)`` (features) and ``fc`` (a linear head over ``feature_dim * head_inputs``), e.g.
-    a ``Backbone``. Returns the name."""
-    key = name.lower()
-    if MODELS.get(key, factory) is not factory:
+    a ``Backbone``. Registering a name again (a notebook cell run twice) replaces its factory,
+    with a warning; the built-in models' names are kept. Returns the name."""
+    from debiaslab.models import BUILTIN_MODELS
+
+    if not callable(factory):
         raise UserError(
-            f"model {name!r} is already registered to another factory; pick another name"
+            f"register_model({name!r}, ...): the factory is a {type(factory).__name__}, not a "
+            "function; give def my_model(num_classes, head_inputs, in_shape): ..."
+        )
+    if getattr(factory, "__name__", "") == "<lambda>":
+        raise UserError(
+            f"register_model({name!r}, <lambda>): a run reloads its models by the factory's "
+            "name; define the factory with def and a name"
+        )
+    key = name.lower()
+    if key in BUILTIN_MODELS:
+        raise UserError(f"model {name!r} is built in; register your factory under another name")
+    if MODELS.get(key, factory) is not factory:
+        warnings.warn(
+            f"model {name!r} was registered to another factory; it now builds with "
+            f"{getattr(factory, '__qualname__', factory)!r}",
+            stacklevel=2,
         )
     MODELS[key] = factory
     return key
@@ -179,6 +233,17 @@ def register_model(name: str, factory: ModelFactory) -> str:
 def _model_name(model: str | ModelFactory | None) -> str | None:
     if model is None or isinstance(model, str):
         return model
+    if isinstance(model, nn.Module):
+        raise UserError(
+            f"fit(model=...) is a {type(model).__name__} instance; give a factory that builds a "
+            "fresh one, def my_model(num_classes, head_inputs, in_shape): ... (a method trains "
+            "several models, each its own)"
+        )
+    if not callable(model):
+        raise UserError(
+            f"fit(model=...) is a {type(model).__name__}; give a model name (e.g. 'resnet18') or "
+            "a factory function (num_classes, head_inputs, in_shape) -> model"
+        )
     return register_model(f"user_{getattr(model, '__name__', type(model).__name__)}", model)
 
 
@@ -239,10 +304,16 @@ class Run:
     def predict(
         self, images: torch.Tensor, rule: str | None = None, batch_size: int = 2048
     ) -> torch.Tensor:
-        """Logits of the model ``rule`` picked, for uint8 images ``[N, C, H, W]`` like the training
-        data (the run's evaluation transform is applied)."""
+        """Logits of the model ``rule`` picked, for uint8 images ``[N, C, H, W]`` (a tensor or a
+        numpy array) like the training data (the run's evaluation transform is applied)."""
         from debiaslab.prepare import make_transform
 
+        images = checked_images("predict(images)", images)
+        if tuple(images.shape[1:]) != self.in_shape:
+            raise UserError(
+                f"predict(images): images are {list(images.shape[1:])} [C, H, W] but {self.dir} "
+                f"was trained on {list(self.in_shape)}; give images of the training data's shape"
+            )
         models = self.models(rule, device=str(images.device))
         prepare = make_transform(self.config, None, images.device).eval
         predict = METHODS[self.config.method].predict
@@ -260,12 +331,10 @@ class Run:
         biases])``, a ``Split`` (``bundle.valid``) or a ``DatasetBundle`` (its test split)."""
         from debiaslab.metrics import compute_metrics
 
-        if isinstance(data, DatasetBundle):
-            split = data.test
-        elif isinstance(data, Split):
-            split = data
-        else:
-            split = _split("data", data)
+        split = data.test if isinstance(data, DatasetBundle) else data
+        split = checked_split("evaluate(data)", split)
+        fix = f"{self.dir} was trained on {self.num_classes} classes; give labels of those"
+        check_label_range("evaluate(data)", split, self.num_classes, fix)
         preds = self.predict(split.images, rule).argmax(1)
         return compute_metrics(preds, split.targets, split.biases, self.num_classes)
 
@@ -308,11 +377,14 @@ def fit(
     ``percent``). ``model``: a model name (``"resnet18"``, ``"mlp"``, ...) or a factory
     (``register_model``); default: the dataset's. ``options``: any ``TrainConfig`` field
     (``num_steps``, ``seed``, ``lr``, ``curr_step``, ``device``, ...); unknown names are refused.
-    The run goes to ``<log_dir>/<dataset>/<exp>`` (default exp: the method's name).
+    The run goes to ``<log_dir>/<dataset>/<exp>``; default exp: the method's name, and for
+    in-memory data ``<method>-<data id>``, 8 hex digits of the data's checksums, so other data
+    trains another run. A finished run of the same settings on the same data is reused (the
+    message says so); ``overwrite=True`` trains it again. Bad inputs are refused with the fix.
     """
     from debiaslab.train import train
 
-    cfg = _config(method, data, model, log_dir, exp or method, options)
+    cfg = _config(method, data, model, log_dir, exp or _default_exp(method, data), options)
     train(cfg, data if isinstance(data, DatasetBundle) else None)
     return load_run(cfg.run_dir())
 
@@ -321,12 +393,19 @@ def _config(method, data, model, log_dir, exp: str, options: dict) -> TrainConfi
     """The ``TrainConfig`` of ``fit``'s arguments; unknown methods and options are refused."""
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}; choose one of {', '.join(sorted(METHODS))}")
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(options) - fields)
+    if not isinstance(data, (DatasetBundle, str)):
+        raise UserError(
+            f"fit(data=...) is a {type(data).__name__}; give dl.tensor_data(...), "
+            "dl.dataset_data(...), dl.manifest_data(...) or a dataset name such as 'cmnist'"
+        )
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(options) - set(fields))
     if unknown:
         raise UserError(
             f"unknown option(s) {', '.join(unknown)}; TrainConfig has: {', '.join(sorted(fields))}"
         )
+    for name, value in options.items():
+        _check_option(name, fields[name].type, value)
     dataset = data.name if isinstance(data, DatasetBundle) else data
     return TrainConfig(
         **{"progress": False, **options},
@@ -336,6 +415,38 @@ def _config(method, data, model, log_dir, exp: str, options: dict) -> TrainConfi
         log_dir=str(log_dir),
         exp=exp,
     )
+
+
+_OPTION_TYPES = {
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "str": (str,),
+    "dict": (dict,),
+}
+
+
+def _check_option(name: str, annotation: str, value) -> None:
+    """``value`` has the type ``TrainConfig`` declares for ``name`` (a bool is not a number)."""
+    kinds = [k.strip() for k in str(annotation).split("|")]
+    if value is None and "None" in kinds:
+        return
+    allowed = tuple(t for k in kinds for t in _OPTION_TYPES.get(k, ()))
+    number = "bool" not in kinds and isinstance(value, bool)
+    if isinstance(value, allowed) and not number:
+        return
+    wanted = " or ".join(k for k in kinds if k != "None")
+    raise UserError(
+        f"fit({name}={value!r}): {name} takes {wanted}, got {type(value).__name__}; "
+        "see TrainConfig in the API docs for every option"
+    )
+
+
+def _default_exp(method: str, data: DatasetBundle | str) -> str:
+    """``<method>``, and for in-memory data ``<method>-<data id>``: other data, another run."""
+    if not isinstance(data, DatasetBundle):
+        return method
+    return f"{method}-{data_id(data.checksums())}"
 
 
 def fit_many(
@@ -354,15 +465,15 @@ def fit_many(
     ``runs``: each run's own options over the shared ``options``: its ``seed``, its data (a
     ``percent``) and float settings (``lr``, ``lambda_swap``, ``q``, ...). Runs that differ in
     anything else train in separate groups. Each run is the run ``fit`` would train with the
-    same options, in ``<log_dir>/<dataset>/<exp>`` (default exp: ``<method>_seed<seed>``, or the
-    run's own ``exp``).
+    same options, in ``<log_dir>/<dataset>/<exp>_seed<seed>`` (``exp``: ``fit``'s default unless
+    given), or in the run's own ``exp``.
     """
     from debiaslab.group import fusion_groups, train_group
 
-    cfgs = []
+    cfgs, base = [], exp or _default_exp(method, data)
     for own in runs:
         merged = {**options, **own}
-        name = merged.pop("exp", None) or f"{exp or method}_seed{merged.get('seed', 0)}"
+        name = merged.pop("exp", None) or f"{base}_seed{merged.get('seed', 0)}"
         cfgs.append(_config(method, data, model, log_dir, name, merged))
     if len({c.run_dir() for c in cfgs}) != len(cfgs):
         raise UserError("two runs of fit_many would share a run directory; give each its own exp")

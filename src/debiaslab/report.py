@@ -111,13 +111,15 @@ def _save(fig, out: Path, name: str) -> str:
 
 
 def _swap_line(ax, run: RunData) -> None:
-    """Where DisEnt's feature swap starts, and where each stage of a multi-stage method ends."""
+    """Where DisEnt's feature swap starts, and where each stage of a multi-stage method ends;
+    the x axis spans the run's own steps (a swap its steps never reach is not drawn)."""
     plan = StagePlan(METHODS[run.cfg.method].stages(run.cfg))
-    if run.cfg.method in ("disent", "disent_be") and run.cfg.curr_step > 0:
+    if run.cfg.method in ("disent", "disent_be") and 0 < run.cfg.curr_step < run.cfg.num_steps:
         swap = plan.main_start + run.cfg.curr_step  # curr_step counts the main stage's steps
         ax.axvline(swap, color="k", ls=":", lw=1, label=f"feature swap starts (step {swap})")
     for stage, end in zip(plan.stages[:-1], plan.ends):
         ax.axvline(end, color="k", ls="--", lw=1, label=f"stage {stage.name} ends (step {end})")
+    ax.set_xlim(0, plan.total)
 
 
 def fig_curves(run: RunData, out: Path, prefix: str) -> Figure:

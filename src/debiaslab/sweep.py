@@ -499,6 +499,35 @@ def _headline(run_dir: Path) -> str:
 
 
 # -------------------------------------------------------------------------------------------- api
+def trained_on_other_data(runs: list) -> list:
+    """The finished ``runs`` whose config.json recorded data checksums other than those of the
+    data their config reads now: a sweep never skips a run as done on other data. Data that
+    cannot be read is not compared here (the runs that read it report it)."""
+    from debiaslab.prepare import load_data
+
+    current: dict[tuple, dict | None] = {}
+    out = []
+    for r in runs:
+        try:
+            recorded = json.loads((r.run_dir / "config.json").read_text())["data"]["sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        cfg = r.cfg.resolved()
+        source = tuple(
+            getattr(cfg, k)
+            for k in ("data_dir", "dataset", "percent", "corruption_type", "palette")
+            + ("manifest", "image_folder", "image_size")
+        )
+        if source not in current:
+            try:
+                current[source] = load_data(cfg).checksums()
+            except UserError:
+                current[source] = None
+        if current[source] is not None and current[source] != recorded:
+            out.append(r)
+    return out
+
+
 def sweep(
     spec: dict,
     out: Path,
@@ -531,6 +560,14 @@ def sweep(
         for r in runs:
             print(f"  {states[r.name]:10s} {r.run_dir}")
         return 0
+    finished_elsewhere = trained_on_other_data([r for r in runs if states[r.name] == "finished"])
+    if finished_elsewhere:
+        first = finished_elsewhere[0]
+        raise UserError(
+            f"{len(finished_elsewhere)} finished run(s) in {out} were trained on other data than "
+            f"their config reads now (e.g. {first.run_dir}); sweep into another --out to train "
+            "them on this data, or remove those run folders"
+        )
     write_plan(out, runs)
     if not todo:
         print(f"nothing to do; collect the table with: debiaslab collect {out}")

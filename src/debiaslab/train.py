@@ -10,6 +10,7 @@ import json
 import math
 import platform
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +19,8 @@ import torch
 from debiaslab import UserError, __version__, checkpoints
 from debiaslab.averaging import DEFAULT_DECAY, WeightAverage
 from debiaslab.config import RUNTIME_FIELDS, TrainConfig
-from debiaslab.data.splits import DatasetBundle, Split
+from debiaslab.data.checks import check_bundle
+from debiaslab.data.splits import DatasetBundle, Split, data_id
 from debiaslab.data.transforms import BatchTransform
 from debiaslab.diagnostics import flagged_report, save_w_snapshot, snapshot_steps, weight_report
 from debiaslab.io import atomic_write_json, defer_exit
@@ -27,6 +29,7 @@ from debiaslab.methods import METHODS
 from debiaslab.methods.base import StageData, StagePlan
 from debiaslab.metrics import predict_split, primary_key, primary_metric
 from debiaslab.models import DATASET_MODEL
+from debiaslab.preflight import check_models, setting_warnings
 from debiaslab.prepare import (
     autocast_logits,
     evaluate,
@@ -131,20 +134,21 @@ COMPILE_DEFAULT = {"cpu": False, "cuda": False}
 BOUNDARY_PARTS = ("evaluation", "best_checkpoints", "full_checkpoints")
 
 
-def _existing_run(cfg: TrainConfig) -> tuple[str, dict | None]:
+def _existing_run(cfg: TrainConfig, checksums: dict) -> tuple[str, dict | None]:
     """("fresh", None), ("done", None) for a finished identical run, or ("resume", checkpoint).
 
-    Refuses a directory that holds a different run. An unfinished run of the same config resumes
-    from its last checkpoint (or starts again if it never saved one); with ``cfg.resume`` a finished
-    run also continues when ``--num_steps`` grew.
+    A run's identity is its config and its data: ``checksums`` (split -> sha256 of images,
+    targets and biases) must equal those its config.json recorded. Refuses a directory that
+    holds a different run. An unfinished run of the same config and data resumes from its last
+    checkpoint (or starts again if it never saved one); with ``cfg.resume`` a finished run also
+    continues when ``--num_steps`` grew.
     """
     run_dir = Path(cfg.run_dir())
     if not run_dir.exists() or not any(run_dir.iterdir()) or cfg.overwrite:
         return "fresh", None
     try:
-        old = TrainConfig.from_saved(
-            json.loads((run_dir / "config.json").read_text())["config"]
-        ).to_dict()
+        record = json.loads((run_dir / "config.json").read_text())
+        old = TrainConfig.from_saved(record["config"]).to_dict()
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(
             f"{run_dir} exists but holds no readable config.json, so it cannot be resumed; "
@@ -157,6 +161,7 @@ def _existing_run(cfg: TrainConfig) -> tuple[str, dict | None]:
             f"{run_dir} already holds a different run (differs in {', '.join(diff[:5])}); pass another --exp "
             "(or --log_dir), or --overwrite to replace it"
         )
+    _check_same_data(run_dir, (record.get("data") or {}).get("sha256"), checksums)
     finished = (run_dir / "results.json").exists()
     if finished and not (cfg.resume and cfg.num_steps > old["num_steps"]):
         return "done", None
@@ -169,6 +174,22 @@ def _existing_run(cfg: TrainConfig) -> tuple[str, dict | None]:
             "earlier stages); raise --num_steps"
         )
     return "resume", state
+
+
+def _check_same_data(run_dir: Path, recorded: dict | None, checksums: dict) -> None:
+    """Refuses to reuse or resume ``run_dir`` on data other than the data it trained on."""
+    if recorded is None:  # no run has been written without checksums; nothing to compare
+        return
+    changed = [name for name in checksums if recorded.get(name) != checksums[name]]
+    if changed:
+        shown = ", ".join(
+            f"{name} {str(recorded.get(name))[:8]} there, {checksums[name][:8]} now"
+            for name in changed
+        )
+        raise UserError(
+            f"{run_dir} holds a run of these settings on other data (sha256 of {shown}); pass "
+            "another --exp (exp=) to keep both, or --overwrite to replace it"
+        )
 
 
 def _comparable(d: dict, ignore=frozenset()) -> dict:
@@ -217,9 +238,9 @@ class OpenedRun:
 
 
 def open_run(cfg: TrainConfig, bundle: DatasetBundle | None = None, load=load_data) -> OpenedRun:
-    """Resolve and check ``cfg``, read its data (``bundle``, else ``load(cfg)``) and make its
-    directory ready: fresh (emptied), resumed (its last checkpoint read) or done (its results
-    read; nothing else touched, no data read)."""
+    """Resolve and check ``cfg``, read and check its data (``bundle``, else ``load(cfg)``) and
+    make its directory ready: fresh (emptied), resumed (its last checkpoint read) or done (the
+    finished run of the same config and data: its results read, nothing else touched)."""
     cfg = cfg.resolved()
     if cfg.model is None:
         cfg.model = DATASET_MODEL.get(cfg.dataset, "resnet18")
@@ -227,17 +248,21 @@ def open_run(cfg: TrainConfig, bundle: DatasetBundle | None = None, load=load_da
     device = resolve_device(cfg.device)
     if cfg.wandb:
         require_wandb()
-    mode, state = _existing_run(cfg)
-    if mode == "done":
-        print(
-            f"{cfg.run_dir()} already holds this finished run; not retraining (pass --overwrite to retrain)"
-        )
-        return OpenedRun(cfg, done=json.loads((Path(cfg.run_dir()) / "results.json").read_text()))
     if bundle is None:
         bundle = load(cfg)  # before the run directory exists: bad data leaves nothing behind
-    bias_labels_for(
-        METHODS[cfg.method], bundle.train, bundle.name
-    )  # refused before anything is written
+    bundle = bundle.with_checksums()
+    check_bundle(bundle)
+    mode, state = _existing_run(cfg, bundle.checksums())
+    if mode == "done":
+        print(
+            f"{cfg.run_dir()} already holds this finished run, of these settings on this data "
+            f"(data {data_id(bundle.checksums())}); reusing it, not retraining (pass --overwrite "
+            "to retrain)"
+        )
+        return OpenedRun(cfg, done=json.loads((Path(cfg.run_dir()) / "results.json").read_text()))
+    method_cls = METHODS[cfg.method]
+    bias_labels_for(method_cls, bundle.train, bundle.name)  # refused before anything is written
+    check_models(method_cls, cfg, bundle)
     run_dir = Path(cfg.run_dir())
     if mode == "fresh":
         try:
@@ -259,6 +284,8 @@ def open_run(cfg: TrainConfig, bundle: DatasetBundle | None = None, load=load_da
             missing_ok=True
         )  # a grown --num_steps: the old results no longer hold
         print(f"resuming {run_dir} from step {state['step']}")
+    for line in setting_warnings(cfg):
+        print(f"warning: {line}", file=sys.stderr)
     return OpenedRun(cfg, device, bundle, run_dir, state)
 
 
@@ -424,6 +451,7 @@ class TrainingLoop:
                 "torch_threads": torch.get_num_threads(),
                 "hardware": hardware(self.device),
                 "uses_bias_labels_in_training": self.method_cls.uses_bias_labels,
+                "warnings": setting_warnings(self.cfg),  # settings its steps never reach
                 "in_shape": list(
                     self.train_split.images.shape[1:]
                 ),  # what the models were built for

@@ -240,8 +240,10 @@ def load_manifest(
     - ``path`` (required): image file; relative paths are relative to the CSV's folder.
     - ``target`` (required): class, an integer or a name; if any value is not an integer, the
       names are mapped to 0, 1, ... in sorted order (``info["classes"]``).
-    - ``bias`` (optional): bias label, same rule (``info["bias_classes"]``); no empty cells.
-      Without it every split's ``biases`` is None.
+    - ``bias`` (optional): bias label, the class the bias attribute is aligned with: an integer
+      below the number of classes, or a class name; other names are mapped to 0, 1, ... in
+      sorted order (``info["bias_classes"]``). No empty cells. Without it every split's
+      ``biases`` is None.
     - ``split`` (optional): ``train``, ``valid`` or ``test`` (any case). Test rows are required,
       so a manifest without this column is rejected; without valid rows, valid is held out from train.
     """
@@ -285,6 +287,10 @@ def load_manifest(
     biases, bias_classes = (None, None)
     if "bias" in columns:
         biases, bias_classes = _label_indices(cells("bias"), lines, "bias", csv_path)
+        if classes and bias_classes and set(bias_classes) <= set(classes):
+            # bias values that name classes point to those classes (the bias-aligned class)
+            biases = [classes.index(bias_classes[b]) for b in biases]
+            bias_classes = None
 
     entries, first_line = [], {}
     for line, raw in zip(lines, cells("path")):

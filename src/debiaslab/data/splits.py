@@ -6,6 +6,7 @@ of shape [N, C, H, W]; training indexes it with batches of indices and never tou
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 
@@ -68,6 +69,12 @@ class DatasetBundle:
             out[name] = self.info.get(key) or getattr(self, name).checksum()
         return out
 
+    def with_checksums(self) -> DatasetBundle:
+        """A copy that holds its splits' checksums, computed once (the caller's bundle keeps
+        none: its tensors may still change)."""
+        sums = {f"sha256_{name}": value for name, value in self.checksums().items()}
+        return dataclasses.replace(self, info={**self.info, **sums})
+
     def counts(self) -> dict:
         out = {}
         for name in ("train", "valid", "test"):
@@ -78,3 +85,9 @@ class DatasetBundle:
                 entry.update(aligned=len(s) - conflicting, conflicting=conflicting)
             out[name] = entry
         return out
+
+
+def data_id(checksums: dict) -> str:
+    """8 hex digits naming the data of ``checksums`` (split -> sha256): a run's data in a name."""
+    blob = ",".join(f"{name}:{checksums[name]}" for name in sorted(checksums))
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]

@@ -196,6 +196,16 @@ class Method:
         return None
 
     @classmethod
+    def step_settings(cls, cfg) -> dict[str, tuple[int, str]]:
+        """The settings that act at a main-stage step: name -> (that step, what happens then).
+        One at or beyond ``num_steps`` never acts; the run warns (preflight.setting_warnings)."""
+        if not cfg.use_lr_decay:
+            return {}
+        return {
+            "lr_decay_step": (cfg.curr_step + cfg.lr_decay_step, "the learning rate's first decay")
+        }
+
+    @classmethod
     def average_start(cls, cfg) -> int:
         """The main-stage step weight averaging starts at unless ``--wa_start`` says otherwise."""
         return 0

@@ -60,6 +60,10 @@ class DisEnt(RelativeDifficultyMethod):
         return loss, terms
 
     @classmethod
+    def step_settings(cls, cfg) -> dict[str, tuple[int, str]]:
+        return {"curr_step": (cfg.curr_step, "the feature swap"), **super().step_settings(cfg)}
+
+    @classmethod
     def average_start(cls, cfg) -> int:
         """From the feature swap on: before ``curr_step`` DisEnt trains without it."""
         return cfg.curr_step

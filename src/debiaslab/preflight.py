@@ -1,0 +1,57 @@
+"""What is checked before a run writes anything: that its models build for its data, and which
+of its settings cannot take effect in its steps (each a warning, printed at start and kept in
+config.json)."""
+
+from __future__ import annotations
+
+import torch
+
+from debiaslab.averaging import DEFAULT_DECAY
+from debiaslab.config import TrainConfig
+from debiaslab.data.splits import DatasetBundle
+from debiaslab.methods import METHODS
+from debiaslab.methods.base import StagePlan
+from debiaslab.models import BUILTIN_MODELS, build_model, check_model
+
+
+def check_models(method_cls, cfg: TrainConfig, bundle: DatasetBundle) -> None:
+    """A user's model factories build models that read the data's images and feed their heads
+    (UserError otherwise); built-in models are known to. The global RNG is left as it was, so
+    the run's own models are the ones its seed gives."""
+    heads = method_cls.model_heads(cfg)
+    names = {n: method_cls.model_architecture(cfg, n) for n in heads}
+    if all(arch.lower() in BUILTIN_MODELS for arch in names.values()):
+        return
+    in_shape = tuple(bundle.train.images.shape[1:])
+    with torch.random.fork_rng(devices=[]):
+        for name, arch in names.items():
+            model = build_model(arch, bundle.num_classes, heads[name], in_shape)
+            check_model(arch.lower(), model, heads[name], in_shape)
+
+
+def setting_warnings(cfg: TrainConfig) -> list[str]:
+    """One line per setting of ``cfg`` (resolved) that its steps never reach."""
+    method_cls = METHODS[cfg.method]
+    steps = cfg.num_steps
+    out = [
+        f"{name} {getattr(cfg, name)}: {effect} would come at step {value}, at or beyond "
+        f"num_steps {steps}, so never in this run; lower {name} or raise num_steps"
+        for name, (value, effect) in method_cls.step_settings(cfg).items()
+        if value >= steps
+    ]
+    decay = DEFAULT_DECAY if cfg.wa_decay is None else cfg.wa_decay
+    start = method_cls.average_start(cfg) if cfg.wa_start is None else cfg.wa_start
+    if decay and start >= steps:
+        out.append(
+            f"weight averaging starts at step {start}, at or beyond num_steps {steps}: no "
+            "averaged model, no wa_* pick, and the run ships its last model; lower wa_start "
+            "(or curr_step) or raise num_steps"
+        )
+    total = StagePlan(method_cls.stages(cfg)).total
+    if cfg.valid_freq >= total:
+        out.append(
+            f"valid_freq {cfg.valid_freq} is at or beyond the run's {total} steps: it evaluates "
+            "only at its last step, so every selection rule picks the last model; lower "
+            f"valid_freq (e.g. {max(1, total // 10)})"
+        )
+    return out

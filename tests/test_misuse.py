@@ -1,0 +1,368 @@
+"""The library cannot be misused quietly: a run's identity includes its data, inputs are checked
+at the edge (one UserError naming the argument, what was found and the fix, nothing written),
+and a setting the run's steps never reach is said at start and kept in config.json."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import debiaslab as dl
+from debiaslab import UserError
+from debiaslab.data.splits import DatasetBundle, Split
+from tests.conftest import quick_train_args, run_cli, tiny_bundle
+
+FIT = dict(num_steps=10, valid_freq=5, batch_size=16, lr=1e-2, device="cpu")
+
+
+def parts(split: Split) -> tuple:
+    return split.images, split.targets, split.biases
+
+
+def with_split(bundle: DatasetBundle, name: str, **changes) -> dict:
+    """``tensor_data``'s arguments for ``bundle``, one split's parts replaced."""
+    out = {n: parts(getattr(bundle, n)) for n in ("train", "valid", "test")}
+    images, targets, biases = out[name]
+    new = {"images": images, "targets": targets, "biases": biases, **changes}
+    out[name] = (new["images"], new["targets"], new["biases"])
+    return out
+
+
+def tiny_cnn(num_classes, head_inputs, in_shape):
+    features = nn.Sequential(nn.Conv2d(in_shape[0], 4, 3), nn.AdaptiveAvgPool2d(1))
+    return dl.Backbone(features, 4, num_classes, head_inputs)
+
+
+def plain_module(num_classes, head_inputs, in_shape):
+    return nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(in_shape)), num_classes))
+
+
+def wrong_feature_dim(num_classes, head_inputs, in_shape):
+    features = nn.Sequential(nn.Conv2d(in_shape[0], 4, 3), nn.AdaptiveAvgPool2d(1))
+    return dl.Backbone(features, 5, num_classes, head_inputs)
+
+
+def two_channel_cnn(num_classes, head_inputs, in_shape):
+    features = nn.Sequential(nn.Conv2d(2, 4, 3), nn.AdaptiveAvgPool2d(1))
+    return dl.Backbone(features, 4, num_classes, head_inputs)
+
+
+# --------------------------------------------------------------------------------- tensor_data
+B = tiny_bundle()
+T = B.train
+LABEL_CASES = [
+    ("target = num_classes", dict(targets=T.targets.clone().index_fill_(0, torch.tensor([3]), 2)),
+     r"tensor_data, train split targets: found 2 \(index 3\), outside \[0, 2\).*num_classes=3"),
+    ("negative target", dict(targets=T.targets.clone().index_fill_(0, torch.tensor([0]), -1)),
+     r"targets: found -1 \(index 0\).*negative"),
+    ("fractional targets", dict(targets=T.targets.float() + 0.5),
+     r"targets: found torch.float32 \(values that are not whole numbers\)"),
+    ("whole float targets", dict(targets=T.targets.float()),
+     r"targets: found torch.float32 \(whole numbers\).*labels.long\(\)"),
+    ("one-hot targets", dict(targets=nn.functional.one_hot(T.targets)), r"one-hot.*argmax\(1\)"),
+    ("targets of another length", dict(targets=T.targets[:-1]), r"79 labels for 80 images"),
+    ("negative bias", dict(biases=T.biases.clone().index_fill_(0, torch.tensor([5]), -1)),
+     r"biases: found -1 \(index 5\)"),
+    ("bias 99", dict(biases=T.biases.clone().index_fill_(0, torch.tensor([7]), 99)),
+     r"biases: found 99 \(index 7\), outside \[0, 2\).*class the bias attribute is aligned with"),
+    ("channels last", dict(images=T.images.permute(0, 2, 3, 1)),
+     r"train=\.\.\.\) images: shape \(80, 8, 8, 3\), channels last.*permute\(0, 3, 1, 2\)"),
+    ("float images in [0, 1]", dict(images=T.images.float() / 255),
+     r"float32.*\[0, 1\].*\(images \* 255\).round\(\).to\(torch.uint8\)"),
+    ("int64 pixels", dict(images=T.images.long()), r"int64.*images.to\(torch.uint8\)"),
+    ("normalised images", dict(images=(T.images.float() - 128) / 64), r"normalised"),
+    ("images without channels", dict(images=T.images[:, 0]), r"unsqueeze\(1\)"),
+    ("a list of images", dict(images=T.images.tolist()), r"is a list; give a torch tensor"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case,change,message", LABEL_CASES, ids=[c[0] for c in LABEL_CASES])
+def test_tensor_data_refuses_bad_splits_with_the_fix(case, change, message):
+    with pytest.raises(UserError, match=message):
+        dl.tensor_data(**with_split(B, "train", **change), num_classes=2)
+
+
+def test_num_classes_smaller_than_the_labels_is_refused():
+    with pytest.raises(UserError, match=r"found 1 .*outside \[0, 1\)|at least 2 classes"):
+        dl.tensor_data(**with_split(B, "train"), num_classes=1)
+    three = B.train.targets.clone().index_fill_(0, torch.tensor([1]), 2)
+    with pytest.raises(UserError, match=r"outside \[0, 2\) for num_classes=2; pass num_classes=3"):
+        dl.tensor_data(**with_split(B, "train", targets=three), num_classes=2)
+
+
+@pytest.mark.parametrize(
+    "images",
+    [B.valid.images[:, :, :6, :6], B.valid.images[:, :1]],
+    ids=["other size", "grey valid beside RGB train"],
+)
+def test_splits_of_other_shapes_are_refused(images):
+    with pytest.raises(UserError, match=r"the valid images are \[\d, \d, \d\].*train split's"):
+        dl.tensor_data(**with_split(B, "valid", images=images))
+
+
+def test_numpy_inputs_are_converted():
+    as_numpy = {n: tuple(t.numpy() for t in p) for n, p in with_split(B, "train").items()}
+    data = dl.tensor_data(**as_numpy)
+    assert torch.equal(data.train.images, B.train.images) and data.num_classes == 2
+    assert data.checksums() == dl.tensor_data(**with_split(B, "train")).checksums()
+
+
+# -------------------------------------------------------------------------------- dataset_data
+class Items(torch.utils.data.Dataset):
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_dataset_data_refuses_mixed_sizes_and_fractional_labels():
+    good = Items([(B.test.images[i], int(B.test.targets[i])) for i in range(len(B.test))])
+    sizes = Items(
+        [(torch.zeros(3, 8, 8, dtype=torch.uint8), 0), (torch.zeros(3, 6, 6, dtype=torch.uint8), 1)]
+    )
+    with pytest.raises(
+        UserError, match=r"dataset_data\(train=\.\.\.\): the images have different shapes"
+    ):
+        dl.dataset_data(sizes, good, good)
+    halves = Items([(B.test.images[i], 0.5 + i % 2) for i in range(4)])
+    with pytest.raises(
+        UserError, match=r"targets: found torch.float32 \(values that are not whole"
+    ):
+        dl.dataset_data(halves, good, good)
+    with pytest.raises(UserError, match=r"items must be \(image, target\).*item 0 is a Tensor"):
+        dl.dataset_data(Items([B.test.images[0]]), good, good)
+
+
+# ------------------------------------------------------------------------- fit and the models
+@pytest.mark.parametrize(
+    "model,message",
+    [
+        (plain_module, r"returned a Sequential without extract\(x\).*Backbone.from_classifier"),
+        (
+            wrong_feature_dim,
+            r"extract\(x\) gives features \[2, 4\] but fc takes 10 inputs, 2 x the feature size",
+        ),
+        (two_channel_cnn, r"cannot read the data's images \[2, 3, 8, 8\]"),
+        (lambda num_classes, head_inputs, in_shape: None, r"define the factory with def"),
+        (nn.Linear(3, 2), r"Linear instance; give a factory"),
+        (42, r"fit\(model=\.\.\.\) is a int"),
+    ],
+    ids=["plain module", "wrong feature_dim", "other channels", "lambda", "instance", "number"],
+)
+def test_a_model_without_the_interface_is_refused_before_anything_is_written(
+    tmp_path, model, message
+):
+    with pytest.raises(UserError, match=message):
+        dl.fit("disent", B, model=model, log_dir=tmp_path / "log", **FIT)
+    assert not (tmp_path / "log").exists()
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (dict(num_steps="100"), r"fit\(num_steps='100'\): num_steps takes int, got str"),
+        (dict(lr=True), r"fit\(lr=True\): lr takes float, got bool"),
+        (dict(curr_step=2.5), r"curr_step takes int, got float"),
+    ],
+)
+def test_fit_refuses_options_of_the_wrong_type(tmp_path, options, message):
+    with pytest.raises(UserError, match=message):
+        dl.fit("disent", B, log_dir=tmp_path, **{**FIT, **options})
+
+
+def test_fit_refuses_data_it_cannot_read_and_a_hand_made_bundle_with_bad_labels(tmp_path):
+    with pytest.raises(UserError, match=r"fit\(data=\.\.\.\) is a tuple; give dl.tensor_data"):
+        dl.fit("vanilla", parts(B.train), log_dir=tmp_path, **FIT)
+    test = Split(B.test.images, B.test.targets + 1, B.test.biases)  # labels 1, 2 of 2 classes
+    bad = DatasetBundle("mine", B.train, B.valid, test, 2)
+    with pytest.raises(UserError, match=r"data 'mine', test split targets: found 2 .*\[0, 2\)"):
+        dl.fit("vanilla", bad, log_dir=tmp_path / "log", **FIT)
+    assert not (tmp_path / "log").exists()
+
+
+def test_registering_a_name_again_replaces_it_with_a_warning():
+    def my_net(num_classes, head_inputs, in_shape):
+        return tiny_cnn(num_classes, head_inputs, in_shape)
+
+    first = my_net
+    assert dl.register_model("misuse_net", first) == "misuse_net"
+
+    def my_net(num_classes, head_inputs, in_shape):  # noqa: F811 (a notebook cell run again)
+        return tiny_cnn(num_classes, head_inputs, in_shape)
+
+    with pytest.warns(UserWarning, match="'misuse_net' was registered to another factory"):
+        dl.register_model("misuse_net", my_net)
+    from debiaslab.models import MODELS
+
+    assert MODELS["misuse_net"] is my_net
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dl.register_model("misuse_net", my_net)  # the same factory again: nothing to say
+    with pytest.raises(UserError, match="'resnet18' is built in"):
+        dl.register_model("resnet18", my_net)
+
+
+# ------------------------------------------------------------------------ predict and evaluate
+@pytest.fixture(scope="module")
+def vanilla_run(tmp_path_factory):
+    return dl.fit("vanilla", B, model="mlp", log_dir=tmp_path_factory.mktemp("misuse"), **FIT)
+
+
+def test_predict_refuses_float_pixels_and_other_shapes_and_reads_numpy(vanilla_run):
+    x = B.test.images
+    with pytest.raises(
+        UserError, match=r"predict\(images\): found torch.float32; .*\[0, 1\].*\* 255"
+    ):
+        vanilla_run.predict(x.float() / 255)
+    with pytest.raises(UserError, match=r"images are \[3, 6, 6\] .* trained on \[3, 8, 8\]"):
+        vanilla_run.predict(x[:, :, :6, :6])
+    with pytest.raises(UserError, match=r"channels last"):
+        vanilla_run.predict(x.permute(0, 2, 3, 1))
+    assert torch.equal(vanilla_run.predict(x.numpy()), vanilla_run.predict(x))
+
+
+def test_evaluate_refuses_labels_the_run_has_no_class_for(vanilla_run):
+    with pytest.raises(
+        UserError, match=r"evaluate\(data\) targets: found 4 .*\[0, 2\).*trained on 2 classes"
+    ):
+        vanilla_run.evaluate((B.test.images, B.test.targets + 4))
+    with pytest.raises(UserError, match=r"evaluate\(data\) targets: found torch.float32"):
+        vanilla_run.evaluate((B.test.images, B.test.targets.float()))
+
+
+# ------------------------------------------------------------------------------ run identity
+def test_other_data_under_the_same_name_trains_a_new_run(tmp_path, capsys):
+    a = dl.tensor_data(**with_split(B, "train"))
+    flipped = dl.tensor_data(**with_split(B, "train", targets=1 - B.train.targets))
+    run_a = dl.fit("vanilla", a, model="mlp", log_dir=tmp_path, **FIT)
+    run_b = dl.fit("vanilla", flipped, model="mlp", log_dir=tmp_path, **FIT)
+    assert run_a.dir != run_b.dir and run_a.dir.parent == run_b.dir.parent
+    assert run_a.record["data"]["sha256"]["train"] != run_b.record["data"]["sha256"]["train"]
+    assert run_a.results["selections"] != run_b.results["selections"]
+    capsys.readouterr()
+    again = dl.fit("vanilla", a, model="mlp", log_dir=tmp_path, **FIT)
+    said = capsys.readouterr().out
+    assert (
+        again.dir == run_a.dir and "reusing it, not retraining" in said and "same data" not in said
+    )
+    assert "of these settings on this data" in said
+    # a run directory named by the user holds one data: other data there is refused
+    dl.fit("vanilla", a, model="mlp", log_dir=tmp_path, exp="mine", **FIT)
+    before = (tmp_path / "tensors" / "mine" / "results.json").read_text()
+    with pytest.raises(
+        UserError, match=r"mine holds a run of these settings on other data .*train"
+    ):
+        dl.fit("vanilla", flipped, model="mlp", log_dir=tmp_path, exp="mine", **FIT)
+    assert (tmp_path / "tensors" / "mine" / "results.json").read_text() == before
+    retrained = dl.fit(
+        "vanilla", flipped, model="mlp", log_dir=tmp_path, exp="mine", overwrite=True, **FIT
+    )
+    assert retrained.record["data"]["sha256"] == run_b.record["data"]["sha256"]
+
+
+def test_a_finished_cli_run_is_not_reused_when_its_folder_data_changed(tiny_reference, tmp_path):
+    from debiaslab.data.reference import write_split
+    from tests.conftest import tiny_split
+
+    args = [
+        "train",
+        "--train_vanilla",
+        *quick_train_args(tiny_reference, tmp_path / "log"),
+        "--exp",
+        "e",
+    ]
+    assert run_cli(*args).returncode == 0
+    again = run_cli(*args)
+    assert again.returncode == 0 and "reusing it, not retraining" in again.stdout
+    write_split(
+        tiny_split(6, 3, 2, 9), tiny_reference / "cmnist" / "1pct" / "valid", "flat", start_id=1000
+    )
+    changed = run_cli(*args)
+    assert changed.returncode == 2 and "on other data (sha256 of valid" in changed.stderr
+    assert changed.stderr.count("\n") == 1 and "train " not in changed.stderr.split("sha256")[1]
+
+
+# ----------------------------------------------------------------------------------- warnings
+def test_settings_the_steps_never_reach_are_said_and_recorded(tmp_path, capsys):
+    run = dl.fit(
+        "disent", B, model="mlp", log_dir=tmp_path, curr_step=50, use_lr_decay=True,
+        lr_decay_step=8, **{**FIT, "valid_freq": 10},
+    )  # fmt: skip
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    recorded = run.record["warnings"]
+    assert [f"warning: {line}" for line in recorded] == said and len(said) == 4
+    assert (
+        "curr_step 50: the feature swap would come at step 50, at or beyond num_steps 10" in said[0]
+    )
+    assert "lr_decay_step 8: the learning rate's first decay would come at step 58" in said[1]
+    assert "weight averaging starts at step 50" in said[2] and "ships its last model" in said[2]
+    assert "valid_freq 10 is at or beyond the run's 10 steps" in said[3]
+    assert all(v is None for k, v in run.results["selections"].items() if k.startswith("wa_"))
+    plain = dl.fit("vanilla", B, model="mlp", log_dir=tmp_path, **FIT)
+    assert plain.record["warnings"] == []
+
+
+def test_a_preset_cut_short_warns_on_the_cli(tiny_reference, tmp_path):
+    r = run_cli(
+        "train", "--preset", "cmnist-1pct-disent",
+        *quick_train_args(tiny_reference, tmp_path / "log"), "--exp", "short",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "warning: curr_step 10000: the feature swap would come at step 10000" in r.stderr
+    config = json.loads((tmp_path / "log" / "cmnist" / "short" / "config.json").read_text())
+    assert any(w.startswith("curr_step 10000") for w in config["warnings"])
+
+
+def test_a_manifest_bias_label_out_of_range_is_one_cli_line(tmp_path):
+    from debiaslab.data.reference import write_split
+
+    folder = tmp_path / "imgs"
+    paths = write_split(tiny_bundle().test, folder, "flat")
+    rows = ["path,target,bias,split"]
+    rows += [
+        f"{p.name},{i % 2},{7 if i == 3 else i % 2},{'train' if i < 10 else 'test'}"
+        for i, p in enumerate(paths)
+    ]
+    (folder / "m.csv").write_text("\n".join(rows) + "\n")
+    r = run_cli(
+        "train",
+        "--manifest",
+        folder / "m.csv",
+        "--log_dir",
+        tmp_path / "log",
+        "--train_vanilla",
+        "--num_steps",
+        "5",
+        "--device",
+        "cpu",
+        "--no_progress",
+    )
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "biases: found 7" in r.stderr and "outside [0, 2)" in r.stderr
+    assert not (tmp_path / "log").exists()
+
+
+def test_a_sweep_never_skips_a_run_finished_on_other_data(tiny_reference, tmp_path):
+    from debiaslab.data.reference import write_split
+    from tests.conftest import tiny_split
+
+    out = tmp_path / "sweep"
+    sweep = ["sweep", "--methods", "vanilla", "--ratios", "1", "--out", out, "--fuse", "off",
+             "--set", f"data_dir={tiny_reference}", "num_steps=20", "valid_freq=10",
+             "batch_size=16", "--devices", "cpu", "--no_progress"]  # fmt: skip
+    assert run_cli(*sweep).returncode == 0
+    again = run_cli(*sweep)
+    assert again.returncode == 0 and "1 finished (skipped)" in again.stdout
+    write_split(
+        tiny_split(6, 3, 2, 9), tiny_reference / "cmnist" / "1pct" / "valid", "flat", start_id=1000
+    )
+    changed = run_cli(*sweep)
+    assert changed.returncode == 2 and changed.stderr.count("\n") == 1, changed.stderr
+    assert "1 finished run(s) in" in changed.stderr and "trained on other data" in changed.stderr
