@@ -31,3 +31,16 @@ def test_readme_and_nav_link_only_to_pages_that_exist():
     nav = re.findall(r":\s*([\w/.-]+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(), flags=re.M)
     generated = {"cli.md"}
     assert len(nav) > 10 and all((ROOT / "docs" / p).exists() for p in nav if p not in generated)
+
+
+def test_every_fit_option_is_documented_on_the_api_page():
+    """Each TrainConfig field has its docstring, and the API page's generated table lists it."""
+    import dataclasses
+
+    from debiaslab.clidoc import field_docs, options_reference
+    from debiaslab.config import TrainConfig
+
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    assert sorted(field_docs(TrainConfig)) == sorted(names)
+    table = options_reference()
+    assert all(f"| `{name}` |" in table for name in names)

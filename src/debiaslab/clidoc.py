@@ -34,3 +34,43 @@ def cli_reference() -> str:
     for line, parser in commands(build_parser()):
         parts += [f"## `{line}`", "", "```text", parser.format_help().rstrip(), "```", ""]
     return "\n".join(parts)
+
+
+def field_docs(cls) -> dict[str, str]:
+    """The attribute docstrings of a dataclass (the string right below each field), by field."""
+    import ast
+    import inspect
+
+    body = ast.parse(inspect.getsource(cls)).body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        is_doc = isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+        if isinstance(node, ast.AnnAssign) and is_doc and isinstance(after.value.value, str):
+            docs[node.target.id] = inspect.cleandoc(after.value.value)
+    return docs
+
+
+def options_reference() -> str:
+    """Markdown: every ``TrainConfig`` field (``fit``'s options, ``train``'s flags) as a table
+    row with its type, default and meaning."""
+    import dataclasses
+
+    from debiaslab.config import TrainConfig
+
+    docs = field_docs(TrainConfig)
+    rows = [
+        "## Every option of `fit` (`TrainConfig`)",
+        "",
+        "Generated from `TrainConfig` (`src/debiaslab/config.py`). `None` takes the dataset's or "
+        "the method's default, said in the meaning; `debiaslab train` takes the same names as "
+        "flags.",
+        "",
+        "| option | type | default | meaning |",
+        "|---|---|---|---|",
+    ]
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        meaning = " ".join(docs[f.name].split()).replace("|", "\\|")
+        kind = str(f.type).replace("|", "or")
+        rows.append(f"| `{f.name}` | {kind} | `{default!r}` | {meaning} |")
+    return "\n".join(rows) + "\n"

@@ -9,6 +9,7 @@ not run. The output is deterministic: the same run folders always print the same
 
 from __future__ import annotations
 
+import collections
 import csv
 import hashlib
 import io
@@ -30,7 +31,9 @@ from debiaslab.presets import (
     find_preset,
 )
 from debiaslab.rundir import PLAN_FILE, last_step, status
-from debiaslab.selection import SELECTION_RULES, TABLE_RULES
+from debiaslab.selection import SELECTION_RULES, TABLE_RULES, default_selection
+
+SHIPPED = "shipped"  # a record's value under the selection its run ships by default
 
 RULE_TITLES = {
     "last": "last step (no model selection)",
@@ -53,6 +56,7 @@ class Record:
     )  # rule -> primary test metric in [0, 1] (None when the rule picked nothing)
     metric: str | None = None
     data_sha: tuple = ()
+    shipped: str | None = None  # the selection the run ships by default (values["shipped"])
 
 
 @dataclass
@@ -120,6 +124,8 @@ def read(root: Path) -> list[Cell]:
                     r: (s or {}).get("test_primary") for r, s in res["selections"].items()
                 }
                 rec.values = {**replayed(run_dir, cfg.dataset, exclude=rec.values), **rec.values}
+                rec.shipped = default_selection(cfg.dataset, rec.values)
+                rec.values[SHIPPED] = rec.values.get(rec.shipped)
                 rec.metric = res.get("primary_metric")
             except (ValueError, KeyError, TypeError):
                 rec.status = "unfinished"
@@ -362,6 +368,7 @@ def render(cells: list[Cell], fmt: str = "markdown", rules: list[str] | None = N
         "table.",
         "",
     ]
+    out += _glance(cells)
     for rule in rules:
         out += [
             f"### Selection: {rule} — {RULE_TITLES.get(rule) or SELECTION_RULES[rule]}",
@@ -384,6 +391,34 @@ def render(cells: list[Cell], fmt: str = "markdown", rules: list[str] | None = N
     out += ["Data (sha256 of each split's decoded images, as recorded by every run):", ""]
     out += [f"- {line}" for line in data_lines(cells)]
     return "\n".join(out) + "\n"
+
+
+def _glance(cells: list[Cell]) -> list[str]:
+    """The table to read first: per cell, the pick each run ships by default (no test label),
+    beside the last step and the papers' oracle; the tables per rule follow."""
+    shipped = collections.Counter(r.shipped for c in cells for r in c.records if r.shipped)
+    if not shipped:
+        return []
+    out = [
+        "### At a glance: the shipped pick",
+        "",
+        "Shipped: the selection each run ships by default (results.json `default_selection`, "
+        "what `test`, `report` and `Run.metrics()` use; it reads no test label), here "
+        + ", ".join(f"{rule} ({n} runs)" for rule, n in shipped.most_common())
+        + ". Oracle: the best test score, the papers' rule. Per-rule tables with each cell's "
+        "runs below.",
+        "",
+        "| cell | shipped | last | oracle | paper | oracle − paper | seeds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    by_rule = {rule: rows(cells, rule) for rule in (SHIPPED, "last", "oracle_best_test")}
+    for ship, last, oracle in zip(*by_rule.values()):
+        out.append(
+            f"| {ship.dataset} {ship.ratio} {_method(ship)} | {_pm(ship.mean, ship.std)} | "
+            f"{_pm(last.mean, last.std)} | {_pm(oracle.mean, oracle.std)} | "
+            f"{_pm(oracle.paper_mean, oracle.paper_std)} | {_signed(oracle.diff)} | {ship.n} |"
+        )
+    return out + [""]
 
 
 def _csv(cells: list[Cell], rules: list[str]) -> str:

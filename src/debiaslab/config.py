@@ -124,103 +124,185 @@ GENERIC_DEFAULTS = dict(
 
 @dataclass
 class TrainConfig:
+    """Everything a training run is: what to train, on which data, how, and what to keep.
+
+    ``debiaslab train``'s flags and ``dl.fit(method, data, **options)``'s options are these
+    fields. ``None`` means "the default for this dataset or method", filled in by
+    :meth:`resolved` (for your own data: ResNet-18, batch 64, Adam lr 1e-3, ImageNet-style
+    normalisation, no augmentation; the API page's "Your own data" says why). The resolved config
+    is what config.json records. Its :meth:`identity` (runtime and location fields left out)
+    and the data's checksums name the run: the same identity on the same data is the same run.
+    """
+
     # what to train
     dataset: str = "cmnist"
+    """The dataset's name: ``cmnist``, ``cifar10c``, ``bffhq``, ``bar`` (read from ``data_dir``),
+    or the name of your in-memory data (``tensor_data(name=)``); it also names the folder under
+    ``log_dir``."""
     percent: str = "1pct"
+    """The bias-conflicting ratio folder of a reference-layout dataset: ``0.5pct``, ``1pct``,
+    ``2pct``, ``5pct``."""
     method: str = "vanilla"
+    """The method (``debiaslab.methods.METHODS``): vanilla, lff, disent, lff_be, disent_be, jtt,
+    groupdro, lc, denetdm."""
     model: str | None = None
+    """The backbone (``resnet18``, ``resnet20``, ``resnet50``, ``mlp``, ... or a name given to
+    ``register_model``). None: the dataset's (MLP on Colored MNIST, ResNet-18 elsewhere)."""
     data_dir: str = "dataset"
-    corruption_type: int = (
-        0  # cifar10c only: 0 reads <data_dir>/cifar10c, 1 reads <data_dir>/cifar10c_type1
-    )
-    palette: str | None = (
-        None  # cmnist only: the colours the data must have (default disent, the paper's data)
-    )
-    manifest: str | None = None  # a user dataset: CSV with path, target[, bias][, split]
-    image_folder: str | None = None  # a user dataset: <dir>/train|valid|test/<class>/<image>
+    """The folder holding ``<dataset>/`` in the reference layout (``debiaslab data build``)."""
+    corruption_type: int = 0
+    """Corrupted CIFAR-10 only: 0 reads ``<data_dir>/cifar10c``, 1 ``<data_dir>/cifar10c_type1``."""
+    palette: str | None = None
+    """Colored MNIST only: the colours the data must have, ``disent`` (the paper's data, the
+    default), ``lff`` or ``any``; other data is refused."""
+    manifest: str | None = None
+    """Your own dataset as a CSV with the columns ``path,target[,bias][,split]``."""
+    image_folder: str | None = None
+    """Your own dataset as folders ``<dir>/train|valid|test/<class>/<image>``."""
     log_dir: str = "log"
+    """Where runs are written: ``<log_dir>/<dataset>/<exp>``."""
     exp: str = "debugging"
+    """The run's folder name under ``<log_dir>/<dataset>/`` (``fit``: the method's name, with
+    the data's id for in-memory data)."""
     seed: int = 0
+    """Seeds the models' initialisation, the batches and every random draw of the method."""
     device: str = "auto"
+    """``auto`` (CUDA when there is one), ``cpu``, ``cuda`` or ``cuda:N``."""
+
     # optimisation
     num_steps: int = 50_000
+    """Steps of the main stage (a method with an earlier stage, JTT, BiasEnsemble, DeNetDM, adds
+    its steps)."""
     batch_size: int | None = None
+    """Training batch size. None: the dataset's (256 on Colored MNIST and Corrupted CIFAR-10, 64
+    elsewhere)."""
     lr: float | None = None
+    """Adam's learning rate. None: the dataset's (0.01 Colored MNIST, 0.001 Corrupted CIFAR-10 and
+    your own data, 0.0001 BFFHQ and BAR)."""
     weight_decay: float = 0.0
+    """Adam's weight decay."""
     use_lr_decay: bool = False
+    """Step decay of the learning rate: times ``lr_gamma`` every ``lr_decay_step`` steps, counted
+    from ``curr_step``."""
     lr_decay_step: int = 10_000
+    """Steps between two decays of the learning rate (with ``use_lr_decay``)."""
     lr_gamma: float = 0.1
+    """The factor of each learning-rate decay (with ``use_lr_decay``)."""
+
     # LfF / DisEnt
     q: float = 0.7
+    """The generalized cross-entropy's q, with which the biased models train (LfF, DisEnt, the
+    BiasEnsemble models)."""
     gce_form: str = "reference"
+    """How the generalized cross-entropy is computed: ``reference`` (the paper code's) or
+    ``textbook`` (methods/losses.py)."""
     ema_alpha: float = 0.7
+    """The factor of the per-sample moving average of the losses that the relative difficulty
+    weights read (LfF, DisEnt)."""
     curr_step: int = 0
+    """DisEnt: the step the feature swap (and weight averaging) starts at; every method's
+    learning-rate decay also counts from it."""
     lambda_swap: float = 1.0
+    """DisEnt: the weight of the swapped features' losses."""
     lambda_dis_align: float = 1.0
+    """DisEnt: the weight of the bias branch's loss on the original features."""
     lambda_swap_align: float = 1.0
-    # JTT: steps of the first (ERM) stage, and how many times its error set is drawn in the second
+    """DisEnt: the weight of the bias branch's loss on the swapped features."""
     jtt_steps: int | None = None
+    """JTT: steps of the first (ERM) stage whose errors are upweighted (default 1000)."""
     jtt_upweight: int | None = None
-    # GroupDRO: the step size of the group weights
+    """JTT: how many times the error set is drawn in the second stage (default 50)."""
     groupdro_eta: float | None = None
-    # LC: weight of the log-prior correction, moving-average factor of the prior, Group MixUp on/off
+    """GroupDRO: the step size of the group weights (default 0.01)."""
     lc_tau: float | None = None
+    """LC: the weight of the log-prior correction (default 1.0)."""
     lc_prior_alpha: float | None = None
+    """LC: the moving-average factor of the prior (default 0.9)."""
     lc_mixup: bool | None = None
-    # BiasEnsemble (lff_be, disent_be): K auxiliary GCE models, the steps each trains, the
-    # confidence threshold and how many of the K must exceed it for a sample to count as aligned
+    """LC: Group MixUp on or off (default on)."""
     be_num_models: int | None = None
+    """BiasEnsemble (lff_be, disent_be): the auxiliary GCE models (default 5)."""
     be_steps: int | None = None
+    """BiasEnsemble: the steps each auxiliary model trains (default 1000)."""
     be_tau: float | None = None
+    """BiasEnsemble: the confidence a model must give a sample's class for it (default 0.99)."""
     be_agreement: int | None = None
-    # DeNetDM: stage 1 (the deep and shallow branches as a product of experts): its steps, Adam lr
-    # and weight decay, the branches' architectures (models.MODELS); stage 2: the distillation's
-    # temperature and weight
+    """BiasEnsemble: how many auxiliary models must be that confident for a sample to count as
+    bias-aligned (default 3)."""
     denetdm_stage1_steps: int | None = None
+    """DeNetDM: steps of stage 1, the deep and shallow branches as a product of experts (default
+    10,000)."""
     denetdm_stage1_lr: float | None = None
+    """DeNetDM: stage 1's Adam learning rate (default 0.001)."""
     denetdm_stage1_weight_decay: float | None = None
+    """DeNetDM: stage 1's Adam weight decay (default 0.001)."""
     denetdm_temperature: float | None = None
+    """DeNetDM: the temperature of stage 2's distillation (default 2)."""
     denetdm_distill_weight: float | None = None
+    """DeNetDM: the weight of stage 2's distillation (default 1)."""
     denetdm_deep: str | None = None
+    """DeNetDM: the deep branch's model (default: after ``model``, methods/denetdm.py)."""
     denetdm_shallow: str | None = None
+    """DeNetDM: the shallow branch's model (default: after ``model``)."""
+
     # inputs
-    input_scale: str | None = (
-        None  # "unit": pixels / 255; "reference": pixels / 255 / 255 (the reference's CMNIST)
-    )
+    input_scale: str | None = None
+    """``unit``: pixels / 255; ``reference``: pixels / 255 / 255, as the paper code fed Colored
+    MNIST. None: the dataset's (``reference`` on Colored MNIST, ``unit`` elsewhere)."""
     image_size: int | None = None
+    """Resize images to this size once, when read (BFFHQ and BAR: 224). None: as they are."""
     normalize: bool | None = None
+    """Normalise with the CIFAR-10 mean and deviation. None: the dataset's (off on Colored MNIST,
+    on elsewhere)."""
     augment: bool | None = None
-    amp: bool = True  # bf16 autocast, on CUDA only
-    # bf16 autocast on the CPU (oneDNN's bf16 dot products / matrix units); None: off (fp32)
+    """Random crops and flips of whole batches while training. None: the dataset's (on for
+    Corrupted CIFAR-10, BFFHQ and BAR; off on Colored MNIST and your own data)."""
+    amp: bool = True
+    """bf16 autocast on CUDA."""
     cpu_amp: bool | None = None
-    channels_last: bool = True  # channels_last memory format for convolutional models, on CUDA only
-    compile: bool | None = (
-        None  # torch.compile the step; None: where measured faster (train.COMPILE_DEFAULT)
-    )
-    cuda_graph: bool | None = (
-        None  # replay the step as CUDA graphs; None: on CUDA unless --no-compile
-    )
-    # weight averaging (averaging.py): the EMA decay (None: averaging.DEFAULT_DECAY; 0: off) and
-    # the main-stage step it starts at (None: the method's default, DisEnt's curr_step, else 0)
+    """bf16 autocast on the CPU (oneDNN's bf16 dot products). None: off, fp32."""
+    channels_last: bool = True
+    """The channels_last memory format for convolutional models, on CUDA."""
+    compile: bool | None = None
+    """``torch.compile`` the step. None: where measured faster (``train.COMPILE_DEFAULT``)."""
+    cuda_graph: bool | None = None
+    """Replay the step as CUDA graphs. None: on CUDA unless compiling is off."""
     wa_decay: float | None = None
+    """The decay of the weight average of the models (``wa_*`` rules). None: 0.999; 0: off."""
     wa_start: int | None = None
+    """The main-stage step weight averaging starts at. None: the method's (DisEnt's
+    ``curr_step``, else 0)."""
+
     # evaluation, checkpoints, logging
     valid_freq: int = 500
+    """Steps between evaluations, which the selection rules pick from (and the last step)."""
     log_freq: int = 500
+    """Steps between logged training losses."""
     save_freq: int | None = None
+    """Steps between resumable checkpoints. None: ``valid_freq``."""
     eval_batch_size: int = 2048
+    """Batch size of evaluations."""
     tensorboard: bool = False
+    """Also log to TensorBoard (``<run>/tensorboard``)."""
     wandb: bool = False
+    """Also log to Weights & Biases (the ``wandb`` extra)."""
     wandb_project: str = "debiaslab"
+    """The Weights & Biases project."""
     progress: bool = True
+    """A progress bar (``fit``: off)."""
     overwrite: bool = False
-    resume: bool = False  # continue an unfinished run (also automatic); with it, --num_steps may grow a finished one
-    keep_checkpoints: int = (
-        1  # full checkpoints kept: checkpoint_last.pt plus k - 1 older checkpoint_step<N>.pt
-    )
-    best_checkpoints: bool = True  # keep checkpoint_<rule>.pt, the models each selection rule picks
-    on_nonfinite: str = "stop"  # a NaN / inf loss: "stop" the run, or "skip" the step
+    """Replace a run already in the run's folder instead of reusing or resuming it."""
+    resume: bool = False
+    """Continue an unfinished run (also automatic); with it a larger ``num_steps`` continues a
+    finished one."""
+    keep_checkpoints: int = 1
+    """Full checkpoints kept: ``checkpoint_last.pt`` and k - 1 older ``checkpoint_step<N>.pt``."""
+    best_checkpoints: bool = True
+    """Keep ``checkpoint_<rule>.pt``, the models each selection rule picked."""
+    on_nonfinite: str = "stop"
+    """A NaN or infinite loss: ``stop`` the run (marked failed, resumable) or ``skip`` the step."""
     extra: dict = field(default_factory=dict)
+    """Free-form notes kept with the run (they enter its identity)."""
 
     def resolved(self) -> TrainConfig:
         """Fill every ``None`` from the dataset defaults (an explicit value always wins)."""
