@@ -55,7 +55,7 @@ B = tiny_bundle()
 T = B.train
 LABEL_CASES = [
     ("target = num_classes", dict(targets=T.targets.clone().index_fill_(0, torch.tensor([3]), 2)),
-     r"tensor_data, train split targets: found 2 \(index 3\), outside \[0, 2\).*num_classes=3"),
+     r"tensor_data\(train=\.\.\.\) targets: found 2 \(index 3\), outside \[0, 2\).*num_classes=3"),
     ("negative target", dict(targets=T.targets.clone().index_fill_(0, torch.tensor([0]), -1)),
      r"targets: found -1 \(index 0\).*negative"),
     ("fractional targets", dict(targets=T.targets.float() + 0.5),
@@ -99,7 +99,10 @@ def test_num_classes_smaller_than_the_labels_is_refused():
     ids=["other size", "grey valid beside RGB train"],
 )
 def test_splits_of_other_shapes_are_refused(images):
-    with pytest.raises(UserError, match=r"the valid images are \[\d, \d, \d\].*train split's"):
+    with pytest.raises(
+        UserError,
+        match=r"tensor_data\(valid=\.\.\.\) images: \[C, H, W\] = \[\d, \d, \d\].*train split's",
+    ):
         dl.tensor_data(**with_split(B, "valid", images=images))
 
 

@@ -65,7 +65,7 @@ def tensor_data(
         raise UserError(f"tensor_data(num_classes={num_classes!r}): give an integer, e.g. 10")
     classes = num_classes or int(max(int(s.targets.max()) for s in splits.values())) + 1
     bundle = DatasetBundle(name, splits["train"], splits["valid"], splits["test"], classes)
-    check_bundle(bundle, "tensor_data")
+    check_bundle(bundle, "tensor_data({split}=...)")
     return bundle
 
 
@@ -94,7 +94,7 @@ def manifest_data(csv_path: str | Path, image_size: int | None = None) -> Datase
     from debiaslab.prepare import DATA_SEED
 
     bundle = load_manifest(csv_path, image_size, seed=DATA_SEED)
-    check_bundle(bundle, f"manifest {csv_path}")
+    check_bundle(bundle, f"manifest {csv_path}, {{split}} split")
     return bundle
 
 

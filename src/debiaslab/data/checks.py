@@ -145,21 +145,23 @@ def check_label_range(where: str, split: Split, num_classes: int, fix: str | Non
 
 
 def check_bundle(bundle: DatasetBundle, where: str | None = None) -> None:
-    """The splits of ``bundle`` fit together: labels in range, one image shape for every split."""
-    where = where or f"data {bundle.name!r}"
+    """The splits of ``bundle`` fit together: labels in range, one image shape for every split.
+    ``where`` names a split in messages, with ``{split}`` for its name."""
+    where = where or f"data {bundle.name!r}, {{split}} split"
     if not isinstance(bundle.num_classes, int) or bundle.num_classes < 2:
         raise UserError(
-            f"{where} has num_classes={bundle.num_classes!r}; a classifier needs at least 2 classes"
+            f"{where.format(split='train')}: num_classes={bundle.num_classes!r}; a classifier "
+            "needs at least 2 classes"
         )
     splits = {name: getattr(bundle, name) for name in SPLIT_NAMES}
     for name, split in splits.items():
-        checked_split(f"{where}, {name} split", split)
-        check_label_range(f"{where}, {name} split", split, bundle.num_classes)
+        checked_split(where.format(split=name), split)
+        check_label_range(where.format(split=name), split, bundle.num_classes)
     shapes = {name: list(s.images.shape[1:]) for name, s in splits.items()}
     for name, shape in shapes.items():
         if shape != shapes["train"]:
             raise UserError(
-                f"{where}: the {name} images are {shape} [C, H, W] but the train images are "
+                f"{where.format(split=name)} images: [C, H, W] = {shape} but the train images are "
                 f"{shapes['train']}; every split needs the train split's channels and size "
                 "(e.g. images.expand(-1, 3, -1, -1) for grey to RGB, "
                 "torchvision.transforms.functional.resize for the size)"
