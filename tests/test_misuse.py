@@ -270,24 +270,24 @@ def test_other_data_under_the_same_name_trains_a_new_run(tmp_path, capsys):
     assert retrained.record["data"]["sha256"] == run_b.record["data"]["sha256"]
 
 
-def test_a_finished_cli_run_is_not_reused_when_its_folder_data_changed(tiny_reference, tmp_path):
+def rerun_on_other_data(args: list, data_root):
+    """``args`` run twice (the second reuses the first), then once after the valid split of
+    ``data_root``'s cmnist 1pct got other images and labels; returns (second, third)."""
     from debiaslab.data.reference import write_split
     from tests.conftest import tiny_split
 
-    args = [
-        "train",
-        "--train_vanilla",
-        *quick_train_args(tiny_reference, tmp_path / "log"),
-        "--exp",
-        "e",
-    ]
-    assert run_cli(*args).returncode == 0
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
     again = run_cli(*args)
+    valid = data_root / "cmnist" / "1pct" / "valid"
+    write_split(tiny_split(6, 3, 2, 9), valid, "flat", start_id=1000)
+    return again, run_cli(*args)
+
+
+def test_a_finished_cli_run_is_not_reused_when_its_folder_data_changed(tiny_reference, tmp_path):
+    args = ["train", "--train_vanilla", *quick_train_args(tiny_reference, tmp_path / "log")]
+    again, changed = rerun_on_other_data([*args, "--exp", "e"], tiny_reference)
     assert again.returncode == 0 and "reusing it, not retraining" in again.stdout
-    write_split(
-        tiny_split(6, 3, 2, 9), tiny_reference / "cmnist" / "1pct" / "valid", "flat", start_id=1000
-    )
-    changed = run_cli(*args)
     assert changed.returncode == 2 and "on other data (sha256 of valid" in changed.stderr
     assert changed.stderr.count("\n") == 1 and "train " not in changed.stderr.split("sha256")[1]
 
@@ -353,19 +353,11 @@ def test_a_manifest_bias_label_out_of_range_is_one_cli_line(tmp_path):
 
 
 def test_a_sweep_never_skips_a_run_finished_on_other_data(tiny_reference, tmp_path):
-    from debiaslab.data.reference import write_split
-    from tests.conftest import tiny_split
-
     out = tmp_path / "sweep"
     sweep = ["sweep", "--methods", "vanilla", "--ratios", "1", "--out", out, "--fuse", "off",
              "--set", f"data_dir={tiny_reference}", "num_steps=20", "valid_freq=10",
              "batch_size=16", "--devices", "cpu", "--no_progress"]  # fmt: skip
-    assert run_cli(*sweep).returncode == 0
-    again = run_cli(*sweep)
+    again, changed = rerun_on_other_data(sweep, tiny_reference)
     assert again.returncode == 0 and "1 finished (skipped)" in again.stdout
-    write_split(
-        tiny_split(6, 3, 2, 9), tiny_reference / "cmnist" / "1pct" / "valid", "flat", start_id=1000
-    )
-    changed = run_cli(*sweep)
     assert changed.returncode == 2 and changed.stderr.count("\n") == 1, changed.stderr
     assert "1 finished run(s) in" in changed.stderr and "trained on other data" in changed.stderr
