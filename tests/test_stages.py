@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from debiaslab import UserError
+from debiaslab.data.sampler import EpochSampler
 from debiaslab.methods.base import Stage, StageData, StagePlan
 from debiaslab.methods.groupdro import exponentiated_step, group_means
-from debiaslab.train import EpochSampler
 from tests.conftest import (
     N_CLASSES,
     assert_same_tensors,

@@ -1,6 +1,7 @@
 """debiaslab: training image classifiers that do not lean on spurious correlations."""
 
-__version__ = "0.1.0"
+from debiaslab.errors import UserError
+from debiaslab.version import __version__ as __version__  # re-exported
 
 # The Python API (debiaslab/api.py), imported on first use so that `import debiaslab` and the
 # CLI's --help stay fast.
@@ -24,11 +25,3 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     raise AttributeError(f"module 'debiaslab' has no attribute {name!r}")
-
-
-class UserError(Exception):
-    """A problem with what the user asked for or pointed at.
-
-    The CLI prints its message as one line (no traceback) and exits with code 2, so every
-    message should name the offending path or value *and* the fix.
-    """

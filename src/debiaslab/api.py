@@ -26,10 +26,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from debiaslab import UserError
 from debiaslab.config import TrainConfig
 from debiaslab.data.checks import check_bundle, check_label_range, checked_images, checked_split
 from debiaslab.data.splits import DatasetBundle, Split, data_id
+from debiaslab.errors import UserError
 from debiaslab.methods import METHODS
 from debiaslab.models import MODELS
 from debiaslab.selection import SELECTION_RULES, shipped_selection

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from debiaslab import UserError
+from debiaslab.errors import UserError
 from debiaslab.io import atomic_torch_save
 
 LAST = "checkpoint_last.pt"

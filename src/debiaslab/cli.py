@@ -7,9 +7,10 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from debiaslab import UserError, __version__
 from debiaslab.config import PALETTE_CHOICES
+from debiaslab.errors import UserError
 from debiaslab.selection import TABLE_RULES, selection_names, shipped_selection
+from debiaslab.version import __version__
 
 METHOD_FLAGS = {
     "train_vanilla": "vanilla",
@@ -1187,6 +1188,9 @@ def sweep_spec(args) -> dict:
 
 def cmd_sweep(args) -> int:
     from debiaslab.sweep import sweep
+
+    if args.backend == "ray":
+        import debiaslab.sweep_ray  # noqa: F401  (registers the ray backend)
 
     if args.jobs is not None and args.jobs <= 0:
         raise UserError(f"--jobs must be positive, got {args.jobs}")

@@ -18,8 +18,8 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from debiaslab import UserError
 from debiaslab.config import TrainConfig
+from debiaslab.errors import UserError
 from debiaslab.methods import total_steps
 from debiaslab.presets import (
     LATER_SOURCES,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from debiaslab import UserError
 from debiaslab.config import TrainConfig
+from debiaslab.errors import UserError
 from debiaslab.methods import METHODS
 from debiaslab.models import DATASET_MODEL, MODELS, build_model
 from debiaslab.rundir import read_results

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from debiaslab import UserError, checkpoints
+from debiaslab import checkpoints
 from debiaslab.config import TrainConfig
+from debiaslab.errors import UserError
 from debiaslab.fused import FusedStep, state_signature
 from debiaslab.io import atomic_write_json
 from debiaslab.prepare import load_data

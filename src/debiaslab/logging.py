@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from debiaslab import UserError
+from debiaslab.errors import UserError
 from debiaslab.io import atomic_write_text
 
 

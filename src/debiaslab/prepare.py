@@ -1,20 +1,21 @@
-"""What a run needs before its first step, and to evaluate: the device, the seeds, the data, the
-batch transform and the metrics of a model on a split. The training loop, ``test``, ``report``
-and the Python API all set a run up through this module."""
+"""What a run needs before its first step, and to evaluate: the device (and the processor it
+records), the seeds, the data, the batch transform and the metrics of a model on a split. The
+training loop, ``test``, ``report`` and the Python API all set a run up through this module."""
 
 from __future__ import annotations
 
+import platform
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from debiaslab import UserError
 from debiaslab.config import CIFAR_MEAN, CIFAR_STD, INPUT_SCALES, TrainConfig
 from debiaslab.data.reference import load_reference
 from debiaslab.data.splits import DatasetBundle, Split
 from debiaslab.data.transforms import BatchTransform, resize_uint8
+from debiaslab.errors import UserError
 from debiaslab.metrics import compute_metrics, predict_split
 
 
@@ -125,3 +126,23 @@ def autocast_logits(logits_of, amp: bool):
             return logits_of(x)
 
     return predict
+
+
+def hardware(device: torch.device) -> dict:
+    """The processor a run's numbers came from: CPU kernels (ATen's vector width, oneDNN's bf16
+    path) differ between machines, so the same seed and config give different bits on another
+    CPU, though not different results beyond seed noise."""
+    info = {"cpu": _cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -13,8 +13,8 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 
-from debiaslab import UserError
 from debiaslab.config import METHOD_DEFAULTS
+from debiaslab.errors import UserError
 
 PAPER_SOURCE = (
     "Lee et al. 2021 (DisEnt), Table 1: the paper's own data release, best-test-accuracy checkpoint "

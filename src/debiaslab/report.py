@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from debiaslab import UserError
 from debiaslab.config import TrainConfig
+from debiaslab.errors import UserError
 from debiaslab.methods import METHODS
 from debiaslab.methods.base import StagePlan
 from debiaslab.selection import SELECTION_RULES, shipped_selection

@@ -52,7 +52,7 @@ def run_group(cfg_dicts: list[dict], threads: int | None = None) -> dict:
 
 def _attempt(work) -> dict:
     """``work()`` as a status: finished (with its ``results``) or error (with the message)."""
-    from debiaslab import UserError
+    from debiaslab.errors import UserError
 
     try:
         results = work()

@@ -34,8 +34,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from debiaslab import UserError
 from debiaslab.config import RUNTIME_FIELDS, TrainConfig
+from debiaslab.errors import UserError
 from debiaslab.presets import RATIOS, find_preset, match_presets
 from debiaslab.rundir import PLAN_FILE, last_step, status
 
@@ -528,6 +528,42 @@ def trained_on_other_data(runs: list) -> list:
     return out
 
 
+@dataclass
+class SweepOptions:
+    """How a backend trains a sweep's runs (the flags of ``debiaslab sweep``)."""
+
+    jobs: int | None = None
+    devices: str = "auto"
+    address: str | None = None
+    cpus_per_run: float | None = None
+    gpus_per_run: float | None = None
+    progress: bool = True
+    runs_per_device: int | None = None
+    fuse_max: int = 12
+
+
+def local_backend(todo: list[Run], out: Path, options: SweepOptions) -> dict:
+    """Runs as subprocesses of this machine, fused where compatible (``run_local``)."""
+    devs = parse_devices(options.devices)
+    n_jobs = options.jobs or len(devs) * (options.runs_per_device or default_runs_per_device(devs))
+    if n_jobs <= 0:
+        raise UserError(f"--jobs must be positive, got {n_jobs}")
+    return run_local(todo, out, n_jobs, devs, options.progress, options.fuse_max)
+
+
+# name -> backend(todo, out, options) -> {"finished": n, "failed": n}. Other backends register
+# themselves here when imported (sweep_ray.py: "ray"; the CLI imports it for --backend ray), so
+# this module imports none of them.
+BACKENDS = {"local": local_backend}
+
+
+def _backend(name: str):
+    if name not in BACKENDS:
+        extra = " (import debiaslab.sweep_ray first; the CLI does)" if name == "ray" else ""
+        raise UserError(f"unknown sweep backend {name!r}{extra}; known: {', '.join(BACKENDS)}")
+    return BACKENDS[name]
+
+
 def sweep(
     spec: dict,
     out: Path,
@@ -573,19 +609,10 @@ def sweep(
         print(f"nothing to do; collect the table with: debiaslab collect {out}")
         return 0
     t0 = time.time()
+    options = SweepOptions(jobs, devices, address, cpus_per_run, gpus_per_run, progress)
+    options = dataclasses.replace(options, runs_per_device=runs_per_device, fuse_max=fuse_max)
     try:
-        if backend == "ray":
-            from debiaslab.sweep_ray import run_ray
-
-            counts = run_ray(
-                todo, out, address, cpus_per_run, gpus_per_run, progress, runs_per_device
-            )
-        else:
-            devs = parse_devices(devices)
-            n_jobs = jobs or len(devs) * (runs_per_device or default_runs_per_device(devs))
-            if n_jobs <= 0:
-                raise UserError(f"--jobs must be positive, got {n_jobs}")
-            counts = run_local(todo, out, n_jobs, devs, progress, fuse_max)
+        counts = _backend(backend)(todo, out, options)
     except KeyboardInterrupt:
         done = sum(status(r.run_dir) == "finished" for r in runs)
         print(

@@ -12,9 +12,9 @@ import dataclasses
 import os
 from pathlib import Path
 
-from debiaslab import UserError
+from debiaslab.errors import UserError
 from debiaslab.runner import run_config
-from debiaslab.sweep import Progress, Run, _headline
+from debiaslab.sweep import BACKENDS, Progress, Run, SweepOptions, _headline
 
 
 def _ray():
@@ -115,3 +115,18 @@ def _submit(
         raise
     view.close()
     return view.counts
+
+
+def ray_backend(todo: list[Run], out: Path, options: SweepOptions) -> dict:
+    return run_ray(
+        todo,
+        out,
+        options.address,
+        options.cpus_per_run,
+        options.gpus_per_run,
+        options.progress,
+        options.runs_per_device,
+    )
+
+
+BACKENDS["ray"] = ray_backend

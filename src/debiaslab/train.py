@@ -8,7 +8,6 @@ import errno
 import functools
 import json
 import math
-import platform
 import shutil
 import sys
 import time
@@ -16,13 +15,15 @@ from pathlib import Path
 
 import torch
 
-from debiaslab import UserError, __version__, checkpoints
+from debiaslab import checkpoints
 from debiaslab.averaging import DEFAULT_DECAY, WeightAverage
 from debiaslab.config import RUNTIME_FIELDS, TrainConfig
 from debiaslab.data.checks import check_bundle
+from debiaslab.data.sampler import EpochSampler
 from debiaslab.data.splits import DatasetBundle, Split, data_id
 from debiaslab.data.transforms import BatchTransform
 from debiaslab.diagnostics import flagged_report, save_w_snapshot, snapshot_steps, weight_report
+from debiaslab.errors import UserError
 from debiaslab.io import atomic_write_json, defer_exit
 from debiaslab.logging import RunLogger, StepWindow, require_wandb
 from debiaslab.methods import METHODS
@@ -33,6 +34,7 @@ from debiaslab.preflight import check_models, setting_warnings
 from debiaslab.prepare import (
     autocast_logits,
     evaluate,
+    hardware,
     load_data,
     make_transform,
     prepare_split,
@@ -48,82 +50,7 @@ from debiaslab.selection import (
     evaluation_of,
     selection_names,
 )
-
-
-def hardware(device: torch.device) -> dict:
-    """The processor a run's numbers came from: CPU kernels (ATen's vector width, oneDNN's bf16
-    path) differ between machines, so the same seed and config give different bits on another
-    CPU, though not different results beyond seed noise."""
-    info = {"cpu": _cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-class EpochSampler:
-    """Shuffled epochs of index batches (drop_last), drawn from its own seeded generator. With
-    ``use_counts``, an epoch holds sample i ``counts[i]`` times (JTT's upsampling)."""
-
-    def __init__(self, n: int, batch_size: int, generator: torch.Generator, device):
-        if n < batch_size:
-            raise UserError(
-                f"--batch_size {batch_size} is larger than the training split ({n} samples); lower it"
-            )
-        self.n, self.batch_size, self.generator, self.device = n, batch_size, generator, device
-        self.repeated = None  # the epoch's sample indices when some samples count more than once
-        self.perm = None
-        self.pos = 0
-        self.epoch = 0
-
-    def use_counts(self, counts: torch.Tensor | None) -> None:
-        """From the next batch on, epochs of ``counts[i]`` copies of sample i (None: one each)."""
-        self.repeated = (
-            None
-            if counts is None
-            else torch.repeat_interleave(torch.arange(len(counts)), counts.cpu().long())
-        )
-        self.perm, self.pos = None, 0
-
-    def next(self) -> torch.Tensor:
-        size = self.n if self.repeated is None else len(self.repeated)
-        if self.perm is None or self.pos + self.batch_size > size:
-            perm = torch.randperm(size, generator=self.generator)
-            if self.repeated is not None:
-                perm = self.repeated[perm]
-            if torch.device(self.device).type == "cuda":
-                perm = (
-                    perm.pin_memory()
-                )  # an asynchronous copy: the host need not wait for the device
-            self.perm = perm.to(self.device, non_blocking=True)
-            self.pos = 0
-            self.epoch += 1
-        idx = self.perm[self.pos : self.pos + self.batch_size]
-        self.pos += self.batch_size
-        return idx
-
-    def state_dict(self) -> dict:
-        return {
-            "perm": None if self.perm is None else self.perm.cpu(),
-            "pos": self.pos,
-            "epoch": self.epoch,
-            "generator": self.generator.get_state(),
-        }
-
-    def load_state_dict(self, s: dict) -> None:
-        self.perm = None if s["perm"] is None else s["perm"].to(self.device)
-        self.pos, self.epoch = s["pos"], s["epoch"]
-        self.generator.set_state(s["generator"])
-
+from debiaslab.version import __version__
 
 # Where --compile is on by default: only where benchmarks/steps_per_second.py measured it faster
 # (docs/speed.md). CPU: not faster for Vanilla or DisEnt on CMNIST (LfF +30%), and 5-20 s more

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import torch
 
-from debiaslab import UserError, __version__
 from debiaslab.data.colored import percent_to_rho
 from debiaslab.data.reference import scan_folders, write_cache, write_split
 from debiaslab.data.splits import DatasetBundle, Split
+from debiaslab.errors import UserError
 from debiaslab.io import atomic_write_json
+from debiaslab.version import __version__
 
 
 def pct_name(pct: float) -> str:

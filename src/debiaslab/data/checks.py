@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from debiaslab import UserError
 from debiaslab.data.splits import DatasetBundle, Split
+from debiaslab.errors import UserError
 
 SPLIT_NAMES = ("train", "valid", "test")
 _CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: what tells [N, C, H, W] from [N, H, W, C]

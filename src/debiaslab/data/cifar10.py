@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from debiaslab import UserError
 from debiaslab.data.reference import IMAGE_EXTS
 from debiaslab.data.sources import load_source, read_npz, torchvision_splits
+from debiaslab.errors import UserError
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SPLITS = ("train", "test")

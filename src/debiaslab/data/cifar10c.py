@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from debiaslab import UserError
 from debiaslab.data.builder import pct_name, write_dataset
 from debiaslab.data.colored import bias_labels, percent_to_rho, split_indices
 from debiaslab.data.corruptions import CORRUPTION_TYPES, corrupt
 from debiaslab.data.reference import cifar10c_folder
 from debiaslab.data.splits import DatasetBundle, Split
+from debiaslab.errors import UserError
 
 PERCENTS = (0.5, 1.0, 2.0, 5.0)
 VALID_SIZE = 5000

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-from debiaslab import UserError
 from debiaslab.data.builder import pct_name, write_dataset
 from debiaslab.data.colored import (
     DEFAULT_PALETTE,
@@ -29,6 +28,7 @@ from debiaslab.data.colored import (
     split_indices,
 )
 from debiaslab.data.splits import DatasetBundle, Split
+from debiaslab.errors import UserError
 
 PERCENTS = (0.5, 1.0, 2.0, 5.0)
 VALID_SIZE = 5000

@@ -44,7 +44,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from debiaslab import UserError
+from debiaslab.errors import UserError
 
 SIZE = 32
 

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 
-from debiaslab import UserError
 from debiaslab.data.reference import (
     JUNK_NAMES,
     _cache_path,
@@ -37,6 +36,7 @@ from debiaslab.data.reference import (
     store_cache,
 )
 from debiaslab.data.splits import DatasetBundle, Split
+from debiaslab.errors import UserError
 
 SPLITS = ("train", "valid", "test")
 BAR_CLASSES = ("climbing", "diving", "fishing", "vaulting", "racing", "throwing")

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from debiaslab import UserError
 from debiaslab.data.sources import load_source, read_npz, torchvision_splits
+from debiaslab.errors import UserError
 
 
 def _from_image_folder(path: Path):

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from debiaslab import UserError
 from debiaslab.data.splits import DatasetBundle, Split
+from debiaslab.errors import UserError
 from debiaslab.io import atomic_torch_save
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from debiaslab import UserError
+from debiaslab.errors import UserError
 
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 

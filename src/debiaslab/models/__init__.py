@@ -49,7 +49,7 @@ def build_model(
 
 def _user_model(key: str, factory, num_classes: int, head_inputs: int, in_shape) -> nn.Module:
     """A registered factory's model, refused (UserError) unless it has the models' interface."""
-    from debiaslab import UserError
+    from debiaslab.errors import UserError
 
     what = f"model {key!r} (factory {getattr(factory, '__name__', factory)!r})"
     try:
@@ -75,7 +75,7 @@ def _user_model(key: str, factory, num_classes: int, head_inputs: int, in_shape)
 
 def check_model(key: str, model: nn.Module, head_inputs: int, in_shape) -> None:
     """A user model reads images of ``in_shape`` and its head takes ``head_inputs`` features."""
-    from debiaslab import UserError
+    from debiaslab.errors import UserError
 
     if key in BUILTIN_MODELS:
         return

@@ -1,0 +1,71 @@
+"""The house's shape, drawn from the imports (every ``import`` in a module, function-level ones
+included): no two modules import each other, the data code reaches neither the loop nor the API,
+the methods and models reach neither, and only the entry points import the command line."""
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+# what the data code may import besides itself: the error, the atomic writes, the version (not
+# the package's top, whose attributes open the API)
+DATA_MAY_IMPORT = {"debiaslab.errors", "debiaslab.io", "debiaslab.version"}
+TOP = {"debiaslab.train", "debiaslab.api", "debiaslab.cli", "debiaslab.group", "debiaslab.sweep"}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = {module_name(p): p for p in SRC.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    sub = f"{node.module}.{alias.name}"
+                    found.add(sub if sub in modules else node.module)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def reaches(graph, start: str, targets: set[str]) -> set[str]:
+    """The ``targets`` that ``start`` imports, directly or through other modules."""
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return {t for t in seen if any(t == x or t.startswith(x + ".") for x in targets)}
+
+
+def test_no_two_modules_import_each_other():
+    graph = import_graph()
+    mutual = sorted({tuple(sorted((a, b))) for a in graph for b in graph[a] if a in graph[b]})
+    assert mutual == []
+
+
+def test_the_data_code_imports_only_itself_and_the_bottom():
+    graph = import_graph()
+    for name, imported in graph.items():
+        if name.startswith("debiaslab.data"):
+            outside = {m for m in imported if not m.startswith("debiaslab.data")}
+            assert outside <= DATA_MAY_IMPORT, (name, outside)
+            assert not reaches(graph, name, TOP), name
+
+
+def test_methods_and_models_reach_neither_the_loop_nor_the_api_nor_the_cli():
+    graph = import_graph()
+    for name in graph:
+        if name.startswith(("debiaslab.methods", "debiaslab.models", "debiaslab.errors")):
+            assert not reaches(graph, name, TOP), (name, reaches(graph, name, TOP))
+
+
+def test_only_the_entry_points_import_the_command_line():
+    graph = import_graph()
+    users = {n for n, imported in graph.items() if "debiaslab.cli" in imported}
+    assert users <= {"debiaslab.__main__", "debiaslab.clidoc"}, users  # clidoc: its docs page
