@@ -55,9 +55,11 @@ def options_reference() -> str:
     row with its type, default and meaning."""
     import dataclasses
 
-    from debiaslab.config import TrainConfig
+    from debiaslab.config import METHOD_FIELDS, METHOD_OPTIONS, TrainConfig
 
     docs = field_docs(TrainConfig)
+    for name, option in METHOD_OPTIONS.items():  # declared by the methods (Method.options)
+        docs[name] = f"{' and '.join(METHOD_FIELDS[name])}: {option.describe()}"
     rows = [
         "## Every option of `fit` (`TrainConfig`)",
         "",

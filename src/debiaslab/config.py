@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from debiaslab.errors import UserError
+from debiaslab.methods import METHODS
+
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
@@ -74,34 +77,16 @@ RUNTIME_FIELDS = frozenset(
 )
 # Where a run is written; the hash names that place, so it cannot depend on it.
 LOCATION_FIELDS = frozenset({"log_dir", "exp"})
-# The hyper-parameters of one method each, and their defaults (algorithms.md; the presets and
-# docs/methods say where each default comes from). None for the other methods.
-METHOD_DEFAULTS = {
-    "jtt": dict(jtt_steps=1000, jtt_upweight=50),
-    "groupdro": dict(groupdro_eta=0.01),
-    "lc": dict(lc_tau=1.0, lc_prior_alpha=0.9, lc_mixup=True),
-    # BiasEnsemble: the reference's --num_bias_models 5 --biased_model_train_iter 1000
-    # --biased_model_softmax_threshold 0.99 --agreement 3
-    "lff_be": dict(be_num_models=5, be_steps=1000, be_tau=0.99, be_agreement=3),
-    "disent_be": dict(be_num_models=5, be_steps=1000, be_tau=0.99, be_agreement=3),
-    # DeNetDM: the authors' Adam lr 1e-3 / weight decay 1e-3 of stage 1 (CMNIST, C-CIFAR10), T 2,
-    # distillation weight 1; the branches' architectures follow --model (methods/denetdm.py)
-    "denetdm": dict(
-        denetdm_stage1_steps=10_000,
-        denetdm_stage1_lr=0.001,
-        denetdm_stage1_weight_decay=0.001,
-        denetdm_temperature=2.0,
-        denetdm_distill_weight=1.0,
-        denetdm_deep=None,
-        denetdm_shallow=None,
-    ),
-}
+# The methods' own settings, declared by each method (Method.options): method -> {name: default}
+METHOD_DEFAULTS = {name: {o.name: o.default for o in m.options} for name, m in METHODS.items()}
 # field -> the methods it is a setting of
 METHOD_FIELDS = {
     name: tuple(m for m, own in METHOD_DEFAULTS.items() if name in own)
     for fields in METHOD_DEFAULTS.values()
     for name in fields
 }
+# option name -> its declaration (one Option may serve several methods: BiasEnsemble's)
+METHOD_OPTIONS = {o.name: o for m in METHODS.values() for o in m.options}
 # Fields left out of the identity where they are None (they apply to some datasets or methods
 # only, or None means their default), so adding one does not change the hash of the other runs.
 DATASET_SPECIFIC_FIELDS = frozenset({"palette", "wa_decay", "wa_start", "cpu_amp"}) | frozenset(
@@ -122,7 +107,17 @@ GENERIC_DEFAULTS = dict(
 )
 
 
+def with_method_options(cls):
+    """Adds each method's declared options (``Method.options``) to ``cls`` as fields defaulting
+    to None, after its own: the class a ``dataclass`` decorator then makes of it."""
+    for option in METHOD_OPTIONS.values():
+        cls.__annotations__[option.name] = option.annotation
+        setattr(cls, option.name, None)
+    return cls
+
+
 @dataclass
+@with_method_options
 class TrainConfig:
     """Everything a training run is: what to train, on which data, how, and what to keep.
 
@@ -208,43 +203,6 @@ class TrainConfig:
     """DisEnt: the weight of the bias branch's loss on the original features."""
     lambda_swap_align: float = 1.0
     """DisEnt: the weight of the bias branch's loss on the swapped features."""
-    jtt_steps: int | None = None
-    """JTT: steps of the first (ERM) stage whose errors are upweighted (default 1000)."""
-    jtt_upweight: int | None = None
-    """JTT: how many times the error set is drawn in the second stage (default 50)."""
-    groupdro_eta: float | None = None
-    """GroupDRO: the step size of the group weights (default 0.01)."""
-    lc_tau: float | None = None
-    """LC: the weight of the log-prior correction (default 1.0)."""
-    lc_prior_alpha: float | None = None
-    """LC: the moving-average factor of the prior (default 0.9)."""
-    lc_mixup: bool | None = None
-    """LC: Group MixUp on or off (default on)."""
-    be_num_models: int | None = None
-    """BiasEnsemble (lff_be, disent_be): the auxiliary GCE models (default 5)."""
-    be_steps: int | None = None
-    """BiasEnsemble: the steps each auxiliary model trains (default 1000)."""
-    be_tau: float | None = None
-    """BiasEnsemble: the confidence a model must give a sample's class for it (default 0.99)."""
-    be_agreement: int | None = None
-    """BiasEnsemble: how many auxiliary models must be that confident for a sample to count as
-    bias-aligned (default 3)."""
-    denetdm_stage1_steps: int | None = None
-    """DeNetDM: steps of stage 1, the deep and shallow branches as a product of experts (default
-    10,000)."""
-    denetdm_stage1_lr: float | None = None
-    """DeNetDM: stage 1's Adam learning rate (default 0.001)."""
-    denetdm_stage1_weight_decay: float | None = None
-    """DeNetDM: stage 1's Adam weight decay (default 0.001)."""
-    denetdm_temperature: float | None = None
-    """DeNetDM: the temperature of stage 2's distillation (default 2)."""
-    denetdm_distill_weight: float | None = None
-    """DeNetDM: the weight of stage 2's distillation (default 1)."""
-    denetdm_deep: str | None = None
-    """DeNetDM: the deep branch's model (default: after ``model``, methods/denetdm.py)."""
-    denetdm_shallow: str | None = None
-    """DeNetDM: the shallow branch's model (default: after ``model``)."""
-
     # inputs
     input_scale: str | None = None
     """``unit``: pixels / 255; ``reference``: pixels / 255 / 255, as the paper code fed Colored
@@ -311,19 +269,11 @@ class TrainConfig:
         cfg = dataclasses.replace(self, **changes)
         if cfg.palette is None and cfg.uses_palette():
             cfg = dataclasses.replace(cfg, palette="disent")
-        own = {
-            k: v for k, v in METHOD_DEFAULTS.get(cfg.method, {}).items() if getattr(cfg, k) is None
-        }
-        cfg = dataclasses.replace(cfg, **own)
-        if cfg.method == "denetdm" and None in (cfg.denetdm_deep, cfg.denetdm_shallow):
-            from debiaslab.methods.denetdm import default_branches
-
-            deep, shallow = default_branches(cfg.model, cfg.dataset)
-            cfg = dataclasses.replace(
-                cfg,
-                denetdm_deep=cfg.denetdm_deep or deep,
-                denetdm_shallow=cfg.denetdm_shallow or shallow,
-            )
+        method = METHODS.get(cfg.method)
+        if method is not None:
+            own = {o.name: o.default for o in method.options if getattr(cfg, o.name) is None}
+            cfg = dataclasses.replace(cfg, **own)
+            cfg = dataclasses.replace(cfg, **method.resolve_options(cfg))
         if cfg.save_freq is None:
             cfg = dataclasses.replace(cfg, save_freq=cfg.valid_freq)
         return cfg
@@ -391,8 +341,6 @@ class TrainConfig:
         return os.path.join(self.log_dir, self.dataset, self.exp)
 
     def validate(self) -> None:
-        from debiaslab import UserError
-        from debiaslab.methods import METHODS
         from debiaslab.methods.losses import GCE_FORMS
         from debiaslab.models import MODELS
 
@@ -466,66 +414,14 @@ class TrainConfig:
                 raise UserError(
                     f"--{name} is a setting of {' and '.join(methods)}, not of {self.method}; drop it"
                 )
-        for name in ("jtt_steps", "jtt_upweight"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise UserError(f"--{name} must be a positive integer, got {getattr(self, name)}")
-        if self.groupdro_eta is not None and not 0 < self.groupdro_eta < float("inf"):
-            raise UserError(f"--groupdro_eta must be a positive number, got {self.groupdro_eta}")
-        if self.lc_tau is not None and not 0 <= self.lc_tau < float("inf"):
-            raise UserError(f"--lc_tau must be a finite number >= 0, got {self.lc_tau}")
-        if self.lc_prior_alpha is not None and not 0 <= self.lc_prior_alpha < 1:
-            raise UserError(f"--lc_prior_alpha must be in [0, 1), got {self.lc_prior_alpha}")
-        for name in ("be_num_models", "be_steps", "be_agreement"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise UserError(f"--{name} must be a positive integer, got {getattr(self, name)}")
-        if self.be_tau is not None and not 0 <= self.be_tau < 1:
-            raise UserError(
-                f"--be_tau must be in [0, 1) (a probability a sample's class must exceed), got {self.be_tau}"
-            )
-        if (
-            None not in (self.be_agreement, self.be_num_models)
-            and self.be_agreement > self.be_num_models
-        ):
-            raise UserError(
-                f"--be_agreement {self.be_agreement} is more than --be_num_models {self.be_num_models}: "
-                "no sample could be selected; lower it or train more models"
-            )
-        self._validate_denetdm()
+        for option in METHOD_OPTIONS.values():
+            problem = option.problem(getattr(self, option.name))
+            if problem:
+                raise UserError(problem)
+        method = METHODS[self.method]
+        if all(getattr(self, o.name) is not None for o in method.options):
+            method.validate(self)  # once resolved: checks across the method's settings
         if self.gce_form not in GCE_FORMS:
             raise UserError(
                 f"--gce_form must be one of {', '.join(GCE_FORMS)}, got {self.gce_form!r}"
             )
-
-    def _validate_denetdm(self) -> None:
-        from debiaslab import UserError
-        from debiaslab.models import MODELS
-
-        if self.denetdm_stage1_steps is not None and self.denetdm_stage1_steps < 1:
-            raise UserError(
-                f"--denetdm_stage1_steps must be a positive integer, got {self.denetdm_stage1_steps}"
-            )
-        for name in ("denetdm_stage1_lr", "denetdm_temperature"):
-            value = getattr(self, name)
-            if value is not None and not 0 < value < float("inf"):
-                raise UserError(f"--{name} must be a positive number, got {value}")
-        for name in ("denetdm_stage1_weight_decay", "denetdm_distill_weight"):
-            value = getattr(self, name)
-            if value is not None and not 0 <= value < float("inf"):
-                raise UserError(f"--{name} must be a finite number >= 0, got {value}")
-        for name in ("denetdm_deep", "denetdm_shallow"):
-            value = getattr(self, name)
-            if value is not None and value not in MODELS:
-                raise UserError(
-                    f"--{name} {value!r} is not a model; choose one of {', '.join(MODELS)}"
-                )
-        if None not in (self.denetdm_deep, self.denetdm_shallow):
-            deep, shallow = (
-                MODELS[name](num_classes=2).feature_dim
-                for name in (self.denetdm_deep, self.denetdm_shallow)
-            )
-            if deep != shallow:
-                raise UserError(
-                    f"DeNetDM's branches share one classifier, so their features must have one size: "
-                    f"--denetdm_deep {self.denetdm_deep} has {deep}, --denetdm_shallow "
-                    f"{self.denetdm_shallow} has {shallow}; pick branches of equal feature size"
-                )

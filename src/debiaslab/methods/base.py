@@ -16,6 +16,7 @@ from debiaslab.methods.optim import (
     is_device_steppable,
     make_adam,
 )
+from debiaslab.methods.options import Option
 from debiaslab.models import build_model
 
 
@@ -97,6 +98,7 @@ class Method:
     model_names: tuple[str, ...] = ("model",)
     head_inputs = 1
     uses_bias_labels = False  # True only for methods that read bias labels while training
+    options: tuple[Option, ...] = ()  # the method's own settings (TrainConfig fields, flags)
 
     def __init__(
         self,
@@ -194,6 +196,17 @@ class Method:
         for a method without one). The pseudo-unbiased selection rule groups validation samples by
         its argmax instead of their bias label."""
         return None
+
+    @classmethod
+    def resolve_options(cls, cfg) -> dict:
+        """Defaults of ``options`` that depend on the rest of the resolved ``cfg`` (an option
+        left None after its declared default is filled): name -> value."""
+        return {}
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        """Checks across the method's settings (each option's own range is checked already);
+        raises UserError."""
 
     @classmethod
     def step_settings(cls, cfg) -> dict[str, tuple[int, str]]:

@@ -28,10 +28,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from debiaslab.errors import UserError
 from debiaslab.methods.base import Stage
 from debiaslab.methods.disent import DisEnt
 from debiaslab.methods.lff import LfF
 from debiaslab.methods.losses import gce_from_ce
+from debiaslab.methods.options import Option
 
 
 def aux_names(k: int) -> tuple[str, ...]:
@@ -58,6 +60,38 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 class BiasEnsemble:
     """The stages, the committee and the masked biased branch; mixed in before LfF or DisEnt."""
+
+    options = (
+        Option(
+            "be_num_models", int, 5,
+            "auxiliary biased (GCE) models trained one after another before the main stage",
+            "the reference's --num_bias_models", "positive", ("num_bias_models",),
+        ),
+        Option(
+            "be_steps", int, 1000,
+            "training steps of each auxiliary model; its best-validation-accuracy state is kept",
+            "the reference's --biased_model_train_iter", "positive", ("biased_model_train_iter",),
+        ),
+        Option(
+            "be_tau", float, 0.99,
+            "an auxiliary model finds a sample bias-aligned when its probability of the sample's "
+            "class is above this", "the reference's --biased_model_softmax_threshold", "fraction",
+            ("biased_model_softmax_threshold",),
+        ),
+        Option(
+            "be_agreement", int, 3,
+            "how many auxiliary models must find a sample aligned for the biased branch to train "
+            "on it", "the reference's --agreement", "positive", ("agreement",),
+        ),
+    )  # fmt: skip
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        if cfg.be_agreement > cfg.be_num_models:
+            raise UserError(
+                f"--be_agreement {cfg.be_agreement} is more than --be_num_models "
+                f"{cfg.be_num_models}: no sample could be selected; lower it or train more models"
+            )
 
     def __init__(self, cfg, models, train_targets, num_classes, generator):
         super().__init__(cfg, models, train_targets, num_classes, generator)

@@ -39,8 +39,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from debiaslab.errors import UserError
 from debiaslab.methods.base import Method, Stage
 from debiaslab.methods.losses import mean_ce
+from debiaslab.methods.options import Option
 
 BRANCHES = ("deep", "shallow")
 
@@ -76,6 +78,65 @@ class DeNetDM(Method):
 
     name = "denetdm"
     model_names = ("model",)
+    options = (
+        Option(
+            "denetdm_stage1_steps", int, 10_000,
+            "DeNetDM: steps of stage 1, the deep and shallow branches trained as a product of "
+            "experts", "ours; the presets give the authors' epochs", "positive",
+        ),
+        Option(
+            "denetdm_stage1_lr", float, 0.001,
+            "DeNetDM: Adam learning rate of stage 1 (--lr is the target's, in stage 2)",
+            "the authors' (CMNIST, C-CIFAR10)", "positive",
+        ),
+        Option(
+            "denetdm_stage1_weight_decay", float, 0.001,
+            "DeNetDM: Adam weight decay of stage 1 (--weight_decay is the target's)",
+            "the authors' (CMNIST, C-CIFAR10)", "non-negative",
+        ),
+        Option(
+            "denetdm_temperature", float, 2.0,
+            "DeNetDM: temperature T of the distillation from the shallow branch in stage 2",
+            "the authors'", "positive",
+        ),
+        Option(
+            "denetdm_distill_weight", float, 1.0, "DeNetDM: weight of that distillation term",
+            "the authors'", "non-negative",
+        ),
+        Option(
+            "denetdm_deep", str, None,
+            "DeNetDM: the deep (biased) branch's architecture (None: mlp_deep for an MLP, "
+            "resnet20 on 32x32 images, else the run's --model)", "the authors' branches", "model",
+        ),
+        Option(
+            "denetdm_shallow", str, None,
+            "DeNetDM: the shallow (debiased) branch's architecture (None: mlp_shallow for an "
+            "MLP, cnn3 on 32x32 images, else cnn4)", "the authors' branches", "model",
+        ),
+    )  # fmt: skip
+
+    @classmethod
+    def resolve_options(cls, cfg) -> dict:
+        deep, shallow = default_branches(cfg.model, cfg.dataset)
+        return {
+            "denetdm_deep": cfg.denetdm_deep or deep,
+            "denetdm_shallow": cfg.denetdm_shallow or shallow,
+        }
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        from debiaslab.models import MODELS
+
+        deep, shallow = (
+            MODELS[name](num_classes=2).feature_dim
+            for name in (cfg.denetdm_deep, cfg.denetdm_shallow)
+        )
+        if deep != shallow:
+            raise UserError(
+                f"DeNetDM's branches share one classifier, so their features must have one size: "
+                f"--denetdm_deep {cfg.denetdm_deep} has {deep}, --denetdm_shallow "
+                f"{cfg.denetdm_shallow} has {shallow}; pick branches of equal feature size"
+            )
 
     @classmethod
     def model_heads(cls, cfg) -> dict[str, int]:

@@ -2,6 +2,7 @@ import torch
 import torch.nn.functional as F
 
 from debiaslab.methods.base import Method
+from debiaslab.methods.options import Option
 
 
 class GroupDRO(Method):
@@ -15,6 +16,12 @@ class GroupDRO(Method):
 
     name = "groupdro"
     uses_bias_labels = True
+    options = (
+        Option(
+            "groupdro_eta", float, 0.01, "GroupDRO: step size of the group weights",
+            "GroupDRO's eta", "positive",
+        ),
+    )  # fmt: skip
 
     def __init__(self, cfg, models, train_targets, num_classes, generator, train_biases=None):
         super().__init__(cfg, models, train_targets, num_classes, generator)

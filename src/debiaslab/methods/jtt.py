@@ -2,6 +2,7 @@ import torch
 
 from debiaslab.methods.base import Method, Stage
 from debiaslab.methods.losses import mean_ce
+from debiaslab.methods.options import Option
 
 
 class JTT(Method):
@@ -15,6 +16,18 @@ class JTT(Method):
 
     name = "jtt"
     model_names = ("first", "model")
+    options = (
+        Option(
+            "jtt_steps", int, 1000,
+            "JTT: steps of the first (ERM) stage, whose misclassified training samples form the "
+            "error set", "ours, fixed before any run: JTT tunes T per dataset", "positive",
+        ),
+        Option(
+            "jtt_upweight", int, 50,
+            "JTT: times each error-set sample is drawn per epoch of the second stage (lambda_up)",
+            "from JTT's grid {20, 50, 100}", "positive",
+        ),
+    )  # fmt: skip
 
     def __init__(self, cfg, models, train_targets, num_classes, generator, train_biases=None):
         super().__init__(cfg, models, train_targets, num_classes, generator)

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 
 from debiaslab.methods.base import Method
 from debiaslab.methods.losses import PerSampleEMA, gce_from_ce
+from debiaslab.methods.options import Option
 
 LOG_EPS = 1e-12
 
@@ -132,6 +133,22 @@ class LC(Method):
 
     name = "lc"
     model_names = ("biased", "model")
+    options = (
+        Option(
+            "lc_tau", float, 1.0, "LC: weight of the log-prior correction of the logits",
+            "LC's", "non-negative",
+        ),
+        Option(
+            "lc_prior_alpha", float, 0.9,
+            "LC: moving-average factor of the group prior estimate", "ours, fixed before any run",
+            "fraction",
+        ),
+        Option(
+            "lc_mixup", bool, True,
+            "LC: Group MixUp of minority samples with majority samples of their class",
+            "LC's Group MixUp",
+        ),
+    )  # fmt: skip
     head_inputs = 1
 
     def __init__(self, cfg, models, train_targets, num_classes, generator, train_biases=None):

@@ -1,0 +1,53 @@
+"""A method's own settings, declared beside its code (``Method.options``). Each becomes a
+``TrainConfig`` field (None: the declared default), a ``debiaslab train`` flag, a row of the CLI
+reference and of the API page's options table, and is checked by ``TrainConfig.validate``: a new
+method adds its settings here and nowhere else."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# check -> (what the value must be, the test)
+CHECKS = {
+    "positive": ("a positive {kind}", lambda v: v > 0),
+    "non-negative": ("a finite number >= 0", lambda v: v >= 0),
+    "fraction": ("in [0, 1)", lambda v: 0 <= v < 1),
+}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting of a method: ``--name`` (and the ``aliases`` the reference code used)."""
+
+    name: str
+    type: type  # int, float, bool or str
+    default: object
+    help: str
+    source: str  # where the default comes from
+    check: str | None = None  # a key of CHECKS; "model": a name of models.MODELS
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def annotation(self) -> str:
+        return f"{self.type.__name__} | None"
+
+    def describe(self) -> str:
+        """The flag's help: what it does, its default and where that comes from."""
+        return f"{self.help} (default: {self.default}; {self.source})"
+
+    def problem(self, value) -> str | None:
+        """Why ``value`` cannot be this option's, or None."""
+        if value is None or self.check is None:
+            return None
+        if self.check == "model":
+            from debiaslab.models import MODELS
+
+            if value not in MODELS:
+                return f"--{self.name} {value!r} is not a model; choose one of {', '.join(MODELS)}"
+            return None
+        wanted, ok = CHECKS[self.check]
+        kind = "integer" if self.type is int else "number"
+        if (isinstance(value, float) and not math.isfinite(value)) or not ok(value):
+            return f"--{self.name} must be {wanted.format(kind=kind)}, got {value}"
+        return None

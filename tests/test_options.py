@@ -1,0 +1,74 @@
+"""A method owns its settings: every option a method declares (``Method.options``) is a
+``TrainConfig`` field, a ``train`` flag that reaches that field, a row of the CLI reference and
+of the API page's table, and is checked by ``TrainConfig.validate``; driven from the registry,
+so a method whose option is missing anywhere fails here."""
+
+import dataclasses
+
+import pytest
+
+from debiaslab import UserError
+from debiaslab.cli import build_parser, config_from_args
+from debiaslab.clidoc import cli_reference, options_reference
+from debiaslab.config import TrainConfig
+from debiaslab.methods import METHODS
+
+DECLARED = [(m.name, o) for m in METHODS.values() for o in m.options]
+SAMPLE = {int: "7", float: "0.5", str: "mlp"}  # a valid value of each type, as typed
+
+
+@pytest.fixture(scope="module")
+def train_help():
+    return build_parser()._train_parser.format_help()
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return cli_reference(), options_reference()
+
+
+def test_the_registry_declares_the_later_methods_settings():
+    names = {o.name for _, o in DECLARED}
+    assert {"jtt_steps", "groupdro_eta", "lc_mixup", "be_tau", "denetdm_deep"} <= names
+    assert all(o.help and o.source for _, o in DECLARED)
+
+
+@pytest.mark.parametrize("method,option", DECLARED, ids=[f"{m}-{o.name}" for m, o in DECLARED])
+def test_a_declared_option_is_everywhere_it_must_be(method, option, train_help, reference):
+    cli_page, api_table = reference
+    assert option.name in {f.name for f in dataclasses.fields(TrainConfig)}
+    assert f"--{option.name}" in train_help and f"--{option.name}" in cli_page
+    assert f"| `{option.name}` |" in api_table
+    flag = (
+        [f"--{option.name}"] if option.type is bool else [f"--{option.name}", SAMPLE[option.type]]
+    )
+    args = build_parser().parse_args(["train", "--method", method, *flag])
+    value = True if option.type is bool else option.type(SAMPLE[option.type])
+    assert getattr(config_from_args(args), option.name) == value
+    cfg = TrainConfig(method=method).resolved()
+    default = option.default if option.default is not None else getattr(cfg, option.name)
+    assert getattr(cfg, option.name) == default is not None
+
+
+@pytest.mark.parametrize(
+    "method,setting,message",
+    [
+        ("jtt", dict(jtt_steps=0), "--jtt_steps must be a positive integer, got 0"),
+        ("groupdro", dict(groupdro_eta=float("inf")), "--groupdro_eta must be a positive number"),
+        ("lc", dict(lc_prior_alpha=1.0), r"--lc_prior_alpha must be in \[0, 1\), got 1.0"),
+        ("lff_be", dict(be_agreement=6), "--be_agreement 6 is more than --be_num_models 5"),
+        ("denetdm", dict(denetdm_deep="vgg"), "--denetdm_deep 'vgg' is not a model"),
+        ("vanilla", dict(jtt_steps=5), "--jtt_steps is a setting of jtt, not of vanilla"),
+    ],
+)
+def test_options_are_checked_from_their_declaration(method, setting, message):
+    with pytest.raises(UserError, match=message):
+        TrainConfig(method=method, **setting).resolved().validate()
+
+
+def test_the_reference_flag_names_of_bias_ensemble_still_work():
+    args = build_parser().parse_args(
+        ["train", "--train_lff_be", "--num_bias_models", "3", "--agreement", "2"]
+    )
+    cfg = config_from_args(args)
+    assert (cfg.method, cfg.be_num_models, cfg.be_agreement) == ("lff_be", 3, 2)
