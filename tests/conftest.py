@@ -12,6 +12,12 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Each pytest-xdist worker (one per core) trains on one thread, and so do the debiaslab
+    # processes its tests start: workers beside each other would otherwise split each core.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 
 def shared_data_dir() -> Path | None:
     """``$DEBIASLAB_SHARED_DATA`` or ``../shared/data`` beside the checkout."""
