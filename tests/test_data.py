@@ -491,3 +491,46 @@ def test_killed_build_leaves_no_dataset_and_restarts_cleanly(tmp_path):
         load_reference(tmp_path / "a", "cmnist", "5pct").train.checksum()
         == read[0]["5pct"]["train"]["sha256"]
     )
+
+
+def test_the_denetdm_protocol_trains_on_every_digit_and_validates_on_test(tmp_path):
+    """DeNetDM's build: LfF's palette, all training digits, the test split doubling as valid;
+    recorded in the manifest, and a run reads it (with --palette lff)."""
+    import json
+
+    import numpy as np
+
+    from debiaslab.data.cmnist import build_cmnist
+    from debiaslab.data.colored import match_palette, read_palette
+    from tests.conftest import quick_train_args, run_cli
+
+    g = np.random.default_rng(1)
+    arrays = dict(
+        x_train=g.integers(0, 256, (600, 28, 28), dtype=np.uint8),
+        y_train=np.arange(600) % 10,
+        x_test=g.integers(0, 256, (200, 28, 28), dtype=np.uint8),
+        y_test=np.arange(200) % 10,
+    )
+    mnist = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    b = build_cmnist(mnist, 5.0, seed=0, palette="lff", protocol="denetdm")
+    assert len(b.train) == 600 and b.valid is b.test and len(b.test) == 200
+    lff = build_cmnist(mnist, 5.0, seed=0, palette="lff", valid_size=100)
+    assert (len(lff.train), len(lff.valid)) == (500, 100)
+    assert torch.equal(b.test.images, lff.test.images)  # one test split for both protocols
+    np.savez(tmp_path / "m.npz", **arrays)
+    built = run_cli("data", "build", "cmnist", "--mnist", tmp_path / "m.npz", "--protocol",
+                    "denetdm", "--percent", "5", "--out", tmp_path / "d")  # fmt: skip
+    assert built.returncode == 0 and "denetdm protocol, lff palette" in built.stdout, built.stderr
+    manifest = json.loads((tmp_path / "d" / "cmnist" / "manifest.json").read_text())
+    assert manifest["protocol_name"] == "denetdm" and manifest["valid_from"] == "test"
+    assert manifest["palette"] == "lff" and manifest["splits"]["5pct"]["train"]["n"] == 600
+    assert manifest["splits"]["5pct"]["valid"]["sha256"] == manifest["splits"]["test"]["sha256"]
+    args = quick_train_args(tmp_path / "d", tmp_path / "log", "--percent", "5pct")
+    refused = run_cli("train", "--train_vanilla", *args)
+    assert refused.returncode == 2 and "--palette lff" in refused.stderr
+    run = run_cli("train", "--train_vanilla", "--palette", "lff", "--batch_size", "64", *args)
+    assert run.returncode == 0, run.stderr
+    config = json.loads((tmp_path / "log" / "cmnist" / "debugging" / "config.json").read_text())
+    assert config["data"]["sha256"]["valid"] == config["data"]["sha256"]["test"]
+    train = read_palette(b.train.images, b.train.biases, 10)
+    assert match_palette(train) == "lff"

@@ -63,10 +63,20 @@ def add_build_cmnist_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--palette",
         choices=[c for c in PALETTE_CHOICES if c != "any"],
-        default="disent",
+        default=None,
         help="digit colours: disent = the ten saturated hues of the DisEnt paper's data, read off the dataset "
-        "figure of its code repository (assets/data.png; the default, the data of the paper's Table 1); "
-        "lff = LfF's palette (Nam et al. 2020), an easier problem",
+        "figure of its code repository (assets/data.png; the data of the paper's Table 1); "
+        "lff = LfF's palette (Nam et al. 2020), an easier problem (default: disent; lff with "
+        "--protocol denetdm)",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=["lff", "denetdm"],
+        default="lff",
+        help="lff: 5,000 training digits held out as a biased valid split (the papers' Table 1 "
+        "data); denetdm: LfF's protocol as DeNetDM ran it for its published numbers, all 60,000 "
+        "training digits train and the unbiased test split doubles as the valid split (so every "
+        "rule that reads valid reads test labels: an oracle) (default: lff)",
     )
     p.add_argument(
         "--download_dir",
@@ -76,7 +86,7 @@ def add_build_cmnist_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_build_cmnist(args) -> int:
-    from debiaslab.data.cmnist import write_cmnist
+    from debiaslab.data.cmnist import PROTOCOL_PALETTES, write_cmnist
     from debiaslab.data.mnist import load_mnist
 
     pcts = build_percents(args)
@@ -84,7 +94,9 @@ def cmd_build_cmnist(args) -> int:
     mnist, prov = load_mnist(
         args.mnist, Path(args.download_dir) if args.download_dir else out / ".downloads"
     )
-    check_valid_size(args, len(mnist["x_train"]), "MNIST training digits")
+    palette = args.palette or PROTOCOL_PALETTES[args.protocol]
+    if args.protocol == "lff":
+        check_valid_size(args, len(mnist["x_train"]), "MNIST training digits")
     manifest = write_cmnist(
         mnist,
         prov,
@@ -94,10 +106,11 @@ def cmd_build_cmnist(args) -> int:
         args.severity,
         args.valid_size,
         force=args.force,
-        palette=args.palette,
+        palette=palette,
+        protocol=args.protocol,
     )
     print(
-        f"Colored MNIST ({args.palette} palette) written to {out / 'cmnist'} in "
+        f"Colored MNIST ({args.protocol} protocol, {palette} palette) written to {out / 'cmnist'} in "
         f"{manifest['build_seconds']} s (manifest: {out / 'cmnist' / 'manifest.json'})"
     )
     return 0

@@ -32,6 +32,14 @@ from debiaslab.errors import UserError
 
 PERCENTS = (0.5, 1.0, 2.0, 5.0)
 VALID_SIZE = 5000
+# How the splits are drawn (the palette is chosen apart): LfF's, and LfF's as DeNetDM ran it for
+# its published numbers and re-run baselines (algorithms.md, DeNetDM).
+PROTOCOLS = {
+    "lff": "LfF Colored MNIST (Nam et al. 2020)",
+    "denetdm": "LfF Colored MNIST as DeNetDM ran it (Vadakkeveedu et al. 2024): all 60,000 "
+    "training digits, the unbiased test split doubling as the valid split",
+}
+PROTOCOL_PALETTES = {"lff": DEFAULT_PALETTE, "denetdm": "lff"}
 
 
 def _generator(seed: int, stream: int) -> torch.Generator:
@@ -72,28 +80,36 @@ def build_cmnist(
     valid_size: int = VALID_SIZE,
     test: Split | None = None,
     palette: str = DEFAULT_PALETTE,
+    protocol: str = "lff",
 ) -> DatasetBundle:
-    """Build one Colored MNIST ratio in memory."""
+    """Build one Colored MNIST ratio in memory. ``protocol`` ``denetdm``: every training digit
+    trains (``valid_size`` does not apply) and the test split is also the valid split."""
     if severity not in SEVERITY_SIGMA:
         raise UserError(f"--severity {severity} must be one of 1..5")
+    if protocol not in PROTOCOLS:
+        raise UserError(f"--protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
     sigma = SEVERITY_SIGMA[severity]
     # one stream per percentage, so each ratio is reproducible on its own
     g = _generator(seed, 1 + int(round(pct * 1000)))
-    train_idx, valid_idx = split_indices(len(mnist["x_train"]), valid_size, _generator(seed, 1))
+    n_valid = 0 if protocol == "denetdm" else valid_size
+    train_idx, valid_idx = split_indices(len(mnist["x_train"]), n_valid, _generator(seed, 1))
     rho = percent_to_rho(pct)
     train = colored_split(
         mnist["x_train"][train_idx], mnist["y_train"][train_idx], rho, sigma, g, palette=palette
     )
-    valid = colored_split(
-        mnist["x_train"][valid_idx], mnist["y_train"][valid_idx], rho, sigma, g, palette=palette
-    )
     test = test if test is not None else build_test(mnist, seed, severity, palette)
+    valid = test
+    if protocol == "lff":
+        valid = colored_split(
+            mnist["x_train"][valid_idx], mnist["y_train"][valid_idx], rho, sigma, g, palette=palette
+        )
     info = {
         "percent": pct_name(pct),
         "seed": seed,
         "severity": severity,
         "sigma": sigma,
         "palette": palette,
+        "protocol": protocol,
     }
     return DatasetBundle("cmnist", train, valid, test, 10, info)
 
@@ -109,10 +125,15 @@ def write_cmnist(
     force: bool = False,
     progress=print,
     palette: str = DEFAULT_PALETTE,
+    protocol: str = "lff",
 ) -> dict:
     """Write Colored MNIST in the reference layout under ``out/cmnist`` plus caches and a manifest."""
+    if protocol == "denetdm":
+        valid_size = 0
     manifest = {
-        "protocol": "LfF Colored MNIST (Nam et al. 2020)",
+        "protocol": PROTOCOLS[protocol],
+        "protocol_name": protocol,
+        "valid_from": "test" if protocol == "denetdm" else "train",
         "seed": seed,
         "severity": severity,
         "sigma": SEVERITY_SIGMA[severity],
@@ -129,10 +150,12 @@ def write_cmnist(
         out,
         manifest,
         test,
-        lambda pct: build_cmnist(mnist, pct, seed, severity, valid_size, test, palette),
+        lambda pct: build_cmnist(mnist, pct, seed, severity, valid_size, test, palette, protocol),
         percents,
         len(mnist["x_train"]),
         force=force,
+        # the test split's layout and ids: its copy as valid reads back as the same split
+        valid_layout="class" if protocol == "denetdm" else "flat",
         progress=progress,
     )
 
