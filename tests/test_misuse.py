@@ -361,3 +361,36 @@ def test_a_sweep_never_skips_a_run_finished_on_other_data(tiny_reference, tmp_pa
     assert again.returncode == 0 and "1 finished (skipped)" in again.stdout
     assert changed.returncode == 2 and changed.stderr.count("\n") == 1, changed.stderr
     assert "1 finished run(s) in" in changed.stderr and "trained on other data" in changed.stderr
+
+
+def test_fit_hashes_in_memory_data_once(tmp_path, monkeypatch):
+    """The folder name and the run's identity share one sha256 per split."""
+    hashed = []
+    real = Split.checksum
+    monkeypatch.setattr(Split, "checksum", lambda self: hashed.append(len(self)) or real(self))
+    dl.fit("vanilla", B, model="mlp", log_dir=tmp_path, **FIT)
+    assert sorted(hashed) == sorted(len(getattr(B, n)) for n in ("train", "valid", "test"))
+
+
+def test_a_data_source_is_read_once_and_a_refusal_is_kept(monkeypatch):
+    import dataclasses
+
+    from debiaslab import prepare
+    from debiaslab.config import TrainConfig
+
+    read = []
+
+    def load_data(cfg):
+        read.append(cfg.percent)
+        if cfg.percent == "2pct":
+            raise UserError("no such data")
+        return B
+
+    monkeypatch.setattr(prepare, "load_data", load_data)
+    load = prepare.cached_loader()
+    cfg = TrainConfig(dataset="tiny")
+    assert load(cfg) is load(dataclasses.replace(cfg, seed=3, lr=0.5))
+    for _ in range(2):
+        with pytest.raises(UserError, match="no such data"):
+            load(dataclasses.replace(cfg, percent="2pct"))
+    assert read == ["1pct", "2pct"]

@@ -384,6 +384,7 @@ def fit(
     """
     from debiaslab.train import train
 
+    data = _hashed(data)
     cfg = _config(method, data, model, log_dir, exp or _default_exp(method, data), options)
     train(cfg, data if isinstance(data, DatasetBundle) else None)
     return load_run(cfg.run_dir())
@@ -442,6 +443,12 @@ def _check_option(name: str, annotation: str, value) -> None:
     )
 
 
+def _hashed(data):
+    """In-memory data with its checksums computed once, for the folder name and the run's
+    identity both (a copy: the caller's bundle stays as it was)."""
+    return data.with_checksums() if isinstance(data, DatasetBundle) else data
+
+
 def _default_exp(method: str, data: DatasetBundle | str) -> str:
     """``<method>``, and for in-memory data ``<method>-<data id>``: other data, another run."""
     if not isinstance(data, DatasetBundle):
@@ -470,6 +477,7 @@ def fit_many(
     """
     from debiaslab.group import fusion_groups, train_group
 
+    data = _hashed(data)
     cfgs, base = [], exp or _default_exp(method, data)
     for own in runs:
         merged = {**options, **own}

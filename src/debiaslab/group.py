@@ -22,7 +22,7 @@ from debiaslab.config import TrainConfig
 from debiaslab.errors import UserError
 from debiaslab.fused import FusedStep, state_signature
 from debiaslab.io import atomic_write_json
-from debiaslab.prepare import load_data
+from debiaslab.prepare import cached_loader
 from debiaslab.train import (
     OpenedRun,
     TrainingLoop,
@@ -92,7 +92,7 @@ def train_group(
             "these runs cannot train fused: they differ in more than seed, data and float "
             "settings; train them separately (sweep --fuse auto groups them)"
         )
-    load = _data_cache()
+    load = cached_loader()
     errors: dict[str, BaseException] = {}
     opened: list[OpenedRun | None] = []
     for cfg in cfgs:  # a run whose data or directory is refused fails alone
@@ -115,19 +115,6 @@ def train_group(
     if errors:
         raise GroupFailed(results, {str(d): e for d, e in errors.items()})
     return results
-
-
-def _data_cache():
-    """``load_data`` that reads each dataset and ratio once for every run of the group."""
-    bundles: dict = {}
-
-    def load(cfg: TrainConfig):
-        key = tuple(getattr(cfg, f) for f in (*DATA_FIELDS, "dataset", "manifest", "image_folder"))
-        if key not in bundles:
-            bundles[key] = load_data(cfg)
-        return bundles[key]
-
-    return load
 
 
 def _train_fused(runs: list[OpenedRun], progress_desc, errors: dict) -> list[dict | None]:

@@ -83,6 +83,32 @@ def prepare_split(split: Split, cfg: TrainConfig, device) -> Split:
 DATA_SEED = 0  # seeds the valid hold-out of datasets without one, the same for every training seed
 
 
+# The settings ``load_data`` reads: configs equal in them read the same data.
+DATA_SOURCE_FIELDS = (
+    "dataset", "percent", "data_dir", "corruption_type", "palette", "manifest", "image_folder",
+    "image_size",
+)  # fmt: skip
+
+
+def cached_loader():
+    """``load_data`` that reads each data source (``DATA_SOURCE_FIELDS``) once, for the runs of
+    a group or a sweep; a source refused once (UserError) is refused again without rereading."""
+    bundles: dict = {}
+
+    def load(cfg: TrainConfig) -> DatasetBundle:
+        key = tuple(getattr(cfg, f) for f in DATA_SOURCE_FIELDS)
+        if key not in bundles:
+            try:
+                bundles[key] = load_data(cfg)
+            except UserError as e:
+                bundles[key] = e
+        if isinstance(bundles[key], UserError):
+            raise bundles[key]
+        return bundles[key]
+
+    return load
+
+
 def load_data(cfg: TrainConfig) -> DatasetBundle:
     """The dataset a config names: a user manifest or image folder, BAR, or a reference-layout folder."""
     from debiaslab.data.folders import load_bar, load_image_folder, load_manifest

@@ -503,27 +503,19 @@ def trained_on_other_data(runs: list) -> list:
     """The finished ``runs`` whose config.json recorded data checksums other than those of the
     data their config reads now: a sweep never skips a run as done on other data. Data that
     cannot be read is not compared here (the runs that read it report it)."""
-    from debiaslab.prepare import load_data
+    from debiaslab.prepare import cached_loader
 
-    current: dict[tuple, dict | None] = {}
-    out = []
+    load, out = cached_loader(), []
     for r in runs:
         try:
             recorded = json.loads((r.run_dir / "config.json").read_text())["data"]["sha256"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        cfg = r.cfg.resolved()
-        source = tuple(
-            getattr(cfg, k)
-            for k in ("data_dir", "dataset", "percent", "corruption_type", "palette")
-            + ("manifest", "image_folder", "image_size")
-        )
-        if source not in current:
-            try:
-                current[source] = load_data(cfg).checksums()
-            except UserError:
-                current[source] = None
-        if current[source] is not None and current[source] != recorded:
+        try:
+            current = load(r.cfg.resolved()).checksums()
+        except UserError:
+            continue
+        if current != recorded:
             out.append(r)
     return out
 
@@ -609,8 +601,9 @@ def sweep(
         print(f"nothing to do; collect the table with: debiaslab collect {out}")
         return 0
     t0 = time.time()
-    options = SweepOptions(jobs, devices, address, cpus_per_run, gpus_per_run, progress)
-    options = dataclasses.replace(options, runs_per_device=runs_per_device, fuse_max=fuse_max)
+    options = SweepOptions(
+        jobs, devices, address, cpus_per_run, gpus_per_run, progress, runs_per_device, fuse_max
+    )
     try:
         counts = _backend(backend)(todo, out, options)
     except KeyboardInterrupt:
