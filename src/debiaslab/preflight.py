@@ -19,14 +19,13 @@ def check_models(method_cls, cfg: TrainConfig, bundle: DatasetBundle) -> None:
     (UserError otherwise); built-in models are known to. The global RNG is left as it was, so
     the run's own models are the ones its seed gives."""
     heads = method_cls.model_heads(cfg)
-    names = {n: method_cls.model_architecture(cfg, n) for n in heads}
-    if all(arch.lower() in BUILTIN_MODELS for arch in names.values()):
-        return
+    archs = {n: method_cls.model_architecture(cfg, n).lower() for n in heads}
+    users = {n: arch for n, arch in archs.items() if arch not in BUILTIN_MODELS}
     in_shape = tuple(bundle.train.images.shape[1:])
     with torch.random.fork_rng(devices=[]):
-        for name, arch in names.items():
+        for name, arch in users.items():
             model = build_model(arch, bundle.num_classes, heads[name], in_shape)
-            check_model(arch.lower(), model, heads[name], in_shape)
+            check_model(arch, model, heads[name], in_shape)
 
 
 def setting_warnings(cfg: TrainConfig) -> list[str]:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from debiaslab.cli.common import add_data_args, data_config, metrics_table
+from debiaslab.config import METHOD_FIELDS, METHOD_OPTIONS
 from debiaslab.errors import UserError
 from debiaslab.methods import METHODS
 from debiaslab.selection import selection_names, shipped_selection
@@ -331,13 +332,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 def add_method_options(p: argparse.ArgumentParser) -> None:
     """A group of flags per method's own settings (``Method.options``), read from the registry:
     a new method's settings appear here without a line of this file."""
-    methods_of: dict = {}
-    for method in METHODS.values():
-        for option in method.options:
-            methods_of.setdefault(option, []).append(method.name)
-    groups: dict = {}
-    for option, names in methods_of.items():
-        groups.setdefault(tuple(names), []).append(option)
+    groups: dict = {}  # the methods an option belongs to -> their options
+    for name, option in METHOD_OPTIONS.items():
+        groups.setdefault(METHOD_FIELDS[name], []).append(option)
     for names, options in groups.items():
         aliases = any(o.aliases for o in options)
         title = " and ".join(names) + ": the method's own settings"

@@ -74,11 +74,10 @@ def _user_model(key: str, factory, num_classes: int, head_inputs: int, in_shape)
 
 
 def check_model(key: str, model: nn.Module, head_inputs: int, in_shape) -> None:
-    """A user model reads images of ``in_shape`` and its head takes ``head_inputs`` features."""
+    """A user model (``register_model``) reads images of ``in_shape`` and its head takes
+    ``head_inputs`` features."""
     from debiaslab.errors import UserError
 
-    if key in BUILTIN_MODELS:
-        return
     model.eval()
     try:
         with torch.no_grad():
