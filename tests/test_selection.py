@@ -257,6 +257,20 @@ def test_run_selections_checkpoints_and_test_command(tiny_reference, tmp_path):
     assert_first_best_on_ties(evals, picks)
     for rule in RULES:
         check_rule(run, tiny_reference, rule, picks[rule], selections[rule])
+    assert_picks_share_files(run, picks)
+
+
+def assert_picks_share_files(run, picks):
+    """Rules that picked the same step share one file; every distinct pick has its own."""
+    picked = [r for r in RULES if r != "last" and (run / f"checkpoint_{r}.pt").exists()]
+    inodes = {r: (run / f"checkpoint_{r}.pt").stat().st_ino for r in picked}
+    for a in picked:
+        for b in picked:
+            same_pick = picks[a]["step"] == picks[b]["step"] and a.startswith(
+                "wa_"
+            ) == b.startswith("wa_")
+            assert (inodes[a] == inodes[b]) == same_pick, (a, b)
+    assert len(set(inodes.values())) < len(picked)  # this run has rules that tie on a step
 
 
 def assert_first_best_on_ties(evals, picks):
@@ -278,13 +292,13 @@ def check_rule(run, data, rule, pick, selection):
     full = full_checkpoint(run, pick["step"])
     assert full["step"] == pick["step"], rule
     if rule != "last":  # checkpoint_last.pt is itself the full checkpoint of the last step
-        assert ckpt["kind"] == "models" and ckpt["rule"] == rule
+        assert ckpt["kind"] == "models" and "rule" not in ckpt
         assert ckpt["metrics"] == {"valid": pick["valid"], "test": pick["test"]}
         assert_same_tensors(ckpt["models"], full["method_state"]["models"], rule)
     t = run_test_cli(run, data, "--select", rule, "--json")
     assert t.returncode == 0, t.stderr
     out = json.loads(t.stdout)
-    assert out["step"] == pick["step"], rule
+    assert out["step"] == pick["step"] and out["selection"] == rule, rule
     # pseudo_unbiased groups by the biased branch as it was during training: a selection-time score
     valid = {k: v for k, v in pick["valid"].items() if k != "pseudo_unbiased"}
     assert out["metrics"] == {"valid": valid, "test": pick["test"]}, rule

@@ -5,6 +5,9 @@
   pending log accumulators). With ``keep_checkpoints = k > 1`` the k - 1 previous ones stay as
   ``checkpoint_step<N>.pt``; older ones are deleted, so a run holds a bounded number of files.
 - ``checkpoint_<rule>.pt``: the models picked by each selection rule (``metrics.SELECTION_RULES``).
+  Rules that pick the same models at the same step share one file through hard links (the rule
+  is the file's name, not its content), so a run's disk use grows with the distinct picks, not
+  with the number of rules; a rule that moves on is renamed over its own link only.
 
 Every file is written to a temporary file in the same folder, fsynced and renamed into place
 (``io.atomic_torch_save``): a kill or a full disk during a save leaves the previous file valid.
@@ -15,6 +18,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -88,11 +92,34 @@ def save_full(run_dir: Path, state: dict, keep: int, previous_step: int | None) 
         old.unlink(missing_ok=True)
 
 
-def save_models(run_dir: Path, rule: str, state: dict) -> None:
-    atomic_torch_save(
-        {"kind": "models", "format": FORMAT, "rule": rule, **state},
-        Path(run_dir) / f"checkpoint_{rule}.pt",
-    )
+def save_models(run_dir: Path, rules: list[str], state: dict) -> None:
+    """Write one pick as ``checkpoint_<rule>.pt`` for every rule in ``rules``: once, then linked."""
+    run_dir = Path(run_dir)
+    first = run_dir / f"checkpoint_{rules[0]}.pt"
+    atomic_torch_save({"kind": "models", "format": FORMAT, **state}, first)
+    for rule in rules[1:]:
+        _link_over(first, run_dir / f"checkpoint_{rule}.pt")
+
+
+def _link_over(source: Path, target: Path) -> None:
+    """``target`` becomes another name of ``source``, atomically (a link, renamed into place);
+    a file system without hard links gets a copy."""
+    tmp = target.with_name(f".{target.name}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def rule_of(path: Path, blob: dict) -> str:
+    """The rule a models file holds the pick of: its name (files written before picks were shared
+    recorded it inside)."""
+    m = re.match(r"^checkpoint_(.+)\.pt$", Path(path).name)
+    if blob.get("kind") == "models" and "rule" not in blob and m:
+        return m.group(1)
+    return blob.get("rule", "last")
 
 
 def load_for_resume(run_dir: Path) -> dict | None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from debiaslab.checkpoints import rule_of
 from debiaslab.config import TrainConfig
 from debiaslab.errors import UserError
 from debiaslab.methods import METHODS
@@ -76,7 +77,7 @@ def load_checkpoint(path, dataset: str, select: str | None = None, model: str | 
         "source": "debiaslab",
         "path": str(path),
         "step": blob["step"],
-        "rule": blob.get("rule", "last"),
+        "rule": rule_of(path, blob),
         "config": cfg,
         "input_scale": cfg.input_scale,
         "num_classes": num_classes,

@@ -578,8 +578,11 @@ class TrainingLoop:
             save_w_snapshot(self.run_dir, done, method.sample_weights(), conflicting)
         improved = self.tracker.update(record)
         last_average = "wa" in record and done == self.plan.total
-        for rule in (improved + ["wa_last"] * last_average) if cfg.best_checkpoints else ():
-            _save_pick(self.run_dir, rule, cfg, done, method, self.average, record)
+        moved = improved + ["wa_last"] * last_average if cfg.best_checkpoints else []
+        for averaged in (False, True):
+            rules = [r for r in moved if r.startswith(WA_PREFIX) == averaged]
+            if rules:
+                _save_pick(self.run_dir, rules, cfg, done, method, self.average, record)
         self.bar.set_postfix(
             valid=f"{record['valid']['accuracy']:.3f}",
             test_unb=f"{primary_metric(record['test'], cfg.dataset):.3f}",
@@ -699,14 +702,15 @@ def capture_step(cfg: TrainConfig, device: torch.device, method) -> bool:
 
 
 def _save_pick(
-    run_dir: Path, rule: str, cfg: TrainConfig, done: int, method, average, record: dict
+    run_dir: Path, rules: list[str], cfg: TrainConfig, done: int, method, average, record: dict
 ):
-    """checkpoint_<rule>.pt: the models (raw, or averaged for wa_*) a selection picked at ``done``."""
-    models = average.models if rule.startswith(WA_PREFIX) else method.models
-    evaluation = evaluation_of(record, rule)
+    """checkpoint_<rule>.pt for each of ``rules``: the models (raw, or averaged for wa_*, never
+    both in one call) that these selections picked at ``done``, written once."""
+    models = average.models if rules[0].startswith(WA_PREFIX) else method.models
+    evaluation = evaluation_of(record, rules[0])
     checkpoints.save_models(
         run_dir,
-        rule,
+        rules,
         {
             "config": cfg.to_dict(),
             "method": cfg.method,
