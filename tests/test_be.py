@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from debiaslab import UserError
+from debiaslab.config import TrainConfig
 from debiaslab.methods import METHODS
-from debiaslab.methods.base import StageData
-from debiaslab.methods.bias_ensemble import agreement_mask, masked_mean
+from debiaslab.methods.base import Stage, StageData
+from debiaslab.methods.bias_ensemble import LfFBE, agreement_mask, masked_mean
 from tests.conftest import (
     N_SAMPLES,
     adam,
@@ -415,8 +416,8 @@ def test_interrupted_inside_an_aux_stage_resumes_bit_for_bit(tmp_path, monkeypat
 
     def save_then_stop(run_dir, state, *args):
         save_full(run_dir, state, *args)
-        if state["step"] == 8:  # inside stage aux1, after an evaluation kept a best model
-            assert state["method_state"]["extra"]["bias_ensemble"]["best"]["step"] == 8
+        if state["step"] == 8:  # inside stage aux1, after its evaluation after 1 update (step 7)
+            assert state["method_state"]["extra"]["bias_ensemble"]["best"]["step"] == 7
             raise Interrupt
 
     monkeypatch.setattr(checkpoints, "save_full", save_then_stop)
@@ -431,6 +432,26 @@ def test_interrupted_inside_an_aux_stage_resumes_bit_for_bit(tmp_path, monkeypat
     assert logs[0] == logs[1]
     be = states[0]["method_state"]["extra"]["bias_ensemble"]
     assert be["aligned_ready"] and be["scored"] == [True, True]
+
+
+def test_aux_models_are_candidates_after_1_and_501_updates_only(tmp_path):
+    """As the authors run it: an aux stage of 600 steps is evaluated after its 1st and 501st
+    updates only, and the kept model is one of those two, never the stage's last state."""
+    from debiaslab.train import train
+
+    kw = dict(method="lff_be", be_num_models=1, be_steps=600, be_agreement=1, num_steps=2)
+    train(tiny_config(tmp_path, valid_freq=100, **kw), tiny_bundle())
+    run = tmp_path / "tiny" / "e"
+    evals = read_log(run, "eval")
+    assert [e["step"] for e in evals if e.get("stage") == "aux0"] == [1, 501]
+    last = torch.load(run / "checkpoint_last.pt", weights_only=True)["method_state"]
+    best_step = last["extra"]["bias_ensemble"]["best_steps"][0]
+    first, second = (e["valid"]["accuracy"] for e in evals[:2])
+    assert best_step == (501 if second > first else 1)
+    cadence = TrainConfig(method="lff_be", be_candidates="cadence").resolved()
+    assert LfFBE.stage_evaluation_steps(cadence, Stage("aux0", 600, ("aux0",))) is None
+    short = TrainConfig(method="lff_be", be_steps=300).resolved()
+    assert LfFBE.stage_evaluation_steps(short, Stage("aux0", 300, ("aux0",))) == (1,)
 
 
 def test_lff_be_through_train_and_test(tiny_reference, tmp_path):
@@ -452,6 +473,8 @@ def test_lff_be_through_train_and_test(tiny_reference, tmp_path):
         "0.985",
         "--agreement",
         "2",
+        "--be_candidates",
+        "cadence",
         "--input_scale",
         "unit",
         *quick_train_args(tiny_reference, logs, "--valid_freq", "10"),

@@ -1,4 +1,6 @@
-"""LC (Logit Correction) against computations written here: by hand, or by plain Python loops."""
+"""LC's earlier_reading variant (debiaslab's first LC, kept as ``lc_variant="earlier_reading"``)
+against computations written here: by hand, or by plain Python loops. The authors' variant, the
+default: tests/test_lc_authors.py."""
 
 import copy
 import math
@@ -27,7 +29,7 @@ from tests.conftest import (
 
 
 def make_lc(model="mlp", **kw):
-    return make_method("lc", model=model, **kw)
+    return make_method("lc", model=model, **{"lc_variant": "earlier_reading", **kw})
 
 
 # -- Eq. 9-11: the prior ------------------------------------------------------------------------------
@@ -320,6 +322,8 @@ def test_defaults_and_flags_reach_the_method():
         "train",
         "--method",
         "lc",
+        "--lc_variant",
+        "earlier_reading",
         "--lc_tau",
         "0.3",
         "--lc_prior_alpha",

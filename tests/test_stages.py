@@ -74,7 +74,42 @@ def test_sampler_draws_each_sample_its_count_per_epoch_and_resumes():
     assert sorted(torch.cat([sampler.next() for _ in range(2)]).tolist()) == list(range(6))
 
 
+def test_weighted_sampler_draws_in_proportion_with_replacement_and_resumes():
+    weights = torch.tensor([1.0, 1.0, 2.0, 4.0])
+    sampler = EpochSampler(4, 4, torch.Generator().manual_seed(0), "cpu")
+    sampler.use_weights(weights)
+    drawn = torch.cat([sampler.next() for _ in range(4000)])
+    share = torch.bincount(drawn, minlength=4).double() / len(drawn)
+    assert torch.allclose(share, weights.double() / 8, atol=0.01), share
+    assert sampler.epoch == 4000  # an epoch: n draws
+    state = copy.deepcopy(sampler.state_dict())
+    ahead = [sampler.next().tolist() for _ in range(20)]
+    again = EpochSampler(4, 4, torch.Generator(), "cpu")
+    again.use_weights(weights)
+    again.load_state_dict(state)
+    assert [again.next().tolist() for _ in range(20)] == ahead
+    assert any(len(set(b)) < 4 for b in ahead)  # drawn with replacement
+
+
 # -- GroupDRO ----------------------------------------------------------------------------------
+def test_groupdro_batches_are_group_balanced():
+    """Each (target, bias) group fills the same share of the draws, whatever its size; uniform
+    shuffled epochs (the ``epochs`` sampler) would give the conflicting groups a quarter."""
+    method, targets = make_method("groupdro")
+    groups = targets * N_CLASSES + method_biases(targets)
+    p = method.sample_probabilities()
+    assert torch.allclose(p.sum(), torch.tensor(1.0, dtype=p.dtype))
+    sampler = EpochSampler(len(targets), 6, torch.Generator().manual_seed(0), "cpu")
+    sampler.use_weights(p)
+    drawn = groups[torch.cat([sampler.next() for _ in range(3000)])]
+    present = groups.unique()
+    share = (drawn[:, None] == present[None, :]).double().mean(0)
+    assert ((share - 1 / len(present)).abs() < 0.01).all(), share
+    conflicting = targets != method_biases(targets)
+    assert conflicting.double().mean() == 0.25  # uniform draws would give them 0.25, not 0.5
+    assert make_method("groupdro", groupdro_sampler="epochs")[0].sample_probabilities() is None
+
+
 def test_group_means_and_the_weight_update_by_hand():
     values, groups = torch.tensor([1.0, 3.0, 2.0, 6.0]), torch.tensor([0, 0, 2, 2])
     assert group_means(values, groups, 4).tolist() == [2.0, 0.0, 4.0, 0.0]  # groups 1 and 3 absent
@@ -198,7 +233,11 @@ def test_jtt_error_set_is_what_the_first_model_gets_wrong_and_is_upsampled():
     assert method.error_set.tolist() == wrong and any(wrong) and not all(wrong)
     method.train()
     method.begin_stage(main, data)
-    assert method.sample_counts().tolist() == [5 if w else 1 for w in wrong]
+    assert method.sample_counts().tolist() == [6 if w else 1 for w in wrong]  # 1 + lambda_up
+    earlier, _ = make_method("jtt", jtt_steps=4, jtt_upweight=5, jtt_error_draws="upweight")
+    earlier.error_set = method.error_set
+    earlier.begin_stage(main, data)
+    assert earlier.sample_counts().tolist() == [5 if w else 1 for w in wrong]
     first = copy.deepcopy(method.models["first"].state_dict())
     for step, (x, y, idx) in enumerate(method_batches(targets, 3)):
         method.update(x, y, idx, step)

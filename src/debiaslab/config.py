@@ -289,9 +289,21 @@ class TrainConfig:
     @classmethod
     def from_saved(cls, d: dict) -> TrainConfig:
         """The config a run directory recorded. Runs saved before ``palette`` existed all trained on
-        LfF's palette (the only one then), so a Colored MNIST config without it means ``lff``."""
+        LfF's palette (the only one then), so a Colored MNIST config without it means ``lff``; LC
+        runs saved before ``lc_variant`` existed trained debiaslab's earlier reading of LC, and GroupDRO
+        runs before ``groupdro_sampler`` shuffled epochs, JTT runs before ``jtt_error_draws`` drew an
+        error sample ``jtt_upweight`` times, BiasEnsemble runs before ``be_candidates`` kept any
+        evaluation of the valid_freq cadence."""
         if d.get("dataset") in COLORED_DATASETS and "palette" not in d:
             d = {**d, "palette": "lff"}
+        if d.get("method") == "lc" and "lc_variant" not in d:
+            d = {**d, "lc_variant": "earlier_reading"}  # LC before its authors' version landed
+        if d.get("method") == "groupdro" and "groupdro_sampler" not in d:
+            d = {**d, "groupdro_sampler": "epochs"}  # GroupDRO before its balanced batches
+        if d.get("method") == "jtt" and "jtt_error_draws" not in d:
+            d = {**d, "jtt_error_draws": "upweight"}  # JTT before its 1 + lambda_up draws
+        if d.get("method") in ("lff_be", "disent_be") and "be_candidates" not in d:
+            d = {**d, "be_candidates": "cadence"}  # BiasEnsemble before its authors' candidates
         return cls.from_dict(d)
 
     def identity(self) -> dict:

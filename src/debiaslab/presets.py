@@ -175,6 +175,10 @@ def _config(dataset: str, percent: str, method: str) -> dict:
             lr_decay_step=10_000,
             lr_gamma=gamma,
         )
+    if method == "lc":
+        # LC's code has no Colored MNIST command: the Group MixUp ramp's length is ours, DisEnt's
+        # CMNIST curr_step, fixed before any run
+        cfg.update(curr_step=10_000)
     if method == "denetdm":
         batch, epochs1, lr1, wd1, epochs2, lr2, distill = DENETDM[dataset]
         steps_per_epoch = -(-TRAIN_SIZES[dataset] // batch)

@@ -332,6 +332,9 @@ class TrainingLoop:
         self.average = make_average(cfg, self.method)
         self.tracker = SelectionTracker(cfg.dataset, selection_names(self.average is not None))
         self.plan = StagePlan(self.method_cls.stages(cfg))
+        self.stage_evaluations = [
+            self.method_cls.stage_evaluation_steps(cfg, s) for s in self.plan.stages
+        ]
         self.stage_data = StageData(
             self.train_split.images,
             self.train_split.targets,
@@ -392,6 +395,7 @@ class TrainingLoop:
     def enter_stage(self, k: int) -> None:
         self.method.begin_stage(self.plan.stages[k], self.stage_data)
         self.sampler.use_counts(self.method.sample_counts())
+        self.sampler.use_weights(self.method.sample_probabilities())
 
     def restore(self, state: dict | None, accelerate: bool = True) -> None:
         """Put a checkpoint's state back (None: a fresh run), then open the log. ``accelerate``:
@@ -490,9 +494,19 @@ class TrainingLoop:
         """Whether anything reads the device after step ``done``; between boundaries the steps
         queue up without waiting."""
         cfg = self.cfg
-        return done == self.plan.ends[k] or any(
-            done % freq == 0 for freq in (cfg.log_freq, cfg.valid_freq, cfg.save_freq)
+        return (
+            done == self.plan.ends[k]
+            or any(done % freq == 0 for freq in (cfg.log_freq, cfg.valid_freq, cfg.save_freq))
+            or self.evaluation_due(done, k)
         )
+
+    def evaluation_due(self, done: int, k: int) -> bool:
+        """Whether the models are evaluated after step ``done`` of stage ``k``: the stage's own
+        steps where its method names them, else every ``valid_freq`` steps and at its end."""
+        points = None if self._main(k) else self.stage_evaluations[k]
+        if points is None:
+            return done % self.cfg.valid_freq == 0 or done == self.plan.ends[k]
+        return done - self.plan.start(k) in points
 
     def boundary(self, done: int, k: int) -> int:
         """Check the steps since the last boundary, log, evaluate, select, end a stage and save as
@@ -502,7 +516,7 @@ class TrainingLoop:
         self.check_nonfinite(done)
         if done % cfg.log_freq == 0 or stage_ends:
             self.log_train(done, tag)
-        if done % cfg.valid_freq == 0 or stage_ends:
+        if self.evaluation_due(done, k):
             with self.timed("evaluation"):
                 record = self.evaluate(done, k, tag)
             if main:

@@ -170,6 +170,13 @@ class Method:
         """The parts of training, in order; the last is ``main``, of ``cfg.num_steps`` steps."""
         return (Stage("main", cfg.num_steps, cls.model_names),)
 
+    @classmethod
+    def stage_evaluation_steps(cls, cfg, stage: Stage) -> tuple[int, ...] | None:
+        """The updates into earlier stage ``stage`` after which it is evaluated (each evaluation
+        reaching ``stage_evaluated``), and only those; None: every ``valid_freq`` steps and at the
+        stage's end."""
+        return None
+
     def begin_stage(self, stage: Stage, data: StageData) -> None:
         """Called as ``stage`` starts (eager: may read the host). Also on resume inside it, so it
         must only set up what the method's saved state does not hold."""
@@ -185,6 +192,11 @@ class Method:
 
     def sample_counts(self) -> torch.Tensor | None:
         """How many times each training sample is drawn per epoch in the current stage (None: once)."""
+        return None
+
+    def sample_probabilities(self) -> torch.Tensor | None:
+        """Each training sample's relative chance of being drawn in the current stage, batches then
+        drawn with replacement (None: shuffled epochs)."""
         return None
 
     def eval_predict(self, x: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,11 @@
 debiasing"), a plug-in for LfF (``lff_be``) and DisEnt (``disent_be``); algorithms.md, "BiasEnsemble".
 
 Stages ``aux0`` .. ``aux{K-1}`` (``be_steps`` each): auxiliary model ``aux{i}``, a plain classifier
-from its own fresh initialisation, trained alone with mean GCE over the whole batch. Each keeps its
-best-validation-accuracy evaluation of the stage (the first of equal ones); at the stage's end that
+from its own fresh initialisation, trained alone with mean GCE over the whole batch. As the authors
+run it (``be_candidates "authors"``), it is evaluated after 1 and after 501 updates only and keeps
+the one with the strictly higher valid accuracy (the first of equal ones): the state after all
+``be_steps`` is never a candidate. ``"cadence"`` (debiaslab's first BiasEnsemble, and runs recorded
+before the option existed): every ``valid_freq`` steps and the stage's end. At the stage's end that
 model is put back and scores every training sample with ``p_i(x) = softmax(aux_i(x))[y]``. After
 the last one, a sample is confidently bias-aligned when ``#{i : p_i(x) > tau} >= agreement``
 (strictly greater than tau). No bias label is read; the loop logs the samples left out (the
@@ -34,6 +37,9 @@ from debiaslab.methods.disent import DisEnt
 from debiaslab.methods.lff import LfF
 from debiaslab.methods.losses import gce_from_ce
 from debiaslab.methods.options import Option
+
+CANDIDATES = ("authors", "cadence")
+AUTHORS_CANDIDATES = (1, 501)  # updates into an aux stage: its step indices 0 and 500
 
 
 def aux_names(k: int) -> tuple[str, ...]:
@@ -83,10 +89,29 @@ class BiasEnsemble:
             "how many auxiliary models must find a sample aligned for the biased branch to train "
             "on it", "the reference's --agreement", "positive", ("agreement",),
         ),
+        Option(
+            "be_candidates", str, "authors",
+            f"which evaluations of an auxiliary model may be kept, one of {', '.join(CANDIDATES)}: "
+            "after 1 and 501 updates, or every valid_freq steps and the stage's end (debiaslab's "
+            "first BiasEnsemble)", "the authors' code",
+        ),
     )  # fmt: skip
 
     @classmethod
+    def stage_evaluation_steps(cls, cfg, stage):
+        """Authors: an aux model is evaluated after 1 and 501 updates only (its step indices 0
+        and 500); the state after all ``be_steps`` is never a candidate."""
+        if stage.name == "main" or cfg.be_candidates != "authors":
+            return None
+        return tuple(s for s in AUTHORS_CANDIDATES if s <= stage.steps)
+
+    @classmethod
     def validate(cls, cfg) -> None:
+        if cfg.be_candidates not in CANDIDATES:
+            raise UserError(
+                f"--be_candidates {cfg.be_candidates!r} is not a rule; choose one of "
+                f"{', '.join(CANDIDATES)}"
+            )
         if cfg.be_agreement > cfg.be_num_models:
             raise UserError(
                 f"--be_agreement {cfg.be_agreement} is more than --be_num_models "

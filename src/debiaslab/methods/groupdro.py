@@ -1,8 +1,11 @@
 import torch
 import torch.nn.functional as F
 
+from debiaslab.errors import UserError
 from debiaslab.methods.base import Method
 from debiaslab.methods.options import Option
+
+SAMPLERS = ("balanced", "epochs")
 
 
 class GroupDRO(Method):
@@ -12,6 +15,11 @@ class GroupDRO(Method):
     weights, ``q_g <- q_g * exp(eta * loss_g)`` normalised (``loss_g``: the batch's mean CE of
     group g, 0 for a group absent from the batch, whose weight then only renormalises), then
     trains on ``sum_g q_g * loss_g``.
+
+    Batches are group-balanced, as every official command runs it (``groupdro_sampler
+    "balanced"``): sample i is drawn with probability proportional to 1 / |its group|, with
+    replacement, so each present group fills about the same share of a batch. ``"epochs"``:
+    shuffled epochs (debiaslab's first GroupDRO; runs recorded before the option existed).
     """
 
     name = "groupdro"
@@ -21,7 +29,20 @@ class GroupDRO(Method):
             "groupdro_eta", float, 0.01, "GroupDRO: step size of the group weights",
             "GroupDRO's eta", "positive",
         ),
+        Option(
+            "groupdro_sampler", str, "balanced",
+            f"GroupDRO: how batches are drawn, one of {', '.join(SAMPLERS)}: group-balanced with "
+            "replacement, or shuffled epochs", "every official GroupDRO command",
+        ),
     )  # fmt: skip
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        if cfg.groupdro_sampler not in SAMPLERS:
+            raise UserError(
+                f"--groupdro_sampler {cfg.groupdro_sampler!r} is not a sampler; choose one of "
+                f"{', '.join(SAMPLERS)}"
+            )
 
     def __init__(self, cfg, models, train_targets, num_classes, generator, train_biases=None):
         super().__init__(cfg, models, train_targets, num_classes, generator)
@@ -38,6 +59,11 @@ class GroupDRO(Method):
         loss = (q * group_loss).sum()
         return loss, {"loss": loss, "mean_ce": ce.mean(), "q_max": q.max()}
 
+    def sample_probabilities(self):
+        if self.cfg.groupdro_sampler != "balanced":
+            return None
+        return balanced_probabilities(self.groups, self.num_groups)
+
     def sample_state(self, idx):
         return self.q.clone()
 
@@ -49,6 +75,13 @@ class GroupDRO(Method):
 
     def load_extra_state(self, state: dict) -> None:
         self.q.copy_(state["q"].to(self.q.device))
+
+
+def balanced_probabilities(groups: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """Each sample's chance of a group-balanced draw: 1 / |its group|, over the number of groups
+    present (so they sum to 1)."""
+    sizes = torch.bincount(groups, minlength=num_groups).double()
+    return 1.0 / (sizes[groups] * int((sizes > 0).sum()))
 
 
 def group_means(values: torch.Tensor, groups: torch.Tensor, num_groups: int) -> torch.Tensor:

@@ -1,8 +1,11 @@
 import torch
 
+from debiaslab.errors import UserError
 from debiaslab.methods.base import Method, Stage
 from debiaslab.methods.losses import mean_ce
 from debiaslab.methods.options import Option
+
+ERROR_DRAWS = ("one_plus_upweight", "upweight")
 
 
 class JTT(Method):
@@ -11,7 +14,9 @@ class JTT(Method):
     Stage ``erm``: ERM of a first model for ``jtt_steps`` steps. Its error set is the training
     samples that model misclassifies at the end of the stage. Stage ``main``: a second model,
     from its own fresh initialisation, trained with CE on the training set in which every
-    error-set sample is drawn ``jtt_upweight`` times per epoch. The second model predicts.
+    error-set sample is drawn 1 + ``jtt_upweight`` times per epoch, as JTT's code upsamples
+    (``jtt_error_draws "one_plus_upweight"``; ``"upweight"``: ``jtt_upweight`` times, debiaslab's
+    first JTT, and runs recorded before the option existed). The second model predicts.
     """
 
     name = "jtt"
@@ -24,10 +29,23 @@ class JTT(Method):
         ),
         Option(
             "jtt_upweight", int, 50,
-            "JTT: times each error-set sample is drawn per epoch of the second stage (lambda_up)",
-            "from JTT's grid {20, 50, 100}", "positive",
+            "JTT: extra copies of each error-set sample per epoch of the second stage "
+            "(lambda_up)", "from JTT's grid {20, 50, 100}", "positive",
+        ),
+        Option(
+            "jtt_error_draws", str, "one_plus_upweight",
+            f"JTT: an error sample's draws per epoch, one of {', '.join(ERROR_DRAWS)}: 1 + "
+            "jtt_upweight, or jtt_upweight (debiaslab's first JTT)", "JTT's code",
         ),
     )  # fmt: skip
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        if cfg.jtt_error_draws not in ERROR_DRAWS:
+            raise UserError(
+                f"--jtt_error_draws {cfg.jtt_error_draws!r} is not a rule; choose one of "
+                f"{', '.join(ERROR_DRAWS)}"
+            )
 
     def __init__(self, cfg, models, train_targets, num_classes, generator, train_biases=None):
         super().__init__(cfg, models, train_targets, num_classes, generator)
@@ -52,7 +70,8 @@ class JTT(Method):
     def sample_counts(self):
         if self.stage.name != "main":
             return None
-        return 1 + (self.cfg.jtt_upweight - 1) * self.error_set.long()
+        extra = self.cfg.jtt_upweight - (self.cfg.jtt_error_draws == "upweight")
+        return 1 + extra * self.error_set.long()
 
     def eval_predict(self, x):
         return self.models[self.stage.models[0]](x)

@@ -1,62 +1,113 @@
 """LC, Logit Correction (Liu et al., ICLR 2023, "Avoiding spurious correlations via logit
-correction", arXiv 2212.01433), label-free. Written from the paper's description as summarised in
-algorithms.md ("LC"); the authors' code (non-commercial licence) was not consulted.
+correction", arXiv 2212.01433), label-free, as its authors run it (algorithms.md, "The later
+methods as their authors ran them": "LC"; written from that description, never from the authors'
+code, whose licence is non-commercial).
 
-Two branches train together, as in LfF: a biased network f_hat (GCE, ``cfg.q``) and the robust
-network f, which predicts. Per step, on a batch (x_i, y_i):
+Two networks train together: a biased network f_hat (GCE, ``cfg.q``, weight
+``lambda_dis_align``) and the robust network f, which alone predicts. Per step, on (x_i, y_i):
 
-1. P(a | x_i) = softmax(f_hat(x_i)), folded into a per-sample EMA (``cfg.ema_alpha``, LfF's
-   bookkeeping: first visit = value); the pseudo-attribute a_i = argmax_a of that EMA. One-to-one
-   case: as many attribute values as classes (attribute a is "the class f_hat reads off the bias").
-2. Prior (Eq. 9-11): the batch estimate P_B(y, a) = 1/B sum_i P(a | x_i) [y = y_i], folded into a
-   moving average P(y, a) <- alpha P(y, a) + (1 - alpha) P_B(y, a) (``lc_prior_alpha``; first
-   step: P_B).
-3. Corrected loss (Eq. 7): CE(f(x_i) + tau ln P(. | a_i), y_i), the log of column a_i of the prior,
-   normalised over y. ln P(y, a_i) and ln P(y | a_i) differ by ln P(a_i), the same for every class,
-   which the softmax cancels: the loss is the same either way. Prediction: f(x), uncorrected.
-4. Group MixUp (Eq. 13): a sample is minority when a_i != y_i. Each minority sample i is mixed with
-   a majority sample j of its class (a_j = y_j = y_i) drawn at random from the batch:
-   x'_i = lam_i x_i + (1 - lam_i) x_j, lam_i ~ U(0.5, 1), and its correction term likewise,
-   lam_i ln P(. | a_i) + (1 - lam_i) ln P(. | a_j); label y_i.
+1. **Optimizers:** Adam for f at ``lr``, for f_hat at 0.1 x ``lr`` (same weight decay).
+2. **Attribute posterior:** P(a | x_i) = softmax(f_hat(x_i)) of this step; a_i = its argmax (a
+   temperature would not move the argmax, so there is none).
+3. **Prior table** (C x C, rows y, columns a): for each sample in batch order, cell (y_i, a_i)
+   becomes ema * cell + (1 - ema) * p_hat(y_i | x_i), the biased network's probability of the
+   true class; the first visit sets the cell (``lc_prior_alpha`` = ema, 0.995).
+   ``prior_table_update`` does the batch's sequential updates in one vectorised step.
+4. **Group MixUp:** sample i is minority when a_i != y_i. EVERY sample of class k gets a partner
+   drawn uniformly, with replacement, from the batch's minority samples of class k, or, where
+   the batch has none, from a random permutation of the batch's class-k samples. One lambda per
+   batch, lambda ~ U(1 - 2 alpha, 1 - alpha) (the sample's own weight), alpha = 0.5 *
+   rampup(step, curr_step), rampup(t, T) = exp(-5 (1 - min(t, T) / T)^2) (alpha = 0.5 at T = 0):
+   x' = lambda x_i + (1 - lambda) x_partner, and the correction columns mixed the same way.
+5. **Corrected loss:** CE(f(x') + tau log(Delta' + 1e-4), y_i), Delta' the mixed column a of
+   the table (the partner has the same class, so lambda CE(., y_i) + (1 - lambda) CE(., y_p) is
+   this one term); f sees only the mixed batch. tau (``lc_tau``) is 1 as the paper derives it.
 
-Choices the paper's summary leaves open, made here (each a place to revisit against the paper):
-
-- Minority / majority use the EMA'd pseudo-attribute a_i (step 1), not the argmax of this step's
-  f_hat(x_i): one notion of group for the correction and for the mixup.
-- The prior's batch estimate uses the EMA'd P(a | x_i) of step 1 (after this batch is folded in),
-  the same probabilities that give a_i; this step's prior is used in this step's loss.
-- Group MixUp REPLACES the minority samples of the batch by their mixtures: f sees B inputs per
-  step (majority samples as they are, minority samples mixed); the loss of f is the batch mean of
-  the corrected CE. No extra weight for a mixup term. ``lc_mixup = False`` turns the mixup off.
-- Partner choice with fixed shapes (no host read): for each i, scores s_ij ~ U(0, 1) (drawn in
-  ``draw``) are masked to the candidates j (same label, majority) and the argmax taken. A minority
-  sample with no candidate in the batch is left unmixed (its "partner" is itself, lam unused).
-  Majority samples are never mixed.
-- ln of the prior is taken of max(P, 1e-12) (only to keep an empty cell finite).
-- tau (``lc_tau``) multiplies the log prior; tau = 1 is the correction Eq. 7 derives.
-- Mixup starts at step 0 (no warm-up), as the correction does.
-
-Hyper-parameters. The stored copies of the paper reachable from this project's search tool hold its
-abstract and introduction only, so the appendix values below could not be checked against the
-paper's tables; they are algorithms.md's: Adam, batch 256; lr 1e-2 (Colored MNIST, MLP), 1e-3
-(Corrupted CIFAR-10, ResNet18), 1e-4 (BFFHQ); GCE q = 0.7 for f_hat. Not found and defaulted here:
-tau = 1.0, the prior's moving-average factor 0.9, the per-sample EMA factor ``ema_alpha`` (LfF's,
-0.7), mixup on. Equation numbers are those algorithms.md and the task give (Eq. 7, 9-11, 13).
+``lc_variant = "earlier_reading"`` keeps debiaslab's first implementation, from an earlier
+summary of the paper (runs recorded before ``lc_variant`` existed are that variant): P(a | x)
+folded into a per-sample EMA (``ema_alpha``); a prior P(y, a) that is the moving average
+(``lc_prior_alpha``, 0.9) of the batch estimates 1/B sum_i P(a | x_i) [y = y_i], its log taken as
+ln P(y | a) (floored at 1e-12); only minority samples mixed, each with a random majority sample
+of its class, lambda_i ~ U(0.5, 1) per sample (own weight), from step 0; f_hat at ``lr``.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
+from debiaslab.errors import UserError
 from debiaslab.methods.base import Method
 from debiaslab.methods.losses import PerSampleEMA, gce_from_ce
 from debiaslab.methods.options import Option
 
-LOG_EPS = 1e-12
+VARIANTS = ("authors", "earlier_reading")
+LOG_EPS = 1e-12  # earlier_reading: the floor of its log prior
+DELTA_FLOOR = 1e-4  # authors: log(Delta + 1e-4)
+BIASED_LR_FACTOR = 0.1  # authors: f_hat trains at 0.1 x lr
 
 
-# -- the formulas, each on plain tensors ------------------------------------------------------------
+# -- the authors' formulas, each on plain tensors ---------------------------------------------------
+def prior_table_update(
+    table: torch.Tensor,
+    seen: torch.Tensor,
+    y: torch.Tensor,
+    a: torch.Tensor,
+    p_true: torch.Tensor,
+    ema: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The table after its per-sample updates in batch order: cell (y_i, a_i) <- ema * cell +
+    (1 - ema) * p_true_i, the first visit of a cell (``seen`` [C, C] false) setting it to p_true_i.
+
+    A cell visited m times in the batch ends at ema^m * old + sum_k (1 - ema) ema^(m - k) p_k (k the
+    visit's rank); an unseen one at ema^(m - 1) p_1 + sum_{k >= 2} (1 - ema) ema^(m - k) p_k.
+    Returns the new table and ``seen``."""
+    C = table.shape[0]
+    cell = y * C + a
+    visits_of = F.one_hot(cell, C * C).to(p_true.dtype)  # [B, C * C]
+    visits = visits_of.sum(0)
+    rank = visits_of.cumsum(0).gather(1, cell[:, None]).squeeze(1)  # 1 for a cell's first visit
+    later = visits[cell] - rank  # the visits of the same cell after this one
+    was_seen = seen.flatten()
+    first_ever = (rank == 1) & ~was_seen[cell]
+    weight = torch.where(first_ever, 1.0, 1.0 - ema) * torch.pow(ema, later)
+    kept = torch.where(was_seen, torch.pow(ema, visits), 0.0)
+    new = table.flatten() * kept + torch.zeros_like(kept).index_add(0, cell, weight * p_true)
+    return new.view(C, C), (was_seen | (visits > 0)).view(C, C)
+
+
+def mixup_alpha(step: int, curr_step: int) -> float:
+    """alpha = 0.5 * rampup(step, curr_step), rampup(t, T) = exp(-5 (1 - min(t, T) / T)^2)."""
+    if curr_step <= 0:
+        return 0.5
+    return 0.5 * math.exp(-5.0 * (1.0 - min(step, curr_step) / curr_step) ** 2)
+
+
+def minority_partners(
+    y: torch.Tensor, a: torch.Tensor, scores: torch.Tensor, keys: torch.Tensor
+) -> torch.Tensor:
+    """Each sample's Group MixUp partner, with fixed shapes: the minority sample (a_j != y_j) of its
+    class with the highest ``scores[i, j]`` (uniform draws: a uniform choice, with replacement);
+    where its class has no minority sample in the batch, its image under a random permutation of
+    its class's samples (the order of ``keys``, uniform draws)."""
+    minority = a != y
+    candidates = (y[:, None] == y[None, :]) & minority[None, :]
+    chosen = torch.where(candidates, scores, torch.full_like(scores, -1.0)).argmax(1)
+    by_index = torch.argsort(y, stable=True)  # class by class, each in index order
+    by_key = torch.argsort(keys)
+    by_key = by_key[torch.argsort(y[by_key], stable=True)]  # class by class, each in key order
+    shuffled = by_key[torch.argsort(by_index)]  # sample by_index[k] gets by_key[k]
+    return torch.where(candidates.any(1), chosen, shuffled)
+
+
+def mixed_correction_log(delta: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor):
+    """log(lam Delta_i + (1 - lam) Delta_partner + 1e-4): mixed in probability space, then the log."""
+    return torch.log(lam * delta + (1 - lam) * delta[partner] + DELTA_FLOOR)
+
+
+# -- earlier_reading's formulas, each on plain tensors ----------------------------------------------
 def prior_batch_estimate(probs: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Eq. 9-10: P_B(y, a) = 1/B sum_i P(a | x_i) [y = y_i], from ``probs`` [B, A] = P(a | x_i).
     Returns [num_classes, A] (rows: class y, columns: attribute a); it sums to 1."""
@@ -125,67 +176,149 @@ def group_mixup(
 
 
 class LC(Method):
-    """Logit Correction with Group MixUp (module docstring: the formulas and the open choices).
+    """Logit Correction with Group MixUp (module docstring: the formulas and the variants).
 
-    ``loss = mean(GCE(f_hat(x), y)) + mean(CE(f(x') + tau ln P(. | a'), y))`` where x' and the
-    correction are Group-MixUp'd for minority samples; predictions come from f (``models["model"]``).
+    ``loss = lambda_dis_align * mean(GCE(f_hat(x), y)) + mean(CE(f(x') + tau log(Delta' + 1e-4),
+    y))``; predictions come from f (``models["model"]``).
     """
 
     name = "lc"
     model_names = ("biased", "model")
     options = (
         Option(
+            "lc_variant", str, "authors",
+            f"LC: which LC to train, one of {', '.join(VARIANTS)}: as its authors run it, or "
+            "debiaslab's first reading of the paper (kept to compare)",
+            "algorithms.md, the later methods as their authors ran them",
+        ),
+        Option(
             "lc_tau", float, 1.0, "LC: weight of the log-prior correction of the logits",
             "LC's", "non-negative",
         ),
         Option(
-            "lc_prior_alpha", float, 0.9,
-            "LC: moving-average factor of the group prior estimate", "ours, fixed before any run",
-            "fraction",
+            "lc_prior_alpha", float, None,
+            "LC: moving-average factor of the prior table (authors: 0.995) or, earlier_reading, "
+            "of its batch estimates (0.9)", "the authors' ema; earlier_reading: ours", "fraction",
         ),
         Option(
-            "lc_mixup", bool, True,
-            "LC: Group MixUp of minority samples with majority samples of their class",
+            "lc_mixup", bool, True, "LC: Group MixUp (off: the corrected loss alone)",
             "LC's Group MixUp",
         ),
     )  # fmt: skip
     head_inputs = 1
 
+    @classmethod
+    def resolve_options(cls, cfg) -> dict:
+        authors = cfg.lc_variant == "authors"
+        alpha = cfg.lc_prior_alpha
+        return {"lc_prior_alpha": alpha if alpha is not None else (0.995 if authors else 0.9)}
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        if cfg.lc_variant not in VARIANTS:
+            raise UserError(
+                f"--lc_variant {cfg.lc_variant!r} is not an LC variant; choose one of "
+                f"{', '.join(VARIANTS)}"
+            )
+
     def __init__(self, cfg, models, train_targets, num_classes, generator, train_biases=None):
+        self.authors = cfg.lc_variant == "authors"
         super().__init__(cfg, models, train_targets, num_classes, generator)
         self.tau, self.prior_alpha, self.mixup = (
             float(cfg.lc_tau),
             float(cfg.lc_prior_alpha),
             bool(cfg.lc_mixup),
         )
-        # the per-sample EMA of P(a | x) = softmax(f_hat(x)): one channel per attribute value
-        self.ema = PerSampleEMA(train_targets, num_classes, cfg.ema_alpha, channels=num_classes)
-        device = train_targets.device
-        self.prior = torch.full((num_classes, num_classes), 1.0 / num_classes**2, device=device)
-        self.prior_seen = torch.zeros((), dtype=torch.bool, device=device)
+        C, device = num_classes, train_targets.device
+        if self.authors:
+            # per sample, f_hat's probability of the true class when last seen (sample_weights)
+            self.ema = PerSampleEMA(train_targets, C, alpha=0.0)
+            self.prior = torch.zeros(C, C, device=device)
+            self.prior_seen = torch.zeros(C, C, dtype=torch.bool, device=device)
+        else:  # the per-sample EMA of P(a | x): one channel per attribute value
+            self.ema = PerSampleEMA(train_targets, C, cfg.ema_alpha, channels=C)
+            self.prior = torch.full((C, C), 1.0 / C**2, device=device)
+            self.prior_seen = torch.zeros((), dtype=torch.bool, device=device)
+
+    def optimizer_settings(self, name):
+        lr, weight_decay = super().optimizer_settings(name)
+        if self.authors and name == "biased":
+            return lr * BIASED_LR_FACTOR, weight_decay
+        return lr, weight_decay
+
+    def lr(self) -> float:
+        """The robust network's learning rate (the biased one's is a tenth of it, authors)."""
+        return float(self.optimizers["model"].param_groups[0]["lr"])
 
     def draw(self, batch_size, step):
-        """Group MixUp's randomness: lam ~ U(0.5, 1) per sample, then a [B, B] matrix of U(0, 1)
-        scores that picks each minority sample's partner."""
+        """Group MixUp's randomness. Authors: the batch's lambda, a [B, B] matrix of U(0, 1) scores
+        that picks minority partners and U(0, 1) keys that order the fallback permutation.
+        earlier_reading: lam ~ U(0.5, 1) per sample and the scores."""
         if not self.mixup:
             return {}
         g = self.generator
-        lam = 0.5 + 0.5 * torch.rand(batch_size, generator=g, device=g.device)
+        if self.authors:
+            alpha = mixup_alpha(step, self.cfg.curr_step)
+            lam = 1 - 2 * alpha + alpha * torch.rand((), generator=g, device=g.device)
+        else:
+            lam = 0.5 + 0.5 * torch.rand(batch_size, generator=g, device=g.device)
         scores = torch.rand(batch_size, batch_size, generator=g, device=g.device)
-        return {"lam": lam, "scores": scores}
+        if not self.authors:
+            return {"lam": lam, "scores": scores}
+        return {
+            "lam": lam,
+            "scores": scores,
+            "keys": torch.rand(batch_size, generator=g, device=g.device),
+        }
 
     def loss(self, x, y, idx, draws):
         logits_b = self.models["biased"](x)
-        ce_b = F.cross_entropy(logits_b, y, reduction="none")
-        probs = self.ema.update(idx, F.softmax(logits_b.detach().float(), 1))  # EMA'd P(a | x_i)
+        gce = gce_from_ce(
+            F.cross_entropy(logits_b, y, reduction="none"), self.cfg.q, self.cfg.gce_form
+        )
+        probs = F.softmax(logits_b.detach().float(), 1)
+        if self.authors:
+            loss_b = self.cfg.lambda_dis_align * gce.mean()
+            loss_lc, a, mixed = self._corrected_loss_authors(x, y, idx, probs, draws)
+        else:
+            loss_b = gce.mean()
+            loss_lc, a, mixed = self._corrected_loss_earlier(x, y, idx, probs, draws)
+        loss = loss_b + loss_lc
+        return loss, {
+            "loss": loss,
+            "loss_b": loss_b,
+            "loss_lc": loss_lc,
+            "minority": (a != y).float().mean(),
+            "mixed": mixed,
+        }
+
+    def _corrected_loss_authors(self, x, y, idx, probs, draws):
+        """The corrected loss and a_x; its third value is the partners' share of the mix."""
         a = probs.argmax(1)
-        prior = prior_update(
-            self.prior,
-            self.prior_seen,
-            prior_batch_estimate(probs, y, self.num_classes),
-            self.prior_alpha,
+        p_true = probs.gather(1, y[:, None]).squeeze(1)
+        self.ema.update(idx, p_true)
+        prior, seen = prior_table_update(
+            self.prior, self.prior_seen, y, a, p_true, self.prior_alpha
         )
         # the state takes copies; the loss reads ``prior`` (keep_sample_state may write the state)
+        self.prior.copy_(prior)
+        self.prior_seen.copy_(seen)
+        delta = prior[:, a].t()  # [B, C]: column a_i of the table
+        partner, lam = torch.arange(len(y), device=y.device), torch.ones((), device=y.device)
+        if "lam" in draws:
+            lam = draws["lam"].to(y.device)
+            scores, keys = draws["scores"].to(y.device), draws["keys"].to(y.device)
+            partner = minority_partners(y, a, scores, keys)
+            x = lam.to(x.dtype) * x + (1 - lam.to(x.dtype)) * x[partner]
+        log_delta = mixed_correction_log(delta, partner, lam)
+        loss = corrected_ce(self.models["model"](x), log_delta, y, self.tau).mean()
+        return loss, a, 1 - lam
+
+    def _corrected_loss_earlier(self, x, y, idx, probs, draws):
+        probs = self.ema.update(idx, probs)  # EMA'd P(a | x_i)
+        a = probs.argmax(1)
+        batch = prior_batch_estimate(probs, y, self.num_classes)
+        prior = prior_update(self.prior, self.prior_seen, batch, self.prior_alpha)
         self.prior.copy_(prior)
         self.prior_seen.fill_(True)
         correction = correction_terms(log_class_given_attribute(prior), a)
@@ -194,16 +327,7 @@ class LC(Method):
             partner, mixed = choose_partners(y, a, draws["scores"].to(y.device))
             x, correction = group_mixup(x, correction, partner, mixed, draws["lam"].to(y.device))
             mixed_frac = mixed.float().mean()
-        loss_lc = corrected_ce(self.models["model"](x), correction, y, self.tau).mean()
-        loss_b = gce_from_ce(ce_b, self.cfg.q, self.cfg.gce_form).mean()
-        loss = loss_b + loss_lc
-        return loss, {
-            "loss": loss,
-            "loss_b": loss_b,
-            "loss_lc": loss_lc,
-            "minority": (a != y).float().mean(),
-            "mixed": mixed_frac,
-        }
+        return corrected_ce(self.models["model"](x), correction, y, self.tau).mean(), a, mixed_frac
 
     def bias_logits(self, x):
         return self.models["biased"](x)
@@ -219,9 +343,11 @@ class LC(Method):
         self.prior_seen.copy_(torch.where(keep, self.prior_seen, seen))
 
     def sample_weights(self) -> torch.Tensor:
-        """1 - EMA'd P(a = y_i | x_i) under f_hat: high where f_hat does not read the label off the
-        bias (likely bias-conflicting); 0 for a sample not yet visited."""
-        p_true = self.ema.values().gather(1, self.ema.targets[:, None]).squeeze(1)
+        """1 - f_hat's probability of the label (authors: when last seen; earlier_reading: its
+        EMA'd P(a = y_i | x_i)): high where f_hat does not read the label off the bias (likely
+        bias-conflicting); 0 for a sample not yet visited."""
+        values = self.ema.values()
+        p_true = values if self.authors else values.gather(1, self.ema.targets[:, None]).squeeze(1)
         return torch.where(self.ema.visited, 1.0 - p_true, torch.zeros_like(p_true))
 
     def extra_state(self) -> dict:
