@@ -299,17 +299,20 @@ def assert_same_tensors(a, b, where: str = "") -> None:
 
 
 def saved_mlps(run_dir: Path, method: str, num_classes: int, in_shape: tuple) -> dict:
-    """The MLPs of a run's ``checkpoint_last.pt``, rebuilt here, in eval mode."""
+    """The MLPs of a run's ``checkpoint_last.pt``, rebuilt here (each of the architecture its
+    method gives it under the saved config), in eval mode."""
+    from debiaslab.config import TrainConfig
     from debiaslab.methods import METHODS
     from debiaslab.models import build_model
 
-    states = torch.load(Path(run_dir) / "checkpoint_last.pt", weights_only=True)["method_state"][
-        "models"
-    ]
+    saved = torch.load(Path(run_dir) / "checkpoint_last.pt", weights_only=True)
+    states = saved["method_state"]["models"]
+    cfg = TrainConfig.from_saved(saved["config"]).resolved()
     cls = METHODS[method]
     models = {}
     for name in cls.model_names:
-        models[name] = build_model("mlp", num_classes, cls.head_inputs, in_shape)
+        arch = cls.model_architecture(cfg, name)
+        models[name] = build_model(arch, num_classes, cls.head_inputs, in_shape)
         models[name].load_state_dict(states[name])
     return {n: m.eval() for n, m in models.items()}
 

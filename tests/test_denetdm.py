@@ -75,15 +75,13 @@ def test_branches_follow_the_model_and_the_dataset():
     assert isinstance(method.models["deep"], DeepMLP) and isinstance(
         method.models["shallow"], ShallowMLP
     )
+    assert isinstance(method.models["model"], DeepMLP)  # authors: the target has the deep shape
+    own_head, _ = make_method("denetdm", denetdm_stage2="own_head")
     linear = [
-        sum(isinstance(m, torch.nn.Linear) for m in method.models[n].modules())
+        sum(isinstance(m, torch.nn.Linear) for m in own_head.models[n].modules())
         for n in ("deep", "shallow", "model")
     ]
-    assert linear == [
-        5,
-        3,
-        4,
-    ]  # the deep branch has more layers than the target, the shallow one fewer
+    assert linear == [5, 3, 4]  # own_head: the run's --model, between the two branches
 
 
 # -- the steps ---------------------------------------------------------------------------------------
@@ -137,13 +135,14 @@ def test_stage_one_trains_the_branches_as_a_product_of_experts():
 
 
 @pytest.mark.parametrize("t,w", [(2.0, 1.0), (3.0, 0.25), (2.0, 0.0)])
-def test_stage_two_loss_term_by_term_and_the_branches_stay_frozen(t, w):
+def test_own_head_stage_two_loss_term_by_term_and_the_branches_stay_frozen(t, w):
     method, targets = make_method(
         "denetdm",
         denetdm_temperature=t,
         denetdm_distill_weight=w,
         denetdm_deep="resnet20",
         denetdm_shallow="cnn3",
+        denetdm_stage2="own_head",
     )
     assert isinstance(method.models["shallow"], CNN3)
     begin(method, targets, "main")
@@ -231,6 +230,70 @@ def test_bad_flags_are_refused(flags, message):
         cli_config(*flags).validate()
 
 
+@pytest.mark.parametrize("t,w", [(2.0, 1.0), (3.0, 0.25)])
+def test_authors_stage_two_trains_the_target_into_the_shared_classifier(t, w):
+    """The classifier's stage-1 state goes on in the target's head; CE of it on z_target + z_deep
+    plus the distillation from the stage-1 classifier on the shallow features to it on z_target;
+    the target and that head move, both branches (the stage-1 classifier included) stay."""
+    method, targets = make_method("denetdm", denetdm_temperature=t, denetdm_distill_weight=w)
+    poe_stage = begin(method, targets, "poe")
+    for step, (x, y, idx) in enumerate(method_batches(targets, 2)):
+        method.update(x, y, idx, step)
+    method.end_stage(poe_stage, None)
+    shared = method.models["shallow"].fc
+    assert_same_tensors(method.models["model"].fc.state_dict(), shared.state_dict(), "handover")
+    begin(method, targets, "main")
+    frozen = {n: copy.deepcopy(method.models[n].state_dict()) for n in ("deep", "shallow")}
+    for step, (x, y, idx) in enumerate(method_batches(targets, 4, seed=3)):
+        loss, terms = method.loss(x, y, idx, {})
+        with torch.no_grad():
+            target, deep, shallow = (method.models[n] for n in ("model", "deep", "shallow"))
+            z_t, z_deep = target.extract(x), deep.extract(x)
+            joint = target.fc(z_t + z_deep).double()
+            teacher = shallow.fc(shallow.extract(x))  # the stage-1 classifier, frozen
+            student = target.fc(z_t)
+        ce = poe_by_hand(joint.tolist(), torch.zeros_like(joint).tolist(), y.tolist())
+        distill = distillation_by_hand(student.tolist(), teacher.tolist(), t)
+        assert terms["poe"].item() == pytest.approx(ce, rel=1e-5)
+        assert terms["distill"].item() == pytest.approx(distill, rel=1e-4)
+        assert loss.item() == pytest.approx(ce + w * distill, rel=1e-4)
+        before = copy.deepcopy(method.models["model"].state_dict())
+        method.update(x, y, idx, step)
+        moved = [
+            k
+            for k, v in method.models["model"].state_dict().items()
+            if not torch.equal(v, before[k])
+        ]
+        assert set(moved) == set(before)  # every parameter of the target and its head
+    for name, state in frozen.items():
+        assert_same_tensors(method.models[name].state_dict(), state, f"{name} during stage 2")
+    assert torch.equal(method.eval_predict(x), method.models["model"](x))
+
+
+def test_the_oracle_stage_one_pick_keeps_the_best_conflicting_test_state():
+    method, targets = make_method("denetdm", denetdm_stage1_pick="oracle_test")
+    assert type(method).reads_test_labels(method.cfg)
+    stage = begin(method, targets, "poe")
+    kept = None
+    for step, (x, y, idx) in enumerate(method_batches(targets, 3)):
+        method.update(x, y, idx, step)
+        score = [0.2, 0.6, 0.6][step]  # the second is the best; the third ties it, not kept
+        record = {
+            "step": step + 1,
+            "valid": {"accuracy": 0.9},
+            "test": {"conflicting": score, "accuracy": 0.5},
+        }
+        method.stage_evaluated(stage, record)
+        if step == 1:
+            kept = {n: copy.deepcopy(method.models[n].state_dict()) for n in ("deep", "shallow")}
+    method.end_stage(stage, None)
+    for name, state in kept.items():
+        assert_same_tensors(method.models[name].state_dict(), state, name)
+    assert method.stage1_best == {"step": 2, "score": 0.6}
+    last, _ = make_method("denetdm")
+    assert not type(last).reads_test_labels(last.cfg)
+
+
 # -- end to end -------------------------------------------------------------------------------------
 def test_denetdm_through_train_and_test(tiny_reference, tmp_path):
     logs = tmp_path / "log"
@@ -253,6 +316,7 @@ def test_denetdm_through_train_and_test(tiny_reference, tmp_path):
     results = json.loads((run / "results.json").read_text())
     assert results["stages"] == [{"name": "poe", "steps": 20}, {"name": "main", "steps": 40}]
     assert results["uses_bias_labels_in_training"] is False
+    assert results["reads_test_labels_in_training"] is False
     assert [(e["step"], e.get("stage")) for e in read_log(run, "eval")] == [
         (10, "poe"),
         (20, "poe"),
@@ -284,6 +348,9 @@ def test_presets_are_the_authors_epochs_on_our_training_splits():
     for name, (batch, epochs1, epochs2, lr1, wd1, lr2, distill) in expected.items():
         c = get_preset(name).config
         epoch = math.ceil(TRAIN_SIZES[get_preset(name).dataset] / batch)
+        if name.startswith("cmnist"):  # LfF's protocol as DeNetDM ran it: 60,000, drop_last
+            epoch = 60_000 // batch
+            assert (c["data_dir"], c["palette"]) == ("dataset_denetdm", "lff")
         assert (
             c["batch_size"],
             c["denetdm_stage1_steps"],

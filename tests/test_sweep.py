@@ -86,7 +86,19 @@ def test_preset_paper_numbers_equal_the_papers_table():
             "be_steps": 1000,
             "be_tau": 0.99,
             "be_agreement": 3,
+            "be_candidates": "authors",
         }
+        checked += 1
+    for preset in (p for p in PRESETS.values() if p.name.startswith("lff_code")):
+        base = get_preset(preset.name.split("-", 1)[1])  # the cell's paper preset
+        assert (preset.paper_mean, preset.paper_std) == (base.paper_mean, base.paper_std)
+        assert "LfF's own code" in preset.source
+        change = {k: v for k, v in preset.config.items() if base.config.get(k) != v}
+        assert change == (
+            {"lr": 0.001, "num_steps": 23_500, "model": "mlp_lff"}
+            if preset.name.startswith("lff_code-")
+            else {"lr": 0.001}
+        )
         checked += 1
     assert checked == len(PRESETS)
 
@@ -163,7 +175,7 @@ def test_preset_hyper_parameters_equal_the_papers_settings():
 def test_every_preset_is_a_valid_config():
     for p in PRESETS.values():
         TrainConfig(**p.config).validate()
-        assert p.name == f"{p.dataset}-{p.percent}-{p.method}"
+        assert p.name.endswith(f"{p.dataset}-{p.percent}-{p.method}")
     assert {(d, m) for d, m in PAPER} == {(p.dataset, p.method) for p in PRESETS.values()}
 
 
@@ -649,3 +661,17 @@ def test_runs_per_device_packs_k_runs_on_each_device(monkeypatch, tmp_path):
             sweep_mod.sweep(spec, tmp_path / "out", runs_per_device=3, **kw)
     with pytest.raises(UserError, match="--runs_per_device must be a positive integer"):
         sweep_mod.sweep(spec, tmp_path / "out", runs_per_device=0)
+
+
+def test_collect_marks_runs_whose_training_reads_test_labels(tmp_path):
+    root = tmp_path / "sweep"
+    values = {r: 0.7 for r in RULES}
+    fake_run(root, method="denetdm", values=values)
+    fake_run(root, method="denetdm", values=values, denetdm_stage1_pick="oracle_test")
+    text = collect(str(root))
+    last = re.split(r"^### Selection: ", text, flags=re.M)[1]
+    assert "| denetdm ◊ (denetdm_stage1_pick=oracle_test) |" in last
+    assert "| denetdm |" in last  # the label-free default carries no mark
+    assert "◊ reads test labels while training" in text
+    csv_rows = list(csv.DictReader(io.StringIO(collect(str(root), fmt="csv"))))
+    assert sorted(r["reads_test_labels"] for r in csv_rows if r["rule"] == "last") == ["0", "1"]

@@ -235,6 +235,7 @@ class Row:
     paper_std: float | None
     runs: str
     mixed_data: bool
+    marks: str = ""  # † trains on bias labels, ◊ reads test labels in training
 
     @property
     def diff(self) -> float | None:
@@ -287,6 +288,7 @@ def rows(cells: list[Cell], rule: str) -> list[Row]:
                 p.paper_std if p else None,
                 _runs_note(c),
                 len({r.data_sha for r in done}) > 1,
+                _marks(c),
             )
         )
     return out
@@ -303,11 +305,21 @@ def _signed(v) -> str:
 
 
 def _method(r: Row) -> str:
-    return (
-        r.method
-        + (" †" if _uses_bias_labels(r.method) else "")
-        + (f" ({r.variant})" if r.variant else "")
-    )
+    return r.method + r.marks + (f" ({r.variant})" if r.variant else "")
+
+
+def _marks(c: Cell) -> str:
+    """' †' for a method that trains on bias labels, ' ◊' for a run whose training reads test
+    labels (an oracle option such as DeNetDM's test-picked stage 1)."""
+    return (" †" if _uses_bias_labels(c.method) else "") + (" ◊" if _reads_test_labels(c) else "")
+
+
+def _reads_test_labels(c: Cell) -> bool:
+    from debiaslab.methods import METHODS as METHOD_CLASSES
+
+    if c.method not in METHOD_CLASSES:
+        return False
+    return METHOD_CLASSES[c.method].reads_test_labels(TrainConfig.from_dict(c.identity))
 
 
 def _uses_bias_labels(method: str) -> bool:
@@ -326,6 +338,15 @@ BIAS_LABEL_NOTE = (
     "† trains on the bias labels of its training split (an upper-bound reference, not comparable with "
     "the label-free methods)."
 )
+TEST_LABEL_NOTE = (
+    "◊ reads test labels while training (an oracle option, e.g. DeNetDM's stage 1 picked on the test "
+    "split as its authors do): every rule of such a run, the label-free ones included, saw them."
+)
+
+
+def _label_notes(cells: list[Cell]) -> list[str]:
+    notes = [BIAS_LABEL_NOTE] * any(_uses_bias_labels(c.method) for c in cells)
+    return notes + [TEST_LABEL_NOTE] * any(_reads_test_labels(c) for c in cells)
 
 
 def data_lines(cells: list[Cell]) -> list[str]:
@@ -386,8 +407,8 @@ def render(cells: list[Cell], fmt: str = "markdown", rules: list[str] | None = N
         out.append("")
     if any(r.mixed_data for rule in rules for r in rows(cells, rule)):
         out += ["‡ the seeds of this cell were trained on different data (checksums differ).", ""]
-    if any(_uses_bias_labels(c.method) for c in cells):
-        out += [BIAS_LABEL_NOTE, ""]
+    for note in _label_notes(cells):
+        out += [note, ""]
     out += ["Data (sha256 of each split's decoded images, as recorded by every run):", ""]
     out += [f"- {line}" for line in data_lines(cells)]
     return "\n".join(out) + "\n"
@@ -440,6 +461,7 @@ def _csv(cells: list[Cell], rules: list[str]) -> str:
             "ours_minus_paper",
             "runs",
             "uses_bias_labels",
+            "reads_test_labels",
         ]
     )
 
@@ -464,6 +486,7 @@ def _csv(cells: list[Cell], rules: list[str]) -> str:
                     fmt(r.diff),
                     r.runs,
                     int(_uses_bias_labels(r.method)),
+                    int("◊" in r.marks),
                 ]
             )
     return buf.getvalue()
@@ -601,18 +624,14 @@ def render_gaps(cells: list[Cell]) -> str:
     ]
     for c, m, n in per_cell:
         row = [_signed(m[s] - m["oracle_best_test"]) if s in m else "—" for s in shown]
-        label = (
-            c.method
-            + (" †" if _uses_bias_labels(c.method) else "")
-            + (f" ({c.variant})" if c.variant else "")
-        )
+        label = c.method + _marks(c) + (f" ({c.variant})" if c.variant else "")
         out.append(
             f"| {c.dataset} | {c.percent or '-'} | {label} | {n} | "
             + " | ".join(row)
             + f" | {m['oracle_best_test']:.2f} |"
         )
-    if any(_uses_bias_labels(c.method) for c, _, _ in per_cell):
-        out += ["", BIAS_LABEL_NOTE]
+    for note in _label_notes([c for c, _, _ in per_cell]):
+        out += ["", note]
     return "\n".join(out) + "\n"
 
 

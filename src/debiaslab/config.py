@@ -293,7 +293,8 @@ class TrainConfig:
         runs saved before ``lc_variant`` existed trained debiaslab's earlier reading of LC, and GroupDRO
         runs before ``groupdro_sampler`` shuffled epochs, JTT runs before ``jtt_error_draws`` drew an
         error sample ``jtt_upweight`` times, BiasEnsemble runs before ``be_candidates`` kept any
-        evaluation of the valid_freq cadence."""
+        evaluation of the valid_freq cadence, DeNetDM runs before ``denetdm_stage2`` gave the
+        target its own head."""
         if d.get("dataset") in COLORED_DATASETS and "palette" not in d:
             d = {**d, "palette": "lff"}
         if d.get("method") == "lc" and "lc_variant" not in d:
@@ -302,6 +303,8 @@ class TrainConfig:
             d = {**d, "groupdro_sampler": "epochs"}  # GroupDRO before its balanced batches
         if d.get("method") == "jtt" and "jtt_error_draws" not in d:
             d = {**d, "jtt_error_draws": "upweight"}  # JTT before its 1 + lambda_up draws
+        if d.get("method") == "denetdm" and "denetdm_stage2" not in d:
+            d = {**d, "denetdm_stage2": "own_head"}  # DeNetDM before its authors' stage 2
         if d.get("method") in ("lff_be", "disent_be") and "be_candidates" not in d:
             d = {**d, "be_candidates": "cadence"}  # BiasEnsemble before its authors' candidates
         return cls.from_dict(d)

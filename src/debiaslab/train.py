@@ -381,6 +381,7 @@ class TrainingLoop:
                 "torch_threads": torch.get_num_threads(),
                 "hardware": hardware(self.device),
                 "uses_bias_labels_in_training": self.method_cls.uses_bias_labels,
+                "reads_test_labels_in_training": self.method_cls.reads_test_labels(self.cfg),
                 "warnings": setting_warnings(self.cfg),  # settings its steps never reach
                 "in_shape": list(
                     self.train_split.images.shape[1:]
@@ -578,8 +579,9 @@ class TrainingLoop:
         record.update(kind="eval", step=done, **tag)
         self.logger.log(record)
         if not main:
+            seen = ("valid", "test") if self.method_cls.reads_test_labels(self.cfg) else ("valid",)
             self.method.stage_evaluated(
-                self.plan.stages[k], {"step": done, "valid": record["valid"]}
+                self.plan.stages[k], {"step": done, **{s: record[s] for s in seen}}
             )
         return record
 
@@ -641,6 +643,7 @@ class TrainingLoop:
                 "steps_averaged": average.count,
             }
         results["uses_bias_labels_in_training"] = self.method_cls.uses_bias_labels
+        results["reads_test_labels_in_training"] = self.method_cls.reads_test_labels(self.cfg)
         if len(plan.stages) > 1:  # the steps of every stage; "steps" counts the main stage's
             results["stages"] = [{"name": st.name, "steps": st.steps} for st in plan.stages]
         speed = round(plan.total / train_seconds, 2) if train_seconds > 0 else math.nan

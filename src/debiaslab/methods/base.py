@@ -187,8 +187,14 @@ class Method:
 
     def stage_evaluated(self, stage: Stage, record: dict) -> None:
         """Called after each evaluation of an earlier (not main) stage with ``{"step", "valid"}``
-        (the validation metrics only: no stage may select on test), e.g. to keep the stage's
-        best-validation models."""
+        (the validation metrics only: no stage selects on test unless ``reads_test_labels``, when
+        ``"test"`` is there too), e.g. to keep the stage's best-validation models."""
+
+    @classmethod
+    def reads_test_labels(cls, cfg) -> bool:
+        """True for an oracle option that picks an earlier stage's state on the test split; the run
+        is marked as reading test labels (config.json, results.json, collect's tables)."""
+        return False
 
     def sample_counts(self) -> torch.Tensor | None:
         """How many times each training sample is drawn per epoch in the current stage (None: once)."""

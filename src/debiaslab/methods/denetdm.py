@@ -11,27 +11,31 @@ distinct depths, the deep branch takes the bias, the shallow one the core attrib
 ``denetdm_stage1_lr`` / ``denetdm_stage1_weight_decay``, no LR schedule. Evaluations in this stage
 score the shallow expert alone, ``W z_shallow + b`` (the debiased one).
 
-Stage ``main``: both branches and the shared classifier frozen (eval mode, no gradient); the target
-``model`` (the usual architecture, fresh, its own head) trains with a product of experts with the
-biased expert ``f_b = W z_deep + b`` plus a distillation from the shallow expert
-``f_s = W z_shallow + b``, at temperature T:
+Stage ``main``, as the authors run it (``denetdm_stage2 "authors"``): a fresh target network of
+the deep branch's shape (``model`` is built as ``denetdm_deep``); the deep branch is frozen; the
+target's features are summed with the deep branch's into the SAME shared classifier, which keeps
+training. The classifier's stage-1 state is copied into the target's head as stage 1 ends, and
+from there on that head IS the shared classifier (Adam over the target and it, at ``lr``). The
+teacher is the stage-1 classifier on the shallow features (the shallow model, frozen):
 
-    L = CE(f_t(x) + f_b(x), y) + w * T^2 * mean_i sum_c -softmax(f_s(x_i) / T)_c
-                                                   * log_softmax(f_t(x_i) / T)_c
+    L = CE(W'(z_t + z_deep) + b', y) + w * T^2 * mean_i sum_c -softmax(f_s(x_i) / T)_c
+                                                   * log_softmax((W' z_t + b')(x_i) / T)_c
 
-At test time the target alone predicts. The run's ``lr`` / ``weight_decay`` / LR schedule apply to
-it. (The deep model's own ``fc`` is never used.)
+with ``f_s = W z_shallow + b`` (W, b: the stage-1 classifier). At test time the classifier on
+z_t alone predicts: the target model as it is. ``"own_head"`` (debiaslab's first DeNetDM, and
+runs recorded before the option existed): the target is ``--model`` with its own fresh head and
+both experts stay frozen, ``L = CE(f_t(x) + W z_deep + b, y) + w T^2 (distillation to f_t)``.
 
-Why one shared classifier: with one head per branch instead, measured on CMNIST (10,000 stage-1
-steps, seed 0), the shallow expert alone reached 0.26-0.30 unbiased test accuracy at 0.5pct and
-0.64-0.69 at 5pct, against 0.44-0.46 and 0.79-0.85 with the shared one.
+Why one shared classifier in stage 1: with one head per branch instead, measured on CMNIST (10,000
+stage-1 steps, seed 0), the shallow expert alone reached 0.26-0.30 unbiased test accuracy at 0.5pct
+and 0.64-0.69 at 5pct, against 0.44-0.46 and 0.79-0.85 with the shared one.
 
-Where we differ from the authors' code (read, not copied): their stage 2 sums the target's
-features with the deep branch's into the stage-1 classifier, which it goes on training (moving the
-frozen bias expert too); here the target has its own head and the experts stay frozen, so the
-target may be any model. They keep the stage-1 state of best validation accuracy, on a validation
-split that is their test set; here stage 1 ends with its last state, and no stage reads test
-labels. Their CNNs use no padding; ours pad, so they run on inputs of any size.
+Stage 1's kept state: its last by default (label-free). The authors keep the stage-1 state whose
+shallow branch alone has the best bias-conflicting accuracy on their validation split, which is
+the test split: ``denetdm_stage1_pick "oracle_test"`` does that (each stage-1 evaluation's test
+metrics reach ``stage_evaluated``), an oracle that reads test labels, marked so in config.json,
+results.json and collect's tables. Their CNNs use no padding; ours pad, so they run on inputs of
+any size.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ from debiaslab.methods.losses import mean_ce
 from debiaslab.methods.options import Option
 
 BRANCHES = ("deep", "shallow")
+STAGE2 = ("authors", "own_head")
+STAGE1_PICKS = ("last", "oracle_test")
 
 
 def default_branches(model: str, dataset: str) -> tuple[str, str]:
@@ -104,6 +110,18 @@ class DeNetDM(Method):
             "the authors'", "non-negative",
         ),
         Option(
+            "denetdm_stage2", str, "authors",
+            f"DeNetDM: stage 2, one of {', '.join(STAGE2)}: a target of the deep branch's shape "
+            "into the shared classifier, which keeps training, or a target with its own head "
+            "(debiaslab's first DeNetDM)", "the authors' code",
+        ),
+        Option(
+            "denetdm_stage1_pick", str, "last",
+            f"DeNetDM: the stage-1 state stage 2 starts from, one of {', '.join(STAGE1_PICKS)}: "
+            "its last, or the authors' pick, the best bias-conflicting accuracy of the shallow "
+            "branch on the TEST split (an oracle: reads test labels)", "label-free by default",
+        ),
+        Option(
             "denetdm_deep", str, None,
             "DeNetDM: the deep (biased) branch's architecture (None: mlp_deep for an MLP, "
             "resnet20 on 32x32 images, else the run's --model)", "the authors' branches", "model",
@@ -124,8 +142,19 @@ class DeNetDM(Method):
         }
 
     @classmethod
+    def reads_test_labels(cls, cfg) -> bool:
+        return cfg.denetdm_stage1_pick == "oracle_test"
+
+    @classmethod
     def validate(cls, cfg) -> None:
         from debiaslab.models import MODELS
+
+        for name, value, choices in (
+            ("denetdm_stage2", cfg.denetdm_stage2, STAGE2),
+            ("denetdm_stage1_pick", cfg.denetdm_stage1_pick, STAGE1_PICKS),
+        ):
+            if value not in choices:
+                raise UserError(f"--{name} {value!r}: choose one of {', '.join(choices)}")
 
         deep, shallow = (
             MODELS[name](num_classes=2).feature_dim
@@ -144,7 +173,13 @@ class DeNetDM(Method):
 
     @classmethod
     def model_architecture(cls, cfg, name: str) -> str:
-        return {"deep": cfg.denetdm_deep, "shallow": cfg.denetdm_shallow}.get(name, cfg.model)
+        target = cfg.denetdm_deep if cfg.denetdm_stage2 == "authors" else cfg.model
+        return {"deep": cfg.denetdm_deep, "shallow": cfg.denetdm_shallow}.get(name, target)
+
+    def __init__(self, cfg, models, train_targets, num_classes, generator, train_biases=None):
+        super().__init__(cfg, models, train_targets, num_classes, generator)
+        self.authors = cfg.denetdm_stage2 == "authors"
+        self.stage1_best: dict | None = None  # oracle_test: the best stage-1 evaluation so far
 
     @classmethod
     def stages(cls, cfg) -> tuple[Stage, ...]:
@@ -170,6 +205,34 @@ class DeNetDM(Method):
         """The deep and the shallow branch's feature vectors."""
         return self.models["deep"].extract(x), self.models["shallow"].extract(x)
 
+    def stage_evaluated(self, stage, record) -> None:
+        """oracle_test: keep both branches whenever the shallow one's bias-conflicting test
+        accuracy beats the stage's best so far (the first of equal ones)."""
+        if self.cfg.denetdm_stage1_pick != "oracle_test":
+            return
+        score = record["test"]["conflicting"]
+        if score is None:  # test data without bias labels: its accuracy
+            score = record["test"]["accuracy"]
+        if self.stage1_best is None or score > self.stage1_best["score"]:
+            self.stage1_best = {
+                "step": record["step"],
+                "score": score,
+                "state": {
+                    n: {k: v.detach().clone() for k, v in self.models[n].state_dict().items()}
+                    for n in BRANCHES
+                },
+            }
+
+    def end_stage(self, stage, data) -> None:
+        """Stage 1 ends: put back the oracle's pick if asked; authors: the shared classifier goes
+        on as the target's head."""
+        if self.stage1_best is not None:
+            for n in BRANCHES:
+                self.models[n].load_state_dict(self.stage1_best["state"][n])
+            self.stage1_best = {k: v for k, v in self.stage1_best.items() if k != "state"}
+        if self.authors:
+            self.models["model"].fc.load_state_dict(self.models["shallow"].fc.state_dict())
+
     def loss(self, x, y, idx, draws):
         head = self.models["shallow"].fc
         if not self._main():
@@ -179,8 +242,14 @@ class DeNetDM(Method):
         with torch.no_grad():
             z_deep, z_shallow = self.experts(x)
             biased, teacher = head(z_deep), head(z_shallow)
-        logits = self.models["model"](x)
-        poe = product_of_experts_loss(logits, biased, y)
+        if self.authors:
+            target = self.models["model"]
+            z_target = target.extract(x)
+            logits = target.fc(z_target)
+            poe = mean_ce(target.fc(z_target + z_deep), y)
+        else:
+            logits = self.models["model"](x)
+            poe = product_of_experts_loss(logits, biased, y)
         distill = distillation_loss(logits, teacher, self.cfg.denetdm_temperature)
         loss = poe + self.cfg.denetdm_distill_weight * distill
         return loss, {"loss": loss, "poe": poe, "distill": distill}
@@ -199,3 +268,9 @@ class DeNetDM(Method):
 
     def lr(self) -> float:
         return float(self.optimizers[self.stage.models[0]].param_groups[0]["lr"])
+
+    def extra_state(self) -> dict:
+        return {"stage1_best": self.stage1_best}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.stage1_best = state.get("stage1_best")

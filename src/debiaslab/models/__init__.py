@@ -11,11 +11,12 @@ import torch
 import torch.nn as nn
 
 from debiaslab.models.cnn import CNN3, CNN4
-from debiaslab.models.mlp import MLP, DeepMLP, ShallowMLP
+from debiaslab.models.mlp import MLP, DeepMLP, LfFMLP, ShallowMLP
 from debiaslab.models.resnet import ResNet18, ResNet20, ResNet50
 
 MODELS = {
     "mlp": MLP,
+    "mlp_lff": LfFMLP,  # LfF's own recipe (presets lff_code-cmnist-*)
     "resnet18": ResNet18,
     "resnet20": ResNet20,
     "resnet50": ResNet50,

@@ -36,6 +36,12 @@ class MLP(nn.Module):
         return self.fc(self.extract(x))
 
 
+class LfFMLP(MLP):
+    """LfF's own Colored MNIST MLP (Nam et al. 2020's code): 3 hidden layers of 100."""
+
+    widths = (100, 100, 100)
+
+
 class DeepMLP(MLP):
     """DeNetDM's deep CMNIST branch: 4 hidden layers of 100 (5 linear layers with ``fc``)."""
 
