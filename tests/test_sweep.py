@@ -310,6 +310,10 @@ def test_grid_union_dedups_and_default_ratios():
         len(expand({"presets": ["cmnist-*"]})) == 4 * 9
     )  # vanilla, lff, disent, jtt, lc, groupdro, denetdm, BE x 2
     assert {c.method for c in expand({"presets": ["*-5pct-disent"]})} == {"disent"}
+    # a named preset runs its own settings, not its cell's paper preset
+    recipe = expand({"presets": ["lff_code-cmnist-0.5pct-lff"]})
+    assert [(c.lr, c.num_steps, c.model) for c in recipe] == [(0.001, 23_500, "mlp_lff")]
+    assert len(expand({"presets": ["lff_code*-cmnist-0.5pct-lff", "cmnist-0.5pct-lff"]})) == 3
 
 
 @pytest.mark.parametrize(

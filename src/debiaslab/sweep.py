@@ -36,7 +36,7 @@ from pathlib import Path
 
 from debiaslab.config import RUNTIME_FIELDS, TrainConfig
 from debiaslab.errors import UserError
-from debiaslab.presets import RATIOS, find_preset, match_presets
+from debiaslab.presets import RATIOS, Preset, find_preset, match_presets
 from debiaslab.rundir import PLAN_FILE, last_step, status
 
 GRID_KEYS = {"datasets", "methods", "ratios", "seeds", "presets", "set", "grid"}
@@ -131,10 +131,12 @@ def _ratio(r) -> str:
     return pct_name(parse_pct(r))
 
 
-def _cells(spec: dict) -> list[tuple[str, str | None, str]]:
-    """(dataset, percent, method) of one sub-grid."""
+def _cells(spec: dict) -> list[tuple[str, str | None, str, Preset | None]]:
+    """(dataset, percent, method, preset) of one sub-grid: the presets named, or the cells of
+    datasets x ratios x methods with each one's paper preset (None where there is none)."""
     if spec.get("presets"):
-        return [(p.dataset, p.percent, p.method) for p in match_presets(_as_list(spec["presets"]))]
+        found = match_presets(_as_list(spec["presets"]))
+        return [(p.dataset, p.percent, p.method, p) for p in found]
     datasets = _as_list(spec.get("datasets") or ["cmnist"])
     methods = _as_list(
         spec.get("methods") or ["vanilla", "lff", "disent"]
@@ -150,7 +152,7 @@ def _cells(spec: dict) -> list[tuple[str, str | None, str]]:
             ratios = [_ratio(r) for r in _as_list(spec["ratios"])]
         else:
             ratios = list(RATIOS.get(d, ("1pct",)))
-        cells += [(d, r, m) for r in ratios for m in methods]
+        cells += [(d, r, m, find_preset(d, r, m)) for r in ratios for m in methods]
     return cells
 
 
@@ -171,8 +173,7 @@ def expand(spec: dict) -> list[TrainConfig]:
         axes = {k: v for k, v in sets.items() if isinstance(v, list)}
         fixed = {k: v for k, v in sets.items() if not isinstance(v, list)}
         seeds = [int(s) for s in _as_list(merged.get("seeds", [0]))]
-        for dataset, percent, method in _cells(merged):
-            preset = find_preset(dataset, percent, method)
+        for dataset, percent, method, preset in _cells(merged):
             base = dict(preset.config) if preset else dict(dataset=dataset, method=method)
             if percent is not None:
                 base["percent"] = percent
