@@ -679,3 +679,13 @@ def test_collect_marks_runs_whose_training_reads_test_labels(tmp_path):
     assert "◊ reads test labels while training" in text
     csv_rows = list(csv.DictReader(io.StringIO(collect(str(root), fmt="csv"))))
     assert sorted(r["reads_test_labels"] for r in csv_rows if r["rule"] == "last") == ["0", "1"]
+
+
+def test_lff_recipe_mlp_has_lff_codes_three_hidden_layers_of_100():
+    import torch
+
+    from debiaslab.models import build_model
+
+    model = build_model("mlp_lff", 10, 1, (3, 28, 28))
+    widths = [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert widths == [100, 100, 100, 10] and model.feature_dim == 100
