@@ -21,10 +21,8 @@ from debiaslab.methods.lc import (
 from tests.conftest import (
     BATCH,
     N_CLASSES,
-    assert_same_tensors,
     make_method,
     method_batches,
-    method_state_of,
 )
 
 
@@ -332,20 +330,3 @@ def test_defaults_and_flags_reach_the_method():
     ]
     method, _ = method_from_config(config_from_args(build_parser().parse_args(flags)).resolved())
     assert (method.tau, method.prior_alpha, method.mixup) == (0.3, 0.5, False)
-
-
-# -- checkpoints (non-finite steps: tests/test_faults.py) ------------------------------------------
-def test_state_dict_round_trip_continues_bit_for_bit():
-    steps = list(method_batches(make_lc()[1], 7))
-    a, _ = make_lc()
-    for s in range(3):
-        a.update(*steps[s], s)
-    saved = copy.deepcopy(a.state_dict())
-    b, _ = make_lc(lc_prior_alpha=0.9)
-    b.load_state_dict(saved)
-    assert_same_tensors(method_state_of(b), method_state_of(a))
-    for s in range(3, 7):
-        ta, tb = a.update(*steps[s], s).terms, b.update(*steps[s], s).terms
-        assert_same_tensors(ta, tb, f"step {s}")
-    assert_same_tensors(method_state_of(b), method_state_of(a))
-    assert torch.equal(a.generator.get_state(), b.generator.get_state())

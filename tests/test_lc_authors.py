@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from debiaslab.config import TrainConfig
 from debiaslab.methods.lc import (
+    VARIANTS,
     minority_partners,
     mixed_correction_log,
     mixup_alpha,
@@ -151,7 +152,10 @@ def test_defaults_and_saved_configs_name_their_variant():
 def test_an_unknown_variant_is_refused():
     from debiaslab.errors import UserError
 
-    with pytest.raises(UserError, match="--lc_variant 'paper' is not an LC variant"):
+    with pytest.raises(
+        UserError,
+        match="--lc_variant 'paper' is not one of its choices; choose one of authors, earlier_",
+    ):
         TrainConfig(method="lc", lc_variant="paper").resolved().validate()
 
 
@@ -231,18 +235,20 @@ def test_lc_matches_a_loop_reimplementation():
     assert torch.allclose(method.prior, want, atol=1e-6)
 
 
-def test_state_dict_round_trip_continues_bit_for_bit():
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_state_dict_round_trip_continues_bit_for_bit(variant):
     steps = list(method_batches(make_lc()[1], 7))
-    a, _ = make_lc(curr_step=3)
+    a, _ = make_lc(curr_step=3, lc_variant=variant)
     for s in range(3):
         a.update(*steps[s], s)
     saved = copy.deepcopy(a.state_dict())
-    b, _ = make_lc(curr_step=3)
+    b, _ = make_lc(curr_step=3, lc_variant=variant)
     b.load_state_dict(saved)
     assert_same_tensors(method_state_of(b), method_state_of(a))
     for s in range(3, 7):
         assert_same_tensors(a.update(*steps[s], s).terms, b.update(*steps[s], s).terms, f"step {s}")
     assert_same_tensors(method_state_of(b), method_state_of(a))
+    assert torch.equal(a.generator.get_state(), b.generator.get_state())
 
 
 def test_sample_weights_are_one_minus_the_last_probability_of_the_label():

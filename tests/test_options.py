@@ -39,11 +39,10 @@ def test_a_declared_option_is_everywhere_it_must_be(method, option, train_help, 
     assert option.name in {f.name for f in dataclasses.fields(TrainConfig)}
     assert f"--{option.name}" in train_help and f"--{option.name}" in cli_page
     assert f"| `{option.name}` |" in api_table
-    flag = (
-        [f"--{option.name}"] if option.type is bool else [f"--{option.name}", SAMPLE[option.type]]
-    )
+    sample = option.choices[-1] if option.choices else SAMPLE.get(option.type)
+    flag = [f"--{option.name}"] if option.type is bool else [f"--{option.name}", sample]
     args = build_parser().parse_args(["train", "--method", method, *flag])
-    value = True if option.type is bool else option.type(SAMPLE[option.type])
+    value = True if option.type is bool else option.type(sample)
     assert getattr(config_from_args(args), option.name) == value
     cfg = TrainConfig(method=method).resolved()
     default = option.default if option.default is not None else getattr(cfg, option.name)
@@ -72,3 +71,18 @@ def test_the_reference_flag_names_of_bias_ensemble_still_work():
     )
     cfg = config_from_args(args)
     assert (cfg.method, cfg.be_num_models, cfg.be_agreement) == ("lff_be", 3, 2)
+
+
+def test_an_option_with_choices_refuses_others_in_the_api_and_the_cli():
+    from debiaslab.config import METHOD_FIELDS, METHOD_OPTIONS
+    from tests.conftest import run_cli
+
+    with_choices = [o for o in METHOD_OPTIONS.values() if o.choices]
+    assert {o.name for o in with_choices} >= {"lc_variant", "groupdro_sampler", "jtt_error_draws"}
+    for o in with_choices:
+        assert o.default in o.choices and ", ".join(o.choices) in o.describe()
+        method = METHOD_FIELDS[o.name][0]
+        with pytest.raises(UserError, match=f"--{o.name} 'nope' is not one of its choices"):
+            TrainConfig(method=method, **{o.name: "nope"}).validate()
+    r = run_cli("train", "--method", "lc", "--lc_variant", "nope")
+    assert r.returncode == 2 and "invalid choice: 'nope'" in r.stderr

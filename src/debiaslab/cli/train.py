@@ -347,6 +347,8 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
                 kind = dict(action=argparse.BooleanOptionalAction)
             else:
                 kind = dict(type=o.type, metavar=o.type.__name__.upper())
+                if o.choices:
+                    kind = dict(type=o.type, choices=o.choices)
             g.add_argument(*flags, dest=o.name, default=None, help=o.describe(), **kind)
 
 

@@ -91,9 +91,9 @@ class BiasEnsemble:
         ),
         Option(
             "be_candidates", str, "authors",
-            f"which evaluations of an auxiliary model may be kept, one of {', '.join(CANDIDATES)}: "
-            "after 1 and 501 updates, or every valid_freq steps and the stage's end (debiaslab's "
-            "first BiasEnsemble)", "the authors' code",
+            "which evaluations of an auxiliary model may be kept: after 1 and 501 updates, or "
+            "every valid_freq steps and the stage's end (debiaslab's first BiasEnsemble)",
+            "the authors' code", choices=CANDIDATES,
         ),
     )  # fmt: skip
 
@@ -107,11 +107,6 @@ class BiasEnsemble:
 
     @classmethod
     def validate(cls, cfg) -> None:
-        if cfg.be_candidates not in CANDIDATES:
-            raise UserError(
-                f"--be_candidates {cfg.be_candidates!r} is not a rule; choose one of "
-                f"{', '.join(CANDIDATES)}"
-            )
         if cfg.be_agreement > cfg.be_num_models:
             raise UserError(
                 f"--be_agreement {cfg.be_agreement} is more than --be_num_models "

@@ -111,15 +111,15 @@ class DeNetDM(Method):
         ),
         Option(
             "denetdm_stage2", str, "authors",
-            f"DeNetDM: stage 2, one of {', '.join(STAGE2)}: a target of the deep branch's shape "
-            "into the shared classifier, which keeps training, or a target with its own head "
-            "(debiaslab's first DeNetDM)", "the authors' code",
+            "DeNetDM: stage 2: a target of the deep branch's shape into the shared classifier, "
+            "which keeps training, or a target with its own head (debiaslab's first DeNetDM)",
+            "the authors' code", choices=STAGE2,
         ),
         Option(
             "denetdm_stage1_pick", str, "last",
-            f"DeNetDM: the stage-1 state stage 2 starts from, one of {', '.join(STAGE1_PICKS)}: "
-            "its last, or the authors' pick, the best bias-conflicting accuracy of the shallow "
-            "branch on the TEST split (an oracle: reads test labels)", "label-free by default",
+            "DeNetDM: the stage-1 state stage 2 starts from: its last, or the authors' pick, the "
+            "best bias-conflicting accuracy of the shallow branch on the TEST split (an oracle: "
+            "reads test labels)", "label-free by default", choices=STAGE1_PICKS,
         ),
         Option(
             "denetdm_deep", str, None,
@@ -148,13 +148,6 @@ class DeNetDM(Method):
     @classmethod
     def validate(cls, cfg) -> None:
         from debiaslab.models import MODELS
-
-        for name, value, choices in (
-            ("denetdm_stage2", cfg.denetdm_stage2, STAGE2),
-            ("denetdm_stage1_pick", cfg.denetdm_stage1_pick, STAGE1_PICKS),
-        ):
-            if value not in choices:
-                raise UserError(f"--{name} {value!r}: choose one of {', '.join(choices)}")
 
         deep, shallow = (
             MODELS[name](num_classes=2).feature_dim

@@ -1,7 +1,6 @@
 import torch
 import torch.nn.functional as F
 
-from debiaslab.errors import UserError
 from debiaslab.methods.base import Method
 from debiaslab.methods.options import Option
 
@@ -31,18 +30,10 @@ class GroupDRO(Method):
         ),
         Option(
             "groupdro_sampler", str, "balanced",
-            f"GroupDRO: how batches are drawn, one of {', '.join(SAMPLERS)}: group-balanced with "
-            "replacement, or shuffled epochs", "every official GroupDRO command",
+            "GroupDRO: how batches are drawn: group-balanced with replacement, or shuffled epochs",
+            "every official GroupDRO command", choices=SAMPLERS,
         ),
     )  # fmt: skip
-
-    @classmethod
-    def validate(cls, cfg) -> None:
-        if cfg.groupdro_sampler not in SAMPLERS:
-            raise UserError(
-                f"--groupdro_sampler {cfg.groupdro_sampler!r} is not a sampler; choose one of "
-                f"{', '.join(SAMPLERS)}"
-            )
 
     def __init__(self, cfg, models, train_targets, num_classes, generator, train_biases=None):
         super().__init__(cfg, models, train_targets, num_classes, generator)

@@ -1,6 +1,5 @@
 import torch
 
-from debiaslab.errors import UserError
 from debiaslab.methods.base import Method, Stage
 from debiaslab.methods.losses import mean_ce
 from debiaslab.methods.options import Option
@@ -34,18 +33,10 @@ class JTT(Method):
         ),
         Option(
             "jtt_error_draws", str, "one_plus_upweight",
-            f"JTT: an error sample's draws per epoch, one of {', '.join(ERROR_DRAWS)}: 1 + "
-            "jtt_upweight, or jtt_upweight (debiaslab's first JTT)", "JTT's code",
+            "JTT: an error sample's draws per epoch: 1 + jtt_upweight, or jtt_upweight "
+            "(debiaslab's first JTT)", "JTT's code", choices=ERROR_DRAWS,
         ),
     )  # fmt: skip
-
-    @classmethod
-    def validate(cls, cfg) -> None:
-        if cfg.jtt_error_draws not in ERROR_DRAWS:
-            raise UserError(
-                f"--jtt_error_draws {cfg.jtt_error_draws!r} is not a rule; choose one of "
-                f"{', '.join(ERROR_DRAWS)}"
-            )
 
     def __init__(self, cfg, models, train_targets, num_classes, generator, train_biases=None):
         super().__init__(cfg, models, train_targets, num_classes, generator)

@@ -38,7 +38,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from debiaslab.errors import UserError
 from debiaslab.methods.base import Method
 from debiaslab.methods.losses import PerSampleEMA, gce_from_ce
 from debiaslab.methods.options import Option
@@ -187,9 +186,9 @@ class LC(Method):
     options = (
         Option(
             "lc_variant", str, "authors",
-            f"LC: which LC to train, one of {', '.join(VARIANTS)}: as its authors run it, or "
-            "debiaslab's first reading of the paper (kept to compare)",
-            "algorithms.md, the later methods as their authors ran them",
+            "LC: which LC to train: as its authors run it, or debiaslab's first reading of the "
+            "paper (kept to compare)", "algorithms.md, the later methods as their authors ran them",
+            choices=VARIANTS,
         ),
         Option(
             "lc_tau", float, 1.0, "LC: weight of the log-prior correction of the logits",
@@ -212,14 +211,6 @@ class LC(Method):
         authors = cfg.lc_variant == "authors"
         alpha = cfg.lc_prior_alpha
         return {"lc_prior_alpha": alpha if alpha is not None else (0.995 if authors else 0.9)}
-
-    @classmethod
-    def validate(cls, cfg) -> None:
-        if cfg.lc_variant not in VARIANTS:
-            raise UserError(
-                f"--lc_variant {cfg.lc_variant!r} is not an LC variant; choose one of "
-                f"{', '.join(VARIANTS)}"
-            )
 
     def __init__(self, cfg, models, train_targets, num_classes, generator, train_biases=None):
         self.authors = cfg.lc_variant == "authors"

@@ -27,17 +27,23 @@ class Option:
     source: str  # where the default comes from
     check: str | None = None  # a key of CHECKS; "model": a name of models.MODELS
     aliases: tuple[str, ...] = ()
+    choices: tuple[
+        str, ...
+    ] = ()  # the values a str option takes (the first is usually the default)
 
     @property
     def annotation(self) -> str:
         return f"{self.type.__name__} | None"
 
     def describe(self) -> str:
-        """The flag's help: what it does, its default and where that comes from."""
-        return f"{self.help} (default: {self.default}; {self.source})"
+        """The flag's help: what it does, its choices, its default and where that comes from."""
+        choices = f"; one of {', '.join(self.choices)}" if self.choices else ""
+        return f"{self.help}{choices} (default: {self.default}; {self.source})"
 
     def problem(self, value) -> str | None:
         """Why ``value`` cannot be this option's, or None."""
+        if value is not None and self.choices and value not in self.choices:
+            return f"--{self.name} {value!r} is not one of its choices; choose one of {', '.join(self.choices)}"
         if value is None or self.check is None:
             return None
         if self.check == "model":
