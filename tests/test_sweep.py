@@ -548,6 +548,8 @@ def test_collect_cli_errors_and_output_file(runs, tmp_path):
         ("cmnist.md", "cmnist_runs"),
         ("cmnist_lff.md", "cmnist_lff_runs"),
         ("cmnist_later.md", "cmnist_later_runs"),
+        ("cmnist_denetdm.md", "cmnist_denetdm_runs"),
+        ("cmnist_lff_recipes.md", "cmnist_lff_recipe_runs"),
     ],
 )
 def test_committed_cmnist_tables_are_what_collect_prints(doc, runs):
@@ -678,7 +680,10 @@ def test_collect_marks_runs_whose_training_reads_test_labels(tmp_path):
     assert "| denetdm |" in last  # the label-free default carries no mark
     assert "◊ reads test labels while training" in text
     csv_rows = list(csv.DictReader(io.StringIO(collect(str(root), fmt="csv"))))
-    assert sorted(r["reads_test_labels"] for r in csv_rows if r["rule"] == "last") == ["0", "1"]
+    marks = [
+        r["reads_test_labels"] for r in csv_rows if (r["rule"], r["ratio"]) == ("last", "0.5pct")
+    ]
+    assert sorted(marks) == ["0", "1"]
 
 
 def test_lff_recipe_mlp_has_lff_codes_three_hidden_layers_of_100():
@@ -689,3 +694,13 @@ def test_lff_recipe_mlp_has_lff_codes_three_hidden_layers_of_100():
     model = build_model("mlp_lff", 10, 1, (3, 28, 28))
     widths = [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert widths == [100, 100, 100, 10] and model.feature_dim == 100
+
+
+def test_collect_adds_one_empty_cell_per_paper_cell_whatever_its_named_recipes(tmp_path):
+    root = tmp_path / "sweep"
+    fake_run(root, method="lff", values={r: 0.6 for r in RULES}, lr=0.001)
+    last = re.split(r"^### Selection: ", collect(str(root)), flags=re.M)[1]
+    for ratio in ("1pct", "2pct", "5pct"):
+        assert (
+            len([ln for ln in last.splitlines() if ln.startswith(f"| cmnist | {ratio} | lff")]) == 1
+        )

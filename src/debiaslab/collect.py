@@ -29,6 +29,7 @@ from debiaslab.presets import (
     RATIOS,
     Preset,
     find_preset,
+    preset_name,
 )
 from debiaslab.rundir import PLAN_FILE, last_step, status
 from debiaslab.selection import SELECTION_RULES, TABLE_RULES, default_selection
@@ -202,14 +203,12 @@ def _with_paper_cells(cells: list[Cell]) -> list[Cell]:
     present = {(c.dataset, c.percent, c.method) for c in cells}
     datasets, methods = {c.dataset for c in cells}, {c.method for c in cells}
     for p in PRESETS.values():
-        if (
-            p.dataset in datasets
-            and p.method in methods
-            and (p.dataset, p.percent, p.method) not in present
-        ):
-            cells.append(
-                Cell(p.dataset, p.percent, p.method, TrainConfig.from_dict(p.config).identity())
-            )
+        key = (p.dataset, p.percent, p.method)
+        if p.dataset in datasets and p.method in methods and key not in present:
+            if p.name != preset_name(*key):
+                continue  # a named recipe (lff_code-...): the cell's paper preset stands for it
+            cells.append(Cell(*key, TrainConfig.from_dict(p.config).identity()))
+            present.add(key)
 
     def order(c: Cell):
         ds = list(RATIOS).index(c.dataset) if c.dataset in RATIOS else len(RATIOS)
