@@ -234,7 +234,7 @@ class DeNetDM(Method):
             return loss, {"loss": loss}
         with torch.no_grad():
             z_deep, z_shallow = self.experts(x)
-            biased, teacher = head(z_deep), head(z_shallow)
+            teacher = head(z_shallow)
         if self.authors:
             target = self.models["model"]
             z_target = target.extract(x)
@@ -242,6 +242,8 @@ class DeNetDM(Method):
             poe = mean_ce(target.fc(z_target + z_deep), y)
         else:
             logits = self.models["model"](x)
+            with torch.no_grad():
+                biased = head(z_deep)
             poe = product_of_experts_loss(logits, biased, y)
         distill = distillation_loss(logits, teacher, self.cfg.denetdm_temperature)
         loss = poe + self.cfg.denetdm_distill_weight * distill
