@@ -220,6 +220,20 @@ MUTATIONS = [  # (name, file, text, its replacement, the tests that must then fa
         "tests/test_stages.py",
     ),
     (
+        "groupdro: sgd without momentum",
+        "src/debiaslab/methods/groupdro.py",
+        "SGD_MOMENTUM = 0.9",
+        "SGD_MOMENTUM = 0.0",
+        "tests/test_stages.py",
+    ),
+    (
+        "config: an unhashed option hashed at its default",
+        "src/debiaslab/config.py",
+        "and not (k in UNHASHED_DEFAULTS and d[k] == UNHASHED_DEFAULTS[k])",
+        "",
+        "tests/test_stages.py",
+    ),
+    (
         "jtt: error samples drawn lambda_up times",
         "src/debiaslab/methods/jtt.py",
         'extra = self.cfg.jtt_upweight - (self.cfg.jtt_error_draws == "upweight")',

@@ -135,11 +135,20 @@ def sagawa_step(model, opt, q, x, y, groups, eta, num_groups):
     return q
 
 
-def test_groupdro_matches_a_loop_reimplementation():
-    method, targets = make_method("groupdro", groupdro_eta=0.3)
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_groupdro_matches_a_loop_reimplementation(optimizer):
+    """The step as the paper writes it, with Adam (the presets') or SGD with momentum 0.9 and
+    weight decay (GroupDRO's image recipe)."""
+    method, targets = make_method(
+        "groupdro", groupdro_eta=0.3, groupdro_optimizer=optimizer, weight_decay=0.1
+    )
     biases = method_biases(targets)
     ref = copy.deepcopy(method.models["model"])
-    opt = torch.optim.Adam(ref.parameters(), lr=0.01)
+    opt = (
+        torch.optim.Adam(ref.parameters(), lr=0.01, weight_decay=0.1)
+        if optimizer == "adam"
+        else torch.optim.SGD(ref.parameters(), lr=0.01, momentum=0.9, weight_decay=0.1)
+    )
     num_groups = N_CLASSES * N_CLASSES
     q = torch.full((num_groups,), 1.0 / num_groups)
     for step, (x, y, idx) in enumerate(method_batches(targets, 6)):
@@ -150,6 +159,23 @@ def test_groupdro_matches_a_loop_reimplementation():
         assert torch.allclose(method.q, q, atol=1e-6)
     for a, b in zip(method.models["model"].state_dict().values(), ref.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_groupdro_sgd_is_an_option_that_keeps_earlier_hashes():
+    """SGD is GroupDRO's own choice, off by default; at its default the option stays out of the
+    config hash, so the runs recorded before it existed keep their folders."""
+    from debiaslab.config import TrainConfig
+
+    method, _ = make_method("groupdro", groupdro_optimizer="sgd", weight_decay=1.0)
+    opt = method.optimizers["model"]
+    assert isinstance(opt, torch.optim.SGD) and not method.on_device  # stepped from the host
+    assert (opt.defaults["momentum"], opt.defaults["weight_decay"]) == (0.9, 1.0)
+    assert isinstance(make_method("groupdro")[0].optimizers["model"], torch.optim.Adam)
+    base = TrainConfig(method="groupdro")
+    assert "groupdro_optimizer" not in base.identity()
+    adam = dataclasses.replace(base, groupdro_optimizer="adam")
+    sgd = dataclasses.replace(base, groupdro_optimizer="sgd")
+    assert adam.config_hash() == base.config_hash() != sgd.config_hash()
 
 
 def test_groupdro_on_data_without_bias_labels_is_refused(tmp_path):

@@ -92,6 +92,10 @@ METHOD_OPTIONS = {o.name: o for m in METHODS.values() for o in m.options}
 DATASET_SPECIFIC_FIELDS = frozenset({"palette", "wa_decay", "wa_start", "cpu_amp"}) | frozenset(
     METHOD_FIELDS
 )
+# Options left out of the identity at their default (Option.hashed_at_default): option -> default
+UNHASHED_DEFAULTS = {
+    o.name: o.default for o in METHOD_OPTIONS.values() if not o.hashed_at_default
+}
 # Colored MNIST's palettes (data/colored.py); "any" accepts whatever colours the data holds.
 PALETTE_CHOICES = ("disent", "lff", "any")
 COLORED_DATASETS = ("cmnist", "colored_digits")
@@ -321,6 +325,7 @@ class TrainConfig:
             if k not in RUNTIME_FIELDS
             and k not in LOCATION_FIELDS
             and not (k in DATASET_SPECIFIC_FIELDS and d[k] is None)
+            and not (k in UNHASHED_DEFAULTS and d[k] == UNHASHED_DEFAULTS[k])
         }
 
     def config_hash(self, length: int = 10) -> str:

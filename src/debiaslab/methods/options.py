@@ -30,6 +30,9 @@ class Option:
     choices: tuple[
         str, ...
     ] = ()  # the values a str option takes (the first is usually the default)
+    # False for an option added after runs were recorded whose default computes what they did:
+    # at its default it stays out of the config hash, so those runs keep their folders
+    hashed_at_default: bool = True
 
     @property
     def annotation(self) -> str:
