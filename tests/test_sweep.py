@@ -409,6 +409,7 @@ def fake_run(
     values=None,
     state="finished",
     step=0,
+    valid=None,
     **cfg,
 ):
     c = TrainConfig(**{**get_preset(f"cmnist-{percent}-{method}").config, **cfg, "seed": seed})
@@ -431,7 +432,13 @@ def fake_run(
             json.dumps(
                 {
                     "primary_metric": "unbiased accuracy",
-                    "selections": {r: {"test_primary": v} for r, v in values.items()},
+                    "selections": {
+                        r: {
+                            "test_primary": v,
+                            **({"valid": valid[r]} if r in (valid or {}) else {}),
+                        }
+                        for r, v in values.items()
+                    },
                 }
             )
         )
@@ -542,22 +549,60 @@ def test_collect_cli_errors_and_output_file(runs, tmp_path):
     assert r.returncode == 0 and (tmp_path / "t.csv").read_text() == collect(str(runs), "csv")
 
 
+def test_collect_choose_keeps_the_setting_of_best_validation_score_never_test(tmp_path):
+    """A grid of JTT settings: --choose ranks them by the validation score the rule maximised
+    (mean over seeds), whatever their test scores."""
+    root = tmp_path / "grid"
+    scores = {  # (jtt_steps, seed) -> (validation unbiased at the pick, test at the pick)
+        (500, 0): (0.60, 0.40),
+        (500, 1): (0.50, 0.42),  # mean validation 0.55
+        (2000, 0): (0.52, 0.90),  # best test, lower validation
+    }
+    for (steps, seed), (valid, test) in scores.items():
+        fake_run(
+            root,
+            method="jtt",
+            seed=seed,
+            jtt_steps=steps,
+            values={"last": 0.3, "best_valid_unbiased": test},
+            valid={"best_valid_unbiased": {"unbiased": valid, "accuracy": 0.99}},
+        )
+    text = collect(str(root), choose="best_valid_unbiased")
+    chosen = [line for line in text.splitlines() if "**chosen**" in line]
+    assert len(chosen) == 1 and "jtt_steps=500" in chosen[0], text
+    assert "| 2 (0, 1) | 55.00 | 41.00 | **chosen** | 2 finished |" in chosen[0]
+    assert re.search(r"jtt_steps=2000 \| 1 \(0\) \| 52.00 \| 90.00 \|  \|", text), text
+    fake_run(root, method="jtt", seed=0, jtt_steps=1000, state="unfinished", step=700)
+    text = collect(str(root), choose="best_valid_unbiased")
+    assert "| 0 () | — | — |  | 1 unfinished (seed 0 at step 700/" in text, text
+    assert "**chosen** (provisional)" in text  # a setting of the grid has no score yet
+    r = run_cli("collect", root, "--choose", "oracle_best_test")
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+    r = run_cli("collect", root, "--choose", "last")
+    assert r.returncode == 2
+    r = run_cli("collect", root, "--choose", "best_valid_unbiased", "--format", "csv")
+    assert r.returncode == 2 and "--choose prints its own" in r.stderr
+    with pytest.raises(UserError, match="recorded a best_valid pick"):
+        collect(str(root), choose="best_valid")  # no run recorded a validation score there
+
+
 @pytest.mark.parametrize(
-    "doc,runs",
+    "doc,runs,choose",
     [
-        ("cmnist.md", "cmnist_runs"),
-        ("cmnist_lff.md", "cmnist_lff_runs"),
-        ("cmnist_later.md", "cmnist_later_runs"),
-        ("cmnist_denetdm.md", "cmnist_denetdm_runs"),
-        ("cmnist_lff_recipes.md", "cmnist_lff_recipe_runs"),
+        ("cmnist.md", "cmnist_runs", None),
+        ("cmnist_lff.md", "cmnist_lff_runs", None),
+        ("cmnist_later.md", "cmnist_later_runs", None),
+        ("cmnist_denetdm.md", "cmnist_denetdm_runs", None),
+        ("cmnist_lff_recipes.md", "cmnist_lff_recipe_runs", None),
+        ("cmnist_jtt_grid.md", "cmnist_jtt_grid_runs", "best_valid_unbiased"),
     ],
 )
-def test_committed_cmnist_tables_are_what_collect_prints(doc, runs):
+def test_committed_cmnist_tables_are_what_collect_prints(doc, runs, choose):
     text = (REPO / "docs" / "results" / doc).read_text()
     block = re.search(r"<!-- collect:begin -->\n(.*?)<!-- collect:end -->", text, flags=re.S).group(
         1
     )
-    assert block == collect(str(REPO / "docs" / "results" / runs))
+    assert block == collect(str(REPO / "docs" / "results" / runs), choose=choose)
 
 
 def test_committed_selection_gaps_are_what_collect_prints():

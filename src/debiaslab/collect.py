@@ -32,7 +32,13 @@ from debiaslab.presets import (
     preset_name,
 )
 from debiaslab.rundir import PLAN_FILE, last_step, status
-from debiaslab.selection import SELECTION_RULES, TABLE_RULES, default_selection
+from debiaslab.selection import (
+    CHOOSE_RULES,
+    SELECTION_RULES,
+    TABLE_RULES,
+    base_rule,
+    default_selection,
+)
 
 SHIPPED = "shipped"  # a record's value under the selection its run ships by default
 
@@ -58,6 +64,7 @@ class Record:
     metric: str | None = None
     data_sha: tuple = ()
     shipped: str | None = None  # the selection the run ships by default (values["shipped"])
+    valid_scores: dict = field(default_factory=dict)  # rule -> the validation score it maximised
 
 
 @dataclass
@@ -128,6 +135,9 @@ def read(root: Path) -> list[Cell]:
                 rec.shipped = default_selection(cfg.dataset, rec.values)
                 rec.values[SHIPPED] = rec.values.get(rec.shipped)
                 rec.metric = res.get("primary_metric")
+                rec.valid_scores = {
+                    r: _valid_score(r, s, cfg.dataset) for r, s in res["selections"].items()
+                }
             except (ValueError, KeyError, TypeError):
                 rec.status = "unfinished"
         cell_for(identity).records.append(rec)
@@ -150,6 +160,14 @@ def read(root: Path) -> list[Cell]:
         )
     _label_variants(list(cells.values()))
     return _with_paper_cells(list(cells.values()))
+
+
+def _valid_score(name: str, picked: dict | None, dataset: str) -> float | None:
+    """The validation score selection ``name`` maximised, at its pick (None: a rule without one)."""
+    rule = base_rule(name)
+    if not picked or rule.split != "valid" or rule.score is None or "valid" not in picked:
+        return None
+    return rule.score(picked["valid"], dataset)
 
 
 def replayed(run_dir: Path, dataset: str, exclude=()) -> dict[str, float]:
@@ -634,10 +652,70 @@ def render_gaps(cells: list[Cell]) -> str:
     return "\n".join(out) + "\n"
 
 
+def render_choice(cells: list[Cell], rule: str) -> str:
+    """Which setting of each (dataset, ratio, method) the validation rule ``rule`` chooses.
+
+    Per setting (a cell: its variant), the score the rule maximised at its pick and the test score
+    of that pick, each the mean over the setting's finished seeds; the setting of highest mean
+    validation score is chosen (the first listed on ties). The test scores are shown, never used.
+    A setting with no finished run is listed with its runs' state, and the choice said provisional.
+    """
+    if rule not in CHOOSE_RULES:
+        raise UserError(
+            f"--choose {rule!r} does not score the validation split; choose one of "
+            f"{', '.join(CHOOSE_RULES)}"
+        )
+    groups: dict[tuple, list] = {}
+    for c in cells:
+        if c.records:
+            done = [
+                r
+                for r in c.records
+                if r.status == "finished" and r.valid_scores.get(rule) is not None
+            ]
+            groups.setdefault((c.dataset, c.percent or "-", c.method), []).append((c, done))
+    if not any(done for entries in groups.values() for _, done in entries):
+        raise UserError(
+            f"no finished run here recorded a {rule} pick; run --choose on a sweep's --out folder"
+        )
+    out = [
+        f"Settings chosen by `{rule}`: {SELECTION_RULES[rule]}. Per setting: the validation score "
+        "the rule maximised, at its pick, and the test score of that pick (%, mean over the "
+        "seeds); the highest validation score is chosen. The test column is shown, never used.",
+        "",
+        "| dataset | ratio | method | setting | seeds | validation (chosen on) | test | | runs |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (dataset, ratio, method), entries in groups.items():
+        scores = {
+            id(c): statistics.fmean(100 * r.valid_scores[rule] for r in done)
+            for c, done in entries
+            if done
+        }
+        best = max(scores, key=scores.get) if scores else None
+        provisional = len(scores) < len(entries)
+        for c, done in entries:
+            seeds = sorted(r.seed for r in done)
+            test = statistics.fmean(100 * r.values[rule] for r in done) if done else None
+            mark = "**chosen**" + (" (provisional)" if provisional else "")
+            out.append(
+                f"| {dataset} | {ratio} | {method}{_marks(c)} | {c.variant or 'preset'} | "
+                f"{len(seeds)} ({', '.join(map(str, seeds))}) | {_pm(scores.get(id(c)), None)} | "
+                f"{_pm(test, None)} | {mark if best == id(c) else ''} | {_runs_note(c)} |"
+            )
+    return "\n".join(out) + "\n"
+
+
 def collect(
-    root: str, fmt: str = "markdown", rules: list[str] | None = None, gaps: bool = False
+    root: str,
+    fmt: str = "markdown",
+    rules: list[str] | None = None,
+    gaps: bool = False,
+    choose: str | None = None,
 ) -> str:
     path = Path(root)
+    if choose:
+        return render_choice(read(path), choose)
     if gaps:
         return render_gaps(read(path))
     return render(read(path), fmt, rules)
@@ -661,4 +739,4 @@ def update_block(doc: Path, table: str) -> str:
     return text[: start + len(BEGIN)] + table + text[end:]
 
 
-__all__ = ["collect", "read", "render", "render_gaps", "rows", "update_block"]
+__all__ = ["collect", "read", "render", "render_choice", "render_gaps", "rows", "update_block"]

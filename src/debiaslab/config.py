@@ -93,9 +93,7 @@ DATASET_SPECIFIC_FIELDS = frozenset({"palette", "wa_decay", "wa_start", "cpu_amp
     METHOD_FIELDS
 )
 # Options left out of the identity at their default (Option.hashed_at_default): option -> default
-UNHASHED_DEFAULTS = {
-    o.name: o.default for o in METHOD_OPTIONS.values() if not o.hashed_at_default
-}
+UNHASHED_DEFAULTS = {o.name: o.default for o in METHOD_OPTIONS.values() if not o.hashed_at_default}
 # Colored MNIST's palettes (data/colored.py); "any" accepts whatever colours the data holds.
 PALETTE_CHOICES = ("disent", "lff", "any")
 COLORED_DATASETS = ("cmnist", "colored_digits")

@@ -128,6 +128,11 @@ def describe(name: str) -> str:
 
 
 SELECTION_RULES = {name: describe(name) for name in selection_names()}
+# the selections that maximise a validation score, so can also choose between settings
+# (``collect --choose``)
+CHOOSE_RULES = [
+    n for n in selection_names() if base_rule(n).split == "valid" and base_rule(n).score
+]
 
 
 def evaluation_of(record: dict, name: str) -> dict | None:

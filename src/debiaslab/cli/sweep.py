@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from debiaslab.errors import UserError
-from debiaslab.selection import TABLE_RULES, selection_names
+from debiaslab.selection import CHOOSE_RULES, TABLE_RULES, selection_names
 
 
 def add_sweep_args(p: argparse.ArgumentParser) -> None:
@@ -192,7 +192,11 @@ def cmd_collect(args) -> int:
         raise UserError(
             "--gaps prints its own markdown table of every rule; drop --format / --rules"
         )
-    text = collect(args.dir, args.format, args.rules, gaps=args.gaps)
+    if args.choose and (args.gaps or args.format != "markdown" or args.rules):
+        raise UserError(
+            "--choose prints its own markdown table of one rule; drop --gaps / --format / --rules"
+        )
+    text = collect(args.dir, args.format, args.rules, gaps=args.gaps, choose=args.choose)
     if args.into:
         from debiaslab.collect import update_block
 
@@ -262,6 +266,15 @@ def add_collect_args(p: argparse.ArgumentParser) -> None:
         help="instead of the results tables: each selection rule's "
         "test score minus the oracle's and minus last's, per cell and over cells (runs from before a "
         "rule existed are replayed from their eval logs)",
+    )
+    p.add_argument(
+        "--choose",
+        default=None,
+        choices=CHOOSE_RULES,
+        metavar="RULE",
+        help="instead of the results tables: for each dataset, ratio and method, the setting "
+        "(e.g. of a hyperparameter grid) whose runs score highest on the validation score RULE "
+        f"maximises, of {', '.join(CHOOSE_RULES)}; the test scores are shown, never used",
     )
     p.add_argument("--output", default=None, help="write to this file instead of stdout")
     p.add_argument(
