@@ -101,6 +101,9 @@ DENETDM = {  # dataset: batch, stage-1 epochs, stage-1 lr, stage-1 wd, stage-2 e
     "cifar10c": (256, 100, 0.001, 0.001, 200, 0.0001, 1.0),
     "bffhq": (64, 10, 0.001, 0.0, 100, 0.0001, 0.0),
 }
+# JTT on Colored MNIST: the pair of its T x lambda_up grid (configs/cmnist_jtt_grid.toml) with the
+# best group-balanced validation accuracy, seed 0 at 0.5pct, before any other JTT run of these rows
+JTT_CMNIST = {"jtt_steps": 500, "jtt_upweight": 20}
 TRAIN_SIZES = {"cmnist": 55_000, "cifar10c": 45_000, "bffhq": 19_200}
 # DeNetDM's Colored MNIST numbers (and its re-run baselines) are on LfF's protocol as DeNetDM ran
 # it: `debiaslab data build cmnist --protocol denetdm --out dataset_denetdm` (LfF's palette, all
@@ -180,6 +183,10 @@ def _config(dataset: str, percent: str, method: str) -> dict:
             lr_decay_step=10_000,
             lr_gamma=gamma,
         )
+    if method == "jtt" and dataset == "cmnist":
+        # JTT's code has no Colored MNIST recipe: T and lambda_up chosen on its grid by the
+        # best group-balanced validation accuracy (docs/results/cmnist_jtt_grid.md)
+        cfg.update(JTT_CMNIST)
     if method == "lc":
         # LC's code has no Colored MNIST command: the Group MixUp ramp's length is ours, DisEnt's
         # CMNIST curr_step, fixed before any run
