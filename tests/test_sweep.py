@@ -410,6 +410,7 @@ def fake_run(
     state="finished",
     step=0,
     valid=None,
+    train_sha=None,
     **cfg,
 ):
     c = TrainConfig(**{**get_preset(f"cmnist-{percent}-{method}").config, **cfg, "seed": seed})
@@ -419,7 +420,9 @@ def fake_run(
         json.dumps(
             {
                 "config": c.resolved().to_dict(),
-                "data": {"sha256": {"train": f"train{percent}" + "0" * 40, "test": "t" * 64}},
+                "data": {
+                    "sha256": {"train": train_sha or f"train{percent}" + "0" * 40, "test": "t" * 64}
+                },
             }
         )
     )
@@ -549,13 +552,25 @@ def test_collect_cli_errors_and_output_file(runs, tmp_path):
     assert r.returncode == 0 and (tmp_path / "t.csv").read_text() == collect(str(runs), "csv")
 
 
+def test_collect_gaps_marks_a_cell_whose_seeds_trained_on_different_data(tmp_path):
+    """Runs of one config from two builds (e.g. two sweep folders) share a cell; the gaps table
+    says so, as the results tables do."""
+    values = {"last": 0.5, "oracle_best_test": 0.6}
+    fake_run(tmp_path / "a", method="vanilla", seed=0, values=values)
+    fake_run(tmp_path / "b", method="vanilla", seed=1, values=values, train_sha="x" * 64)
+    text = collect(str(tmp_path), gaps=True)
+    assert re.search(r"\| vanilla \| 2 ‡ \|", text) and "‡ the seeds of this cell" in text, text
+    fake_run(tmp_path / "b", method="vanilla", seed=2, values=values)
+    assert "‡" not in collect(str(tmp_path / "a"), gaps=True)
+
+
 def test_collect_choose_keeps_the_setting_of_best_validation_score_never_test(tmp_path):
     """A grid of JTT settings: --choose ranks them by the validation score the rule maximised
     (mean over seeds), whatever their test scores."""
     root = tmp_path / "grid"
     scores = {  # (jtt_steps, seed) -> (validation unbiased at the pick, test at the pick)
-        (500, 0): (0.60, 0.40),
-        (500, 1): (0.50, 0.42),  # mean validation 0.55
+        (1000, 0): (0.60, 0.40),
+        (1000, 1): (0.50, 0.42),  # mean validation 0.55
         (2000, 0): (0.52, 0.90),  # best test, lower validation
     }
     for (steps, seed), (valid, test) in scores.items():
@@ -569,10 +584,10 @@ def test_collect_choose_keeps_the_setting_of_best_validation_score_never_test(tm
         )
     text = collect(str(root), choose="best_valid_unbiased")
     chosen = [line for line in text.splitlines() if "**chosen**" in line]
-    assert len(chosen) == 1 and "jtt_steps=500" in chosen[0], text
+    assert len(chosen) == 1 and "jtt_steps=1000" in chosen[0], text
     assert "| 2 (0, 1) | 55.00 | 41.00 | **chosen** | 2 finished |" in chosen[0]
     assert re.search(r"jtt_steps=2000 \| 1 \(0\) \| 52.00 \| 90.00 \|  \|", text), text
-    fake_run(root, method="jtt", seed=0, jtt_steps=1000, state="unfinished", step=700)
+    fake_run(root, method="jtt", seed=0, jtt_steps=250, state="unfinished", step=700)
     text = collect(str(root), choose="best_valid_unbiased")
     assert "| 0 () | — | — |  | 1 unfinished (seed 0 at step 700/" in text, text
     assert "**chosen** (provisional)" in text  # a setting of the grid has no score yet

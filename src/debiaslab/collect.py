@@ -351,6 +351,7 @@ def _sources(cells: list[Cell]) -> str:
     return PAPER_SOURCE + "".join(f"; {m}: {LATER_SOURCES[m]}" for m in later)
 
 
+MIXED_DATA_NOTE = "‡ the seeds of this cell were trained on different data (checksums differ)."
 BIAS_LABEL_NOTE = (
     "† trains on the bias labels of its training split (an upper-bound reference, not comparable with "
     "the label-free methods)."
@@ -423,7 +424,7 @@ def render(cells: list[Cell], fmt: str = "markdown", rules: list[str] | None = N
             )
         out.append("")
     if any(r.mixed_data for rule in rules for r in rows(cells, rule)):
-        out += ["‡ the seeds of this cell were trained on different data (checksums differ).", ""]
+        out += [MIXED_DATA_NOTE, ""]
     for note in _label_notes(cells):
         out += [note, ""]
     out += ["Data (sha256 of each split's decoded images, as recorded by every run):", ""]
@@ -639,14 +640,20 @@ def render_gaps(cells: list[Cell]) -> str:
         "| dataset | ratio | method | seeds | " + " | ".join(shown) + " | oracle |",
         "|---|---|---|---|" + "---|" * (len(shown) + 1),
     ]
+    mixed = False
     for c, m, n in per_cell:
         row = [_signed(m[s] - m["oracle_best_test"]) if s in m else "—" for s in shown]
         label = c.method + _marks(c) + (f" ({c.variant})" if c.variant else "")
+        # one cell's seeds from different folders may have trained on different builds
+        data = {r.data_sha for r in c.records if r.status == "finished"}
+        mixed |= len(data) > 1
         out.append(
-            f"| {c.dataset} | {c.percent or '-'} | {label} | {n} | "
+            f"| {c.dataset} | {c.percent or '-'} | {label} | {n}{' ‡' if len(data) > 1 else ''} | "
             + " | ".join(row)
             + f" | {m['oracle_best_test']:.2f} |"
         )
+    if mixed:
+        out += ["", MIXED_DATA_NOTE]
     for note in _label_notes([c for c, _, _ in per_cell]):
         out += ["", note]
     return "\n".join(out) + "\n"
