@@ -234,6 +234,20 @@ MUTATIONS = [  # (name, file, text, its replacement, the tests that must then fa
         "tests/test_stages.py",
     ),
     (
+        "collect: --choose ranks settings by their test score",
+        "src/debiaslab/collect.py",
+        "id(c): statistics.fmean(100 * r.valid_scores[rule] for r in done)",
+        "id(c): statistics.fmean(100 * r.values[rule] for r in done)",
+        "tests/test_sweep.py",
+    ),
+    (
+        "collect: gaps table silent on mixed data",
+        "src/debiaslab/collect.py",
+        "mixed |= len(data) > 1",
+        "mixed |= False",
+        "tests/test_sweep.py",
+    ),
+    (
         "jtt: error samples drawn lambda_up times",
         "src/debiaslab/methods/jtt.py",
         'extra = self.cfg.jtt_upweight - (self.cfg.jtt_error_draws == "upweight")',
