@@ -56,11 +56,9 @@ class GroupDRO(Method):
 
     def make_optimizer(self, name, model):
         if self.cfg.groupdro_optimizer == "sgd":
+            lr, weight_decay = self.optimizer_settings(name)
             return torch.optim.SGD(
-                model.parameters(),
-                lr=self.cfg.lr,
-                momentum=SGD_MOMENTUM,
-                weight_decay=self.cfg.weight_decay,
+                model.parameters(), lr=lr, momentum=SGD_MOMENTUM, weight_decay=weight_decay
             )
         return super().make_optimizer(name, model)
 
