@@ -243,7 +243,7 @@ MUTATIONS = [  # (name, file, text, its replacement, the tests that must then fa
     (
         "collect: gaps table silent on mixed data",
         "src/debiaslab/collect.py",
-        "mixed |= len(data) > 1",
+        "mixed |= cell_mixed",
         "mixed |= False",
         "tests/test_sweep.py",
     ),

@@ -164,10 +164,9 @@ def read(root: Path) -> list[Cell]:
 
 def _valid_score(name: str, picked: dict | None, dataset: str) -> float | None:
     """The validation score selection ``name`` maximised, at its pick (None: a rule without one)."""
-    rule = base_rule(name)
-    if not picked or rule.split != "valid" or rule.score is None or "valid" not in picked:
+    if not picked or name not in CHOOSE_RULES or "valid" not in picked:
         return None
-    return rule.score(picked["valid"], dataset)
+    return base_rule(name).score(picked["valid"], dataset)
 
 
 def replayed(run_dir: Path, dataset: str, exclude=()) -> dict[str, float]:
@@ -304,7 +303,7 @@ def rows(cells: list[Cell], rule: str) -> list[Row]:
                 p.paper_mean if p else None,
                 p.paper_std if p else None,
                 _runs_note(c),
-                len({r.data_sha for r in done}) > 1,
+                _mixed_data(done),
                 _marks(c),
             )
         )
@@ -349,6 +348,11 @@ def _sources(cells: list[Cell]) -> str:
     """Where the paper numbers come from: DisEnt's table, and the papers of the later methods present."""
     later = [m for m in METHODS if m in LATER_SOURCES and any(c.method == m for c in cells)]
     return PAPER_SOURCE + "".join(f"; {m}: {LATER_SOURCES[m]}" for m in later)
+
+
+def _mixed_data(records: list[Record]) -> bool:
+    """Whether these runs trained on different data (their recorded checksums differ)."""
+    return len({r.data_sha for r in records}) > 1
 
 
 MIXED_DATA_NOTE = "‡ the seeds of this cell were trained on different data (checksums differ)."
@@ -645,10 +649,10 @@ def render_gaps(cells: list[Cell]) -> str:
         row = [_signed(m[s] - m["oracle_best_test"]) if s in m else "—" for s in shown]
         label = c.method + _marks(c) + (f" ({c.variant})" if c.variant else "")
         # one cell's seeds from different folders may have trained on different builds
-        data = {r.data_sha for r in c.records if r.status == "finished"}
-        mixed |= len(data) > 1
+        cell_mixed = _mixed_data([r for r in c.records if r.status == "finished"])
+        mixed |= cell_mixed
         out.append(
-            f"| {c.dataset} | {c.percent or '-'} | {label} | {n}{' ‡' if len(data) > 1 else ''} | "
+            f"| {c.dataset} | {c.percent or '-'} | {label} | {n}{' ‡' if cell_mixed else ''} | "
             + " | ".join(row)
             + f" | {m['oracle_best_test']:.2f} |"
         )
