@@ -12,7 +12,7 @@ from debiaslab import UserError
 from debiaslab.collect import collect
 from debiaslab.config import TrainConfig
 from debiaslab.presets import PAPER, PRESETS, get_preset
-from debiaslab.sweep import expand, parse_set, plan, run_name
+from debiaslab.sweep import expand, load_spec_file, parse_set, plan, run_name
 from tests.conftest import REPO, run_cli
 
 SPEC = REPO.parent / "shared" / "spec"
@@ -618,6 +618,24 @@ def test_committed_cmnist_tables_are_what_collect_prints(doc, runs, choose):
         1
     )
     assert block == collect(str(REPO / "docs" / "results" / runs), choose=choose)
+
+
+@pytest.mark.parametrize(
+    "config,runs",
+    [
+        ("cmnist_table.toml", "cmnist_runs"),
+        ("cmnist_later.toml", "cmnist_later_runs"),
+        ("cmnist_denetdm.toml", "cmnist_denetdm_runs"),
+        ("cmnist_jtt_grid.toml", "cmnist_jtt_grid_runs"),
+    ],
+)
+def test_committed_rows_are_what_todays_presets_train(config, runs):
+    """Every run a table's config plans today is committed and finished: a preset or default that
+    drifted from the committed rows renames its runs (the config hash) and leaves them missing."""
+    root = REPO / "docs" / "results" / runs / "cmnist"
+    planned = [run_name(c) for c in expand(load_spec_file(str(REPO / "configs" / config)))]
+    missing = [name for name in planned if not (root / name / "results.json").is_file()]
+    assert planned and missing == []
 
 
 def test_committed_selection_gaps_are_what_collect_prints():
