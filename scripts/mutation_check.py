@@ -248,6 +248,13 @@ MUTATIONS = [  # (name, file, text, its replacement, the tests that must then fa
         "tests/test_sweep.py",
     ),
     (
+        "presets: JTT's Colored MNIST pair drifts from its committed rows",
+        "src/debiaslab/presets.py",
+        'JTT_CMNIST = {"jtt_steps": 500, "jtt_upweight": 20}',
+        'JTT_CMNIST = {"jtt_steps": 500, "jtt_upweight": 100}',
+        "tests/test_sweep.py::test_committed_rows_are_what_todays_presets_train",
+    ),
+    (
         "jtt: error samples drawn lambda_up times",
         "src/debiaslab/methods/jtt.py",
         'extra = self.cfg.jtt_upweight - (self.cfg.jtt_error_draws == "upweight")',
