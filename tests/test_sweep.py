@@ -12,6 +12,7 @@ from debiaslab import UserError
 from debiaslab.collect import collect
 from debiaslab.config import TrainConfig
 from debiaslab.presets import PAPER, PRESETS, get_preset
+from debiaslab.rundir import status
 from debiaslab.sweep import expand, load_spec_file, parse_set, plan, run_name
 from tests.conftest import REPO, run_cli
 
@@ -632,9 +633,9 @@ def test_committed_cmnist_tables_are_what_collect_prints(doc, runs, choose):
 def test_committed_rows_are_what_todays_presets_train(config, runs):
     """Every run a table's config plans today is committed and finished: a preset or default that
     drifted from the committed rows renames its runs (the config hash) and leaves them missing."""
-    root = REPO / "docs" / "results" / runs / "cmnist"
-    planned = [run_name(c) for c in expand(load_spec_file(str(REPO / "configs" / config)))]
-    missing = [name for name in planned if not (root / name / "results.json").is_file()]
+    cfgs = expand(load_spec_file(str(REPO / "configs" / config)))
+    planned = plan(cfgs, REPO / "docs" / "results" / runs)
+    missing = [run.name for run in planned if status(run.run_dir) != "finished"]
     assert planned and missing == []
 
 
