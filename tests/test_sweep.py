@@ -412,6 +412,7 @@ def fake_run(
     step=0,
     valid=None,
     train_sha=None,
+    valid_sha=None,
     **cfg,
 ):
     c = TrainConfig(**{**get_preset(f"cmnist-{percent}-{method}").config, **cfg, "seed": seed})
@@ -422,7 +423,12 @@ def fake_run(
             {
                 "config": c.resolved().to_dict(),
                 "data": {
-                    "sha256": {"train": train_sha or f"train{percent}" + "0" * 40, "test": "t" * 64}
+                    "sha256": {
+                        "train": train_sha or f"train{percent}" + "0" * 40,
+                        "valid": valid_sha or "v" * 64,
+                        "test": "t" * 64,
+                    },
+                    "counts": {s: {"n": 1, "conflicting": 1} for s in ("train", "valid", "test")},
                 },
             }
         )
@@ -492,7 +498,8 @@ def test_collect_markdown_mean_std_paper_and_status(runs):
     assert [t.split(" ")[0] for t in tables] == list(RULES)
     last, best_valid, bvu, oracle = tables
     assert "| 80.00 ± 10.00 | 3 (0, 1, 2) | 65.22 | +14.78 | 3 finished |" in _row(last, "disent")
-    assert "| 83.00 ± 10.00 |" in _row(oracle, "disent")  # every rule reads its own pick
+    # every rule reads its own pick; the oracle's figure read test (and test bias) labels
+    assert "| 83.00 ± 10.00 ◊† |" in _row(oracle, "disent")
     assert "| 81.00 ± 10.00 |" in _row(best_valid, "disent")
     assert (
         "| 40.00 | 1 (0) | 35.19 ± 3.49 | +4.81 | 1 finished; 1 unfinished (seed 1 at step 1,234/50,000) |"
@@ -553,16 +560,27 @@ def test_collect_cli_errors_and_output_file(runs, tmp_path):
     assert r.returncode == 0 and (tmp_path / "t.csv").read_text() == collect(str(runs), "csv")
 
 
-def test_collect_gaps_marks_a_cell_whose_seeds_trained_on_different_data(tmp_path):
-    """Runs of one config from two builds (e.g. two sweep folders) share a cell; the gaps table
-    says so, as the results tables do."""
+def test_collect_never_averages_runs_of_two_builds(tmp_path):
+    """Runs of one config from two builds (e.g. two sweep folders): two cells, each named by its
+    data, in every table, and two sections of the gaps table (no aggregate mixes them)."""
     values = {"last": 0.5, "oracle_best_test": 0.6}
     fake_run(tmp_path / "a", method="vanilla", seed=0, values=values)
-    fake_run(tmp_path / "b", method="vanilla", seed=1, values=values, train_sha="x" * 64)
-    text = collect(str(tmp_path), gaps=True)
-    assert re.search(r"\| vanilla \| 2 ‡ \|", text) and "‡ the seeds of this cell" in text, text
+    fake_run(
+        tmp_path / "b",
+        method="vanilla",
+        seed=1,
+        values={"last": 0.7, "oracle_best_test": 0.9},
+        train_sha="x" * 64,
+    )
+    text = collect(str(tmp_path))
+    assert "| vanilla (data train0.5, valid vvvvvvvv) | 50.00 | 1 (0) |" in text, text
+    assert "| vanilla (data xxxxxxxx, valid vvvvvvvv) | 70.00 | 1 (1) |" in text
+    gaps = collect(str(tmp_path), gaps=True)
+    assert gaps.count("### Data: test split sha256") == 2
+    assert "other training splits (2)" in gaps and "| last | no labels | 1 | -10.00 |" in gaps
+    assert "| last | no labels | 1 | -20.00 |" in gaps and "| 2 |" not in gaps
     fake_run(tmp_path / "b", method="vanilla", seed=2, values=values)
-    assert "‡" not in collect(str(tmp_path / "a"), gaps=True)
+    assert "(data " not in collect(str(tmp_path / "a"))  # one build: no data label
 
 
 def test_collect_choose_keeps_the_setting_of_best_validation_score_never_test(tmp_path):
@@ -586,8 +604,8 @@ def test_collect_choose_keeps_the_setting_of_best_validation_score_never_test(tm
     text = collect(str(root), choose="best_valid_unbiased")
     chosen = [line for line in text.splitlines() if "**chosen**" in line]
     assert len(chosen) == 1 and "jtt_steps=1000" in chosen[0], text
-    assert "| 2 (0, 1) | 55.00 | 41.00 | **chosen** | 2 finished |" in chosen[0]
-    assert re.search(r"jtt_steps=2000 \| 1 \(0\) \| 52.00 \| 90.00 \|  \|", text), text
+    assert "| 2 (0, 1) | 55.00 † | 41.00 † | **chosen** | 2 finished |" in chosen[0]
+    assert re.search(r"jtt_steps=2000 \| 1 \(0\) \| 52.00 † \| 90.00 † \|  \|", text), text
     fake_run(root, method="jtt", seed=0, jtt_steps=250, state="unfinished", step=700)
     text = collect(str(root), choose="best_valid_unbiased")
     assert "| 0 () | — | — |  | 1 unfinished (seed 0 at step 700/" in text, text
@@ -755,14 +773,14 @@ def test_collect_marks_runs_whose_training_reads_test_labels(tmp_path):
     fake_run(root, method="denetdm", values=values, denetdm_stage1_pick="oracle_test")
     text = collect(str(root))
     last = re.split(r"^### Selection: ", text, flags=re.M)[1]
-    assert "| denetdm ◊ (denetdm_stage1_pick=oracle_test) |" in last
-    assert "| denetdm |" in last  # the label-free default carries no mark
-    assert "◊ reads test labels while training" in text
+    assert "| denetdm (denetdm_stage1_pick=oracle_test) | 70.00 ◊† |" in last
+    assert "| denetdm | 70.00 | 1 (0) |" in last  # the label-free default carries no mark
+    assert "its training read TEST labels, TEST BIAS labels: cmnist 0.5pct denetdm (" in text
     csv_rows = list(csv.DictReader(io.StringIO(collect(str(root), fmt="csv"))))
-    marks = [
-        r["reads_test_labels"] for r in csv_rows if (r["rule"], r["ratio"]) == ("last", "0.5pct")
-    ]
-    assert sorted(marks) == ["0", "1"]
+    last_rows = [r for r in csv_rows if (r["rule"], r["ratio"]) == ("last", "0.5pct")]
+    assert sorted(r["reads_test_labels"] for r in last_rows) == ["0", "1"]
+    assert sorted(r["marks"] for r in last_rows) == ["", "◊†"]
+    assert "$^\\diamond$$^\\dagger$" in collect(str(root), fmt="latex")
 
 
 def test_lff_recipe_mlp_has_lff_codes_three_hidden_layers_of_100():

@@ -32,7 +32,7 @@ from debiaslab.data.splits import DatasetBundle, Split, data_id
 from debiaslab.errors import UserError
 from debiaslab.methods import METHODS
 from debiaslab.models import MODELS
-from debiaslab.selection import SELECTION_RULES, shipped_selection
+from debiaslab.selection import SELECTION_RULES, figure_reads, shipped_selection
 
 ModelFactory = Callable[..., nn.Module]  # (num_classes=, head_inputs=, in_shape=) -> model
 
@@ -276,6 +276,14 @@ class Run:
         if split not in ("valid", "test"):
             raise UserError(f"split {split!r}: choose valid or test")
         return selection[split]
+
+    def reads(self, rule: str | None = None) -> list[str] | None:
+        """The labels the figure of ``rule`` (None: the run's ``default_rule``) read beyond the
+        training class labels, its training's included: names of ``selection.READS``, e.g.
+        ``["valid_labels"]``; ``test_labels`` where the validation split is the test split."""
+        rule = rule or self.default_rule
+        self._selection(rule)
+        return figure_reads(self.results, rule)
 
     def step(self, rule: str | None = None) -> int:
         """The training step whose model ``rule`` picked."""

@@ -30,11 +30,80 @@ def _test_primary(metrics: dict, dataset: str) -> float:
     return primary_metric(metrics, dataset)
 
 
+# The labels a selection (or a run's training) may read beyond the training split's class labels,
+# in the order tables list them. A run records, per selection, which of these it read.
+READS = {
+    "train_bias_labels": "training BIAS labels",
+    "valid_labels": "validation class labels",
+    "valid_bias_labels": "validation BIAS labels",
+    "test_labels": "TEST labels",
+    "test_bias_labels": "TEST BIAS labels",
+}
+SPLITS = ("train", "valid", "test")
+TEST_MARK, BIAS_MARK = "◊", "†"  # a figure that read test labels / bias labels
+
+
+def _split_of(read: str) -> str:
+    return read.split("_", 1)[0]
+
+
+def _with_kind(split: str, read: str) -> str:
+    return split + "_" + read.split("_", 1)[1]
+
+
+def effective_reads(reads, data: dict | None) -> list[str] | None:
+    """``reads`` as they fall on a run's data (its record: ``counts`` and ``sha256`` per split).
+
+    A split used in two roles (two splits with one checksum, such as a validation split that is
+    the test split) is read in both: reading one reads the other's labels too. A split without
+    bias labels has none to read. None when the record lacks the checksums that decide it."""
+    data = data or {}
+    sha, counts = data.get("sha256") or {}, data.get("counts") or {}
+    out = set()
+    for read in reads:
+        split = _split_of(read)
+        if split != "train" and not sha.get(split):
+            return None
+        twins = [s for s in SPLITS if s == split or (sha.get(s) and sha.get(s) == sha.get(split))]
+        for twin in twins:
+            has_bias = "conflicting" in counts.get(twin, {"conflicting": 0})
+            if "bias" not in read or has_bias:
+                out.add(_with_kind(twin, read))
+    return [r for r in READS if r in out]
+
+
+def shared_splits(data: dict | None) -> list[tuple[str, str]]:
+    """Pairs of a run's splits that hold the same images and labels (equal checksums)."""
+    sha = (data or {}).get("sha256") or {}
+    return [
+        (a, b)
+        for i, a in enumerate(SPLITS)
+        for b in SPLITS[i + 1 :]
+        if sha.get(a) and sha.get(a) == sha.get(b)
+    ]
+
+
+def marks(reads) -> str:
+    """The marks of a figure that read these labels: ◊ test labels, † bias labels, ? unknown."""
+    if reads is None:
+        return "?"
+    test = any(_split_of(r) == "test" for r in reads)
+    bias = any("bias" in r for r in reads)
+    return TEST_MARK * test + BIAS_MARK * bias
+
+
+def reads_text(reads) -> str:
+    """The labels ``reads`` names, in words ('no labels' when empty)."""
+    if reads is None:
+        return "unknown (the run recorded no data checksums)"
+    return ", ".join(READS[r] for r in reads) or "no labels"
+
+
 @dataclass(frozen=True)
 class Rule:
     name: str
     split: str  # the only split whose metrics the score reads: "valid" or "test"
-    reads: str  # the labels the rule reads, said in its help and tables
+    reads: tuple[str, ...]  # the labels the rule reads (names of READS)
     description: str
     score: (
         Callable[[dict, str], float | None] | None
@@ -44,18 +113,18 @@ class Rule:
 RULES: dict[str, Rule] = {
     r.name: r
     for r in (
-        Rule("last", "valid", "no labels", "the model after the last training step", None),
+        Rule("last", "valid", (), "the model after the last training step", None),
         Rule(
             "best_valid",
             "valid",
-            "validation class labels",
+            ("valid_labels",),
             "the evaluation with the highest validation accuracy",
             lambda m, ds: m["accuracy"],
         ),
         Rule(
             "best_valid_worst_class",
             "valid",
-            "validation class labels",
+            ("valid_labels",),
             "the evaluation with the highest worst-class validation accuracy (the lowest accuracy of "
             "any class)",
             _worst_class,
@@ -63,7 +132,7 @@ RULES: dict[str, Rule] = {
         Rule(
             "best_valid_pseudo_unbiased",
             "valid",
-            "validation class labels",
+            ("valid_labels",),
             "the evaluation with the highest pseudo-unbiased validation accuracy: the mean accuracy "
             "over (class, class the method's own biased branch predicts) cells; methods without a "
             "biased branch have none",
@@ -72,14 +141,14 @@ RULES: dict[str, Rule] = {
         Rule(
             "best_valid_unbiased",
             "valid",
-            "validation class AND BIAS labels",
+            ("valid_labels", "valid_bias_labels"),
             "the evaluation with the highest unbiased (group-balanced) validation accuracy",
             lambda m, ds: m["unbiased"],
         ),
         Rule(
             "oracle_best_test",
             "test",
-            "TEST labels (an oracle)",
+            ("test_labels", "test_bias_labels"),
             "ORACLE: the evaluation with the highest test score (how the paper's numbers were "
             "selected); not a valid model-selection rule",
             _test_primary,
@@ -124,7 +193,7 @@ def selection_names(averaged: bool = True) -> list[str]:
 def describe(name: str) -> str:
     rule = base_rule(name)
     model = "the weight-averaged model: " if name.startswith(WA_PREFIX) else ""
-    return f"{model}{rule.description}; reads {rule.reads}"
+    return f"{model}{rule.description}; reads {reads_text(rule.reads)}"
 
 
 SELECTION_RULES = {name: describe(name) for name in selection_names()}
@@ -178,3 +247,38 @@ def picks(records: list[dict], dataset: str, names: list[str] | None = None) -> 
         if record.get("kind", "eval") == "eval" and "stage" not in record:
             tracker.update(record)
     return tracker.best
+
+
+# ----------------------------------------------------------------------- what a figure read
+def selection_reads(name: str, data: dict | None) -> list[str] | None:
+    """The labels selection ``name`` reads on a run's data (``effective_reads`` of its rule)."""
+    return effective_reads(base_rule(name).reads, data)
+
+
+def training_reads(results: dict) -> list[str] | None:
+    """The labels a finished run's training read beyond its training class labels: as recorded
+    (``training_reads``), else, for runs from before, what its method and config read today."""
+    if "training_reads" in results:
+        return results["training_reads"]
+    from debiaslab.config import TrainConfig  # torch-free callers of this module stay so
+    from debiaslab.methods import METHODS
+
+    config = results.get("config") or {}
+    method = METHODS.get(config.get("method"))
+    if method is None:
+        return None
+    return effective_reads(method.training_reads(TrainConfig.from_saved(config)), results["data"])
+
+
+def figure_reads(results: dict, name: str) -> list[str] | None:
+    """Everything the figure of selection ``name`` of a finished run read: the selection's own
+    reads (as recorded, else from its rule and the recorded checksums) and its training's.
+    None when that cannot be told (a record without checksums)."""
+    picked = (results.get("selections") or {}).get(name) or {}
+    own = picked.get("reads")
+    if own is None:
+        own = selection_reads(name, results.get("data"))
+    trained = training_reads(results)
+    if own is None or trained is None:
+        return None
+    return [r for r in READS if r in {*own, *trained}]

@@ -47,8 +47,11 @@ from debiaslab.selection import (
     SelectionTracker,
     default_selection,
     describe,
+    effective_reads,
     evaluation_of,
     selection_names,
+    selection_reads,
+    shared_splits,
 )
 from debiaslab.version import __version__
 
@@ -369,6 +372,18 @@ class TrainingLoop:
             cfg, models, split.targets, self.num_classes, generator, **bias_labels
         )
 
+    def label_record(self) -> dict:
+        """What training reads beyond the training class labels, for config.json and
+        results.json: ``training_reads`` (as it falls on this data, see ``effective_reads``) and
+        the splits that are one split in two roles."""
+        reads = effective_reads(self.method_cls.training_reads(self.cfg), self.data_info)
+        return {
+            "uses_bias_labels_in_training": "train_bias_labels" in reads,
+            "reads_test_labels_in_training": any(r.startswith("test_") for r in reads),
+            "training_reads": reads,
+            "shared_splits": [list(pair) for pair in shared_splits(self.data_info)],
+        }
+
     def write_config(self) -> None:
         atomic_write_json(
             self.run_dir / "config.json",
@@ -380,8 +395,7 @@ class TrainingLoop:
                 "device": str(self.device),
                 "torch_threads": torch.get_num_threads(),
                 "hardware": hardware(self.device),
-                "uses_bias_labels_in_training": self.method_cls.uses_bias_labels,
-                "reads_test_labels_in_training": self.method_cls.reads_test_labels(self.cfg),
+                **self.label_record(),
                 "warnings": setting_warnings(self.cfg),  # settings its steps never reach
                 "in_shape": list(
                     self.train_split.images.shape[1:]
@@ -642,8 +656,7 @@ class TrainingLoop:
                 "models": list(average.models),
                 "steps_averaged": average.count,
             }
-        results["uses_bias_labels_in_training"] = self.method_cls.uses_bias_labels
-        results["reads_test_labels_in_training"] = self.method_cls.reads_test_labels(self.cfg)
+        results.update(self.label_record())
         if len(plan.stages) > 1:  # the steps of every stage; "steps" counts the main stage's
             results["stages"] = [{"name": st.name, "steps": st.steps} for st in plan.stages]
         speed = round(plan.total / train_seconds, 2) if train_seconds > 0 else math.nan
@@ -804,6 +817,7 @@ def _results(
             if pick is None
             else {
                 "description": describe(rule),
+                "reads": selection_reads(rule, data_info),
                 "step": pick["step"],
                 "valid": pick["valid"],
                 "test": pick["test"],

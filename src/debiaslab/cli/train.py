@@ -12,7 +12,17 @@ from debiaslab.cli.common import add_data_args, data_config, metrics_table
 from debiaslab.config import METHOD_FIELDS, METHOD_OPTIONS
 from debiaslab.errors import UserError
 from debiaslab.methods import METHODS
-from debiaslab.selection import selection_names, shipped_selection
+from debiaslab.selection import (
+    BIAS_MARK,
+    TEST_MARK,
+    figure_reads,
+    marks,
+    reads_text,
+    selection_names,
+    shared_splits,
+    shipped_selection,
+    training_reads,
+)
 
 # the reference code's method flags
 METHOD_FLAGS = {
@@ -429,15 +439,29 @@ def results_summary(results: dict) -> str:
     rows = []
     for rule, sel in results["selections"].items():
         if sel is not None:
-            rows.append((f"{rule} (step {sel['step']})", sel["test"]))
+            mark = marks(figure_reads(results, rule))
+            rows.append((f"{rule} (step {sel['step']}){' ' + mark if mark else ''}", sel["test"]))
     return (
         f"{results['method']} on {results['dataset']} {results['percent'] or ''}".rstrip()
         + f", seed {results['seed']}, "
         f"{results['steps']} steps, {results.get('steps_per_second', 0):.1f} steps/s — test "
-        "metrics (%) per selection rule "
-        f"(shipped by default: {shipped_selection(results)}; oracle_best_test selects on test "
-        "labels):\n" + metrics_table(rows)
+        f"metrics (%) per selection rule (shipped by default: {shipped_selection(results)}):\n"
+        + metrics_table(rows)
+        + "\n"
+        + "\n".join(label_notes(results))
     )
+
+
+def label_notes(results: dict) -> list[str]:
+    """What the marks of a run's printed table mean, and which splits are one split twice."""
+    notes = [
+        f"the {a} split is the {b} split (same sha256): what reads {a} labels reads {b} labels"
+        for a, b in shared_splits(results.get("data"))
+    ]
+    trained = training_reads(results)
+    if trained:
+        notes.append(f"training read {reads_text(trained)}: every rule carries it")
+    return notes + [f"{TEST_MARK} read test labels, {BIAS_MARK} read bias labels"]
 
 
 def add_test_args(p: argparse.ArgumentParser) -> None:

@@ -195,10 +195,18 @@ class Method:
         ``"test"`` is there too), e.g. to keep the stage's best-validation models."""
 
     @classmethod
+    def training_reads(cls, cfg) -> tuple[str, ...]:
+        """The labels training reads beyond the training split's class labels (names of
+        ``selection.READS``): the training bias labels of a method that ``uses_bias_labels``, the
+        labels of the split an earlier stage is picked on. Recorded in config.json and
+        results.json; every figure of the run carries them (collect's marks)."""
+        return ("train_bias_labels",) if cls.uses_bias_labels else ()
+
+    @classmethod
     def reads_test_labels(cls, cfg) -> bool:
-        """True for an oracle option that picks an earlier stage's state on the test split; the run
-        is marked as reading test labels (config.json, results.json, collect's tables)."""
-        return False
+        """True for an oracle option that picks an earlier stage's state on the test split (the
+        stage then gets the test metrics too)."""
+        return any(read.startswith("test_") for read in cls.training_reads(cfg))
 
     def sample_counts(self) -> torch.Tensor | None:
         """How many times each training sample is drawn per epoch in the current stage (None: once)."""

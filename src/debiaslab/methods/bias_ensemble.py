@@ -106,6 +106,11 @@ class BiasEnsemble:
         return tuple(s for s in AUTHORS_CANDIDATES if s <= stage.steps)
 
     @classmethod
+    def training_reads(cls, cfg) -> tuple[str, ...]:
+        """Each aux model is kept at its best validation accuracy."""
+        return super().training_reads(cfg) + ("valid_labels",)
+
+    @classmethod
     def validate(cls, cfg) -> None:
         if cfg.be_agreement > cfg.be_num_models:
             raise UserError(

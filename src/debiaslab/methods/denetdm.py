@@ -142,8 +142,10 @@ class DeNetDM(Method):
         }
 
     @classmethod
-    def reads_test_labels(cls, cfg) -> bool:
-        return cfg.denetdm_stage1_pick == "oracle_test"
+    def training_reads(cls, cfg) -> tuple[str, ...]:
+        """oracle_test picks stage 1 by the bias-conflicting accuracy of the test split."""
+        oracle = cfg.denetdm_stage1_pick == "oracle_test"
+        return super().training_reads(cfg) + ("test_labels", "test_bias_labels") * oracle
 
     @classmethod
     def validate(cls, cfg) -> None:
