@@ -135,6 +135,7 @@ def _check_image_size(image_size) -> None:
 def _bundle(
     name: str,
     base: Path,
+    where: Path,
     key_prefix: str,
     listings: dict[str, _Listing],
     num_classes: int,
@@ -144,7 +145,11 @@ def _bundle(
     seed: int,
     use_cache: bool,
 ) -> DatasetBundle:
-    """Load (or decode) the listed splits, hold out valid when missing, and check they fit together."""
+    """Load (or decode) the listed splits, hold out valid when missing, and check they fit together.
+
+    ``where`` (the CSV or the folder, as given) is what an error names; ``info["source"]`` is what
+    the run records, a path relative to the data root.
+    """
     classes = info.get("classes")
     seen = set(listings["train"].targets)
     for split_name, listing in listings.items():
@@ -152,7 +157,7 @@ def _bundle(
         if unseen:
             shown = [classes[c] for c in unseen] if classes else unseen
             raise UserError(
-                f"{info['source']}: classes {shown} appear in the {split_name} split but have no "
+                f"{where}: classes {shown} appear in the {split_name} split but have no "
                 "training image; add training images of those classes or remove them"
             )
     splits, checksums = {}, {}
@@ -168,7 +173,7 @@ def _bundle(
     sizes = {n: f"{s.images.shape[3]}x{s.images.shape[2]}" for n, s in splits.items()}
     if len(set(sizes.values())) > 1:
         raise UserError(
-            f"the splits of {info['source']} have different image sizes {sizes}; {_IMAGE_SIZE_HINT}"
+            f"the splits of {where} have different image sizes {sizes}; {_IMAGE_SIZE_HINT}"
         )
     info.update({f"sha256_{n}": checksums[n] for n in SPLITS})
     return DatasetBundle(name, splits["train"], splits["valid"], splits["test"], num_classes, info)
@@ -317,7 +322,7 @@ def load_manifest(
                 [targets[i] for i in rows_of],
                 None if biases is None else [biases[i] for i in rows_of],
             )
-    info = {"source": str(csv_path.resolve())}
+    info = {"source": csv_path.name}  # relative to the CSV's folder, the root of its image paths
     if classes:
         info["classes"] = classes
     if bias_classes:
@@ -326,6 +331,7 @@ def load_manifest(
     return _bundle(
         csv_path.stem,
         folder,
+        csv_path,
         f"manifest_{csv_path.stem}",
         listings,
         num_classes,
@@ -405,9 +411,10 @@ def load_image_folder(
                 f"no images under {folder}/<class>/; add images or remove the empty folder"
             )
         listings[split_name] = _Listing(entries, targets, None)
-    info = {"source": str(root.resolve()), "classes": classes}
+    info = {"source": ".", "classes": classes}  # the data root is the folder itself
     return _bundle(
         root.resolve().name,
+        root,
         root,
         "imagefolder",
         listings,
@@ -465,13 +472,15 @@ def load_bar(
             raise UserError(f"no images found under {folder}; is the BAR download complete?")
         listings[split_name] = _Listing(entries, [_bar_label(p) for p, _ in entries], None)
     info = {
-        "source": str(root.resolve()),
+        # relative to the data root, the folder that holds it (--data_dir)
+        "source": Path(os.path.abspath(root)).name,
         "classes": list(BAR_CLASSES),
         "test_all_bias_conflicting": True,
         "bias_labels": "unavailable",
     }
     return _bundle(
         "bar",
+        root,
         root,
         "bar",
         listings,

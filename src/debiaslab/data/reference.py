@@ -327,7 +327,8 @@ def load_reference(data_dir, dataset: str, percent: str, use_cache: bool = True)
     """Load train/valid/test of a reference-layout dataset into memory (uint8 tensors)."""
     folders = split_folders(Path(data_dir), dataset, percent)
     root = Path(data_dir) / dataset
-    splits, info = {}, {"source": str(Path(data_dir).resolve() / dataset), "percent": percent}
+    # "source" is relative to the data root (--data_dir): a record names no folder of a machine
+    splits, info = {}, {"source": dataset, "percent": percent}
     for name, dirs in folders.items():
         key = "test" if name == "test" else f"{percent}_{name}"
         splits[name], info[f"sha256_{name}"] = read_split(dirs, root, key, use_cache)
