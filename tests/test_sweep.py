@@ -621,25 +621,6 @@ def test_collect_choose_keeps_the_setting_of_best_validation_score_never_test(tm
 
 
 @pytest.mark.parametrize(
-    "doc,runs,choose",
-    [
-        ("cmnist.md", "cmnist_runs", None),
-        ("cmnist_lff.md", "cmnist_lff_runs", None),
-        ("cmnist_later.md", "cmnist_later_runs", None),
-        ("cmnist_denetdm.md", "cmnist_denetdm_runs", None),
-        ("cmnist_lff_recipes.md", "cmnist_lff_recipe_runs", None),
-        ("cmnist_jtt_grid.md", "cmnist_jtt_grid_runs", "best_valid_unbiased"),
-    ],
-)
-def test_committed_cmnist_tables_are_what_collect_prints(doc, runs, choose):
-    text = (REPO / "docs" / "results" / doc).read_text()
-    block = re.search(r"<!-- collect:begin -->\n(.*?)<!-- collect:end -->", text, flags=re.S).group(
-        1
-    )
-    assert block == collect(str(REPO / "docs" / "results" / runs), choose=choose)
-
-
-@pytest.mark.parametrize(
     "config,runs",
     [
         ("cmnist_table.toml", "cmnist_runs"),
@@ -655,14 +636,6 @@ def test_committed_rows_are_what_todays_presets_train(config, runs):
     planned = plan(cfgs, REPO / "docs" / "results" / runs)
     missing = [run.name for run in planned if status(run.run_dir) != "finished"]
     assert planned and missing == []
-
-
-def test_committed_selection_gaps_are_what_collect_prints():
-    text = (REPO / "docs" / "results" / "selection.md").read_text()
-    block = re.search(r"<!-- collect:begin -->\n(.*?)<!-- collect:end -->", text, flags=re.S).group(
-        1
-    )
-    assert block == collect(str(REPO / "docs" / "results"), gaps=True)
 
 
 def test_palette_is_part_of_a_colored_mnist_config_only():

@@ -51,7 +51,12 @@ from debiaslab.selection import (
 )
 
 SHIPPED = "shipped"  # a record's value under the selection its run recorded as its default
-TODAY = "today's default"  # its value under the selection today's default picks for it
+TODAY = "today_default"  # its value under the selection today's default picks for it
+ALIASES = {
+    SHIPPED: "the selection each run recorded as its default (results.json default_selection)",
+    TODAY: "the selection today's default picks for each run (replayed on older runs)",
+}
+TABLE_CHOICES = {**SELECTION_RULES, **ALIASES}  # what collect's tables can show
 
 # settings that identify the data's location, not the experiment: they never split a cell
 NOT_A_VARIANT = {"seed", "data_dir", "manifest", "image_folder"}
@@ -122,48 +127,53 @@ def _looks_like_run(run_dir: Path) -> bool:
     return any((run_dir / n).exists() for n in ("results.json", "metrics.jsonl", "FAILED"))
 
 
-def read(root: Path) -> Collected:
-    """Every run under ``root`` (and every run its sweep plans list), one record per run: a run
-    committed twice (same config hash, same data) counts once, in a cell of its data."""
-    if not root.is_dir():
-        raise UserError(
-            f"{root} is not a folder; pass the --out folder of a sweep (or any folder holding run directories)"
-        )
+def read(*roots: Path) -> Collected:
+    """Every run under ``roots`` (and every run their sweep plans list), one record per run: a
+    run found twice (same config hash, same data) counts once, in a cell of its data."""
+    for root in roots:
+        if not root.is_dir():
+            raise UserError(
+                f"{root} is not a folder; pass the --out folder of a sweep (or any folder holding "
+                "run directories)"
+            )
     found: dict[tuple, tuple[Record, dict]] = {}  # (config hash, data) -> the record kept
     notes: list[str] = []
-    for cfg_path in sorted(root.rglob("config.json")):
-        run_dir = cfg_path.parent
-        where = str(run_dir.relative_to(root))
-        if any(part.startswith(".") for part in run_dir.relative_to(root).parts):
-            continue
-        try:
-            meta = json.loads(cfg_path.read_text())
-            identity = _identity(meta["config"])
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            if _looks_like_run(run_dir):
-                notes.append(f"{where}/config.json: unreadable ({_why(e)}); run not counted")
-            continue  # else not a debiaslab run directory
-        rec = _record(run_dir, identity, meta, where)
-        key = (TrainConfig.from_dict(identity).config_hash(), rec.data_sha)
-        if key in found:
-            kept = found[key][0]
-            better = _RANK[rec.status] < _RANK[kept.status]
-            first, second = (rec, kept) if better else (kept, rec)
-            notes.append(
-                f"{second.where} is {first.where} again (same config and data): counted once"
-            )
-            if better:
-                found[key] = (rec, identity)
-            continue
-        found[key] = (rec, identity)
-    planned = _planned(root, {key[0] for key in found})
+    for root in roots:
+        for cfg_path in sorted(root.rglob("config.json")):
+            if any(part.startswith(".") for part in cfg_path.relative_to(root).parts):
+                continue
+            _add_run(cfg_path.parent, root, found, notes)
+    planned = _planned(roots, {key[0] for key in found})
     cells = _cells([*found.values(), *planned])
     if not cells:
         raise UserError(
-            f"no runs under {root} (a run directory holds config.json; a sweep folder holds {PLAN_FILE})"
+            f"no runs under {' '.join(map(str, roots))} (a run directory holds config.json; a "
+            f"sweep folder holds {PLAN_FILE})"
         )
     _label_variants(cells)
     return Collected(_with_paper_cells(cells), notes)
+
+
+def _add_run(run_dir: Path, root: Path, found: dict, notes: list[str]) -> None:
+    """Read one run folder into ``found``, keeping one record per config and data."""
+    where = str(root / run_dir.relative_to(root))
+    try:
+        meta = json.loads((run_dir / "config.json").read_text())
+        identity = _identity(meta["config"])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        if _looks_like_run(run_dir):
+            notes.append(f"{where}/config.json: unreadable ({_why(e)}); run not counted")
+        return  # else not a debiaslab run directory
+    rec = _record(run_dir, identity, meta, where)
+    key = (TrainConfig.from_dict(identity).config_hash(), rec.data_sha)
+    if key in found:
+        kept = found[key][0]
+        better = _RANK[rec.status] < _RANK[kept.status]
+        first, second = (rec, kept) if better else (kept, rec)
+        notes.append(f"{second.where} is {first.where} again (same config and data): counted once")
+        if not better:
+            return
+    found[key] = (rec, identity)
 
 
 _RANK = {"finished": 0, "unreadable": 1, "failed": 2, "unfinished": 3, "missing": 4}
@@ -227,10 +237,10 @@ def _reasons(res: dict) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _planned(root: Path, seen: set[str]) -> list[tuple[Record, dict]]:
+def _planned(roots, seen: set[str]) -> list[tuple[Record, dict]]:
     """A record for each run a sweep plan lists that has no folder yet."""
     out = []
-    for plan in sorted(root.rglob(PLAN_FILE)):
+    for plan in sorted(p for root in roots for p in root.rglob(PLAN_FILE)):
         try:
             entries = json.loads(plan.read_text())["runs"].values()
         except (ValueError, KeyError, AttributeError):
@@ -534,10 +544,8 @@ def render(collected: Collected, fmt: str = "markdown", rules: list[str] | None 
     cells = collected.cells
     rules = rules or list(TABLE_RULES)
     for r in rules:
-        if r not in SELECTION_RULES:
-            raise UserError(
-                f"unknown selection rule {r!r}; choose from {', '.join(SELECTION_RULES)}"
-            )
+        if r not in TABLE_CHOICES:
+            raise UserError(f"unknown selection rule {r!r}; choose from {', '.join(TABLE_CHOICES)}")
     metrics = sorted({r.metric for c in cells for r in c.records if r.metric}) or sorted(
         {f"{c.preset.metric} accuracy" for c in cells if c.preset}
     )
@@ -556,7 +564,7 @@ def render(collected: Collected, fmt: str = "markdown", rules: list[str] | None 
     out += _glance(cells)
     for rule in rules:
         out += [
-            f"### Selection: {rule} — {SELECTION_RULES[rule]}",
+            f"### Selection: {rule} — {TABLE_CHOICES[rule]}",
             "",
             f"| dataset | ratio | method | ours | seeds | {PAPER_COLUMN} | ours − paper | runs |",
             "|---|---|---|---|---|---|---|---|",
@@ -739,7 +747,7 @@ def _latex(cells: list[Cell], rules: list[str], metrics: list[str]) -> str:
         out += [
             r"\bottomrule",
             r"\end{tabular}",
-            f"\\caption{{Selection: {_tex(rule)} --- {_tex(SELECTION_RULES[rule])}.}}",
+            f"\\caption{{Selection: {_tex(rule)} --- {_tex(TABLE_CHOICES[rule])}.}}",
             r"\end{table}",
             "",
         ]
@@ -1032,14 +1040,45 @@ def render_choice(collected: Collected, rule: str) -> str:
     return "\n".join(out).rstrip("\n") + "\n"
 
 
+def render_runs(collected: Collected, rules: list[str] | None = None) -> str:
+    """One row per finished run (seed by seed), each selection's figure with its marks."""
+    rules = rules or [SHIPPED, *TABLE_RULES]
+    out = [
+        "Test metric per run (%); `shipped`: the selection the run recorded as its default.",
+        "",
+        "| dataset | ratio | method | seed | " + " | ".join(rules) + " |",
+        "|---|---|---|---|" + "---|" * len(rules),
+    ]
+    cells = [c for c in collected.cells if finished(c.records)]
+    for c in cells:
+        for r in finished(c.records):
+            figures = [
+                "—"
+                if r.values.get(rule) is None
+                else _marked(f"{100 * r.values[rule]:.2f}", marks(r.reads.get(rule)))
+                for rule in rules
+            ]
+            out.append(
+                f"| {c.dataset} | {c.percent or '-'} | {c.label} | {r.seed} | "
+                + " | ".join(figures)
+                + " |"
+            )
+    out += [""] + mark_notes(cells, rules) + not_counted(collected)
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
 def collect(
-    root: str,
+    root: str | list[str],
     fmt: str = "markdown",
     rules: list[str] | None = None,
     gaps: bool = False,
     choose: str | None = None,
+    per_run: bool = False,
 ) -> str:
-    collected = read(Path(root))
+    roots = [root] if isinstance(root, str) else root
+    collected = read(*map(Path, roots))
+    if per_run:
+        return render_runs(collected, rules)
     if choose:
         return render_choice(collected, choose)
     if gaps:
@@ -1050,22 +1089,4 @@ def collect(
     return render(collected, fmt, rules)
 
 
-BEGIN, END = "<!-- collect:begin -->\n", "<!-- collect:end -->"
-
-
-def update_block(doc: Path, table: str) -> str:
-    """``doc`` with the text between its collect markers replaced by ``table`` (the rest is left as written)."""
-    try:
-        text = doc.read_text()
-    except OSError as e:
-        raise UserError(f"cannot read {doc}: {e.strerror}") from None
-    start, end = text.find(BEGIN), text.find(END)
-    if start < 0 or end < start:
-        raise UserError(
-            f"{doc} has no '<!-- collect:begin -->' ... '<!-- collect:end -->' block (each marker on its own "
-            "line) to replace; add one where the table goes"
-        )
-    return text[: start + len(BEGIN)] + table + text[end:]
-
-
-__all__ = ["collect", "read", "render", "render_choice", "render_gaps", "rows", "update_block"]
+__all__ = ["collect", "read", "render", "render_choice", "render_gaps", "render_runs", "rows"]

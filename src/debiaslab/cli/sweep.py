@@ -196,11 +196,18 @@ def cmd_collect(args) -> int:
         raise UserError(
             "--choose prints its own markdown table of one rule; drop --gaps / --format / --rules"
         )
-    text = collect(args.dir, args.format, args.rules, gaps=args.gaps, choose=args.choose)
+    if args.per_run and (args.gaps or args.choose or args.format != "markdown"):
+        raise UserError(
+            "--per_run prints its own markdown table; drop --gaps / --choose / --format"
+        )
+    text = collect(
+        args.dir, args.format, args.rules, gaps=args.gaps, choose=args.choose, per_run=args.per_run
+    )
     if args.into:
-        from debiaslab.collect import update_block
+        from debiaslab.docblocks import replace_block
 
-        atomic_write_bytes(Path(args.into), update_block(Path(args.into), text).encode())
+        page = replace_block(Path(args.into), text, lambda command: _same_collect(command, args))
+        atomic_write_bytes(Path(args.into), page.encode())
         print(f"table updated in {args.into}")
     elif args.output:
         atomic_write_bytes(Path(args.output), text.encode())
@@ -208,6 +215,22 @@ def cmd_collect(args) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _same_collect(command: str, args) -> bool:
+    """Whether a docs block's ``command`` is this collect (same folder and table), whatever its
+    --into / --output."""
+    import shlex
+
+    from debiaslab.cli import build_parser
+
+    argv = shlex.split(command)
+    if argv[:2] != ["debiaslab", "collect"]:
+        return False
+    other = build_parser().parse_args(argv[1:])
+    fields = ("format", "rules", "gaps", "choose", "per_run")
+    same = [Path(d).resolve() for d in other.dir] == [Path(d).resolve() for d in args.dir]
+    return same and all(getattr(other, f) == getattr(args, f) for f in fields)
 
 
 RULE_CHOICES = selection_names()
@@ -245,7 +268,12 @@ def add_report_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_collect_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dir", help="a sweep's --out folder, or any folder holding run directories")
+    p.add_argument(
+        "dir",
+        nargs="+",
+        help="sweep --out folders, or any folders holding run directories (a run found in two "
+        "counts once)",
+    )
     p.add_argument(
         "--format",
         choices=["markdown", "csv", "latex"],
@@ -256,7 +284,7 @@ def add_collect_args(p: argparse.ArgumentParser) -> None:
         "--rules",
         nargs="+",
         default=None,
-        choices=RULE_CHOICES,
+        choices=[*RULE_CHOICES, "shipped", "today_default"],
         metavar="RULE",
         help=f"selection rules to show, of {', '.join(RULE_CHOICES)} (default: {' '.join(TABLE_RULES)})",
     )
@@ -276,13 +304,21 @@ def add_collect_args(p: argparse.ArgumentParser) -> None:
         "(e.g. of a hyperparameter grid) whose runs score highest on the validation score RULE "
         f"maximises, of {', '.join(CHOOSE_RULES)}; the test scores are shown, never used",
     )
+    p.add_argument(
+        "--per_run",
+        action="store_true",
+        help="instead of the results tables: one row per finished run (seed by seed), a column "
+        "per rule of --rules (default: shipped and the table rules), each figure marked by what "
+        "it read",
+    )
     p.add_argument("--output", default=None, help="write to this file instead of stdout")
     p.add_argument(
         "--into",
         default=None,
         metavar="DOC",
-        help="replace the block between '<!-- collect:begin -->' and "
-        "'<!-- collect:end -->' in DOC (e.g. docs/results/cmnist.md) with the table; the rest of DOC stays",
+        help="write the table into DOC (e.g. docs/results/cmnist.md), in the block that names "
+        "this command ('<!-- figures: debiaslab collect ... -->' ... '<!-- /figures -->'); the "
+        "rest of DOC stays",
     )
 
 
