@@ -1,23 +1,25 @@
-"""Run-steps per second of K fused runs against the same runs as lone processes, on the CPU.
+"""Run-steps per second of fused groups of K runs against lone runs, on the CPU.
 
-One script, one machine, one session (docs/speed.md, "Fused runs"). For each method and K:
+One invocation measures every figure it prints the same way (docs/speed.md, "Fused runs"): the
+worker processes of a figure start together, each builds its runs and takes ``--warmup`` steps,
+then all of them time ``--seconds`` of steps from one signal; a figure is the training steps of
+every run over that window's wall seconds, summed over the processes (run-steps/s). Each row
+says how it ran, in one of two arrangements (J = the cores):
 
-- ``lone``: lone runs as processes, as a sweep with ``--fuse off --jobs J`` runs them: J
-  processes at once (J = the cores), each with 1 thread and its own run;
-- ``fused 1xT``: the K runs fused in one process with every core's thread;
-- ``fused JxT/J``: the K runs split into J fused groups, one process each, 1 thread each (what
-  ``sweep --fuse auto --jobs J`` does).
+- ``J processes x 1 thread``, each a fused group of K runs (J*K runs in all): what
+  ``sweep --fuse auto --fuse_max K --jobs J`` runs for J*K compatible runs. K = 1 is the lone runs,
+  one run per process, as ``sweep --fuse off --jobs J`` runs them; the "x lone" ratios are to it.
+- ``1 process x J threads``, one fused group of K runs (K = 1: one run alone).
 
-Each figure is training steps of every run over wall seconds (run-steps/s), timed over
-``--seconds`` after a warm-up, with the paper's preset of the cell (batch 256) and DisEnt's swap on
-from the first step (``curr_step`` 0, its dearer step, 80% of a 50,000-step run). The matmul rate
-of the first layer's product (256 x 2352 x 100) in fp32 and bf16 is printed beside it: what bounds
-a CPU step. ``--dataset cifar10c`` times ResNet18 steps on random images of Corrupted CIFAR-10's
-shape (45,000 x 3 x 32 x 32, 10 classes; a step's cost does not depend on the pixels).
-Not a test: it prints numbers (and ``--json`` writes them).
+Runs are the paper's preset of the cell (batch 256), DisEnt's swap on from the first step
+(``curr_step`` 0). The first layer's product (256 x 2352 x 100) is timed in fp32 and bf16 beside
+them. ``--dataset cifar10c`` times ResNet18 steps on random images of Corrupted CIFAR-10's shape
+(45,000 x 3 x 32 x 32, 10 classes; a step's cost does not depend on the pixels). The output
+starts with the commit, machine, torch and load average it ran with. Not a test: it prints
+numbers (and ``--json`` writes them).
 
     python benchmarks/fused_speed.py --data_dir dataset --methods vanilla lff disent --K 1 3 12 36
-    python benchmarks/fused_speed.py --dataset cifar10c --methods vanilla disent --K 1 3 --seconds 20
+    python benchmarks/fused_speed.py --data_dir dataset --bf16 --K 12
 """
 
 from __future__ import annotations
@@ -32,6 +34,35 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def header(note: str | None = None) -> list[str]:
+    """The lines a raw output starts with: what ran, on which code, machine and load."""
+    import torch
+
+    import debiaslab
+
+    def git(*cmd: str) -> str:
+        return subprocess.run(["git", "-C", str(ROOT), *cmd], capture_output=True, text=True).stdout
+
+    dirty = git("status", "--porcelain", "--", "src", "benchmarks").strip()
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    models = [ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if "model name" in ln]
+    lines = [
+        "command: python " + " ".join(sys.argv),
+        f"commit: {git('rev-parse', 'HEAD').strip()}"
+        + (" dirty (uncommitted changes under src/ or benchmarks/)" if dirty else ""),
+        f"machine: {models[0] if models else 'unknown CPU'}, {len(os.sched_getaffinity(0))} cores",
+        f"torch {torch.__version__}; debiaslab from {Path(debiaslab.__file__).parent}",
+        f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
+        f"load average at start: {load_average()}",
+    ]
+    return lines + ([f"note: {note}"] if note else [])
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f} (1, 5, 15 min)"
 
 
 def matmul_rate(dtype, threads: int, seconds: float = 2.0) -> float:
@@ -50,19 +81,20 @@ def matmul_rate(dtype, threads: int, seconds: float = 2.0) -> float:
 
 
 def build_loops(args, seeds: list[int], log_dir: str):
-    """A ``TrainingLoop`` per seed, built and restored as ``train`` builds them."""
+    """A ``TrainingLoop`` per seed, built and restored as a fused group builds them."""
     from debiaslab.config import TrainConfig
+    from debiaslab.prepare import cached_loader
     from debiaslab.presets import find_preset
     from debiaslab.train import TrainingLoop, open_run
 
     preset = find_preset(args.dataset, args.percent, args.method)
-    own = dict(curr_step=0, num_steps=10**6, valid_freq=10**6, progress=False, device=args.device)
+    own = dict(curr_step=0, num_steps=10**6, valid_freq=10**5, progress=False, device=args.device)
     base = {**preset.config, "data_dir": args.data_dir, **own, "cpu_amp": args.bf16 or None}
     bundle = synthetic_cifar10c() if args.dataset == "cifar10c" else None
-    loops = []
+    load, loops = cached_loader(), []
     for seed in seeds:
         cfg = TrainConfig(**{**base, "seed": seed, "exp": f"s{seed}", "log_dir": log_dir})
-        opened = open_run(cfg, bundle)
+        opened = open_run(cfg, bundle, load)
         loop = TrainingLoop(opened.cfg, opened.bundle, opened.device, opened.run_dir)
         loop.restore(None, accelerate=False)
         loop.method.train()
@@ -87,57 +119,60 @@ def synthetic_cifar10c():
 
 
 def worker(args) -> None:
-    """Time ``args.runs`` runs (fused, or one lone run) and print run-steps/s as JSON."""
+    """Build ``args.runs`` runs (a fused group; one run: its own step), warm up, say "ready",
+    wait for "go" on stdin, time ``args.seconds`` of steps and print run-steps/s as JSON."""
     import torch
 
     from debiaslab.group import FusedLoop
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        loops = build_loops(args, list(range(args.runs)), tmp)
-        if args.worker == "fused" and len(loops) > 1:
-            group = FusedLoop(loops)
-
-            def step(i):
-                group.step(i, 0)
-        else:
-
-            def step(i):
-                for loop in loops:
-                    loop.step(i, 0)
-
+        seeds = range(args.first_seed, args.first_seed + args.runs)
+        group = FusedLoop(build_loops(args, list(seeds), tmp))
         for i in range(args.warmup):
-            step(i)
+            group.step(i, 0)
+        print("ready", flush=True)
+        sys.stdin.readline()
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < args.seconds or n < 2:
-            step(args.warmup + n)
+            group.step(args.warmup + n, 0)
             n += 1
         seconds = time.perf_counter() - t0
-    print(json.dumps({"run_steps_per_second": len(loops) * n / seconds, "steps": n}))
+    print(json.dumps({"run_steps_per_second": args.runs * n / seconds, "steps": n}))
 
 
-def measure(args, mode: str, runs_per_process: list[int], threads: int) -> float:
-    """Start one worker per entry of ``runs_per_process`` at once; their summed run-steps/s."""
+def measure(args, processes: int, runs: int, threads: int) -> list[float]:
+    """``processes`` workers of ``runs`` runs and ``threads`` threads each, timed over one
+    window; each worker's run-steps/s."""
     procs = []
-    for runs in runs_per_process:
+    for p in range(processes):
         cmd = [
             sys.executable,
             __file__,
-            *("--worker", mode, "--runs", str(runs), "--threads", str(threads)),
-            *("--method", args.method, "--dataset", args.dataset, "--percent", args.percent),
-            *("--data_dir", args.data_dir, "--seconds", str(args.seconds)),
-            *("--warmup", str(args.warmup), *(["--bf16"] if args.bf16 else [])),
+            *("--worker", "--runs", str(runs), "--threads", str(threads)),
+            *("--first_seed", str(p * runs), "--method", args.method),
+            *("--dataset", args.dataset, "--percent", args.percent, "--data_dir", args.data_dir),
+            *("--seconds", str(args.seconds), "--warmup", str(args.warmup)),
+            *(["--bf16"] if args.bf16 else []),
             *("--device", args.device),
         ]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env))
-    total = 0.0
+        procs.append(
+            subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        )
+    for proc in procs:  # every worker built and warmed up: start the window at once
+        if proc.stdout.readline().strip() != "ready":
+            raise SystemExit(f"worker failed: {' '.join(proc.args)}")
+    for proc in procs:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    rates = []
     for proc in procs:
         out, _ = proc.communicate()
         if proc.returncode != 0:
             raise SystemExit(f"worker failed: {' '.join(proc.args)}")
-        total += json.loads(out.strip().splitlines()[-1])["run_steps_per_second"]
-    return total
+        rates.append(json.loads(out.strip().splitlines()[-1])["run_steps_per_second"])
+    return rates
 
 
 def main() -> None:
@@ -148,11 +183,12 @@ def main() -> None:
     p.add_argument("--dataset", default="cmnist", choices=("cmnist", "cifar10c"))
     p.add_argument("--percent", default="0.5pct")
     p.add_argument("--methods", nargs="+", default=["vanilla", "lff", "disent"])
-    p.add_argument("--K", nargs="+", type=int, default=[1, 3, 12, 36])
+    p.add_argument("--K", nargs="+", type=int, default=[1, 3, 12, 36], help="runs per group")
     p.add_argument("--seconds", type=float, default=10.0, help="timed seconds per figure")
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=5, help="steps before the timed window")
     p.add_argument("--bf16", action="store_true", help="every run with --cpu_amp (bf16)")
-    p.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--note", default=None, help="a line to print in the header")
     p.add_argument(
         "--device",
         default="cpu",
@@ -160,53 +196,64 @@ def main() -> None:
         "once) and the fused group one process, its step captured as a CUDA graph",
     )
     p.add_argument("--json", default=None, help="also write the figures to this file")
-    p.add_argument("--worker", choices=("lone", "fused"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--runs", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--first_seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--method", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         return worker(args)
     import torch
 
-    cores = args.cores
+    head = header(args.note)
+    print("\n".join(head), flush=True)
+    if args.device.startswith("cuda"):
+        return gpu_rows(args)
+    J = args.cores
     rates = {
         f"{name} GFLOP/s, {t} thread(s)": round(matmul_rate(dtype, t), 1)
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
-        for t in sorted({1, cores})
+        for t in sorted({1, J})
     }
-    print(f"{args.dataset}, {'bf16' if args.bf16 else 'fp32'}, {cores} cores")
     print("first-layer matmul (256x2352x100): " + ", ".join(f"{k} {v}" for k, v in rates.items()))
+    print(
+        f"{args.dataset} {args.percent}, {'bf16' if args.bf16 else 'fp32'}, run-steps/s over "
+        f"{args.seconds:g} s after {args.warmup} warm-up steps (per process in brackets)",
+        flush=True,
+    )
     rows = []
-    if args.device.startswith("cuda"):
-        return gpu_rows(args)
     for method in args.methods:
         args.method = method
-        lone = measure(args, "lone", [1] * cores, 1)
-        print(f"{method}: lone processes ({cores} at once, 1 thread each): {lone:.1f} run-steps/s")
-        for k in args.K:
-            one = measure(args, "fused", [k], cores)
-            split = [k // cores + (i < k % cores) for i in range(cores)]
-            split = [n for n in split if n]
-            many = measure(args, "fused", split, 1) if len(split) > 1 else one
-            row = {
-                "method": method,
-                "K": k,
-                "lone_processes": round(lone, 1),
-                f"fused_1x{cores}": round(one, 1),
-                f"fused_{len(split)}x1": round(many, 1),
-                "best_over_lone": round(max(one, many) / lone, 2),
-            }
-            rows.append(row)
-            print(
-                f"  K={k:3d}: fused 1 process x {cores} threads {one:7.1f}, "
-                f"{len(split)} processes x 1 thread {many:7.1f} run-steps/s: "
-                f"{row['best_over_lone']:.2f}x lone"
-            )
+        print(f"{method}:", flush=True)
+        lone = None
+        for k in sorted({1, *args.K}):
+            for processes, threads in ((J, 1), (1, J)):
+                if k == 1 and processes == 1 and 1 not in args.K:
+                    continue
+                each = measure(args, processes, k, threads)
+                total = sum(each)
+                lone = lone or total  # the first figure: J lone processes
+                what = (
+                    f"{processes} process{'es' if processes > 1 else ''} x {threads} "
+                    f"thread{'s' if threads > 1 else ''}, "
+                    + ("1 run" if k == 1 else f"a fused group of {k} runs")
+                    + (" each" if processes > 1 else "")
+                    + (" (lone)" if k == 1 and processes > 1 else "")
+                    + (f" ({processes * k} runs)" if processes > 1 and k > 1 else "")
+                )
+                rows.append(
+                    dict(method=method, processes=processes, threads=threads, K=k, runs=processes * k,
+                         run_steps_per_second=round(total, 1), per_process=[round(r, 1) for r in each],
+                         over_lone=round(total / lone, 2))
+                )  # fmt: skip
+                detail = f"({' + '.join(f'{r:.1f}' for r in each)})" if processes > 1 else ""
+                label = "lone" if k == 1 and processes == J else f"{total / lone:.2f}x lone"
+                print(f"  {what:64s} {total:7.1f} {detail:15s} {label}", flush=True)
+    print(f"load average at end: {load_average()}")
     if args.json:
-        Path(args.json).write_text(
-            json.dumps({"matmul": rates, "rows": rows, "bf16": args.bf16}, indent=2) + "\n"
-        )
+        out = {"header": head, "matmul": rates, "rows": rows, "bf16": args.bf16}
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
 
 
 def gpu_rows(args) -> None:
@@ -215,8 +262,8 @@ def gpu_rows(args) -> None:
     for method in args.methods:
         args.method = method
         for k in args.K:
-            packed = measure(args, "lone", [1] * min(k, 8), 2)
-            fused = measure(args, "fused", [k], 2)
+            packed = sum(measure(args, min(k, 8), 1, 2))
+            fused = sum(measure(args, 1, k, 2))
             rows.append(
                 {
                     "method": method,
@@ -230,6 +277,7 @@ def gpu_rows(args) -> None:
                 f"{method} K={k:3d}: {min(k, 8)} packed processes {packed:8.1f}, "
                 f"fused {fused:8.1f} run-steps/s ({fused / packed:.2f}x)"
             )
+    print(f"load average at end: {load_average()}")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "device": args.device}, indent=2))
 
