@@ -93,6 +93,11 @@ def test_a_validation_split_that_is_the_test_split_turns_its_reads_into_test_rea
     assert "◊" in printed["best_valid"] and "◊" not in printed["last"]
     assert "◊" in printed["wa_best_valid_pseudo_unbiased"]
     shipped = results["default_selection"]
+    import debiaslab as dl
+
+    loaded = dl.load_run(run)
+    assert loaded.reads() == loaded.reads(shipped) == ["valid_labels", "test_labels"]
+    assert loaded.reads("last") == []
     text = collect(str(tmp_path))
     glance = next(line for line in text.splitlines() if line.startswith("| cmnist 1pct lff"))
     assert f"| {shipped} | " in glance and glance.split(" | ")[2].endswith("◊")

@@ -121,8 +121,16 @@ def test_report_embeds_every_figure_and_header_equals_results(runs):
             f"{100 * sel['test'][k]:.2f}" if sel["test"][k] is not None else "n/a"
             for k in METRIC_KEYS
         ]
+        mark = {"oracle_best_test": " ◊†", "best_valid_unbiased": " †"}.get(
+            rule.removeprefix("wa_"), ""
+        )  # what the figure read: test labels (◊), bias labels (†)
+        read = {
+            "last": "no labels",
+            "best_valid_unbiased": "validation class labels, validation BIAS labels",
+            "oracle_best_test": "TEST labels, TEST BIAS labels",
+        }.get(rule.removeprefix("wa_"), "validation class labels")
         row = (
-            f"{rule}</td><td>{sel['step']}</td>"
+            f"{rule}{mark}</td><td>{read}</td><td>{sel['step']}</td>"
             + "".join(f"<td>{c}</td>" for c in cells)
             + f"<td>{100 * sel['valid']['accuracy']:.2f}</td>"
         )

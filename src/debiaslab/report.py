@@ -24,7 +24,15 @@ from debiaslab.config import TrainConfig
 from debiaslab.errors import UserError
 from debiaslab.methods import METHODS
 from debiaslab.methods.base import StagePlan
-from debiaslab.selection import SELECTION_RULES, shipped_selection
+from debiaslab.selection import (
+    BIAS_MARK,
+    SELECTION_RULES,
+    TEST_MARK,
+    figure_reads,
+    marks,
+    reads_text,
+    shipped_selection,
+)
 
 METRIC_KEYS = ("accuracy", "aligned", "conflicting", "unbiased", "worst_group")
 METHOD_COLORS = {
@@ -514,6 +522,12 @@ def fig_compare(runs: list[RunData], out: Path) -> Figure:
 
 
 # ------------------------------------------------------------------------------------------ HTML
+def _mark(results: dict, rule: str) -> str:
+    """' ◊†'-style marks of what the figure of ``rule`` read (nothing when label-free)."""
+    mark = marks(figure_reads(results, rule))
+    return f" {mark}" if mark else ""
+
+
 def _pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}"
 
@@ -553,19 +567,22 @@ def header_html(run: RunData, select: str) -> str:
     ]
     if run.results:
         out.append(
-            "<table class='results'><tr><th>selection rule</th><th>step</th>"
+            "<table class='results'><tr><th>selection rule</th><th>read</th><th>step</th>"
             + "".join(f"<th>test {k} (%)</th>" for k in METRIC_KEYS)
             + "<th>valid accuracy (%)</th></tr>"
         )
         for rule, sel in run.results["selections"].items():
             if sel is None:
                 out.append(
-                    f"<tr><td>{rule}</td><td colspan='{len(METRIC_KEYS) + 2}'>picked nothing (the metric it needs "
+                    f"<tr><td>{rule}</td><td colspan='{len(METRIC_KEYS) + 3}'>picked nothing (the metric it needs "
                     "is unavailable)</td></tr>"
                 )
                 continue
             out.append(
-                f"<tr><td title='{html.escape(SELECTION_RULES.get(rule, ''))}'>{rule}</td><td>{sel['step']}</td>"
+                f"<tr><td title='{html.escape(SELECTION_RULES.get(rule, ''))}'>{rule}"
+                f"{_mark(run.results, rule)}</td>"
+                f"<td>{html.escape(reads_text(figure_reads(run.results, rule)))}</td>"
+                f"<td>{sel['step']}</td>"
                 + "".join(f"<td>{_pct(sel['test'].get(k))}</td>" for k in METRIC_KEYS)
                 + f"<td>{_pct(sel['valid'].get('accuracy'))}</td></tr>"
             )
@@ -673,11 +690,16 @@ def make_report(
             summary.append(
                 f"<tr><td>{html.escape(run.path.name)}</td><td>{run.cfg.method}</td><td>{html.escape(run.cfg.data_label())}"
                 f"</td><td>{run.cfg.seed}</td><td>{run.cfg.num_steps}</td>"
-                + "".join(f"<td>{_pct((sel.get(r) or {}).get('test_primary'))}</td>" for r in shown)
+                + "".join(
+                    f"<td>{_pct((sel.get(r) or {}).get('test_primary'))}"
+                    f"{_mark(run.results, r) if sel.get(r) else ''}</td>"
+                    for r in shown
+                )
                 + "</tr>"
             )
         summary.append(
-            "</table><p class='note'>Test primary metric (%) of each run under each selection rule.</p>"
+            "</table><p class='note'>Test primary metric (%) of each run under each selection "
+            f"rule; {TEST_MARK} the figure read test labels, {BIAS_MARK} bias labels.</p>"
         )
         sections.insert(
             0,
