@@ -250,10 +250,35 @@ def main() -> None:
                 detail = f"({' + '.join(f'{r:.1f}' for r in each)})" if processes > 1 else ""
                 label = "lone" if k == 1 and processes == J else f"{total / lone:.2f}x lone"
                 print(f"  {what:64s} {total:7.1f} {detail:15s} {label}", flush=True)
+    print("\n".join(markdown(rows, J)))
     print(f"load average at end: {load_average()}")
     if args.json:
         out = {"header": head, "matmul": rates, "rows": rows, "bf16": args.bf16}
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+
+
+def markdown(rows: list[dict], J: int) -> list[str]:
+    """The rows again as one table (run-steps/s, and the ratio to the lone processes)."""
+    ks = sorted({r["K"] for r in rows})
+    lines = [
+        "| method | how, run-steps/s | " + " | ".join(f"K = {k}" for k in ks) + " |",
+        "|---|---|" + "---|" * len(ks),
+    ]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        for processes, how in (
+            (J, f"{J} processes x 1 thread, each a fused group of K runs (K = 1: lone)"),
+            (1, f"1 process x {J} threads, a fused group of K runs (K = 1: 1 run)"),
+        ):
+            got = {r["K"]: r for r in rows if r["method"] == method and r["processes"] == processes}
+            cells = [
+                "-"
+                if k not in got
+                else f"{got[k]['run_steps_per_second']:.1f}"
+                + (" (lone)" if k == 1 and processes == J else f" ({got[k]['over_lone']:.2f}x)")
+                for k in ks
+            ]
+            lines.append(f"| {method} | {how} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def gpu_rows(args) -> None:

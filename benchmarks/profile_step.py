@@ -155,18 +155,19 @@ def cpu_profile(preset: str, data_dir: str, skip: int, steps: int) -> None:
     lone_rate = matmul_rate(torch.float32, 1)
     print(
         f"{preset}, one run, 1 thread, swap on from step 0: {steps} steps after {skip} timed, "
-        f"then {steps} profiled\n"
-        f"step: {1e3 * wall:.2f} ms (profiled: {1e3 * profiled:.2f} ms)\n"
-        "share of the step (ms per step):"
+        f"then {steps} profiled (profiled: {1e3 * profiled:.2f} ms a step, "
+        "the profiler's own cost included)"
     )
     names = {
         "matmul": "matmul kernels (own time of " + ", ".join(sorted(seen)) + ")",
         "other": "other tensor operations (own time of ops with no op under them)",
-        "optimizer": "optimizer (fused Adam, zero_grad)",
+        "optimizer": "optimizer (fused Adam, its step count, zero_grad)",
         "rest": "dispatch, autograd and Python (the rest)",
     }
+    print("| part of the step | ms per step | share |\n|---|---|---|")
     for k, name in names.items():
-        print(f"  {name:66s} {100 * ms[k] / (1e3 * wall):5.1f}%  ({ms[k]:.2f} ms)")
+        print(f"| {name} | {ms[k]:.2f} | {100 * ms[k] / (1e3 * wall):.1f}% |")
+    print(f"| the whole step (unprofiled) | {1e3 * wall:.2f} | 100% |")
     print(
         f"matmul kernels with a FLOP count ran at {rate:.1f} GFLOP/s; the first layer's product "
         f"alone (256x2352x100) on 1 thread: {lone_rate:.1f} GFLOP/s ({100 * rate / lone_rate:.0f}%)"
