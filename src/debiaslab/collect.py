@@ -78,6 +78,7 @@ class Record:
     today: str | None = None  # the selection today's default would ship for this run
     valid_scores: dict = field(default_factory=dict)  # rule -> the validation score it maximised
     reasons: tuple = ()  # why its figures read more than their rules do (training, shared splits)
+    problem: str = ""  # why an unreadable run is not counted
     where: str = ""  # the run folder, relative to the folder collected
 
 
@@ -205,8 +206,7 @@ def _record(run_dir: Path, identity: dict, meta: dict, where: str) -> Record:
             res[key] = res.get(key) or meta.get(key) or {}
         _read_results(rec, res, run_dir, cfg.dataset)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        rec.status = "unreadable"
-        rec.reasons = (f"{where}/results.json: {_why(e)}",)
+        rec.status, rec.problem = "unreadable", f"{where}/results.json: {_why(e)}"
     return rec
 
 
@@ -403,7 +403,7 @@ def _runs_note(c: Cell) -> str:
             steps = ", ".join(f"seed {r.seed} at step {r.step:,}/{r.num_steps:,}" for r in recs)
             parts.append(f"{len(recs)} {st} ({steps})")
         elif st == "unreadable":
-            why = ", ".join(f"seed {r.seed}: {r.reasons[0]}" for r in recs)
+            why = ", ".join(f"seed {r.seed}: {r.problem}" for r in recs)
             parts.append(f"{len(recs)} unreadable, not counted ({why})")
         elif st == "missing":
             parts.append(f"{len(recs)} not started (seed {', '.join(str(r.seed) for r in recs)})")
