@@ -1044,7 +1044,9 @@ def render_runs(collected: Collected, rules: list[str] | None = None) -> str:
     """One row per finished run (seed by seed), each selection's figure with its marks."""
     rules = rules or [SHIPPED, *TABLE_RULES]
     out = [
-        "Test metric per run (%); `shipped`: the selection the run recorded as its default.",
+        "Test metric per run (%)"
+        + "".join(f"; `{a}`: {text}" for a, text in ALIASES.items() if a in rules)
+        + ".",
         "",
         "| dataset | ratio | method | seed | " + " | ".join(rules) + " |",
         "|---|---|---|---|" + "---|" * len(rules),
