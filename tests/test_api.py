@@ -135,6 +135,37 @@ def test_a_rule_the_run_did_not_record_is_refused(disent_run):
         run.metrics("best")
 
 
+def test_a_rule_that_picked_nothing_is_not_listed_and_asking_for_it_says_why(tmp_path):
+    """Vanilla has no biased branch: no pseudo-unbiased pick. Not in run.rules, and metrics,
+    step, predict and `debiaslab test --select` all say why in one line."""
+    bundle = tiny_bundle()
+    data = dl.tensor_data(
+        train=tensors(bundle.train), valid=tensors(bundle.valid), test=tensors(bundle.test)
+    )
+    run = dl.fit(
+        "vanilla",
+        data,
+        model=tiny_cnn,
+        num_steps=20,
+        valid_freq=10,
+        batch_size=16,
+        log_dir=tmp_path,
+        device="cpu",
+    )
+    rule = "best_valid_pseudo_unbiased"
+    assert rule not in run.rules and "wa_" + rule not in run.rules and "last" in run.rules
+    for ask in (run.metrics, run.step, lambda r: run.predict(bundle.test.images, rule=r)):
+        with pytest.raises(UserError, match=f"'{rule}' picked nothing in .*no biased branch"):
+            ask(rule)
+    r = subprocess.run(
+        [sys.executable, "-m", "debiaslab", "test", "--pretrained_path", str(run.dir),
+         "--select", rule, "--device", "cpu"],
+        capture_output=True, text=True, env=cli_env(), cwd=ROOT,
+    )  # fmt: skip
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "picked nothing" in r.stderr and "no biased branch" in r.stderr
+
+
 @pytest.mark.parametrize(
     "script,args,expect",
     [

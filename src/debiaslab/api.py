@@ -32,7 +32,12 @@ from debiaslab.data.splits import DatasetBundle, Split, data_id
 from debiaslab.errors import UserError
 from debiaslab.methods import METHODS
 from debiaslab.models import MODELS
-from debiaslab.selection import SELECTION_RULES, figure_reads, shipped_selection
+from debiaslab.selection import (
+    SELECTION_RULES,
+    figure_reads,
+    picked_nothing,
+    shipped_selection,
+)
 
 ModelFactory = Callable[..., nn.Module]  # (num_classes=, head_inputs=, in_shape=) -> model
 
@@ -259,8 +264,10 @@ class Run:
 
     @property
     def rules(self) -> list[str]:
-        """The selection rules this run recorded (``last``, ``best_valid``, ... and ``wa_*``)."""
-        return list(self.results["selections"])
+        """The selection rules that picked a model in this run (``last``, ``best_valid``, ... and
+        ``wa_*``); a rule whose score the run has none of (a pseudo-unbiased score without a
+        biased branch, an unbiased one without bias labels) picked nothing and is not listed."""
+        return [rule for rule, pick in self.results["selections"].items() if pick is not None]
 
     @property
     def default_rule(self) -> str:
@@ -366,7 +373,10 @@ class Run:
             known = ", ".join(self.rules)
             hint = "" if rule in SELECTION_RULES else " (not a rule)"
             raise UserError(f"rule {rule!r}{hint} is not among this run's selections: {known}")
-        return self.results["selections"][rule]
+        pick = self.results["selections"][rule]
+        if pick is None:
+            raise UserError(picked_nothing(str(self.dir), self.config.method, rule, self.rules))
+        return pick
 
 
 def fit(

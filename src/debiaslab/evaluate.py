@@ -12,7 +12,7 @@ from debiaslab.errors import UserError
 from debiaslab.methods import METHODS
 from debiaslab.models import DATASET_MODEL, MODELS, build_model
 from debiaslab.rundir import read_results
-from debiaslab.selection import SELECTION_RULES, shipped_selection
+from debiaslab.selection import SELECTION_RULES, picked_nothing, shipped_selection
 
 REFERENCE_FILES = {"disent": ("best_model_l.th", "best_model_b.th"), "vanilla": ("best_model.th",)}
 
@@ -51,11 +51,17 @@ def load_checkpoint(path, dataset: str, select: str | None = None, model: str | 
             for method, files in REFERENCE_FILES.items():
                 if all((folder / f).exists() for f in files):
                     return _load_reference(folder, files, method, dataset, model)
-        select = select or shipped_selection(read_results(path))
+        results = read_results(path)
+        select = select or shipped_selection(results)
         if select not in SELECTION_RULES:
             raise UserError(
                 f"--select {select!r} is not a rule; choose one of {', '.join(SELECTION_RULES)}"
             )
+        picks = (results or {}).get("selections") or {}
+        if select in picks and picks[select] is None:
+            method = (results.get("config") or {}).get("method", "the method")
+            picked = [rule for rule, pick in picks.items() if pick is not None]
+            raise UserError(picked_nothing(str(path), method, select, picked))
         candidate = path / f"checkpoint_{select}.pt"
         if not candidate.exists():
             raise UserError(

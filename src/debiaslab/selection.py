@@ -175,6 +175,22 @@ def default_selection(dataset: str, selections: dict) -> str:
     return next((name for name in preferred if selections.get(name) is not None), "last")
 
 
+# why a rule can pick nothing in a finished run
+NO_PICK = {
+    "best_valid_pseudo_unbiased": "the method has no biased branch to score with",
+    "best_valid_unbiased": "the validation split has no bias labels",
+}
+
+
+def picked_nothing(run: str, method: str, rule: str, picked: list[str]) -> str:
+    """The message for asking a run for the pick of a rule that picked nothing in it."""
+    why = NO_PICK.get(base_rule(rule).name, "no such metric on this data")
+    return (
+        f"rule {rule!r} picked nothing in {run}: {method} on this data has no score for it "
+        f"({why}); choose one of {', '.join(picked)}"
+    )
+
+
 def shipped_selection(results: dict | None) -> str:
     """The selection a finished run recorded as its default (``last`` for runs from before)."""
     return (results or {}).get("default_selection") or "last"
