@@ -129,6 +129,19 @@ def test_a_run_of_an_unregistered_model_says_how_to_register_it(disent_run, monk
         dl.load_run(run.dir).models()
 
 
+@pytest.mark.parametrize("name", ["config.json", "results.json"])
+def test_a_damaged_run_record_is_one_line_naming_the_file(disent_run, tmp_path, name):
+    import shutil
+
+    run, _ = disent_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run.dir, copy)
+    text = (copy / name).read_text()
+    (copy / name).write_text(text[: len(text) // 2])
+    with pytest.raises(UserError, match=f"{name}: not valid JSON .*restore the file"):
+        dl.load_run(copy)
+
+
 def test_a_rule_the_run_did_not_record_is_refused(disent_run):
     run, _ = disent_run
     with pytest.raises(UserError, match="'best' .*not a rule"):

@@ -16,7 +16,6 @@ checkpoints every selection rule picked).
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from debiaslab.data.splits import DatasetBundle, Split, data_id
 from debiaslab.errors import UserError
 from debiaslab.methods import METHODS
 from debiaslab.models import MODELS
+from debiaslab.rundir import read_record
 from debiaslab.selection import (
     SELECTION_RULES,
     figure_reads,
@@ -519,7 +519,5 @@ def load_run(path: str | Path) -> Run:
             f"{path} holds no finished run (config.json and results.json); train it first "
             "or point at <log_dir>/<dataset>/<exp>"
         )
-    record = json.loads(config.read_text())
-    return Run(
-        path, TrainConfig.from_saved(record["config"]), json.loads(results.read_text()), record
-    )
+    record, results = read_record(path, "config.json"), read_record(path, "results.json")
+    return Run(path, TrainConfig.from_saved(record["config"]), results, record)

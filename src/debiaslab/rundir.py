@@ -28,6 +28,25 @@ def last_step(run_dir: Path) -> int:
     return 0
 
 
+def read_record(run_dir: Path, name: str) -> dict:
+    """``name`` (config.json, results.json) of a run, as a dict; a damaged file is a UserError
+    that names it and the way out."""
+    from debiaslab.errors import UserError
+
+    path = run_dir / name
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        why = e.strerror if isinstance(e, OSError) else "not valid JSON (truncated?)"
+        raise UserError(
+            f"{path}: {why}; the run's record is damaged: retrain it (same command with "
+            "--overwrite, or overwrite=True) or restore the file"
+        ) from None
+    if not isinstance(record, dict) or "config" not in record:
+        raise UserError(f"{path} is not a debiaslab {name} (no config inside); restore the file")
+    return record
+
+
 def read_results(run_dir: Path) -> dict | None:
     """A finished run's ``results.json`` (None when the run has none or it does not parse)."""
     try:
