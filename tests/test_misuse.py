@@ -394,3 +394,36 @@ def test_a_data_source_is_read_once_and_a_refusal_is_kept(monkeypatch):
         with pytest.raises(UserError, match="no such data"):
             load(dataclasses.replace(cfg, percent="2pct"))
     assert read == ["1pct", "2pct"]
+
+
+def test_a_class_with_no_training_image_is_refused_from_python_and_the_cli(tmp_path):
+    """A test split holding a class the training split never shows: refused before training
+    (it could only score 0%), from tensor_data and from a --manifest, writing nothing."""
+    from debiaslab.data.reference import write_split
+
+    bundle = tiny_bundle()
+    test = parts(bundle.test)
+    extra = test[1].clone()
+    extra[0] = 2  # a third class, in the test split only
+    with pytest.raises(UserError, match=r"test=...\): classes \[2\] appear here but have no"):
+        dl.tensor_data(
+            train=parts(bundle.train),
+            valid=parts(bundle.valid),
+            test=(test[0], extra, test[2]),
+            num_classes=3,
+        )
+    folder = tmp_path / "imgs"
+    paths = write_split(bundle.test, folder, "flat")
+    rows = ["path,target,bias,split"]
+    rows += [
+        f"{p.name},{2 if i == 12 else i % 2},{i % 2},{'train' if i < 10 else 'test'}"
+        for i, p in enumerate(paths)
+    ]
+    (folder / "m.csv").write_text("\n".join(rows) + "\n")
+    r = run_cli(
+        "train", "--manifest", folder / "m.csv", "--log_dir", tmp_path / "log", "--train_vanilla",
+        "--num_steps", "5", "--device", "cpu", "--no_progress",
+    )  # fmt: skip
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "classes [2] appear" in r.stderr and "no training image" in r.stderr
+    assert not (tmp_path / "log").exists()

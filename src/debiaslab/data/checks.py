@@ -157,6 +157,15 @@ def check_bundle(bundle: DatasetBundle, where: str | None = None) -> None:
     for name, split in splits.items():
         checked_split(where.format(split=name), split)
         check_label_range(where.format(split=name), split, bundle.num_classes)
+    trained = set(splits["train"].targets.tolist())
+    for name, split in splits.items():
+        unseen = sorted(set(split.targets.tolist()) - trained)
+        if unseen:
+            raise UserError(
+                f"{where.format(split=name)}: classes {unseen} appear here but have no training "
+                "image, so no model can learn them; add training images of those classes or "
+                "remove them"
+            )
     shapes = {name: list(s.images.shape[1:]) for name, s in splits.items()}
     for name, shape in shapes.items():
         if shape != shapes["train"]:
