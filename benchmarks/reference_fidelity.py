@@ -8,15 +8,18 @@ JSON-lines file, the only place that code reports its test accuracy. Python, num
 seeded before its train.py starts (it sets no seed itself); it runs on one thread.
 
 ``compare`` prints, for each seed of each side, the test accuracy at the last evaluation, the
-mean over the last 20 evaluations and the best (the paper's oracle), then mean ± std. The paper's
+mean over the last 20 evaluations and the best (the paper's oracle: it read test labels, ◊, and
+bias labels too, †, where it maximises the group-balanced accuracy), then mean ± std. The paper's
 code reports plain test accuracy, so debiaslab's plain test accuracy is compared with it
 (debiaslab's tables report the group-balanced ``unbiased`` accuracy, also printed). The paper's
 code evaluates before each step 0, 500, ..., 49,500; debiaslab after steps 500, ..., 50,000.
+With ``--window STEPS`` it also prints the mean test accuracy over each window of STEPS steps
+(the evaluations after more than k * STEPS and at most (k + 1) * STEPS steps), per seed.
 
     python benchmarks/reference_fidelity.py run --reference ../Learning-Debiased-Disentangled \\
         --data_dir dataset --seeds 1 2 --out ref_runs
     python benchmarks/reference_fidelity.py compare --reference_logs ref_runs \\
-        --ours docs/results/cmnist_runs --method disent --percent 0.5pct
+        --ours docs/results/cmnist_runs --method disent --percent 0.5pct --window 10000
 """
 
 from __future__ import annotations
@@ -128,18 +131,24 @@ def summary(curve: list[float]) -> tuple[float, float, float]:
     return 100 * curve[-1], 100 * statistics.fmean(curve[-20:]), 100 * max(curve)
 
 
-def reference_curves(folder: Path, percent: str) -> dict[str, list[float]]:
+def reference_curves(folder: Path, percent: str) -> dict[str, list[tuple[int, float]]]:
+    """(step, test accuracy) of each seed's run of the paper's code."""
     curves = {}
     for log in sorted(folder.glob(f"disent_{percent}_seed*.jsonl")):
         rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
         curve = [
-            r["acc_d_test"] for r in sorted(rows, key=lambda r: r["step"]) if "acc_d_test" in r
+            (r["step"], r["acc_d_test"])
+            for r in sorted(rows, key=lambda r: r["step"])
+            if "acc_d_test" in r
         ]
         curves[log.stem.rsplit("_", 1)[1]] = curve
     return curves
 
 
-def our_curves(folder: Path, method: str, percent: str, metric: str) -> dict[str, list[float]]:
+def our_curves(
+    folder: Path, method: str, percent: str, metric: str
+) -> dict[str, list[tuple[int, float]]]:
+    """(step, test ``metric``) of each seed's debiaslab run."""
     curves = {}
     for results in sorted(folder.rglob("results.json")):
         res = json.loads(results.read_text())
@@ -148,21 +157,73 @@ def our_curves(folder: Path, method: str, percent: str, metric: str) -> dict[str
         rows = [
             json.loads(line) for line in (results.parent / "metrics.jsonl").read_text().splitlines()
         ]
-        curves[f"seed{res['seed']}"] = [r["test"][metric] for r in rows if r.get("kind") == "eval"]
+        curves[f"seed{res['seed']}"] = [
+            (r["step"], r["test"][metric]) for r in rows if r.get("kind") == "eval"
+        ]
     return curves
 
 
-def table(name: str, curves: dict[str, list[float]]) -> list[str]:
+def values(curves: dict[str, list[tuple[int, float]]]) -> dict[str, list[float]]:
+    return {seed: [acc for _, acc in curve] for seed, curve in curves.items()}
+
+
+def table(name: str, curves: dict[str, list[float]], oracle_mark: str) -> list[str]:
+    """Rows of one side: each seed, then mean ± std; the oracle's figures carry ``oracle_mark``
+    (◊: the best test score read test labels; †: its score read bias labels)."""
     lines = []
     stats = [summary(c) for c in curves.values()]
     for seed, s in zip(curves, stats):
         lines.append(
-            f"| {name} | {seed} | {len(curves[seed])} | {s[0]:.2f} | {s[1]:.2f} | {s[2]:.2f} |"
+            f"| {name} | {seed} | {len(curves[seed])} | {s[0]:.2f} | {s[1]:.2f} "
+            f"| {s[2]:.2f} {oracle_mark} |"
         )
     if len(stats) > 1:
         cols = [f"{statistics.fmean(c):.2f} ± {statistics.stdev(c):.2f}" for c in zip(*stats)]
+        cols[2] += f" {oracle_mark}"
         lines.append(f"| {name} | mean ± std | | {' | '.join(cols)} |")
     return lines
+
+
+def window_means(curve: list[tuple[int, float]], window: int, end: int) -> list[float | None]:
+    """Mean test accuracy (%) over the evaluations after more than k * window and at most
+    (k + 1) * window steps, for each k up to ``end``; None where a window holds none."""
+    out = []
+    for lo in range(0, end, window):
+        inside = [acc for step, acc in curve if lo < step <= lo + window]
+        out.append(100 * statistics.fmean(inside) if inside else None)
+    return out
+
+
+def window_table(
+    ref: dict[str, list[tuple[int, float]]], ours: dict[str, list[tuple[int, float]]], window: int
+) -> list[str]:
+    end = max(step for curves in (ref, ours) for c in curves.values() for step, _ in c)
+    spans = [f"{lo:,}-{lo + window:,}" for lo in range(0, end, window)]
+    lines = [
+        f"\nMean test accuracy (%) over each window of {window:,} steps (the evaluations after "
+        "more than its first and at most its last step):\n",
+        "| code | seed | " + " | ".join(spans) + " |",
+        "|---|---|" + "---|" * len(spans),
+    ]
+    means = {}
+    for name, curves in (("paper's code", ref), ("debiaslab", ours)):
+        rows = [window_means(c, window, end) for c in curves.values()]
+        for seed, row in zip(curves, rows):
+            lines.append(f"| {name} | {seed} | " + " | ".join(fmt(v) for v in row) + " |")
+        means[name] = [statistics.fmean(col) if None not in col else None for col in zip(*rows)]
+        lines.append(f"| {name} | mean | " + " | ".join(fmt(v) for v in means[name]) + " |")
+    diff = [
+        None if a is None or b is None else a - b
+        for a, b in zip(means["debiaslab"], means["paper's code"])
+    ]
+    lines.append(
+        "| debiaslab − paper's code | mean | " + " | ".join(fmt(v, "+") for v in diff) + " |"
+    )
+    return lines
+
+
+def fmt(value: float | None, sign: str = "") -> str:
+    return "—" if value is None else f"{value:{sign}.2f}"
 
 
 def compare(args) -> None:
@@ -171,27 +232,18 @@ def compare(args) -> None:
         sys.exit(
             f"no disent_{args.percent}_seed*.jsonl under {args.reference_logs}; run the 'run' step first"
         )
+    ours = our_curves(Path(args.ours), args.method, args.percent, "accuracy")
     print(
-        f"Test accuracy (%) of DisEnt on cmnist {args.percent}: last evaluation, mean of the last 20, best (oracle)\n"
+        f"Test accuracy (%) of DisEnt on cmnist {args.percent}: last evaluation, mean of the last "
+        "20, best (oracle; ◊ it read test labels, † bias labels)\n"
     )
     print("| code | seed | evaluations | last | last 20 | oracle |\n|---|---|---|---|---|---|")
-    print("\n".join(table("paper's code, accuracy", ref)))
-    print(
-        "\n".join(
-            table(
-                "debiaslab, accuracy",
-                our_curves(Path(args.ours), args.method, args.percent, "accuracy"),
-            )
-        )
-    )
-    print(
-        "\n".join(
-            table(
-                "debiaslab, unbiased",
-                our_curves(Path(args.ours), args.method, args.percent, "unbiased"),
-            )
-        )
-    )
+    print("\n".join(table("paper's code, accuracy", values(ref), "◊")))
+    print("\n".join(table("debiaslab, accuracy", values(ours), "◊")))
+    unbiased = our_curves(Path(args.ours), args.method, args.percent, "unbiased")
+    print("\n".join(table("debiaslab, unbiased", values(unbiased), "◊†")))
+    if args.window:
+        print("\n".join(window_table(ref, ours, args.window)))
 
 
 def main() -> None:
@@ -217,6 +269,13 @@ def main() -> None:
     c.add_argument("--ours", default="docs/results/cmnist_runs")
     c.add_argument("--method", default="disent")
     c.add_argument("--percent", default="0.5pct")
+    c.add_argument(
+        "--window",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="also print the mean test accuracy over each window of STEPS steps",
+    )
     args = p.parse_args()
     run(args) if args.cmd == "run" else compare(args)
 
