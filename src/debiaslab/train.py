@@ -82,14 +82,21 @@ def _existing_run(cfg: TrainConfig, checksums: dict) -> tuple[str, dict | None]:
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(
             f"{run_dir} exists but holds no readable config.json, so it cannot be resumed; "
-            "pass another --exp (or --log_dir), or --overwrite to replace it"
+            "pass another --exp / exp= (or --log_dir / log_dir=), or --overwrite / overwrite=True "
+            "to replace it"
         ) from None
     ignore = {"num_steps"} if cfg.resume else set()
     if _comparable(old, ignore) != _comparable(cfg.to_dict(), ignore):
         diff = sorted(k for k in _comparable(old, ignore) if old.get(k) != cfg.to_dict().get(k))
         raise UserError(
-            f"{run_dir} already holds a different run (differs in {', '.join(diff[:5])}); pass another --exp "
-            "(or --log_dir), or --overwrite to replace it"
+            f"{run_dir} already holds a different run (differs in {', '.join(diff[:5])}); pass "
+            "another --exp / exp= (or --log_dir / log_dir=) to keep both, or --overwrite / "
+            "overwrite=True to replace it"
+            + (
+                "; for more steps of the same run, --resume / resume=True"
+                if diff == ["num_steps"]
+                else ""
+            )
         )
     _check_same_data(run_dir, (record.get("data") or {}).get("sha256"), checksums)
     finished = (run_dir / "results.json").exists()
@@ -118,7 +125,7 @@ def _check_same_data(run_dir: Path, recorded: dict | None, checksums: dict) -> N
         )
         raise UserError(
             f"{run_dir} holds a run of these settings on other data (sha256 of {shown}); pass "
-            "another --exp (exp=) to keep both, or --overwrite to replace it"
+            "another --exp / exp= to keep both, or --overwrite / overwrite=True to replace it"
         )
 
 
