@@ -4,7 +4,8 @@ One invocation measures every figure it prints the same way (docs/speed.md, "Fus
 worker processes of a figure start together, each builds its runs and takes ``--warmup`` steps,
 then all of them time ``--seconds`` of steps from one signal; a figure is the training steps of
 every run over that window's wall seconds, summed over the processes (run-steps/s). Each row
-says how it ran, in one of two arrangements (J = the cores):
+says how it ran, in one of two arrangements (J = the cores), and how many cores other processes
+kept busy during its window (the machine's busy time, from /proc/stat, less the workers' own):
 
 - ``J processes x 1 thread``, each a fused group of K runs (J*K runs in all): what
   ``sweep --fuse auto --fuse_max K --jobs J`` runs for J*K compatible runs. K = 1 is the lone runs,
@@ -133,17 +134,25 @@ def worker(args) -> None:
             group.step(i, 0)
         print("ready", flush=True)
         sys.stdin.readline()
-        n, t0 = 0, time.perf_counter()
+        n, t0, cpu0 = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - t0 < args.seconds or n < 2:
             group.step(args.warmup + n, 0)
             n += 1
-        seconds = time.perf_counter() - t0
-    print(json.dumps({"run_steps_per_second": args.runs * n / seconds, "steps": n}))
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        out = {"run_steps_per_second": args.runs * n / seconds, "seconds": seconds, "cpu": cpu}
+        print(json.dumps(out), flush=True)  # before the clean-up, which is not timed
 
 
-def measure(args, processes: int, runs: int, threads: int) -> list[float]:
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (every process), from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # less idle, iowait
+
+
+def measure(args, processes: int, runs: int, threads: int) -> tuple[list[float], float]:
     """``processes`` workers of ``runs`` runs and ``threads`` threads each, timed over one
-    window; each worker's run-steps/s."""
+    window; each worker's run-steps/s, and the cores that other processes kept busy meanwhile
+    (the machine's busy time less the workers' own, over the window)."""
     procs = []
     for p in range(processes):
         cmd = [
@@ -163,16 +172,17 @@ def measure(args, processes: int, runs: int, threads: int) -> list[float]:
     for proc in procs:  # every worker built and warmed up: start the window at once
         if proc.stdout.readline().strip() != "ready":
             raise SystemExit(f"worker failed: {' '.join(proc.args)}")
+    busy = busy_seconds()
     for proc in procs:
         proc.stdin.write("go\n")
         proc.stdin.flush()
-    rates = []
+    results = [json.loads(proc.stdout.readline() or "{}") for proc in procs]
+    others = busy_seconds() - busy - sum(r.get("cpu", 0) for r in results)
     for proc in procs:
-        out, _ = proc.communicate()
+        proc.communicate()
         if proc.returncode != 0:
             raise SystemExit(f"worker failed: {' '.join(proc.args)}")
-        rates.append(json.loads(out.strip().splitlines()[-1])["run_steps_per_second"])
-    return rates
+    return [r["run_steps_per_second"] for r in results], others / max(r["seconds"] for r in results)
 
 
 def main() -> None:
@@ -231,7 +241,7 @@ def main() -> None:
             for processes, threads in ((J, 1), (1, J)):
                 if k == 1 and processes == 1 and 1 not in args.K:
                     continue
-                each = measure(args, processes, k, threads)
+                each, others = measure(args, processes, k, threads)
                 total = sum(each)
                 lone = lone or total  # the first figure: J lone processes
                 what = (
@@ -245,11 +255,14 @@ def main() -> None:
                 rows.append(
                     dict(method=method, processes=processes, threads=threads, K=k, runs=processes * k,
                          run_steps_per_second=round(total, 1), per_process=[round(r, 1) for r in each],
-                         over_lone=round(total / lone, 2))
+                         over_lone=round(total / lone, 2), other_processes_cores=round(others, 2))
                 )  # fmt: skip
                 detail = f"({' + '.join(f'{r:.1f}' for r in each)})" if processes > 1 else ""
                 label = "lone" if k == 1 and processes == J else f"{total / lone:.2f}x lone"
-                print(f"  {what:64s} {total:7.1f} {detail:15s} {label}", flush=True)
+                print(
+                    f"  {what:64s} {total:7.1f} {detail:15s} {label:10s} (others: {others:.2f} cores)",
+                    flush=True,
+                )
     print("\n".join(markdown(rows, J)))
     print(f"load average at end: {load_average()}")
     if args.json:
@@ -287,8 +300,8 @@ def gpu_rows(args) -> None:
     for method in args.methods:
         args.method = method
         for k in args.K:
-            packed = sum(measure(args, min(k, 8), 1, 2))
-            fused = sum(measure(args, 1, k, 2))
+            packed = sum(measure(args, min(k, 8), 1, 2)[0])
+            fused = sum(measure(args, 1, k, 2)[0])
             rows.append(
                 {
                     "method": method,

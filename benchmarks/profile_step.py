@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fused_speed import build_loops, header, load_average, matmul_rate  # noqa: E402
+from fused_speed import build_loops, busy_seconds, header, load_average, matmul_rate  # noqa: E402
 
 # the ops whose own time is a matrix product's kernel (the CMNIST MLP's: mm and addmm)
 MATMUL = {
@@ -123,10 +123,12 @@ def cpu_profile(preset: str, data_dir: str, skip: int, steps: int) -> None:
             (loop,) = build_loops(args, [0], tmp)
             for i in range(skip):
                 loop.step(i, 0)
-            t0 = time.perf_counter()
+            t0, cpu0, busy0 = time.perf_counter(), time.process_time(), busy_seconds()
             for i in range(skip, skip + steps):
                 loop.step(i, 0)
-            wall = (time.perf_counter() - t0) / steps
+            seconds = time.perf_counter() - t0
+            others = (busy_seconds() - busy0 - (time.process_time() - cpu0)) / seconds
+            wall = seconds / steps
             activities = [torch.profiler.ProfilerActivity.CPU]
             with torch.profiler.profile(activities=activities, with_flops=True) as prof:
                 t0 = time.perf_counter()
@@ -156,7 +158,7 @@ def cpu_profile(preset: str, data_dir: str, skip: int, steps: int) -> None:
     print(
         f"{preset}, one run, 1 thread, swap on from step 0: {steps} steps after {skip} timed, "
         f"then {steps} profiled (profiled: {1e3 * profiled:.2f} ms a step, "
-        "the profiler's own cost included)"
+        f"the profiler's own cost included); others: {others:.2f} cores during the timed steps"
     )
     names = {
         "matmul": "matmul kernels (own time of " + ", ".join(sorted(seen)) + ")",
