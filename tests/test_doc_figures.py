@@ -38,8 +38,9 @@ def test_blocks_are_rewritten_and_a_drift_is_found(tmp_path):
     page = "a\n<!-- figures: echo 2.5 -->\n2.4\n<!-- /figures -->\nb\n"
     assert stale(page, tmp_path) == ["echo 2.5"]
     fixed = refresh(page, tmp_path)
-    assert fixed == "a\n<!-- figures: echo 2.5 -->\n2.5\n<!-- /figures -->\nb\n"
+    shown = "*Printed by* `echo 2.5`:\n\n2.5\n"  # the command, visible on the rendered page
+    assert fixed == f"a\n<!-- figures: echo 2.5 -->\n{shown}<!-- /figures -->\nb\n"
     assert stale(fixed, tmp_path) == [] and len(BLOCK.findall(fixed)) == 1
     doc = tmp_path / "p.md"
     doc.write_text(fixed)
-    assert "X\n" in replace_block(doc, "X\n", lambda command: command == "echo 2.5")
+    assert "`echo 2.5`:\n\nX\n<!--" in replace_block(doc, "X\n", lambda c: c == "echo 2.5")

@@ -57,20 +57,30 @@ def run(command: str, root: Path) -> str:
     return done.stdout
 
 
+def body(command: str, printed: str) -> str:
+    """A block's body: the command, shown where the page renders (the markers are comments),
+    then what it printed."""
+    return f"*Printed by* `{command}`:\n\n{printed}"
+
+
 def refresh(text: str, root: Path, only: Callable[[str], bool] = lambda command: True) -> str:
     """``text`` with the body of every block whose command passes ``only`` printed anew."""
 
     def redo(m: re.Match) -> str:
         command = m["command"]
-        body = run(command, root) if only(command) else m["body"]
-        return f"<!-- figures: {command} -->\n{body}<!-- /figures -->"
+        new = body(command, run(command, root)) if only(command) else m["body"]
+        return f"<!-- figures: {command} -->\n{new}<!-- /figures -->"
 
     return BLOCK.sub(redo, text)
 
 
 def stale(text: str, root: Path) -> list[str]:
     """The commands of the blocks of ``text`` whose body is not what the command prints now."""
-    return [m["command"] for m in BLOCK.finditer(text) if run(m["command"], root) != m["body"]]
+    return [
+        m["command"]
+        for m in BLOCK.finditer(text)
+        if body(m["command"], run(m["command"], root)) != m["body"]
+    ]
 
 
 def loose_figures(text: str) -> list[str]:
@@ -79,26 +89,27 @@ def loose_figures(text: str) -> list[str]:
     return [m.group(0) for m in FIGURE.finditer(prose)]
 
 
-def replace_block(doc: Path, body: str, mine: Callable[[str], bool]) -> str:
-    """``doc`` with ``body`` in each block whose command passes ``mine`` (or, in a page of the
-    older form, between its collect:begin and collect:end markers)."""
+def replace_block(doc: Path, printed: str, mine: Callable[[str], bool]) -> str:
+    """``doc`` with ``printed`` in each block whose command passes ``mine`` (or, in a page of
+    the older form, between its collect:begin and collect:end markers)."""
     try:
         text = doc.read_text()
     except OSError as e:
         raise UserError(f"cannot read {doc}: {e.strerror}") from None
     if any(mine(m["command"]) for m in BLOCK.finditer(text)):
-        return BLOCK.sub(
-            lambda m: (
-                f"<!-- figures: {m['command']} -->\n{body}<!-- /figures -->"
-                if mine(m["command"])
-                else m.group(0)
-            ),
-            text,
-        )
+
+        def put(m: re.Match) -> str:
+            if not mine(m["command"]):
+                return m.group(0)
+            return (
+                f"<!-- figures: {m['command']} -->\n{body(m['command'], printed)}<!-- /figures -->"
+            )
+
+        return BLOCK.sub(put, text)
     start, end = text.find(LEGACY_BEGIN), text.find(LEGACY_END)
     if start < 0 or end < start:
         raise UserError(
             f"{doc} has no block of this command ('<!-- figures: COMMAND -->' ... "
             "'<!-- /figures -->', each marker on its own line); add one where the table goes"
         )
-    return text[: start + len(LEGACY_BEGIN)] + body + text[end:]
+    return text[: start + len(LEGACY_BEGIN)] + printed + text[end:]
