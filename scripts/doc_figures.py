@@ -13,12 +13,65 @@ blocks whose command prints something else now, and figures written outside any 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import os
+import re
+import shlex
+import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from debiaslab.docblocks import loose_figures, refresh, stale
+from debiaslab.docblocks import BLOCK, body, loose_figures
+from debiaslab.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
+SHELL = re.compile(r"[|;&<>$]")  # a command that needs a shell (a pipe, ...)
+
+
+def run(command: str, root: Path = ROOT) -> str:
+    """What ``command`` prints, run from ``root``: a plain ``debiaslab`` command in this process
+    (no interpreter start-up per block), anything else (a pipe, a script) in a shell. A command
+    that fails is a UserError naming it."""
+    argv = shlex.split(command)
+    if argv[0] == "debiaslab" and not SHELL.search(command):
+        from debiaslab.cli import main
+
+        out, here = io.StringIO(), Path.cwd()
+        os.chdir(root)  # contextlib.chdir needs Python 3.11
+        try:
+            with contextlib.redirect_stdout(out):
+                code = main(argv[1:])
+        finally:
+            os.chdir(here)
+        if code:
+            raise UserError(f"`{command}` exited with {code}")
+        return out.getvalue()
+    done = subprocess.run(command, shell=True, cwd=root, capture_output=True, text=True)
+    if done.returncode:
+        raise UserError(f"`{command}` exited with {done.returncode}: {done.stderr.strip()[-300:]}")
+    return done.stdout
+
+
+def refresh(text: str, root: Path = ROOT, only: Callable[[str], bool] = lambda c: True) -> str:
+    """``text`` with the body of every block whose command passes ``only`` printed anew."""
+
+    def redo(m: re.Match) -> str:
+        command = m["command"]
+        new = body(command, run(command, root)) if only(command) else m["body"]
+        return f"<!-- figures: {command} -->\n{new}<!-- /figures -->"
+
+    return BLOCK.sub(redo, text)
+
+
+def stale(text: str, root: Path = ROOT) -> list[str]:
+    """The commands of the blocks of ``text`` whose body is not what the command prints now."""
+    return [
+        m["command"]
+        for m in BLOCK.finditer(text)
+        if body(m["command"], run(m["command"], root)) != m["body"]
+    ]
 
 
 def pages() -> list[Path]:

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from debiaslab.docblocks import BLOCK, loose_figures, refresh, replace_block, stale
+from debiaslab.docblocks import BLOCK, loose_figures, replace_block
 
 REPO = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("doc_figures", REPO / "scripts" / "doc_figures.py")
 doc_figures = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(doc_figures)
 PAGES = doc_figures.pages()
+refresh, stale = doc_figures.refresh, doc_figures.stale
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
@@ -44,3 +45,19 @@ def test_blocks_are_rewritten_and_a_drift_is_found(tmp_path):
     doc = tmp_path / "p.md"
     doc.write_text(fixed)
     assert "`echo 2.5`:\n\nX\n<!--" in replace_block(doc, "X\n", lambda c: c == "echo 2.5")
+
+
+def test_collect_into_writes_the_block_of_its_own_command_only(tmp_path):
+    from tests.conftest import run_cli
+
+    mine = "debiaslab collect docs/results/cmnist_lff_recipe_runs --rules last"
+    other = "debiaslab collect docs/results/cmnist_lff_recipe_runs"
+    page = tmp_path / "p.md"
+    page.write_text(
+        f"<!-- figures: {other} -->\nold\n<!-- /figures -->\n"
+        f"<!-- figures: {mine} -->\nold\n<!-- /figures -->\n"
+    )
+    r = run_cli(*mine.split()[1:], "--into", page)
+    assert r.returncode == 0, r.stderr
+    text = page.read_text()
+    assert text.count("\nold\n") == 1 and stale(text, REPO) == [other]

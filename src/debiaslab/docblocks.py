@@ -9,17 +9,13 @@ root on committed runs or committed raw output::
 
 ``python scripts/doc_figures.py [PAGE ...]`` reruns every block's command and writes what it
 prints; ``--check`` only compares, and also lists figures written outside any block (prose that
-no command prints). ``debiaslab collect ... --into PAGE`` rewrites the block of that command.
+no command prints, ``loose_figures``). ``debiaslab collect ... --into PAGE`` rewrites the block of
+that command (``replace_block``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
 import re
-import shlex
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,57 +26,13 @@ LEGACY_BEGIN, LEGACY_END = "<!-- collect:begin -->\n", "<!-- collect:end -->"
 # a measured figure in prose: a decimal (12.34, -0.5, 1.24x, 3.5%) or a percentage (17%); not a
 # ratio folder (0.5pct), a version (2.14.1), or anything in `code`
 FIGURE = re.compile(r"(?<![\w.])[-+−]?\d+(?:,\d{3})*\.\d+(?:x|%)?(?![\w.])|(?<![\w.])\d+%")
-SHELL = re.compile(r"[|;&<>$]")  # a command that needs a shell (a pipe, ...)
 NOT_PROSE = re.compile(r"```.*?```|`[^`\n]*`|\]\([^)]*\)|<!--.*?-->", re.S)
-
-
-def run(command: str, root: Path) -> str:
-    """What ``command`` prints, run from ``root``: a plain ``debiaslab`` command in this
-    process, anything else (a pipe, a script) in a shell. A command that fails is a UserError naming it."""
-    argv = shlex.split(command)
-    if argv[0] == "debiaslab" and not SHELL.search(command):
-        from debiaslab.cli import main
-
-        out, here = io.StringIO(), Path.cwd()
-        os.chdir(root)  # contextlib.chdir needs Python 3.11
-        try:
-            with contextlib.redirect_stdout(out):
-                code = main(argv[1:])
-        finally:
-            os.chdir(here)
-        if code:
-            raise UserError(f"`{command}` exited with {code}")
-        return out.getvalue()
-    done = subprocess.run(command, shell=True, cwd=root, capture_output=True, text=True)
-    if done.returncode:
-        raise UserError(f"`{command}` exited with {done.returncode}: {done.stderr.strip()[-300:]}")
-    return done.stdout
 
 
 def body(command: str, printed: str) -> str:
     """A block's body: the command, shown where the page renders (the markers are comments),
     then what it printed."""
     return f"*Printed by* `{command}`:\n\n{printed}"
-
-
-def refresh(text: str, root: Path, only: Callable[[str], bool] = lambda command: True) -> str:
-    """``text`` with the body of every block whose command passes ``only`` printed anew."""
-
-    def redo(m: re.Match) -> str:
-        command = m["command"]
-        new = body(command, run(command, root)) if only(command) else m["body"]
-        return f"<!-- figures: {command} -->\n{new}<!-- /figures -->"
-
-    return BLOCK.sub(redo, text)
-
-
-def stale(text: str, root: Path) -> list[str]:
-    """The commands of the blocks of ``text`` whose body is not what the command prints now."""
-    return [
-        m["command"]
-        for m in BLOCK.finditer(text)
-        if body(m["command"], run(m["command"], root)) != m["body"]
-    ]
 
 
 def loose_figures(text: str) -> list[str]:

@@ -222,12 +222,12 @@ def _same_collect(command: str, args) -> bool:
     --into / --output."""
     import shlex
 
-    from debiaslab.cli import build_parser
-
     argv = shlex.split(command)
     if argv[:2] != ["debiaslab", "collect"]:
         return False
-    other = build_parser().parse_args(argv[1:])
+    parser = argparse.ArgumentParser(add_help=False)
+    add_collect_args(parser)
+    other = parser.parse_args(argv[2:])
     fields = ("format", "rules", "gaps", "choose", "per_run")
     same = [Path(d).resolve() for d in other.dir] == [Path(d).resolve() for d in args.dir]
     return same and all(getattr(other, f) == getattr(args, f) for f in fields)
