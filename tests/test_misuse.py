@@ -323,30 +323,27 @@ def test_a_preset_cut_short_warns_on_the_cli(tiny_reference, tmp_path):
     assert any(w.startswith("curr_step 10000") for w in config["warnings"])
 
 
-def test_a_manifest_bias_label_out_of_range_is_one_cli_line(tmp_path):
+def train_on_manifest(tmp_path, target, bias):
+    """A 5-step Vanilla CLI run on a manifest of tiny_bundle's 16 test images, the first 10 in
+    train and the rest in test, image i labelled ``target(i)``, ``bias(i)``."""
     from debiaslab.data.reference import write_split
 
     folder = tmp_path / "imgs"
     paths = write_split(tiny_bundle().test, folder, "flat")
     rows = ["path,target,bias,split"]
     rows += [
-        f"{p.name},{i % 2},{7 if i == 3 else i % 2},{'train' if i < 10 else 'test'}"
+        f"{p.name},{target(i)},{bias(i)},{'train' if i < 10 else 'test'}"
         for i, p in enumerate(paths)
     ]
     (folder / "m.csv").write_text("\n".join(rows) + "\n")
-    r = run_cli(
-        "train",
-        "--manifest",
-        folder / "m.csv",
-        "--log_dir",
-        tmp_path / "log",
-        "--train_vanilla",
-        "--num_steps",
-        "5",
-        "--device",
-        "cpu",
-        "--no_progress",
-    )
+    return run_cli(
+        "train", "--manifest", folder / "m.csv", "--log_dir", tmp_path / "log", "--train_vanilla",
+        "--num_steps", "5", "--device", "cpu", "--no_progress",
+    )  # fmt: skip
+
+
+def test_a_manifest_bias_label_out_of_range_is_one_cli_line(tmp_path):
+    r = train_on_manifest(tmp_path, lambda i: i % 2, lambda i: 7 if i == 3 else i % 2)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "biases: found 7" in r.stderr and "outside [0, 2)" in r.stderr
     assert not (tmp_path / "log").exists()
@@ -399,8 +396,6 @@ def test_a_data_source_is_read_once_and_a_refusal_is_kept(monkeypatch):
 def test_a_class_with_no_training_image_is_refused_from_python_and_the_cli(tmp_path):
     """A test split holding a class the training split never shows: refused before training
     (it could only score 0%), from tensor_data and from a --manifest, writing nothing."""
-    from debiaslab.data.reference import write_split
-
     bundle = tiny_bundle()
     test = parts(bundle.test)
     extra = test[1].clone()
@@ -412,18 +407,7 @@ def test_a_class_with_no_training_image_is_refused_from_python_and_the_cli(tmp_p
             test=(test[0], extra, test[2]),
             num_classes=3,
         )
-    folder = tmp_path / "imgs"
-    paths = write_split(bundle.test, folder, "flat")
-    rows = ["path,target,bias,split"]
-    rows += [
-        f"{p.name},{2 if i == 12 else i % 2},{i % 2},{'train' if i < 10 else 'test'}"
-        for i, p in enumerate(paths)
-    ]
-    (folder / "m.csv").write_text("\n".join(rows) + "\n")
-    r = run_cli(
-        "train", "--manifest", folder / "m.csv", "--log_dir", tmp_path / "log", "--train_vanilla",
-        "--num_steps", "5", "--device", "cpu", "--no_progress",
-    )  # fmt: skip
+    r = train_on_manifest(tmp_path, lambda i: 2 if i == 12 else i % 2, lambda i: i % 2)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "classes [2] appear" in r.stderr and "no training image" in r.stderr
     assert not (tmp_path / "log").exists()
