@@ -411,3 +411,27 @@ def test_a_class_with_no_training_image_is_refused_from_python_and_the_cli(tmp_p
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "classes [2] appear" in r.stderr and "no training image" in r.stderr
     assert not (tmp_path / "log").exists()
+
+
+def test_images_that_are_not_rgb_are_refused_before_a_builtin_rgb_model_or_the_normalisation(
+    tmp_path,
+):
+    """RGBA tensors with resnet18: one UserError naming the fix, nothing written; a built-in
+    model that reads any channel count (resnet20) trains on them."""
+    g = torch.Generator().manual_seed(0)
+
+    def rgba(n):
+        images = torch.randint(0, 255, (n, 4, 32, 32), dtype=torch.uint8, generator=g)
+        return images, torch.arange(n) % 2, torch.arange(n) % 2
+
+    data = dl.tensor_data(train=rgba(32), valid=rgba(8), test=rgba(8))
+    fit = dict(num_steps=4, batch_size=8, valid_freq=2, device="cpu", model="resnet18")
+    with pytest.raises(UserError, match=r"normalize subtracts an RGB mean .* 4 channels; convert"):
+        dl.fit("vanilla", data, log_dir=tmp_path / "a", **fit)
+    with pytest.raises(UserError, match=r"'resnet18' cannot read .* 3 channels, but got 4 .*RGB"):
+        dl.fit("vanilla", data, log_dir=tmp_path / "a", **{**fit, "normalize": False})
+    assert not (tmp_path / "a").exists()
+    run = dl.fit(
+        "vanilla", data, log_dir=tmp_path / "b", **{**fit, "normalize": False, "model": "resnet20"}
+    )
+    assert "last" in run.rules

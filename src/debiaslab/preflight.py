@@ -9,6 +9,7 @@ import torch
 from debiaslab.averaging import DEFAULT_DECAY
 from debiaslab.config import TrainConfig
 from debiaslab.data.splits import DatasetBundle
+from debiaslab.errors import UserError
 from debiaslab.methods import METHODS
 from debiaslab.methods.base import StagePlan
 from debiaslab.models import BUILTIN_MODELS, build_model, check_model
@@ -22,10 +23,36 @@ def check_models(method_cls, cfg: TrainConfig, bundle: DatasetBundle) -> None:
     archs = {n: method_cls.model_architecture(cfg, n).lower() for n in heads}
     users = {n: arch for n, arch in archs.items() if arch not in BUILTIN_MODELS}
     in_shape = tuple(bundle.train.images.shape[1:])
+    if in_shape[0] != 3:
+        check_not_rgb(cfg, in_shape[0])
     with torch.random.fork_rng(devices=[]):
-        for name, arch in users.items():
-            model = build_model(arch, bundle.num_classes, heads[name], in_shape)
-            check_model(arch, model, heads[name], in_shape)
+        for name, arch in archs.items():
+            if arch in users.values() or in_shape[0] != 3:  # built-in models read RGB as built
+                model = build_model(arch, bundle.num_classes, heads[name], in_shape)
+                check_model(
+                    arch,
+                    model,
+                    heads[name],
+                    in_shape,
+                    fix=None
+                    if arch in users.values()
+                    else f"{TO_RGB}, or pass a model of your own (a factory of in_shape)",
+                )
+
+
+TO_RGB = (
+    "convert the images to RGB (images[:, :3] drops an alpha channel, images.expand(-1, 3, -1, "
+    "-1) makes grey RGB)"
+)
+
+
+def check_not_rgb(cfg: TrainConfig, channels: int) -> None:
+    """The normalisation subtracts an RGB mean: images of other channels are refused up front."""
+    if cfg.normalize:
+        raise UserError(
+            f"normalize subtracts an RGB mean and the images have {channels} channels; {TO_RGB}, "
+            "or train without it (normalize=False)"
+        )
 
 
 def setting_warnings(cfg: TrainConfig) -> list[str]:

@@ -74,9 +74,9 @@ def _user_model(key: str, factory, num_classes: int, head_inputs: int, in_shape)
     return model
 
 
-def check_model(key: str, model: nn.Module, head_inputs: int, in_shape) -> None:
-    """A user model (``register_model``) reads images of ``in_shape`` and its head takes
-    ``head_inputs`` features."""
+def check_model(key: str, model: nn.Module, head_inputs: int, in_shape, fix=None) -> None:
+    """A model reads images of ``in_shape`` and its head takes ``head_inputs`` features; ``fix``:
+    what the refusal advises (a user's model: the error says what failed)."""
     from debiaslab.errors import UserError
 
     model.eval()
@@ -84,9 +84,10 @@ def check_model(key: str, model: nn.Module, head_inputs: int, in_shape) -> None:
         with torch.no_grad():
             features = model.extract(torch.zeros(2, *in_shape))
     except Exception as e:
+        why = str(e).splitlines()[0] if fix else str(e)
         raise UserError(
             f"model {key!r} cannot read the data's images [2, {', '.join(map(str, in_shape))}] "
-            f"(N, C, H, W): {type(e).__name__}: {e}"
+            f"(N, C, H, W): {type(e).__name__}: {why}" + (f"; {fix}" if fix else "")
         ) from e
     if features.dim() != 2 or features.shape[1] * head_inputs != model.fc.in_features:
         raise UserError(
