@@ -44,10 +44,9 @@ from debiaslab.selection import (
     default_selection,
     figure_reads,
     marks,
+    read_reasons,
     reads_text,
-    shared_splits,
     shipped_selection,
-    training_reads,
 )
 
 SHIPPED = "shipped"  # a record's value under the selection its run recorded as its default
@@ -220,21 +219,7 @@ def _read_results(rec: Record, res: dict, run_dir: Path, dataset: str) -> None:
         rec.values[alias], rec.reads[alias] = rec.values.get(rule), rec.reads.get(rule)
     rec.metric = res.get("primary_metric")
     rec.valid_scores = {r: _valid_score(r, s, dataset) for r, s in res["selections"].items()}
-    rec.reasons = _reasons(res)
-
-
-def _reasons(res: dict) -> tuple[str, ...]:
-    """Why every figure of a run reads more than its rule does, in words."""
-    out = [
-        f"the {a} split is the {b} split (same sha256), so what reads {a} labels reads {b} labels"
-        for a, b in shared_splits(res.get("data"))
-    ]
-    trained = training_reads(res)
-    if trained is None:
-        out.append("what its training read is unknown")
-    elif trained:
-        out.append(f"its training read {reads_text(trained)}")
-    return tuple(out)
+    rec.reasons = tuple(read_reasons(res))
 
 
 def _planned(roots, seen: set[str]) -> list[tuple[Record, dict]]:

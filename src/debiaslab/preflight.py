@@ -23,21 +23,15 @@ def check_models(method_cls, cfg: TrainConfig, bundle: DatasetBundle) -> None:
     archs = {n: method_cls.model_architecture(cfg, n).lower() for n in heads}
     users = {n: arch for n, arch in archs.items() if arch not in BUILTIN_MODELS}
     in_shape = tuple(bundle.train.images.shape[1:])
-    if in_shape[0] != 3:
+    rgb = in_shape[0] == 3
+    if not rgb:
         check_not_rgb(cfg, in_shape[0])
+    builtin_fix = f"{TO_RGB}, or pass a model of your own (a factory of in_shape)"
     with torch.random.fork_rng(devices=[]):
-        for name, arch in archs.items():
-            if arch in users.values() or in_shape[0] != 3:  # built-in models read RGB as built
-                model = build_model(arch, bundle.num_classes, heads[name], in_shape)
-                check_model(
-                    arch,
-                    model,
-                    heads[name],
-                    in_shape,
-                    fix=None
-                    if arch in users.values()
-                    else f"{TO_RGB}, or pass a model of your own (a factory of in_shape)",
-                )
+        for name, arch in (users if rgb else archs).items():  # built-in models read RGB as built
+            model = build_model(arch, bundle.num_classes, heads[name], in_shape)
+            fix = None if name in users else builtin_fix
+            check_model(arch, model, heads[name], in_shape, fix=fix)
 
 
 TO_RGB = (

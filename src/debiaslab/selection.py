@@ -298,3 +298,18 @@ def figure_reads(results: dict, name: str) -> list[str] | None:
     if own is None or trained is None:
         return None
     return [r for r in READS if r in {*own, *trained}]
+
+
+def read_reasons(results: dict) -> list[str]:
+    """Why every figure of a finished run reads more than its rule does, in words: splits that
+    are one split in two roles, and what its training read."""
+    out = [
+        f"the {a} split is the {b} split (same sha256), so what reads {a} labels reads {b} labels"
+        for a, b in shared_splits(results.get("data"))
+    ]
+    trained = training_reads(results)
+    if trained is None:
+        out.append("what its training read is unknown")
+    elif trained:
+        out.append(f"its training read {reads_text(trained)}")
+    return out

@@ -17,11 +17,9 @@ from debiaslab.selection import (
     TEST_MARK,
     figure_reads,
     marks,
-    reads_text,
+    read_reasons,
     selection_names,
-    shared_splits,
     shipped_selection,
-    training_reads,
 )
 
 # the reference code's method flags
@@ -453,15 +451,8 @@ def results_summary(results: dict) -> str:
 
 
 def label_notes(results: dict) -> list[str]:
-    """What the marks of a run's printed table mean, and which splits are one split twice."""
-    notes = [
-        f"the {a} split is the {b} split (same sha256): what reads {a} labels reads {b} labels"
-        for a, b in shared_splits(results.get("data"))
-    ]
-    trained = training_reads(results)
-    if trained:
-        notes.append(f"training read {reads_text(trained)}: every rule carries it")
-    return notes + [f"{TEST_MARK} read test labels, {BIAS_MARK} read bias labels"]
+    """What the marks of a run's printed table mean, and why every rule of it may carry one."""
+    return read_reasons(results) + [f"{TEST_MARK} read test labels, {BIAS_MARK} read bias labels"]
 
 
 def add_test_args(p: argparse.ArgumentParser) -> None:
