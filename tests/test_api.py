@@ -125,8 +125,13 @@ def test_a_run_of_an_unregistered_model_says_how_to_register_it(disent_run, monk
 
     run, _ = disent_run
     monkeypatch.delitem(MODELS, "user_tiny_cnn")
-    with pytest.raises(UserError, match=r"register_model\('user_tiny_cnn', factory\)"):
+    with pytest.raises(UserError, match=r"load_run\(run_dir, model=factory\).*'user_tiny_cnn'"):
         dl.load_run(run.dir).models()
+    again = dl.load_run(run.dir, model=tiny_cnn)  # a new process: the factory given back
+    assert again.evaluate(disent_run[1].test) == run.metrics()
+    with pytest.raises(UserError, match=r"trained with the built-in mlp; drop model="):
+        vanilla = dl.fit("vanilla", disent_run[1], model="mlp", num_steps=2, log_dir=run.dir.parent)
+        dl.load_run(vanilla.dir, model=tiny_cnn)
 
 
 @pytest.mark.parametrize("name", ["config.json", "results.json"])
@@ -240,7 +245,8 @@ def test_fit_reads_a_dataset_debiaslab_knows_by_name(tiny_reference, tmp_path):
         log_dir=tmp_path,
         device="cpu",
     )
-    assert run.dir == tmp_path / "cmnist" / "lff" and run.config.model == "mlp"
+    assert run.dir == tmp_path / "cmnist" / f"lff-{run.config.config_hash(8)}"
+    assert run.config.model == "mlp"
     assert (
         run.evaluate((lambda s: (s.images, s.targets, s.biases))(_tiny_test(tiny_reference)))
         == run.metrics()

@@ -220,7 +220,7 @@ def test_flags_reach_the_method():
         ),
         (["--method", "lff", "--denetdm_distill_weight", "1"], "a setting of denetdm, not of lff"),
         (
-            ["--method", "denetdm", "--denetdm_deep", "resnet20", "--denetdm_shallow", "cnn4"],
+            ["--method", "denetdm", "--denetdm_deep", "resnet20", "--denetdm_shallow", "resnet18"],
             "has 64, .* has 512",
         ),
     ],

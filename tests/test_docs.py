@@ -2,8 +2,13 @@
 pages that README and the site link to exist (mkdocs build --strict, run by CI, checks the rest)."""
 
 import argparse
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from debiaslab.cli import build_parser
 from debiaslab.clidoc import cli_reference, commands
@@ -44,3 +49,28 @@ def test_every_fit_option_is_documented_on_the_api_page():
     assert sorted([*field_docs(TrainConfig), *METHOD_OPTIONS]) == sorted(names)
     table = options_reference()
     assert all(f"| `{name}` |" in table for name in names)
+
+
+def python_snippets() -> list[tuple[str, int, str]]:
+    """Every ```python block of README.md and docs/: (page, line, code)."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    found = []
+    for page in pages:
+        text = page.read_text()
+        for match in re.finditer(r"^```python\n(.*?)^```", text, flags=re.M | re.S):
+            line = text.count("\n", 0, match.start()) + 1
+            found.append((str(page.relative_to(ROOT)), line, match.group(1)))
+    return found
+
+
+SNIPPETS = python_snippets()
+
+
+@pytest.mark.parametrize("page, line, code", SNIPPETS, ids=[f"{p}:{n}" for p, n, _ in SNIPPETS])
+def test_every_python_snippet_of_the_docs_runs_as_written(tmp_path, page, line, code):
+    """Each snippet defines what it uses (its own small data), so a reader can paste it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, f"{page}:{line}\n{done.stderr[-2000:]}"

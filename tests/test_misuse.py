@@ -309,7 +309,10 @@ def test_settings_the_steps_never_reach_are_said_and_recorded(tmp_path, capsys):
     assert "valid_freq 10 is at or beyond the run's 10 steps" in said[3]
     assert all(v is None for k, v in run.results["selections"].items() if k.startswith("wa_"))
     plain = dl.fit("vanilla", B, model="mlp", log_dir=tmp_path, **FIT)
-    assert plain.record["warnings"] == []
+    (lag,) = plain.record["warnings"]  # 10 steps under a 0.999 average: it is still step 0's
+    assert "wa_* models still hold 99% of step 0's weights" in lag and "wa_decay (e.g. 0.5)" in lag
+    short_average = dl.fit("vanilla", B, model="mlp", log_dir=tmp_path, wa_decay=0.5, **FIT)
+    assert short_average.record["warnings"] == []
 
 
 def test_a_preset_cut_short_warns_on_the_cli(tiny_reference, tmp_path):
@@ -435,3 +438,57 @@ def test_images_that_are_not_rgb_are_refused_before_a_builtin_rgb_model_or_the_n
         "vanilla", data, log_dir=tmp_path / "b", **{**fit, "normalize": False, "model": "resnet20"}
     )
     assert "last" in run.rules
+
+
+# ------------------------------------------------------------------------ DeNetDM, user models
+def wide_cnn(num_classes, head_inputs, in_shape):
+    features = nn.Sequential(nn.Conv2d(in_shape[0], 6, 3, padding=1), nn.AdaptiveAvgPool2d(1))
+    return dl.Backbone(features, 6, num_classes, head_inputs)
+
+
+def test_denetdm_trains_with_a_users_model_its_shallow_branch_taking_its_feature_size(tmp_path):
+    """The user's model is the deep branch and the target; the default shallow branch (cnn4)
+    gets the deep branch's 6 features, as the authors' pairs have equal sizes."""
+    stages = dict(denetdm_stage1_steps=4, valid_freq=4)
+    run = dl.fit("denetdm", B, model=wide_cnn, log_dir=tmp_path, **{**FIT, **stages})
+    assert run.config.denetdm_deep == "user_wide_cnn" and run.config.denetdm_shallow == "cnn4"
+    target = run.models("last")["model"]
+    assert target.fc.in_features == 6 and isinstance(target, dl.Backbone)
+    assert run.evaluate(B.test) == run.metrics("last")
+    own = dl.fit(
+        "denetdm", B, model=tiny_cnn, log_dir=tmp_path, denetdm_stage2="own_head",
+        denetdm_deep="user_wide_cnn", **{**FIT, **stages},
+    )  # fmt: skip
+    assert own.models("last")["model"].fc.in_features == 4
+
+
+def test_denetdm_branches_of_two_fixed_feature_sizes_are_refused_before_writing(tmp_path):
+    dl.register_model("wide_cnn", wide_cnn)
+    for options in (
+        dict(denetdm_deep="resnet20", denetdm_shallow="resnet18"),  # 64 and 512, both fixed
+        dict(model=tiny_cnn, denetdm_shallow="wide_cnn"),  # 4 and 6, a user's on each side
+    ):
+        with pytest.raises(UserError, match=r"branches share one classifier.* has 4|64"):
+            dl.fit("denetdm", B, log_dir=tmp_path, **{"model": "mlp", **FIT, **options})
+    assert not tmp_path.joinpath("tensors").exists()
+
+
+# ---------------------------------------------------------------------- the API's default name
+def test_the_apis_default_name_keeps_each_setting_apart_and_reuses_equal_settings(tmp_path, capsys):
+    """A notebook changing one setting trains another run; the same settings reuse the run;
+    fit_many's runs of other learning rates fuse into folders of their own, those fit gives."""
+    short = dl.fit("vanilla", B, model="mlp", log_dir=tmp_path, **FIT)
+    longer = dl.fit("vanilla", B, model="mlp", log_dir=tmp_path, **{**FIT, "num_steps": 20})
+    other_lr = dl.fit("vanilla", B, model="mlp", log_dir=tmp_path, **{**FIT, "lr": 1e-3})
+    assert len({short.dir, longer.dir, other_lr.dir}) == 3
+    assert longer.results["steps"] == 20 and short.results["steps"] == 10
+    capsys.readouterr()
+    assert dl.fit("vanilla", B, model="mlp", log_dir=tmp_path, **FIT).dir == short.dir
+    assert "reusing it, not retraining" in capsys.readouterr().out
+    settings = {k: v for k, v in FIT.items() if k != "lr"}
+    runs = dl.fit_many(
+        "vanilla", B, [{"lr": 1e-2}, {"lr": 1e-3}], model="mlp", log_dir=tmp_path, **settings
+    )
+    assert [r.dir for r in runs] == [short.dir, other_lr.dir]
+    with pytest.raises(UserError, match=r"share the run directory .*drop the repeated run"):
+        dl.fit_many("vanilla", B, [{"lr": 1e-2}, {"lr": 1e-2}], model="mlp", log_dir=tmp_path)

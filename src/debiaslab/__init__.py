@@ -8,6 +8,7 @@ from debiaslab.version import __version__ as __version__  # re-exported
 __all__ = [
     "Backbone",
     "Run",
+    "TrainConfig",
     "UserError",
     "dataset_data",
     "fit",

@@ -1,12 +1,15 @@
 """The Python API: train a method on your own data and model, get the run back, reload it, predict.
 
     import debiaslab as dl
+    from debiaslab.data.digits import colored_digits
 
-    data = dl.tensor_data(train=(x, y, bias), valid=(xv, yv, bv), test=(xt, yt, bt))
-    run = dl.fit("disent", data, model=my_backbone_factory, num_steps=2000, curr_step=500)
-    run.metrics("best_valid_pseudo_unbiased")       # test metrics of the model that rule picked
-    logits = run.predict(new_images)                # uint8 [N, C, H, W], as the data was
-    same = dl.load_run(run.dir)                     # a finished run from its directory
+    toy = colored_digits(percent=5.0)  # a small Colored MNIST; your uint8 [N, C, H, W] likewise
+    data = dl.tensor_data(train=(toy.train.images, toy.train.targets, toy.train.biases),
+                          valid=toy.valid, test=toy.test)
+    run = dl.fit("disent", data, model="mlp", num_steps=1000, curr_step=300)
+    run.metrics("best_valid_pseudo_unbiased")  # test metrics of the model that rule picked
+    logits = run.predict(toy.test.images)      # uint8 [N, C, H, W], as the data was
+    same = dl.load_run(run.dir)                # a finished run from its directory
 
 It is the code path of ``debiaslab train``: ``fit`` builds a ``TrainConfig`` and calls the same
 training loop, writing the same run directory (config.json, results.json, metrics.jsonl and the
@@ -170,7 +173,8 @@ class Backbone(nn.Module):
     concatenated features). Use it in a factory::
 
         def my_model(num_classes, head_inputs, in_shape):
-            return dl.Backbone(my_cnn(), feature_dim=128, num_classes=num_classes, head_inputs=head_inputs)
+            features = nn.Sequential(nn.Conv2d(in_shape[0], 128, 3), nn.AdaptiveAvgPool2d(1))
+            return dl.Backbone(features, 128, num_classes, head_inputs)
     """
 
     def __init__(
@@ -384,8 +388,9 @@ def fit(
     data: DatasetBundle | str,
     *,
     model: str | ModelFactory | None = None,
-    log_dir: str | Path = "log",
+    log_dir: str | Path | None = None,
     exp: str | None = None,
+    config: TrainConfig | None = None,
     **options,
 ) -> Run:
     """Train ``method`` on ``data`` and return the finished ``Run``.
@@ -395,23 +400,70 @@ def fit(
     ``percent``). ``model``: a model name (``"resnet18"``, ``"mlp"``, ...) or a factory
     (``register_model``); default: the dataset's. ``options``: any ``TrainConfig`` field
     (``num_steps``, ``seed``, ``lr``, ``curr_step``, ``device``, ...); unknown names are refused.
-    The run goes to ``<log_dir>/<dataset>/<exp>``; default exp: the method's name, and for
-    in-memory data ``<method>-<data id>``, 8 hex digits of the data's checksums, so other data
-    trains another run. A finished run of the same settings on the same data is reused (the
-    message says so); ``overwrite=True`` trains it again. Bad inputs are refused with the fix.
+    The run goes to ``<log_dir>/<dataset>/<exp>``; default exp ``<method>-<settings id>``, and
+    for in-memory data ``<method>-<data id>-<settings id>`` (8 hex digits each, of the data's
+    checksums and of every setting of the run, seed and ``num_steps`` included), so other data or
+    another setting trains another run. A finished run of the same settings on the same data is
+    reused (the message says so); ``overwrite=True`` trains it again. To continue a run to more
+    steps, name it (``exp=``) and pass ``resume=True`` with the new ``num_steps``. Bad inputs are
+    refused with the fix.
     """
     from debiaslab.train import train
 
     data = _hashed(data)
-    cfg = _config(method, data, model, log_dir, exp or _default_exp(method, data), options)
+    model, log_dir, exp, options = _with_config(method, config, model, log_dir, exp, options)
+    cfg = _config(method, data, model, log_dir, exp, options)
     train(cfg, data if isinstance(data, DatasetBundle) else None)
     return load_run(cfg.run_dir())
 
 
-def _config(method, data, model, log_dir, exp: str, options: dict) -> TrainConfig:
-    """The ``TrainConfig`` of ``fit``'s arguments; unknown methods and options are refused."""
+_CALL_FIELDS = ("dataset", "method", "model", "log_dir", "exp")  # fit's own arguments
+
+
+def _with_config(method, config, model, log_dir, exp, options: dict) -> tuple:
+    """``fit``'s model, log_dir, exp and options, ``config``'s settings under the given ones:
+    only those set away from ``TrainConfig``'s defaults, so a config's unset fields stay
+    resolved per dataset."""
+    if config is None:
+        return model, log_dir or "log", exp, options
+    if not isinstance(config, TrainConfig):
+        raise UserError(
+            f"fit(config=...) is a {type(config).__name__}; give a dl.TrainConfig(...), or pass "
+            "its settings as keywords"
+        )
+    default = TrainConfig()
+    if config.method not in (default.method, method):
+        raise UserError(
+            f"fit({method!r}, config=TrainConfig(method={config.method!r})): two methods; "
+            "give the method once"
+        )
+    set_fields = {
+        f.name: getattr(config, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in _CALL_FIELDS and getattr(config, f.name) != getattr(default, f.name)
+    }
+
+    def given(name: str, value):
+        if value is not None or getattr(config, name) == getattr(default, name):
+            return value
+        return getattr(config, name)
+
+    return (
+        given("model", model),
+        given("log_dir", log_dir) or "log",
+        given("exp", exp),
+        {**set_fields, **options},
+    )
+
+
+def _config(method, data, model, log_dir, exp: str | None, options: dict) -> TrainConfig:
+    """The ``TrainConfig`` of ``fit``'s arguments (``exp`` None: the default name of its
+    settings); unknown methods and options are refused."""
     if method not in METHODS:
-        raise UserError(f"unknown method {method!r}; choose one of {', '.join(sorted(METHODS))}")
+        raise UserError(
+            f"unknown method {method!r}{_did_you_mean(method, METHODS)}; choose one of "
+            f"{', '.join(sorted(METHODS))}"
+        )
     if not isinstance(data, (DatasetBundle, str)):
         raise UserError(
             f"fit(data=...) is a {type(data).__name__}; give dl.tensor_data(...), "
@@ -420,20 +472,38 @@ def _config(method, data, model, log_dir, exp: str, options: dict) -> TrainConfi
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(options) - set(fields))
     if unknown:
+        named = ", ".join(name + _did_you_mean(name, fields) for name in unknown)
         raise UserError(
-            f"unknown option(s) {', '.join(unknown)}; TrainConfig has: {', '.join(sorted(fields))}"
+            f"unknown option(s) {named}; every option: the TrainConfig "
+            "fields (dataclasses.fields(dl.TrainConfig)), listed on the API page"
         )
     for name, value in options.items():
         _check_option(name, fields[name].type, value)
     dataset = data.name if isinstance(data, DatasetBundle) else data
-    return TrainConfig(
+    if isinstance(data, DatasetBundle):
+        if "percent" in options:
+            raise UserError(
+                f"fit(percent={options['percent']!r}) picks a ratio folder of a dataset read from "
+                "data_dir; in-memory data is used as given: drop percent"
+            )
+        options = {**options, "percent": None}  # no ratio folder: none recorded
+    cfg = TrainConfig(
         **{"progress": False, **options},
         dataset=dataset,
         method=method,
         model=_model_name(model),
         log_dir=str(log_dir),
-        exp=exp,
+        exp=exp or method,
     )
+    return cfg if exp else dataclasses.replace(cfg, exp=_default_exp(cfg, data))
+
+
+def _did_you_mean(name: str, known) -> str:
+    """`` (did you mean X?)`` for the closest of ``known`` to a mistyped ``name``, else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 _OPTION_TYPES = {
@@ -467,11 +537,12 @@ def _hashed(data):
     return data.with_checksums() if isinstance(data, DatasetBundle) else data
 
 
-def _default_exp(method: str, data: DatasetBundle | str) -> str:
-    """``<method>``, and for in-memory data ``<method>-<data id>``: other data, another run."""
-    if not isinstance(data, DatasetBundle):
-        return method
-    return f"{method}-{data_id(data.checksums())}"
+def _default_exp(cfg: TrainConfig, data: DatasetBundle | str) -> str:
+    """``<method>[-<data id>]-<settings id>``: other data or another setting, another run (the
+    settings id hashes ``TrainConfig.identity``, which leaves out where and how a run is kept)."""
+    cfg.validate()  # a config that cannot train is refused before its hash is asked for
+    data_part = f"-{data_id(data.checksums())}" if isinstance(data, DatasetBundle) else ""
+    return f"{cfg.method}{data_part}-{cfg.config_hash(8)}"
 
 
 def fit_many(
@@ -480,8 +551,9 @@ def fit_many(
     runs: Sequence[dict],
     *,
     model: str | ModelFactory | None = None,
-    log_dir: str | Path = "log",
+    log_dir: str | Path | None = None,
     exp: str | None = None,
+    config: TrainConfig | None = None,
     **options,
 ) -> list[Run]:
     """Train several runs of ``method`` on ``data`` at once, as one fused group (one step per
@@ -490,28 +562,40 @@ def fit_many(
     ``runs``: each run's own options over the shared ``options``: its ``seed``, its data (a
     ``percent``) and float settings (``lr``, ``lambda_swap``, ``q``, ...). Runs that differ in
     anything else train in separate groups. Each run is the run ``fit`` would train with the
-    same options, in ``<log_dir>/<dataset>/<exp>_seed<seed>`` (``exp``: ``fit``'s default unless
-    given), or in the run's own ``exp``.
+    same options, in the folder ``fit`` would give it (its settings name it), in
+    ``<exp>_seed<seed>`` when ``exp`` is given, or in the run's own ``exp``.
     """
     from debiaslab.group import fusion_groups, train_group
 
     data = _hashed(data)
-    cfgs, base = [], exp or _default_exp(method, data)
+    model, log_dir, exp, options = _with_config(method, config, model, log_dir, exp, options)
+    if isinstance(runs, (str, dict)) or not all(isinstance(own, dict) for own in runs):
+        raise UserError(
+            "fit_many(runs=...): give a list of dicts, one per run, e.g. [{'seed': 0}, "
+            "{'seed': 1, 'lr': 0.003}]"
+        )
+    cfgs = []
     for own in runs:
         merged = {**options, **own}
-        name = merged.pop("exp", None) or f"{base}_seed{merged.get('seed', 0)}"
+        name = merged.pop("exp", None) or (exp and f"{exp}_seed{merged.get('seed', 0)}")
         cfgs.append(_config(method, data, model, log_dir, name, merged))
-    if len({c.run_dir() for c in cfgs}) != len(cfgs):
-        raise UserError("two runs of fit_many would share a run directory; give each its own exp")
+    dirs = [c.run_dir() for c in cfgs]
+    if len(set(dirs)) != len(dirs):
+        twice = next(d for d in dirs if dirs.count(d) > 1)
+        raise UserError(
+            f"two runs of fit_many would share the run directory {twice} (the same settings, or "
+            "the same exp and seed); give each its own exp, or drop the repeated run"
+        )
     bundle = data if isinstance(data, DatasetBundle) else None
     for members in fusion_groups(cfgs, len(cfgs)):
         train_group([cfgs[i] for i in members], bundle=bundle)
     return [load_run(c.run_dir()) for c in cfgs]
 
 
-def load_run(path: str | Path) -> Run:
-    """A finished run from its directory (``<log_dir>/<dataset>/<exp>``). A run trained with a
-    model factory needs that factory registered again (``register_model``) to rebuild its models."""
+def load_run(path: str | Path, model: ModelFactory | None = None) -> Run:
+    """A finished run from its directory (``<log_dir>/<dataset>/<exp>``). ``model``: the factory a
+    run of your own model was trained with (``fit(model=factory)``), registered again under the
+    name the run recorded, so that ``predict`` and ``models`` can rebuild it in a new process."""
     path = Path(path)
     results, config = path / "results.json", path / "config.json"
     if not results.exists() or not config.exists():
@@ -520,4 +604,23 @@ def load_run(path: str | Path) -> Run:
             "or point at <log_dir>/<dataset>/<exp>"
         )
     record, results = read_record(path, "config.json"), read_record(path, "results.json")
-    return Run(path, TrainConfig.from_saved(record["config"]), results, record)
+    run = Run(path, TrainConfig.from_saved(record["config"]), results, record)
+    if model is not None:
+        _register_run_models(run, model)
+    return run
+
+
+def _register_run_models(run: Run, factory: ModelFactory) -> None:
+    """``factory`` under each architecture of the run's predicting models that is not built in."""
+    from debiaslab.models import BUILTIN_MODELS
+
+    method_cls = METHODS[run.config.method]
+    archs = {method_cls.model_architecture(run.config, n).lower() for n in method_cls.model_names}
+    own = sorted(archs - BUILTIN_MODELS)
+    if not own:
+        raise UserError(
+            f"load_run({str(run.dir)!r}, model=...): the run was trained with the built-in "
+            f"{', '.join(sorted(archs))}; drop model="
+        )
+    for name in own:
+        register_model(name, factory)

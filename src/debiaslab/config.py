@@ -125,10 +125,11 @@ class TrainConfig:
 
     ``debiaslab train``'s flags and ``dl.fit(method, data, **options)``'s options are these
     fields. ``None`` means "the default for this dataset or method", filled in by
-    :meth:`resolved` (for your own data: ResNet-18, batch 64, Adam lr 1e-3, ImageNet-style
-    normalisation, no augmentation; the API page's "Your own data" says why). The resolved config
-    is what config.json records. Its :meth:`identity` (runtime and location fields left out)
-    and the data's checksums name the run: the same identity on the same data is the same run.
+    :meth:`resolved` (for your own data: ResNet-18, batch 64, Adam lr 1e-3, normalisation by
+    CIFAR-10's mean and deviation, no augmentation; the API page's "Your own data" says why). The
+    resolved config is what config.json records. Its :meth:`identity` (runtime and location
+    fields left out) and the data's checksums name the run: the same identity on the same data is
+    the same run.
     """
 
     # what to train
@@ -136,9 +137,9 @@ class TrainConfig:
     """The dataset's name: ``cmnist``, ``cifar10c``, ``bffhq``, ``bar`` (read from ``data_dir``),
     or the name of your in-memory data (``tensor_data(name=)``); it also names the folder under
     ``log_dir``."""
-    percent: str = "1pct"
+    percent: str | None = "1pct"
     """The bias-conflicting ratio folder of a reference-layout dataset: ``0.5pct``, ``1pct``,
-    ``2pct``, ``5pct``."""
+    ``2pct``, ``5pct`` (None for in-memory data, which ``fit`` uses as given)."""
     method: str = "vanilla"
     """The method (``debiaslab.methods.METHODS``): vanilla, lff, disent, lff_be, disent_be, jtt,
     groupdro, lc, denetdm."""
@@ -159,8 +160,8 @@ class TrainConfig:
     log_dir: str = "log"
     """Where runs are written: ``<log_dir>/<dataset>/<exp>``."""
     exp: str = "debugging"
-    """The run's folder name under ``<log_dir>/<dataset>/`` (``fit``: the method's name, with
-    the data's id for in-memory data)."""
+    """The run's folder name under ``<log_dir>/<dataset>/`` (``fit``: the method's name with
+    the ids of the data and of the settings)."""
     seed: int = 0
     """Seeds the models' initialisation, the batches and every random draw of the method."""
     device: str = "auto"
@@ -343,6 +344,8 @@ class TrainConfig:
 
     def uses_percent(self) -> bool:
         """Reference-layout datasets come in ratio folders; BAR and user datasets do not."""
+        if self.percent is None:  # in-memory data (fit): used as given
+            return False
         return not (self.manifest or self.image_folder or self.dataset == "bar")
 
     def uses_palette(self) -> bool:

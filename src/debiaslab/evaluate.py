@@ -116,8 +116,9 @@ def rebuild_models(
         arch = method_cls.model_architecture(cfg, name)
         if arch.lower() not in MODELS:
             raise UserError(
-                f"{source}: model {arch!r} is not known in this process; a run trained with your own "
-                f"model factory needs it registered again: debiaslab.register_model({arch!r}, factory)"
+                f"{source}: model {arch!r} is not known in this process; give the factory the run "
+                f"was trained with: dl.load_run(run_dir, model=factory), or "
+                f"dl.register_model({arch!r}, factory)"
             )
         model = build_model(
             arch, num_classes, method_cls.head_inputs, in_shape or _in_shape(states[name], arch)

@@ -12,7 +12,7 @@ from debiaslab.data.splits import DatasetBundle
 from debiaslab.errors import UserError
 from debiaslab.methods import METHODS
 from debiaslab.methods.base import StagePlan
-from debiaslab.models import BUILTIN_MODELS, build_model, check_model
+from debiaslab.models import BUILTIN_MODELS, check_model
 
 
 def check_models(method_cls, cfg: TrainConfig, bundle: DatasetBundle) -> None:
@@ -26,12 +26,15 @@ def check_models(method_cls, cfg: TrainConfig, bundle: DatasetBundle) -> None:
     rgb = in_shape[0] == 3
     if not rgb:
         check_not_rgb(cfg, in_shape[0])
+    if rgb and not users:  # built-in models read RGB as built
+        return
     builtin_fix = f"{TO_RGB}, or pass a model of your own (a factory of in_shape)"
     with torch.random.fork_rng(devices=[]):
-        for name, arch in (users if rgb else archs).items():  # built-in models read RGB as built
-            model = build_model(arch, bundle.num_classes, heads[name], in_shape)
-            fix = None if name in users else builtin_fix
-            check_model(arch, model, heads[name], in_shape, fix=fix)
+        models = method_cls.build_models(cfg, bundle.num_classes, in_shape)
+        for name, model in models.items():
+            if name in users or not rgb:
+                fix = None if name in users else builtin_fix
+                check_model(archs[name], model, heads[name], in_shape, fix=fix)
 
 
 TO_RGB = (
@@ -66,6 +69,14 @@ def setting_warnings(cfg: TrainConfig) -> list[str]:
             f"weight averaging starts at step {start}, at or beyond num_steps {steps}: no "
             "averaged model, no wa_* pick, and the run ships its last model; lower wa_start "
             "(or curr_step) or raise num_steps"
+        )
+    elif decay and decay ** (steps - start) > 0.5:
+        n = steps - start
+        out.append(
+            f"weight averaging (wa_decay {decay:g}) runs over the last {n} steps only: the "
+            f"wa_* models still hold {decay ** (n - 1):.0%} of step {start}'s weights (it "
+            f"averages over about {1 / (1 - decay):,.0f} steps), so they lag the run; lower "
+            f"wa_decay (e.g. {1 - 5 / n:.3g}) or turn it off (wa_decay=0)"
         )
     total = StagePlan(method_cls.stages(cfg)).total
     if cfg.valid_freq >= total:

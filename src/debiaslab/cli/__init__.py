@@ -29,7 +29,10 @@ def _add_commands(sub, commands) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="debiaslab",
-        description="Train and evaluate debiased image classifiers (Vanilla, LfF, DisEnt).",
+        description=(
+            "Train and evaluate debiased image classifiers: Vanilla, LfF, DisEnt and the later "
+            "methods (JTT, LC, GroupDRO, LfF-BE, DisEnt-BE, DeNetDM)."
+        ),
     )
     p.add_argument("--version", action="version", version=f"debiaslab {__version__}")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")

@@ -44,11 +44,12 @@ def cmd_presets(args) -> int:
         )
         return 0
     sources = sorted({p.source for p in presets}, key=lambda s: s != PAPER_SOURCE)
-    print(
-        f"{len(presets)} presets (paper numbers: {'; '.join(sources)}); run one with: debiaslab train --preset NAME"
-    )
-    for p in presets:
-        print("  " + p.describe())
+    print(f"{len(presets)} presets; run one with: debiaslab train --preset NAME")
+    for source in sources:  # one section per source of the published numbers
+        print(f"\npaper numbers from {source}:")
+        for p in presets:
+            if p.source == source:
+                print("  " + p.describe())
     return 0
 
 

@@ -36,6 +36,11 @@ the test split: ``denetdm_stage1_pick "oracle_test"`` does that (each stage-1 ev
 metrics reach ``stage_evaluated``), an oracle that reads test labels, marked so in config.json,
 results.json and collect's tables. Their CNNs use no padding; ours pad, so they run on inputs of
 any size.
+
+Any model: a user's model (``fit(model=factory)``) is the deep branch and the target, and the
+shallow branch (cnn3, cnn4, mlp_shallow) gets a last layer as wide as the deep branch's features,
+as the shared classifier needs; the authors' pairs have equal sizes already, so nothing changes
+for them.
 """
 
 from __future__ import annotations
@@ -54,7 +59,12 @@ STAGE1_PICKS = ("last", "oracle_test")
 
 
 def default_branches(model: str, dataset: str) -> tuple[str, str]:
-    """The deep and shallow architectures of the paper for a run's model and dataset."""
+    """The deep and shallow architectures of the paper for a run's model and dataset; a user's
+    own model is the deep branch (and the target) wherever it is given."""
+    from debiaslab.models import BUILTIN_MODELS
+
+    if model.lower() not in BUILTIN_MODELS:
+        return model, "cnn3" if dataset == "cifar10c" else "cnn4"
     if model.startswith("mlp"):
         return "mlp_deep", "mlp_shallow"
     if model == "resnet20" or dataset == "cifar10c":
@@ -77,6 +87,16 @@ def distillation_loss(
     soft_targets = F.softmax(teacher.float() / temperature, dim=1)
     log_probs = F.log_softmax(student.float() / temperature, dim=1)
     return -(soft_targets * log_probs).sum(1).mean() * temperature**2
+
+
+def _check_feature_sizes(cfg, deep: int, shallow: int) -> None:
+    if deep != shallow:
+        raise UserError(
+            f"DeNetDM's branches share one classifier, so their features must have one size: "
+            f"denetdm_deep {cfg.denetdm_deep} has {deep}, denetdm_shallow {cfg.denetdm_shallow} "
+            f"has {shallow}; leave denetdm_shallow at its default (cnn3, cnn4 and mlp_shallow "
+            "take the deep branch's size) or give a model of equal feature size"
+        )
 
 
 class DeNetDM(Method):
@@ -123,13 +143,15 @@ class DeNetDM(Method):
         ),
         Option(
             "denetdm_deep", str, None,
-            "DeNetDM: the deep (biased) branch's architecture (None: mlp_deep for an MLP, "
-            "resnet20 on 32x32 images, else the run's --model)", "the authors' branches", "model",
+            "DeNetDM: the deep (biased) branch's architecture (None: your own --model where you "
+            "give one, mlp_deep for an MLP, resnet20 on Corrupted CIFAR-10, else the run's "
+            "--model)", "the authors' branches", "model",
         ),
         Option(
             "denetdm_shallow", str, None,
             "DeNetDM: the shallow (debiased) branch's architecture (None: mlp_shallow for an "
-            "MLP, cnn3 on 32x32 images, else cnn4)", "the authors' branches", "model",
+            "MLP, cnn3 on 32x32 images, else cnn4; these take the deep branch's feature size)",
+            "the authors' branches", "model",
         ),
     )  # fmt: skip
 
@@ -149,18 +171,31 @@ class DeNetDM(Method):
 
     @classmethod
     def validate(cls, cfg) -> None:
-        from debiaslab.models import MODELS
+        """Built-in branches of two fixed feature sizes are refused here; a user's model is
+        checked when it is built (``build_models``, which the preflight calls)."""
+        from debiaslab.models import BUILTIN_MODELS, FREE_WIDTH, MODELS
 
-        deep, shallow = (
-            MODELS[name](num_classes=2).feature_dim
-            for name in (cfg.denetdm_deep, cfg.denetdm_shallow)
-        )
-        if deep != shallow:
-            raise UserError(
-                f"DeNetDM's branches share one classifier, so their features must have one size: "
-                f"--denetdm_deep {cfg.denetdm_deep} has {deep}, --denetdm_shallow "
-                f"{cfg.denetdm_shallow} has {shallow}; pick branches of equal feature size"
-            )
+        branches = (cfg.denetdm_deep, cfg.denetdm_shallow)
+        if cfg.denetdm_shallow in FREE_WIDTH or not set(branches) <= BUILTIN_MODELS:
+            return
+        deep, shallow = (MODELS[name](num_classes=2).fc.in_features for name in branches)
+        _check_feature_sizes(cfg, deep, shallow)
+
+    @classmethod
+    def build_models(cls, cfg, num_classes: int, in_shape) -> dict:
+        """The shallow branch's feature vector is as wide as the deep one's where its
+        architecture allows (the authors' pairs have equal sizes: nothing changes for them)."""
+        from debiaslab.models import FREE_WIDTH, build_model
+
+        models = {}
+        for name in cls.model_heads(cfg):
+            arch = cls.model_architecture(cfg, name)
+            width = None
+            if name == "shallow" and arch.lower() in FREE_WIDTH:
+                width = models["deep"].fc.in_features
+            models[name] = build_model(arch, num_classes, 1, in_shape, feature_dim=width)
+        _check_feature_sizes(cfg, models["deep"].fc.in_features, models["shallow"].fc.in_features)
+        return models
 
     @classmethod
     def model_heads(cls, cfg) -> dict[str, int]:

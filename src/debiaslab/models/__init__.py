@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from debiaslab.models.cnn import CNN3, CNN4
+from debiaslab.models.cnn import CNN3, CNN4, SmallCNN
 from debiaslab.models.mlp import MLP, DeepMLP, LfFMLP, ShallowMLP
 from debiaslab.models.resnet import ResNet18, ResNet20, ResNet50
 
@@ -30,6 +30,8 @@ DATASET_MODEL = {"cmnist": "mlp", "cifar10c": "resnet18", "bffhq": "resnet18", "
 
 
 BUILTIN_MODELS = frozenset(MODELS)  # the others came from register_model (a user's factory)
+# built-in models whose feature vector takes any width (build_model's feature_dim)
+FREE_WIDTH = frozenset(k for k, m in MODELS.items() if issubclass(m, (MLP, SmallCNN)))
 _WRAP = (
     "return dl.Backbone.from_classifier(model, num_classes, head_inputs) for a classifier whose "
     "last layer is .fc, or dl.Backbone(features, feature_dim, num_classes, head_inputs)"
@@ -37,14 +39,19 @@ _WRAP = (
 
 
 def build_model(
-    name: str, num_classes: int, head_inputs: int = 1, in_shape=(3, 28, 28)
+    name: str, num_classes: int, head_inputs: int = 1, in_shape=(3, 28, 28), feature_dim=None
 ) -> nn.Module:
+    """Model ``name`` for ``num_classes``; ``feature_dim``: the width of its feature vector, for
+    the models of ``FREE_WIDTH`` only (None: the model's own)."""
     key = name.lower()
     if key not in MODELS:
         raise KeyError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     factory = MODELS[key]
+    if feature_dim is not None and key not in FREE_WIDTH:
+        raise ValueError(f"model {name!r} has a fixed feature size; {sorted(FREE_WIDTH)} do not")
     if key in BUILTIN_MODELS:
-        return factory(num_classes=num_classes, head_inputs=head_inputs, in_shape=in_shape)
+        width = {} if feature_dim is None else {"feature_dim": feature_dim}
+        return factory(num_classes=num_classes, head_inputs=head_inputs, in_shape=in_shape, **width)
     return _user_model(key, factory, num_classes, head_inputs, tuple(in_shape))
 
 

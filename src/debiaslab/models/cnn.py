@@ -14,8 +14,14 @@ class SmallCNN(nn.Module):
 
     layers: tuple[tuple[int, int, bool], ...] = ()  # (out channels, kernel size, max-pool after)
 
-    def __init__(self, num_classes: int = 10, head_inputs: int = 1, in_shape=(3, 32, 32)):
+    def __init__(
+        self, num_classes: int = 10, head_inputs: int = 1, in_shape=(3, 32, 32), feature_dim=None
+    ):
+        """``feature_dim``: the last layer's channels instead of the class's (DeNetDM's shallow
+        branch takes its deep branch's feature size)."""
         super().__init__()
+        if feature_dim is not None:
+            self.layers = (*self.layers[:-1], (feature_dim, *self.layers[-1][1:]))
         blocks, cin = [], in_shape[0]
         for cout, kernel, pool in self.layers:
             blocks += [

@@ -16,8 +16,14 @@ class MLP(nn.Module):
 
     widths: tuple[int, ...] = (100, 100, 16)  # the hidden layers; the last is the feature vector
 
-    def __init__(self, num_classes: int = 10, head_inputs: int = 1, in_shape=(3, 28, 28)):
+    def __init__(
+        self, num_classes: int = 10, head_inputs: int = 1, in_shape=(3, 28, 28), feature_dim=None
+    ):
+        """``feature_dim``: the last hidden layer's width instead of the class's (DeNetDM's shallow
+        branch takes its deep branch's feature size)."""
         super().__init__()
+        if feature_dim is not None:
+            self.widths = (*self.widths[:-1], feature_dim)
         layers, d_in = [], math.prod(in_shape)
         for width in self.widths:
             layers += [Linear(d_in, width), nn.ReLU()]
