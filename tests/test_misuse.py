@@ -310,7 +310,10 @@ def test_settings_the_steps_never_reach_are_said_and_recorded(tmp_path, capsys):
     assert all(v is None for k, v in run.results["selections"].items() if k.startswith("wa_"))
     plain = dl.fit("vanilla", B, model="mlp", log_dir=tmp_path, **FIT)
     (lag,) = plain.record["warnings"]  # 10 steps under a 0.999 average: it is still step 0's
-    assert "wa_* models still hold 99% of step 0's weights" in lag and "wa_decay (e.g. 0.5)" in lag
+    assert (
+        "wa_* models still hold 99% of step 0's weights" in lag
+        and "turn it off (wa_decay 0)" in lag
+    )
     short_average = dl.fit("vanilla", B, model="mlp", log_dir=tmp_path, wa_decay=0.5, **FIT)
     assert short_average.record["warnings"] == []
 
@@ -492,3 +495,62 @@ def test_the_apis_default_name_keeps_each_setting_apart_and_reuses_equal_setting
     assert [r.dir for r in runs] == [short.dir, other_lr.dir]
     with pytest.raises(UserError, match=r"share the run directory .*drop the repeated run"):
         dl.fit_many("vanilla", B, [{"lr": 1e-2}, {"lr": 1e-2}], model="mlp", log_dir=tmp_path)
+
+
+# ---------------------------------------------------------------- every entry point, one line
+ENTRY_POINT_CASES = [
+    ("predict batch 0", lambda run: run.predict(B.test.images, batch_size=0),
+     r"predict\(batch_size=0\): give a positive integer"),
+    ("models on no device", lambda run: run.models(device="gpu"),
+     r"device 'gpu' is not a device; give 'cpu'"),
+    ("a nameless model", lambda run: dl.register_model(" ", tiny_cnn), r"give the model a name"),
+    ("no runs", lambda run: dl.fit_many("vanilla", B, [], log_dir=run.dir), r"non-empty list"),
+    ("a method per run", lambda run: dl.fit_many("vanilla", B, [{"method": "lff"}]),
+     r"method given as a run's option; .*call it once per method"),
+    ("a dataset option", lambda run: dl.fit("vanilla", B, dataset="x"),
+     r"dataset given as a run's option"),
+    ("a log_dir number", lambda run: dl.fit("vanilla", B, log_dir=5), r"log_dir=5: give a folder"),
+    ("a feature size in words", lambda run: dl.Backbone(nn.Identity(), "a", 2),
+     r"Backbone\(feature_dim='a'\): give a positive integer"),
+    ("features not a module", lambda run: dl.Backbone(None, 4, 2), r"give the feature extractor"),
+    ("config not a config", lambda run: dl.fit("vanilla", B, config={"lr": 1}),
+     r"fit\(config=...\) is a dict; give a dl.TrainConfig"),
+    ("two methods", lambda run: dl.fit("lff", B, config=dl.TrainConfig(method="disent")),
+     r"two methods; give the method once"),
+    ("a mistyped option", lambda run: dl.fit("vanilla", B, lamda_swap=1.0),
+     r"lamda_swap \(did you mean lambda_swap\?\)"),
+    ("a percent of tensors", lambda run: dl.fit("vanilla", B, percent="5pct"),
+     r"in-memory data is used as given: drop percent"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "call, message", [c[1:] for c in ENTRY_POINT_CASES], ids=[c[0] for c in ENTRY_POINT_CASES]
+)
+def test_each_public_entry_point_refuses_bad_input_in_one_line(vanilla_run, call, message):
+    with pytest.raises(UserError, match=message) as refused:
+        call(vanilla_run)
+    assert "\n" not in str(refused.value)
+
+
+def test_fit_takes_a_train_config_and_records_no_percent_for_tensors(tmp_path):
+    cfg = dl.TrainConfig(model="mlp", log_dir=str(tmp_path), **{**FIT, "lr": 3e-3})
+    run = dl.fit("vanilla", B, config=cfg, seed=1)  # a keyword over the config's settings
+    assert (run.config.lr, run.config.seed, run.config.model) == (3e-3, 1, "mlp")
+    assert run.dir.parent == tmp_path / "tiny" and run.config.percent is None
+    assert run.record["config"]["percent"] is None
+
+
+def test_a_run_refused_at_its_start_leaves_no_folder(tmp_path):
+    """A batch larger than the training split is refused before the folder exists; a refusal
+    raised once the folder exists but before any checkpoint removes it (nothing to resume)."""
+    from debiaslab.train import mark_failed
+
+    with pytest.raises(UserError, match=r"batch_size 1000 is larger than the training split"):
+        dl.fit("vanilla", B, model="mlp", log_dir=tmp_path, **{**FIT, "batch_size": 1000})
+    assert not (tmp_path / "tiny").exists()
+    fresh, started = tmp_path / "fresh", tmp_path / "started"
+    fresh.mkdir(), started.mkdir(), (started / "checkpoint_last.pt").write_bytes(b"")
+    for run_dir in (fresh, started):
+        mark_failed(run_dir, UserError("refused"))
+    assert not fresh.exists() and (started / "FAILED").exists()

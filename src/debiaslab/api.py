@@ -181,6 +181,19 @@ class Backbone(nn.Module):
         self, features: nn.Module, feature_dim: int, num_classes: int, head_inputs: int = 1
     ):
         super().__init__()
+        if not isinstance(features, nn.Module):
+            raise UserError(
+                f"Backbone(features=...) is a {type(features).__name__}; give the feature "
+                "extractor as an nn.Module (e.g. nn.Sequential(...))"
+            )
+        for name, value in (
+            ("feature_dim", feature_dim), ("num_classes", num_classes), ("head_inputs", head_inputs)
+        ):  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(
+                    f"Backbone({name}={value!r}): give a positive integer (feature_dim: the size "
+                    "of features(x) flattened; num_classes and head_inputs: the factory's own)"
+                )
         self.features = features
         self.fc = nn.Linear(feature_dim * head_inputs, num_classes)
 
@@ -216,6 +229,11 @@ def register_model(name: str, factory: ModelFactory) -> str:
     with a warning; the built-in models' names are kept. Returns the name."""
     from debiaslab.models import BUILTIN_MODELS
 
+    if not isinstance(name, str) or not name.strip() or name != name.strip():
+        raise UserError(
+            f"register_model({name!r}, ...): give the model a name, a non-empty string without "
+            "surrounding spaces (configs and --model call it by that name)"
+        )
     if not callable(factory):
         raise UserError(
             f"register_model({name!r}, ...): the factory is a {type(factory).__name__}, not a "
@@ -304,6 +322,7 @@ class Run:
         """The models (by name, those the method predicts with) that ``rule`` picked, in eval mode."""
         rule = rule or self.default_rule
         self._selection(rule)
+        _check_device(device)
         path = self.dir / ("checkpoint_last.pt" if rule == "last" else f"checkpoint_{rule}.pt")
         if not path.exists():
             raise UserError(
@@ -327,6 +346,8 @@ class Run:
         numpy array) like the training data (the run's evaluation transform is applied)."""
         from debiaslab.prepare import make_transform
 
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"predict(batch_size={batch_size!r}): give a positive integer")
         images = checked_images("predict(images)", images)
         if tuple(images.shape[1:]) != self.in_shape:
             raise UserError(
@@ -381,6 +402,15 @@ class Run:
         if pick is None:
             raise UserError(picked_nothing(str(self.dir), self.config.method, rule, self.rules))
         return pick
+
+
+def _check_device(device) -> None:
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(
+            f"device {device!r} is not a device; give 'cpu', 'cuda' or 'cuda:N'"
+        ) from None
 
 
 def fit(
@@ -469,6 +499,15 @@ def _config(method, data, model, log_dir, exp: str | None, options: dict) -> Tra
             f"fit(data=...) is a {type(data).__name__}; give dl.tensor_data(...), "
             "dl.dataset_data(...), dl.manifest_data(...) or a dataset name such as 'cmnist'"
         )
+    arguments = sorted(set(options) & set(_CALL_FIELDS))
+    if arguments:
+        raise UserError(
+            f"{', '.join(arguments)} given as a run's option; {method!r}, the data, model=, "
+            "log_dir= and exp= are fit's own arguments (fit_many: one method and one data for "
+            "all runs; call it once per method)"
+        )
+    if not isinstance(log_dir, (str, Path)):
+        raise UserError(f"log_dir={log_dir!r}: give a folder path (a str or a Path)")
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(options) - set(fields))
     if unknown:
@@ -569,9 +608,9 @@ def fit_many(
 
     data = _hashed(data)
     model, log_dir, exp, options = _with_config(method, config, model, log_dir, exp, options)
-    if isinstance(runs, (str, dict)) or not all(isinstance(own, dict) for own in runs):
+    if isinstance(runs, (str, dict)) or not runs or not all(isinstance(o, dict) for o in runs):
         raise UserError(
-            "fit_many(runs=...): give a list of dicts, one per run, e.g. [{'seed': 0}, "
+            "fit_many(runs=...): give a non-empty list of dicts, one per run, e.g. [{'seed': 0}, "
             "{'seed': 1, 'lr': 0.003}]"
         )
     cfgs = []

@@ -37,6 +37,15 @@ def check_models(method_cls, cfg: TrainConfig, bundle: DatasetBundle) -> None:
                 check_model(archs[name], model, heads[name], in_shape, fix=fix)
 
 
+def check_batch_size(cfg: TrainConfig, bundle: DatasetBundle) -> None:
+    """A batch drawn without replacement cannot be larger than the training split."""
+    n = len(bundle.train.targets)
+    if cfg.batch_size > n:
+        raise UserError(
+            f"batch_size {cfg.batch_size} is larger than the training split ({n} samples); lower it"
+        )
+
+
 TO_RGB = (
     "convert the images to RGB (images[:, :3] drops an alpha channel, images.expand(-1, 3, -1, "
     "-1) makes grey RGB)"
@@ -75,8 +84,9 @@ def setting_warnings(cfg: TrainConfig) -> list[str]:
         out.append(
             f"weight averaging (wa_decay {decay:g}) runs over the last {n} steps only: the "
             f"wa_* models still hold {decay ** (n - 1):.0%} of step {start}'s weights (it "
-            f"averages over about {1 / (1 - decay):,.0f} steps), so they lag the run; lower "
-            f"wa_decay (e.g. {1 - 5 / n:.3g}) or turn it off (wa_decay=0)"
+            f"averages over about {1 / (1 - decay):,.0f} steps), so they lag the run; "
+            + (f"lower wa_decay (e.g. {1 - 5 / n:.3g}) or " if n >= 20 else "")
+            + "turn it off (wa_decay 0)"
         )
     total = StagePlan(method_cls.stages(cfg)).total
     if cfg.valid_freq >= total:

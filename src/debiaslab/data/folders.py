@@ -256,7 +256,8 @@ def load_manifest(
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise UserError(
-            f"manifest {csv_path} does not exist; pass a CSV file with the columns path,target[,bias][,split]"
+            f"manifest {csv_path} {'is a folder' if csv_path.is_dir() else 'does not exist'}; "
+            "pass a CSV file with the columns path,target[,bias][,split]"
         )
     columns, rows = _read_csv(csv_path)
     if not rows:
