@@ -519,6 +519,11 @@ ENTRY_POINT_CASES = [
      r"two methods; give the method once"),
     ("a mistyped option", lambda run: dl.fit("vanilla", B, lamda_swap=1.0),
      r"lamda_swap \(did you mean lambda_swap\?\)"),
+    ("options as keywords, not flags", lambda run: dl.fit("vanilla", B, num_steps=-1),
+     r"^num_steps must be a positive integer, got -1$"),
+    ("a folder of another run", lambda run: dl.fit("vanilla", B, exp=run.dir.name,
+     log_dir=run.dir.parents[1], model="mlp", num_steps=3),
+     r"already holds a different run .*pass another exp= \(or log_dir=\) .* overwrite=True"),
     ("a percent of tensors", lambda run: dl.fit("vanilla", B, percent="5pct"),
      r"in-memory data is used as given: drop percent"),
 ]  # fmt: skip

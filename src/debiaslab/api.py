@@ -19,6 +19,8 @@ checkpoints every selection rule picked).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -413,6 +415,28 @@ def _check_device(device) -> None:
         ) from None
 
 
+def _in_python_words(api_call):
+    """``api_call``'s refusals name options as its keywords (``lr``, ``exp=``), not as the
+    command line's flags (``--lr``, ``--exp / exp=``), wherever in the library they are raised."""
+
+    @functools.wraps(api_call)
+    def call(*args, **kwargs):
+        try:
+            return api_call(*args, **kwargs)
+        except UserError as e:
+            raise UserError(python_words(str(e))) from None
+
+    return call
+
+
+def python_words(message: str) -> str:
+    """``message`` with each ``--<option>`` of ``TrainConfig`` written as the option's name."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    message = re.sub(r"--(\w+) / (\1=\S*)", r"\2", message)  # "--exp / exp=": say it once
+    return re.sub(r"--(\w+)", lambda m: m[1] if m[1] in fields else m[0], message)
+
+
+@_in_python_words
 def fit(
     method: str,
     data: DatasetBundle | str,
@@ -584,6 +608,7 @@ def _default_exp(cfg: TrainConfig, data: DatasetBundle | str) -> str:
     return f"{cfg.method}{data_part}-{cfg.config_hash(8)}"
 
 
+@_in_python_words
 def fit_many(
     method: str,
     data: DatasetBundle | str,
