@@ -23,7 +23,7 @@ import torch
 from debiaslab.config import TrainConfig
 from debiaslab.errors import UserError
 from debiaslab.methods import METHODS
-from debiaslab.methods.base import StagePlan
+from debiaslab.methods.base import Method, StagePlan
 from debiaslab.selection import (
     BIAS_MARK,
     SELECTION_RULES,
@@ -191,15 +191,21 @@ def fig_curves(run: RunData, out: Path, prefix: str) -> Figure:
     )
 
 
+def has_sample_weights(method_cls) -> bool:
+    """The method keeps a per-sample weight W: it implements ``Method.sample_weights``."""
+    return method_cls.sample_weights is not Method.sample_weights
+
+
 def fig_w_detection(run: RunData, out: Path, prefix: str) -> Figure:
     from debiaslab.diagnostics import load_w_snapshots
 
     title = "W as a detector of bias-conflicting training samples"
-    if run.cfg.method not in ("lff", "disent", "lff_be", "disent_be"):
+    if not has_sample_weights(METHODS[run.cfg.method]):
+        with_w = sorted(name for name, m in METHODS.items() if has_sample_weights(m))
         return Figure(
             title,
-            reason=f"{run.cfg.method} has no per-sample weight W (only LfF and DisEnt, also with "
-            "BiasEnsemble, reweight samples)",
+            reason=f"{run.cfg.method} has no per-sample weight W (those of {', '.join(with_w)} "
+            "have one)",
         )
     history = [(r["step"], r.get("train_w") or {}) for r in run.evals]
     has_mean = any(w.get("mean_conflicting") is not None for _, w in history)
