@@ -324,6 +324,14 @@ MUTATIONS = [  # (name, file, text, its replacement, the tests that must then fa
         'atomic_torch_save(torch.load(first, weights_only=True), run_dir / f"checkpoint_{rule}.pt")',
         "tests/test_selection.py",
     ),
+    (
+        "fusion bypassed: FusedLoop._fuse returns None",
+        "src/debiaslab/group.py",
+        "    def _fuse(self):\n",
+        "    def _fuse(self):\n        return None\n",
+        "tests/test_fused.py::test_fused_mlp_runs_end_bit_for_bit_where_lone_runs_end[vanilla-kw0] "
+        "tests/test_fused.py::test_fused_steps_add_up_over_resumes",
+    ),
 ]
 
 

@@ -1,4 +1,5 @@
-"""CUDA only (skipped elsewhere): device augmentation, bf16 autocast and channels_last in training."""
+"""CUDA only (skipped elsewhere): device augmentation, bf16 autocast and channels_last in training,
+CUDA graphs, and fused groups."""
 
 import pytest
 import torch
@@ -230,6 +231,67 @@ def test_resume_on_cuda_with_and_without_graphs(tmp_path, monkeypatch):
         )
         print(f"resume, cuda_graph={graphed}: weight gap {gap:.2e}")
         assert gap <= 1e-3
+
+
+def _relative_distance(dir_a, dir_b) -> float:
+    """|a - b| / |b| over all of two runs' final weights and buffers, as one vector."""
+
+    def weights(run_dir):
+        state = torch.load(run_dir / "checkpoint_last.pt", weights_only=True, map_location="cpu")
+        models = state["method_state"]["models"].values()
+        return torch.cat([v.flatten().float() for sd in models for v in sd.values()])
+
+    a, b = weights(dir_a), weights(dir_b)
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("method", ["vanilla", "disent"])
+def test_a_fused_group_on_cuda_ends_near_its_runs_alone(tmp_path, method):
+    """Two runs (other seeds and learning rates) fused on the GPU in CUDA's own settings:
+    ResNet18, so vmap turns each convolution into a grouped one, with channels_last, bf16 autocast
+    and the fused step captured as CUDA graphs (DisEnt: a second graph from curr_step). Against
+    each run trained alone with the same settings: the grouped convolutions sum in another order,
+    so the runs agree within a small distance that another seed falls far outside; and the
+    group records that every step was fused and captured."""
+    import dataclasses
+
+    from debiaslab.group import train_group
+    from debiaslab.train import train
+
+    steps = 20
+
+    def cfgs(log):
+        base = tiny_config(
+            log,
+            method=method,
+            model="resnet18",
+            num_steps=steps,
+            valid_freq=10,
+            save_freq=steps,
+            lr=1e-3,
+            curr_step=8,
+            device="cuda",
+            amp=True,
+            channels_last=True,
+            cuda_graph=True,
+            compile=False,
+        )
+        own = ((0, 1e-3), (1, 5e-4))
+        return [dataclasses.replace(base, seed=s, lr=lr, exp=f"s{s}") for s, lr in own]
+
+    fused = train_group(cfgs(tmp_path / "fused"), bundle=tiny_bundle(32))
+    lone = [train(c, tiny_bundle(32)) for c in cfgs(tmp_path / "lone")]
+    for res in fused:
+        assert res["fused_steps"] == steps and len(res["fused_with"]) == 1
+        assert res["cuda_graph"] and res["bf16"]
+    for res in lone:
+        assert res["fused_steps"] == 0 and "fused_with" not in res
+        assert res["cuda_graph"] and res["bf16"]
+    run = [tmp_path / side / "tiny" for side in ("fused", "lone")]
+    gaps = [_relative_distance(run[0] / f"s{s}", run[1] / f"s{s}") for s in (0, 1)]
+    other_seed = _relative_distance(run[1] / "s0", run[1] / "s1")
+    print(f"{method}: fused vs alone {max(gaps):.2e}, another seed {other_seed:.2e}")
+    assert max(gaps) < min(0.05, other_seed / 20)
 
 
 def test_packed_runs_give_the_results_of_the_same_runs_alone(tmp_path):

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from debiaslab.config import TrainConfig
+from debiaslab.fused import FusedStep
 from debiaslab.group import FusedLoop, GroupFailed, fusion_groups, fusion_key, train_group
 from debiaslab.train import TrainingLoop, train
 from tests.conftest import assert_same_tensors, read_log, tiny_split
@@ -86,6 +87,28 @@ def assert_same_run(fused_dir, lone_dir):
     assert log1 == log2
 
 
+def all_steps(results) -> int:
+    """Every step the run took, over all its stages."""
+    return sum(s["steps"] for s in results.get("stages", [{"steps": results["steps"]}]))
+
+
+def assert_fused_throughout(results):
+    """Each run took every one of its steps inside a fused step, and says with which runs."""
+    assert [r["fused_steps"] for r in results] == [all_steps(r) for r in results]
+    assert all(r["fused_with"] for r in results)
+
+
+def assert_alone(results):
+    """Each run stepped alone: no fused step, and no fusion claimed."""
+    assert [r["fused_steps"] for r in results] == [0] * len(results)
+    assert all("fused_with" not in r for r in results)
+
+
+def split_lines(err: str) -> list[str]:
+    """The lines that say a group was split into the parts that can share a step."""
+    return [line for line in err.splitlines() if "cannot all share one step" in line]
+
+
 def train_both(data, tmp_path, method, **kw):
     fused_cfgs = configs(data, tmp_path / "fused", method, **kw)
     lone_cfgs = configs(data, tmp_path / "lone", method, **kw)
@@ -108,6 +131,9 @@ def train_both(data, tmp_path, method, **kw):
 )
 def test_fused_mlp_runs_end_bit_for_bit_where_lone_runs_end(two_ratios, tmp_path, method, kw):
     fused_cfgs, lone_cfgs, fused, lone = train_both(two_ratios, tmp_path, method, **kw)
+    # counted by the fused step itself: a group that silently stepped each run alone fails here
+    assert_fused_throughout(fused)
+    assert_alone(lone)
     for f_cfg, l_cfg, f_res in zip(fused_cfgs, lone_cfgs, fused):
         assert_same_run(
             tmp_path / "fused" / "cmnist" / f_cfg.exp, tmp_path / "lone" / "cmnist" / l_cfg.exp
@@ -120,16 +146,19 @@ def test_fused_mlp_runs_end_bit_for_bit_where_lone_runs_end(two_ratios, tmp_path
         assert f_cfg.resolved().config_hash() == l_cfg.resolved().config_hash()
 
 
-def test_runs_of_data_of_other_sizes_train_in_parts_each_as_alone(two_ratios, tmp_path):
+def test_runs_of_data_of_other_sizes_train_in_parts_each_as_alone(two_ratios, tmp_path, capsys):
     """1pct (120 images) and 5pct (150): their per-sample tables differ in shape, so the group
-    trains them as two parts; each still ends where it ends alone and reads only its own data."""
+    trains them as two parts, as one printed line says; each still ends where it ends alone,
+    reads only its own data and records no fusion."""
     fused = [
         dataclasses.replace(c, percent=p)
         for c, p in zip(configs(two_ratios, tmp_path / "fused", "lff")[:2], ("1pct", "5pct"))
     ]
     lone = [dataclasses.replace(c, log_dir=str(tmp_path / "lone")) for c in fused]
     results = train_group(fused)
-    assert all("fused_with" not in r for r in results)
+    (line,) = split_lines(capsys.readouterr().err)
+    assert "differ in shape" in line and "2 groups: lff-0 | lff-1" in line
+    assert_alone(results)
     assert [r["data"]["counts"]["train"]["n"] for r in results] == [120, 150]
     for f, c in zip(fused, lone):
         train(c)
@@ -142,7 +171,7 @@ def test_each_run_of_a_group_reads_its_own_ratio(two_ratios, tmp_path):
     results = train_group(cfgs)
     shas = [r["data"]["sha256"]["train"] for r in results]
     assert shas[0] != shas[1] and [r["percent"] for r in results] == ["1pct", "2pct"]
-    assert all(r["fused_with"] for r in results)
+    assert_fused_throughout(results)
     for cfg, sha in zip(cfgs, shas):
         alone = train(dataclasses.replace(cfg, log_dir=str(tmp_path / "alone")))
         assert alone["data"]["sha256"]["train"] == sha
@@ -181,10 +210,17 @@ def test_a_nan_in_one_run_leaves_the_others_as_they_are(
     if mode == "skip":
         results = train_group(fused_cfgs)
         assert [bool(r["skipped_steps"]) for r in results] == [False, True, False]
+        assert_fused_throughout(results)  # a skipped step was still taken in the fused step
     else:
         with pytest.raises(GroupFailed, match="1 of 3 runs failed") as failed:
             train_group(fused_cfgs)
         assert list(failed.value.errors) == [fused_cfgs[1].run_dir()]
+        finished = [failed.value.results[i] for i in (0, 2)]
+        assert failed.value.results[1] is None
+        assert_fused_throughout(finished)  # the two others go on fused, as a group of two
+        # each names the stopped run too: they took its first 25 steps together
+        others = [sorted(c.run_dir() for c in fused_cfgs if c.seed != s) for s in (0, 2)]
+        assert [sorted(r["fused_with"]) for r in finished] == others
         assert (tmp_path / "fused" / "cmnist" / fused_cfgs[1].exp / "FAILED").exists()
     for f_cfg, l_cfg in zip(fused_cfgs, lone_cfgs):
         if mode == "stop" and f_cfg.seed == 1:
@@ -259,9 +295,66 @@ def test_fit_many_trains_seeds_and_settings_fused_each_as_fit_would(tmp_path):
     stem = f"lff-{data_id(data.checksums())}"  # fit's default folder: the method and the data
     assert [r.dir.name for r in runs] == [f"{stem}_seed0", f"{stem}_seed1"]
     assert [len(r.results["fused_with"]) for r in runs] == [1, 1]
+    assert_fused_throughout([r.results for r in runs])
     alone = dl.fit("lff", data, log_dir=tmp_path / "one", exp="x", seed=1, lr=0.003, **common)
+    assert_alone([alone.results])
     assert runs[1].results["selections"] == alone.results["selections"]
     assert runs[1].config.config_hash() == alone.config.config_hash()
+
+
+def test_runs_that_cannot_share_a_step_train_as_the_groups_that_can(two_ratios, tmp_path, capsys):
+    """Runs of other batch sizes, methods and models handed to one group: it trains the runs
+    that can share a step fused and each other run alone, says so in one line, and only the
+    fused runs record a fusion."""
+    lff = [
+        dataclasses.replace(c, num_steps=20, valid_freq=10)
+        for c in configs(two_ratios, tmp_path, "lff")
+    ]
+    cfgs = [
+        lff[0],
+        dataclasses.replace(lff[1], batch_size=8),
+        lff[2],
+        dataclasses.replace(lff[1], method="vanilla", exp="vanilla-1"),
+        dataclasses.replace(lff[1], model="mlp_lff", exp="mlp_lff-1"),
+    ]
+    results = train_group(cfgs)
+    (line,) = split_lines(capsys.readouterr().err)
+    assert "differ in batch_size, method, model" in line
+    assert "4 groups: lff-0 + lff-2 | lff-1 | vanilla-1 | mlp_lff-1" in line
+    assert_fused_throughout([results[0], results[2]])
+    assert results[0]["fused_with"] == [cfgs[2].run_dir()]
+    assert_alone([results[1], *results[3:]])
+    assert [r["config"]["batch_size"] for r in results] == [16, 8, 16, 16, 16]
+
+
+def interrupted_group(cfgs, monkeypatch, at_step: int) -> None:
+    """Train ``cfgs`` as a group stopped by an interrupt in its fused step ``at_step``."""
+    update = FusedStep.update
+
+    def stop(self, xs, ys, idxs, step):
+        if step == at_step:
+            raise KeyboardInterrupt
+        return update(self, xs, ys, idxs, step)
+
+    monkeypatch.setattr(FusedStep, "update", stop)
+    with pytest.raises(KeyboardInterrupt):
+        train_group(cfgs)
+    monkeypatch.setattr(FusedStep, "update", update)
+
+
+def test_fused_steps_add_up_over_resumes(two_ratios, tmp_path, monkeypatch):
+    """The count lives in the checkpoint: a group stopped at step 25 (saved at 20) and resumed
+    counts every step once; a run of it resumed alone keeps its 20 fused steps and partner."""
+    cfgs = [
+        dataclasses.replace(c, num_steps=40, valid_freq=20, save_freq=10)
+        for c in configs(two_ratios, tmp_path, "lff")[:2]
+    ]
+    interrupted_group(cfgs, monkeypatch, at_step=25)
+    assert_fused_throughout(train_group(cfgs))
+    again = [dataclasses.replace(c, log_dir=str(tmp_path / "again")) for c in cfgs]
+    interrupted_group(again, monkeypatch, at_step=25)
+    alone = train(again[0])
+    assert alone["fused_steps"] == 20 and alone["fused_with"] == [again[1].run_dir()]
 
 
 def group_command(data, logs):
@@ -359,8 +452,10 @@ def test_sweep_trains_compatible_runs_as_one_fused_group(two_ratios, tmp_path, f
     if fuse == "auto":
         assert all(len(res["fused_with"]) == 3 for res in results) and len(logs) == 1
         assert "fused: lff-1pct-seed0" in logs[0].read_text()
+        assert_fused_throughout(results)
     else:
-        assert all("fused_with" not in res for res in results) and len(logs) == 4
+        assert_alone(results)
+        assert len(logs) == 4
 
 
 def test_a_fused_step_replays_as_one_graph_per_shape(two_ratios, tmp_path, monkeypatch):
@@ -379,6 +474,7 @@ def test_a_fused_step_replays_as_one_graph_per_shape(two_ratios, tmp_path, monke
     graphed = [dataclasses.replace(c, log_dir=str(tmp_path / "g")) for c in eager]
     results = train_group(graphed)
     assert all(r["cuda_graph"] for r in results)
+    assert_fused_throughout(results)  # a replayed step is counted too
     assert len(StandInGraph.recorded) == 2  # before and after the swap's permutation appears
     for e, g in zip(eager, graphed):
         assert_same_run(tmp_path / "e" / "cmnist" / e.exp, tmp_path / "g" / "cmnist" / g.exp)

@@ -244,7 +244,8 @@ class FusedStep:
 
     def update(self, xs, ys, idxs, step: int) -> list[StepOutput]:
         """One step of every run (``Method.update`` for K runs): each run's draws, the fused step,
-        each run's LR schedule; returns each run's ``StepOutput``."""
+        each run's LR schedule; returns each run's ``StepOutput``, marked ``fused`` (built here,
+        outside a captured graph, so a replayed step is counted too)."""
         draws = [m.draw(ys.shape[1], step) for m in self.methods]
         if any(tuple(d) != tuple(draws[0]) for d in draws):
             raise ValueError("the runs drew different things at one step; they cannot be fused")
@@ -253,7 +254,7 @@ class FusedStep:
         for method in self.methods:
             method._schedule(step)
         return [
-            StepOutput(out.names, out.values[k], out.finite[k], out.applied[k])
+            StepOutput(out.names, out.values[k], out.finite[k], out.applied[k], fused=True)
             for k in range(self.K)
         ]
 

@@ -78,22 +78,51 @@ class GroupFailed(UserError):
 def train_group(
     cfgs: list[TrainConfig], progress_desc: str | None = None, bundle=None
 ) -> list[dict]:
-    """Train ``cfgs`` (one fusion key) as fused groups; returns each run's results, in order.
-    ``bundle``: the data of every run (in-memory data); default: each run's own, read once per
-    dataset and ratio.
+    """Train ``cfgs`` as fused groups; returns each run's results, in order. ``bundle``: the data
+    of every run (in-memory data); default: each run's own, read once per dataset and ratio.
 
+    Runs that differ in more than seed, data and float settings (method, model, batch size, ...)
+    cannot share a step: they train as one group per fusion key, which one printed line says.
     Finished runs are read back, not retrained; the others resume from their own last checkpoint.
     Runs whose checkpoints stand at different steps (a group killed between two runs' saves)
     train as one group per step. Raises ``GroupFailed`` after the others finish if some failed.
     """
-    keys = {fusion_key(c) for c in cfgs}
-    if len(keys) > 1:
-        raise UserError(
-            "these runs cannot train fused: they differ in more than seed, data and float "
-            "settings; train them separately (sweep --fuse auto groups them)"
-        )
+    groups = fusion_groups(cfgs, max(1, len(cfgs)))
+    if len(groups) > 1:
+        why = f"they differ in {', '.join(_differing_settings(cfgs))}"
+        say_split([[cfgs[i].run_dir() for i in g] for g in groups], why)
     load = cached_loader()
+    results: list[dict | None] = [None] * len(cfgs)
     errors: dict[str, BaseException] = {}
+    for members in groups:
+        trained = _train_one_key([cfgs[i] for i in members], progress_desc, bundle, load, errors)
+        for i, result in zip(members, trained):
+            results[i] = result
+    if errors:
+        raise GroupFailed(results, {str(d): e for d, e in errors.items()})
+    return results
+
+
+def _differing_settings(cfgs: list[TrainConfig]) -> list[str]:
+    """The settings of the fusion key on which ``cfgs`` disagree."""
+    keys = [dict(fusion_key(c)) for c in cfgs]
+    return [name for name in keys[0] if len({k[name] for k in keys}) > 1]
+
+
+def say_split(parts: list[list], why: str) -> None:
+    """One line on stderr: runs asked to train as one group train as these parts (a part of one
+    steps alone and records no fusion)."""
+    names = " | ".join(" + ".join(Path(d).name for d in part) for part in parts)
+    total = sum(map(len, parts))
+    print(
+        f"debiaslab: these {total} runs cannot all share one step ({why}); "
+        f"training them as {len(parts)} groups: {names}",
+        file=sys.stderr,
+    )
+
+
+def _train_one_key(cfgs, progress_desc, bundle, load, errors: dict) -> list[dict | None]:
+    """Train ``cfgs`` (one fusion key), each from where it stands; failures go into ``errors``."""
     opened: list[OpenedRun | None] = []
     for cfg in cfgs:  # a run whose data or directory is refused fails alone
         try:
@@ -108,12 +137,13 @@ def train_group(
     for i in todo:
         state = opened[i].state
         by_start.setdefault(0 if state is None else state["step"], []).append(i)
+    if len(by_start) > 1:
+        parts = [[opened[i].run_dir for i in members] for members in by_start.values()]
+        say_split(parts, "they resume from different steps")
     for members in by_start.values():
         runs = [opened[i] for i in members]
         for i, result in zip(members, _train_fused(runs, progress_desc, errors)):
             results[i] = result
-    if errors:
-        raise GroupFailed(results, {str(d): e for d, e in errors.items()})
     return results
 
 
@@ -127,6 +157,9 @@ def _train_fused(runs: list[OpenedRun], progress_desc, errors: dict) -> list[dic
             loops.append(TrainingLoop(run.cfg, run.bundle, run.device, run.run_dir))
             rngs.append(checkpoints.rng_state())
         parts = fusible_parts(loops)
+        if len(parts) > 1:
+            why = "their data or the method's per-sample state differ in shape"
+            say_split([[run_dirs[i] for i in part] for part in parts], why)
         for part in parts:
             for i in part:
                 if len(part) > 1:
@@ -149,7 +182,7 @@ def _train_fused(runs: list[OpenedRun], progress_desc, errors: dict) -> list[dic
             out.append(None)
             continue
         results = loop.results(seconds[i], time.time() - t_start)
-        if loop.fused_with:
+        if group.fused is not None:  # it ended in the group's step: compiled or captured as that
             results["compiled"], results["cuda_graph"] = group.compiled, group.graphed
         atomic_write_json(loop.run_dir / "results.json", results)
         out.append(results)

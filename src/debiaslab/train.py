@@ -357,6 +357,9 @@ class TrainingLoop:
         self.window, self.start, self.skipped, self.seconds_before = StepWindow(), 0, [], 0.0
         self.last_saved: int | None = None
         self.fused_with: list[str] = []  # the other runs of its fused group (none: alone)
+        # its steps taken inside a fused step, as the step marked them (StepOutput.fused): what
+        # results.json's fused_with rests on, not the group the run was put in
+        self.fused_steps = 0
         # where the loop's time goes besides the steps: the figures that say what bounds a run
         self.boundary_seconds = dict.fromkeys(BOUNDARY_PARTS, 0.0)
         self.w_steps = {
@@ -435,6 +438,7 @@ class TrainingLoop:
             self.start, self.skipped = state["step"], list(state["skipped"])
             self.seconds_before, self.last_saved = state["train_seconds"], state["step"]
             self.boundary_seconds.update(state.get("boundary_seconds", {}))
+            self.restore_fusion(state)
             # a checkpoint from before weight averaging holds none: the average starts afresh
             if self.average is not None and "average" in state:
                 self.average.load_state_dict(state["average"])
@@ -455,6 +459,13 @@ class TrainingLoop:
         if state is not None:
             # last: building the models drew from the global RNG
             checkpoints.set_rng_state(state["rng"])
+
+    def restore_fusion(self, state: dict) -> None:
+        """The fused steps of the sessions before (a checkpoint from before they were counted
+        holds none) and the runs they were taken with, kept after this session's group."""
+        self.fused_steps = state.get("fused_steps", 0)
+        earlier = state.get("fused_with", [])
+        self.fused_with += [d for d in earlier if d not in self.fused_with]
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self, progress_desc: str | None) -> float:
@@ -505,6 +516,7 @@ class TrainingLoop:
     def after_step(self, step: int, k: int, out) -> None:
         """Keep the step's flags and terms, advance the bar, fold the step into the average."""
         self.window.add(step + 1, out)
+        self.fused_steps += out.fused
         self.bar.update(1)
         if self._main(k) and self.average is not None:
             self.average.update(step - self.plan.start(k))
@@ -643,6 +655,8 @@ class TrainingLoop:
                 **({"average": self.average.state_dict()} if self.average is not None else {}),
                 "train_seconds": self.seconds_before + time.time() - self.t_loop,
                 "boundary_seconds": dict(self.boundary_seconds),
+                "fused_steps": self.fused_steps,
+                "fused_with": self.fused_with if self.fused_steps else [],
                 "rng": checkpoints.rng_state(),
             },
             cfg.keep_checkpoints,
@@ -672,7 +686,8 @@ class TrainingLoop:
         results["compiled"] = self.method.compiled  # the parts of the step compiled (none: eager)
         results["cuda_graph"] = self.method.graphed
         results["bf16"] = self.method.amp
-        if self.fused_with:
+        results["fused_steps"] = self.fused_steps
+        if self.fused_steps:  # only a fusion that ran: not the group the run was merely put in
             results["fused_with"] = self.fused_with
         return results
 

@@ -78,6 +78,9 @@ class StepOutput:
     values: torch.Tensor  # [len(names)]: their values, detached
     finite: torch.Tensor  # [len(names)] bool: each term was finite
     applied: torch.Tensor  # 0-d bool: the step moved the weights and the per-sample state
+    # made by a step several runs took as one (``fused.FusedStep``): what results.json's
+    # fused_steps counts, so a run records a fusion only where a fused step ran
+    fused: bool = False
 
     @property
     def terms(self) -> dict[str, torch.Tensor]:
