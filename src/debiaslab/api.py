@@ -629,7 +629,7 @@ def fit_many(
     same options, in the folder ``fit`` would give it (its settings name it), in
     ``<exp>_seed<seed>`` when ``exp`` is given, or in the run's own ``exp``.
     """
-    from debiaslab.group import fusion_groups, train_group
+    from debiaslab.group import train_group
 
     data = _hashed(data)
     model, log_dir, exp, options = _with_config(method, config, model, log_dir, exp, options)
@@ -650,9 +650,7 @@ def fit_many(
             f"two runs of fit_many would share the run directory {twice} (the same settings, or "
             "the same exp and seed); give each its own exp, or drop the repeated run"
         )
-    bundle = data if isinstance(data, DatasetBundle) else None
-    for members in fusion_groups(cfgs, len(cfgs)):
-        train_group([cfgs[i] for i in members], bundle=bundle)
+    train_group(cfgs, bundle=data if isinstance(data, DatasetBundle) else None)  # splits, saying so
     return [load_run(c.run_dir()) for c in cfgs]
 
 

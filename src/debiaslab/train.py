@@ -30,7 +30,7 @@ from debiaslab.methods import METHODS
 from debiaslab.methods.base import StageData, StagePlan
 from debiaslab.metrics import predict_split, primary_key, primary_metric
 from debiaslab.models import DATASET_MODEL
-from debiaslab.preflight import check_models, setting_warnings
+from debiaslab.preflight import check_batch_size, check_models, setting_warnings
 from debiaslab.prepare import (
     autocast_logits,
     evaluate,
@@ -200,6 +200,7 @@ def open_run(cfg: TrainConfig, bundle: DatasetBundle | None = None, load=load_da
     method_cls = METHODS[cfg.method]
     bias_labels_for(method_cls, bundle.train, bundle.name)  # refused before anything is written
     check_models(method_cls, cfg, bundle)
+    check_batch_size(cfg, bundle)
     run_dir = Path(cfg.run_dir())
     if mode == "fresh":
         try:
@@ -245,7 +246,12 @@ def marked_failed_on_error(run_dirs: list[Path]):
 
 
 def mark_failed(run_dir: Path, e: BaseException) -> None:
+    """Mark ``run_dir`` FAILED; a refusal (UserError) before its first checkpoint removes it
+    instead: the run never started, and there is nothing to resume."""
     try:
+        if isinstance(e, UserError) and not any(run_dir.glob("checkpoint*.pt")):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            return
         (run_dir / "FAILED").write_text(
             f"training did not finish ({type(e).__name__}); "
             "rerun the same command to resume from the last checkpoint\n"
