@@ -559,3 +559,16 @@ def test_a_run_refused_at_its_start_leaves_no_folder(tmp_path):
     for run_dir in (fresh, started):
         mark_failed(run_dir, UserError("refused"))
     assert not fresh.exists() and (started / "FAILED").exists()
+
+
+@pytest.mark.parametrize(
+    "args, closest",
+    [
+        (["train", "--method", "disnet"], "did you mean disent?"),
+        (["train", "--num_stepz", "3"], "did you mean --num_steps?"),
+        (["train", "--preset", "cmnist-1pct-disnet"], "did you mean cmnist-1pct-disent"),
+    ],
+)
+def test_a_mistyped_name_on_the_command_line_gets_the_closest_one(args, closest):
+    r = run_cli(*args)
+    assert r.returncode == 2 and closest in r.stderr and r.stderr.count("\n") == 1, r.stderr

@@ -278,9 +278,12 @@ PRESETS: dict[str, Preset] = {**_build(), **_lff_recipes()}
 
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
-        close = [n for n in PRESETS if name.split("-")[0] in n][:4] or list(PRESETS)[:4]
+        import difflib
+
+        close = difflib.get_close_matches(name, PRESETS, n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}?" if close else f"e.g. {next(iter(PRESETS))}"
         raise UserError(
-            f"unknown preset {name!r}; e.g. {', '.join(close)} (debiaslab presets lists all {len(PRESETS)})"
+            f"unknown preset {name!r}; {hint} (debiaslab presets lists all {len(PRESETS)})"
         )
     return PRESETS[name]
 

@@ -12,7 +12,35 @@ class Parser(argparse.ArgumentParser):
     """argparse with one-line errors (exit code 2)."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, f"{self.prog}: error: {message}{self._closest(message)} (see --help)\n")
+
+    def _closest(self, message: str) -> str:
+        """``; did you mean X?`` for a mistyped choice or flag, the nearest known one."""
+        import difflib
+        import re
+
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        flag = re.search(r"unrecognized arguments: (--[^\s=]+)", message)
+        if choice:
+            word, known = choice[1], re.findall(r"'([^']*)'", choice[2])
+        elif flag:
+            word, known = flag[1], sorted(_option_strings(self))
+        else:
+            return ""
+        close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+        return f"; did you mean {close[0]}?" if close else ""
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    """Every flag of ``parser`` and of its subcommands (an unknown flag of a subcommand is
+    reported by the top parser)."""
+    found = set()
+    for action in parser._actions:
+        found |= {s for s in action.option_strings if s.startswith("--")}
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _option_strings(sub)
+    return found
 
 
 def _fmt(v) -> str:
