@@ -114,3 +114,27 @@ def test_ray_backend_reports_a_failing_run_and_bad_resources(
             gpus_per_run=1,
             progress=False,
         )
+
+
+def test_ray_backend_trains_compatible_runs_as_one_fused_task_each_as_alone(
+    local_ray, tiny_reference, tmp_path, capsys
+):
+    """Two seeds of DisEnt on a 2-CPU cluster, 2 CPUs a task: one task trains them fused; each
+    run's results are those it gets alone, and a second sweep skips both."""
+    from debiaslab.config import TrainConfig
+    from debiaslab.sweep import sweep
+    from debiaslab.train import train
+
+    grid = {**spec(tiny_reference, [0, 1]), "methods": ["disent"]}
+    out = tmp_path / "fused"
+    assert sweep(grid, out, backend="ray", cpus_per_run=2, progress=False) == 0
+    assert "2 runs finished and 0 failed" in capsys.readouterr().out
+    results = [
+        json.loads((d / "results.json").read_text()) for d in sorted((out / "cmnist").iterdir())
+    ]
+    assert [r["fused_steps"] for r in results] == [60, 60] and all(r["fused_with"] for r in results)
+    saved = json.loads((sorted((out / "cmnist").iterdir())[1] / "config.json").read_text())
+    alone = TrainConfig.from_saved({**saved["config"], "log_dir": str(tmp_path / "alone")})
+    assert train(alone)["selections"] == results[1]["selections"]
+    assert sweep(grid, out, backend="ray", cpus_per_run=2, progress=False) == 0
+    assert "2 finished (skipped)" in capsys.readouterr().out

@@ -20,15 +20,18 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def _enter(cwd: str | None) -> None:
+    """Ray workers start elsewhere: relative data paths mean the driver's directory."""
+    if cwd and os.path.isdir(cwd):
+        os.chdir(cwd)
+
+
 def run_config(cfg_dict: dict, threads: int | None = None, cwd: str | None = None) -> dict:
     """Train one config; returns {"status": "finished" | "error", "message": str}. Never raises on bad runs."""
     from debiaslab.config import TrainConfig
     from debiaslab.train import train
 
-    if cwd and os.path.isdir(
-        cwd
-    ):  # Ray workers start elsewhere: relative data paths mean the driver's directory
-        os.chdir(cwd)
+    _enter(cwd)
     set_threads(threads)
     out = _attempt(lambda: train(TrainConfig.from_dict(cfg_dict)))
     if "results" in out:
@@ -38,12 +41,13 @@ def run_config(cfg_dict: dict, threads: int | None = None, cwd: str | None = Non
     return out
 
 
-def run_group(cfg_dicts: list[dict], threads: int | None = None) -> dict:
+def run_group(cfg_dicts: list[dict], threads: int | None = None, cwd: str | None = None) -> dict:
     """Train configs as one fused group (``group.train_group``); the status of the whole group
     ("error" if any run failed: each failed run is marked FAILED, the others finished)."""
     from debiaslab.config import TrainConfig
     from debiaslab.group import train_group
 
+    _enter(cwd)
     set_threads(threads)
     out = _attempt(lambda: train_group([TrainConfig.from_dict(d) for d in cfg_dicts]))
     out.pop("results", None)

@@ -572,7 +572,8 @@ def sweep(
     fuse_max: int = 12,
 ) -> int:
     """Train every run of ``spec`` into ``out`` (finished runs skipped, the others resumed);
-    ``fuse_max`` > 1: compatible runs train as fused groups of at most that many (local)."""
+    ``fuse_max`` > 1: compatible runs train as fused groups of at most that many (one
+    subprocess per group locally, one task per group on Ray)."""
     check_packing(runs_per_device, jobs, gpus_per_run)
     cfgs = expand(spec)
     if not cfgs:

@@ -1,6 +1,8 @@
 """``debiaslab sweep --backend ray``: the same runs as Ray tasks (``pip install 'debiaslab[ray]'``).
 
-Each run is one task asking for ``--cpus_per_run`` CPUs and ``--gpus_per_run`` GPUs. Tasks write to
+Each task trains one unit of the sweep, a fused group of compatible runs (``sweep.fused_units``,
+at most ``--fuse_max`` runs, one group per task) or a lone run, asking for ``--cpus_per_run`` CPUs
+and ``--gpus_per_run`` GPUs. Tasks write to
 the sweep's results folder, which must be visible at the same path on every node (a shared file
 system); relative data paths are read from the driver's working directory, as with a local sweep.
 Skip and resume work as locally: the driver skips finished runs and ``train`` resumes unfinished ones.
@@ -13,8 +15,9 @@ import os
 from pathlib import Path
 
 from debiaslab.errors import UserError
-from debiaslab.runner import run_config
-from debiaslab.sweep import BACKENDS, Progress, Run, SweepOptions, _headline
+from debiaslab.rundir import status
+from debiaslab.runner import run_config, run_group
+from debiaslab.sweep import BACKENDS, Progress, Run, SweepOptions, _headline, fused_units
 
 
 def _ray():
@@ -35,6 +38,7 @@ def run_ray(
     gpus_per_run: float | None,
     progress: bool,
     runs_per_device: int | None = None,
+    fuse_max: int = 12,
 ) -> dict:
     ray = _ray()
     started = False
@@ -51,7 +55,9 @@ def run_ray(
             ) from None
         started = True
     try:
-        return _submit(ray, runs, out, cpus_per_run, gpus_per_run, progress, runs_per_device)
+        return _submit(
+            ray, runs, out, cpus_per_run, gpus_per_run, progress, runs_per_device, fuse_max
+        )
     finally:
         if started:
             ray.shutdown()
@@ -65,6 +71,7 @@ def _submit(
     gpus_per_run,
     progress: bool,
     runs_per_device: int | None = None,
+    fuse_max: int = 12,
 ) -> dict:
     resources = ray.cluster_resources()
     cluster_gpus = resources.get("GPU", 0)
@@ -83,29 +90,31 @@ def _submit(
         raise UserError(
             f"--cpus_per_run {ncpu}: the Ray cluster has only {resources.get('CPU', 0):g} CPUs"
         )
-    task = ray.remote(run_config).options(num_cpus=ncpu, num_gpus=ngpu, max_retries=0)
-    root = Path(
-        out
-    ).resolve()  # tasks may run elsewhere: an absolute results path (not part of the run's hash)
+    options = dict(num_cpus=ncpu, num_gpus=ngpu, max_retries=0)
+    lone, group = (ray.remote(f).options(**options) for f in (run_config, run_group))
+    root = Path(out).resolve()  # tasks may run elsewhere: an absolute results path (not hashed)
     cwd = os.getcwd()
+    device = "cuda" if ngpu else "cpu"
+    runs = [Run(r.name, dataclasses.replace(r.cfg, log_dir=str(root), device=device)) for r in runs]
+    slots = max(1, int(resources.get("GPU", 0) / ngpu if ngpu else resources.get("CPU", 1) / ncpu))
     refs = {}
-    for run in runs:
-        cfg = dataclasses.replace(run.cfg, log_dir=str(root), device="cuda" if ngpu else "cpu")
-        refs[task.remote(cfg.to_dict(), max(1, int(ncpu)), cwd)] = Run(run.name, cfg)
-    view = Progress(list(refs.values()), progress)
+    for unit in fused_units(runs, fuse_max, slots):
+        cfgs = [r.cfg.to_dict() for r in unit]
+        threads = max(1, int(ncpu))
+        ref = (
+            group.remote(cfgs, threads, cwd)
+            if len(unit) > 1
+            else lone.remote(cfgs[0], threads, cwd)
+        )
+        refs[ref] = unit
+    view = Progress(runs, progress)
     pending = list(refs)
     try:
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
             for ref in ready:
-                run = refs[ref]
-                try:
-                    res = ray.get(ref)
-                except ray.exceptions.RayError as e:
-                    res = {"status": "error", "message": str(e).strip().splitlines()[-1][:300]}
-                ok = res["status"] == "finished"
-                view.finish(run, ok, _headline(run.run_dir) if ok else res["message"])
-            view.poll([refs[r] for r in pending])
+                _finish(ray, ref, refs[ref], view)
+            view.poll([r for ref in pending for r in refs[ref]])
     except KeyboardInterrupt:
         for ref in pending:
             ray.cancel(
@@ -117,6 +126,18 @@ def _submit(
     return view.counts
 
 
+def _finish(ray, ref, unit: list[Run], view: Progress) -> None:
+    """A task's runs, each finished or failed on its own (a fused group's failed run is marked
+    FAILED, its partners finish)."""
+    try:
+        res = ray.get(ref)
+    except ray.exceptions.RayError as e:
+        res = {"status": "error", "message": str(e).strip().splitlines()[-1][:300]}
+    for run in unit:
+        ok = res["status"] == "finished" or status(run.run_dir) == "finished"
+        view.finish(run, ok, _headline(run.run_dir) if ok else res["message"])
+
+
 def ray_backend(todo: list[Run], out: Path, options: SweepOptions) -> dict:
     return run_ray(
         todo,
@@ -126,6 +147,7 @@ def ray_backend(todo: list[Run], out: Path, options: SweepOptions) -> dict:
         options.gpus_per_run,
         options.progress,
         options.runs_per_device,
+        options.fuse_max,
     )
 
 
