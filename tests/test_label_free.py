@@ -98,13 +98,16 @@ def test_each_rule_picks_the_known_step():
         "best_valid": 100,
         "best_valid_worst_class": 200,  # 0.60 at 200 and 300: the first best
         "best_valid_pseudo_unbiased": 200,  # 0.70 at 200 and 400
+        "best_valid_pseudo_unbiased_mean5": 400,  # trailing means .40 .55 .58 .61
         "best_valid_unbiased": 100,
         "oracle_best_test": 300,
+        # the fallback rules (*_or_last) pick nothing: these evaluations log no sample count n
         # the averaged model from step 200 on, scored on its own evaluation
         "wa_last": 400,
         "wa_best_valid": 300,
         "wa_best_valid_worst_class": 300,
         "wa_best_valid_pseudo_unbiased": 400,
+        "wa_best_valid_pseudo_unbiased_mean5": 400,
         "wa_best_valid_unbiased": 200,
         "wa_oracle_best_test": 300,
     }
@@ -164,11 +167,11 @@ def guarded(log):
 
 def test_label_free_rules_read_no_test_metric_and_no_bias_label():
     names = [n for n in selection_names() if RULES[n.removeprefix("wa_")].name in LABEL_FREE]
-    assert len(names) == 8
+    assert len(names) == 14
     tracker = SelectionTracker("cmnist", names)
     for r in guarded(LOG):
         tracker.update(r)  # raises if a rule reads a guarded key
-    assert {n: tracker.best[n]["step"] for n in names} == {
+    assert {n: p["step"] for n, p in tracker.picks().items()} == {
         n: p["step"] for n, p in picks(LOG, "cmnist", names).items()
     }
     for rule in (
@@ -332,14 +335,15 @@ def test_test_command_evaluates_an_averaged_pick(tiny_reference, tmp_path):
     run = logs / "cmnist" / "wa"
     results = json.loads((run / "results.json").read_text())
     assert results["weight_averaging"]["start"] == 10  # DisEnt: from --curr_step
-    pick = results["selections"]["wa_best_valid_pseudo_unbiased"]
-    t = run_test_cli(run, tiny_reference, "--select", "wa_best_valid_pseudo_unbiased", "--json")
+    shipped = "wa_best_valid_pseudo_unbiased_mean5"  # its model kept as its smoothed pick moved
+    pick = results["selections"][shipped]
+    t = run_test_cli(run, tiny_reference, "--select", shipped, "--json")
     assert t.returncode == 0, t.stderr
     out = json.loads(t.stdout)
     assert out["step"] == pick["step"]
     assert out["metrics"]["test"] == pick["test"]
     # a Colored MNIST run ships that pick: test, the API and report use it unless told otherwise
-    assert results["default_selection"] == "wa_best_valid_pseudo_unbiased"
+    assert results["default_selection"] == shipped
     plain = run_test_cli(run, tiny_reference, "--json")
     assert plain.returncode == 0, plain.stderr
     assert json.loads(plain.stdout) == out
@@ -353,8 +357,13 @@ def test_test_command_evaluates_an_averaged_pick(tiny_reference, tmp_path):
     [
         (
             "cmnist",
-            ("last", "wa_last", "wa_best_valid_pseudo_unbiased"),
-            "wa_best_valid_pseudo_unbiased",
+            (
+                "last",
+                "wa_last",
+                "wa_best_valid_pseudo_unbiased",
+                "wa_best_valid_pseudo_unbiased_mean5",
+            ),
+            "wa_best_valid_pseudo_unbiased_mean5",
         ),
         ("cmnist", ("last", "wa_last"), "wa_last"),  # no biased branch (Vanilla)
         ("cmnist", ("last",), "last"),  # averaging off, or a run from before it
@@ -367,6 +376,9 @@ def test_the_shipped_selection_is_the_measured_label_free_one(dataset, recorded,
     assert base_rule(shipped).name in LABEL_FREE
     assert shipped_selection({"default_selection": shipped}) == shipped
     assert shipped_selection({}) == "last"  # results.json from before it was recorded
+    # a run trained under an earlier default reads back the default it recorded
+    old = "wa_best_valid_pseudo_unbiased"
+    assert shipped_selection({"default_selection": old}) == old
 
 
 def test_averaging_off(tmp_path):

@@ -199,6 +199,6 @@ def test_collect_reports_what_each_run_shipped_and_where_todays_default_differs(
     (run / "results.json").write_text(json.dumps(results))
     out = collect(str(tmp_path))
     row = next(line for line in out.splitlines() if line.startswith("| cmnist "))
-    assert "| last (today's default: wa_best_valid_pseudo_unbiased) |" in row
+    assert "| last (today's default: wa_best_valid_pseudo_unbiased_mean5) |" in row
     last = results["selections"]["last"]["test_primary"]
     assert row.split(" | ")[2] == f"{100 * last:.2f}"  # the figure it shipped, not today's

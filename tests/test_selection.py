@@ -309,3 +309,91 @@ def full_checkpoint(run, step: int) -> dict:
     path = run / f"checkpoint_step{step}.pt"
     path = path if path.exists() else run / "checkpoint_last.pt"
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# -- label-free rules that smooth or fall back (replayed from hand-made logs) -------------------
+def _pu_log(scores, n=5000):
+    """An eval log whose validation pseudo-unbiased scores are ``scores``; the test score of the
+    evaluation at step 100 * (i + 1) is i / 100, so a pick's test figure names its index."""
+    return [
+        {
+            "kind": "eval",
+            "step": 100 * (i + 1),
+            "valid": {"accuracy": 0.9, "per_class": [0.9], "pseudo_unbiased": s, "n": n},
+            "test": {"accuracy": i / 100, "per_class": [0.5], "unbiased": i / 100},
+        }
+        for i, s in enumerate(scores)
+    ]
+
+
+def _steps(log, *names):
+    from debiaslab.selection import picks
+
+    return {n: p["step"] for n, p in picks(log, "cmnist", list(names)).items()}
+
+
+def test_or_last_falls_back_when_the_best_is_within_the_noise():
+    # best .505 against last .50: 2 SE at n=5000 is 2 * sqrt(.25/5000) = .0141 -> last
+    log = _pu_log([0.30, 0.505, 0.40, 0.50])
+    assert _steps(log, "best_valid_pseudo_unbiased", "best_valid_pseudo_unbiased_or_last") == {
+        "best_valid_pseudo_unbiased": 200,
+        "best_valid_pseudo_unbiased_or_last": 400,
+    }
+    # the same gap on a split of 100 000 samples (2 SE = .0032) is no longer noise
+    assert _steps(
+        _pu_log([0.30, 0.505, 0.40, 0.50], n=100_000), "best_valid_pseudo_unbiased_or_last"
+    ) == {"best_valid_pseudo_unbiased_or_last": 200}
+
+
+def test_or_last_picks_the_best_when_it_beats_last_by_more_than_the_noise():
+    log = _pu_log([0.30, 0.60, 0.40, 0.50])  # .10 over last, 2 SE = .014
+    assert _steps(log, "best_valid_pseudo_unbiased_or_last") == {
+        "best_valid_pseudo_unbiased_or_last": 200
+    }
+
+
+def test_mean5_picks_the_best_trailing_average_not_a_lone_spike():
+    # a lone spike at step 200; a plateau of .6 from step 400 on: trailing means over 5
+    scores = [0.2, 0.9, 0.2, 0.6, 0.6, 0.6, 0.6, 0.6, 0.5]
+    log = _pu_log(scores)
+    assert _steps(log, "best_valid_pseudo_unbiased", "best_valid_pseudo_unbiased_mean5") == {
+        "best_valid_pseudo_unbiased": 200,
+        "best_valid_pseudo_unbiased_mean5": 800,  # the first window of five .6 ends there
+    }
+
+
+def test_mean5_or_last_falls_back_and_picks():
+    flat = _pu_log([0.5, 0.5, 0.51, 0.5, 0.5, 0.5, 0.5])  # best window .502 vs last's .50
+    assert _steps(flat, "best_valid_pseudo_unbiased_mean5_or_last") == {
+        "best_valid_pseudo_unbiased_mean5_or_last": 700
+    }
+    peak = _pu_log([0.5, 0.7, 0.7, 0.7, 0.7, 0.7, 0.5, 0.5, 0.5, 0.5, 0.5])
+    assert _steps(peak, "best_valid_pseudo_unbiased_mean5_or_last") == {
+        "best_valid_pseudo_unbiased_mean5_or_last": 600
+    }
+
+
+def test_a_smoothed_pick_is_saved_online_and_a_fallback_pick_is_not():
+    tracker = SelectionTracker(
+        "cmnist", ["best_valid_pseudo_unbiased_mean5", "best_valid_pseudo_unbiased_or_last"]
+    )
+    moved = [tracker.update(r) for r in _pu_log([0.3, 0.6, 0.1])]  # means .3 .45 .33
+    assert moved == [["best_valid_pseudo_unbiased_mean5"]] * 2 + [[]]
+
+
+@pytest.mark.parametrize(
+    "rule,log,missing",
+    [
+        ("best_valid_pseudo_unbiased_mean5", _pu_log([None, None]), "pseudo_unbiased"),
+        ("best_valid_pseudo_unbiased_or_last", _pu_log([0.5, 0.6], n=0), "sample count n"),
+        ("wa_best_valid_pseudo_unbiased_mean5", _pu_log([0.5]), "weight-averaged model"),
+    ],
+)
+def test_a_rule_asked_of_a_log_without_what_it_reads_is_a_one_line_error(rule, log, missing):
+    from debiaslab.errors import UserError
+    from debiaslab.selection import picks
+
+    with pytest.raises(UserError, match=f"rule '{rule}'.*{missing}") as e:
+        picks(log, "cmnist", [rule], strict=True)
+    assert "\n" not in str(e.value)
+    assert picks(log, "cmnist", [rule]) == {}  # replayed in bulk, the rule is absent, never a guess

@@ -12,8 +12,12 @@ checkpoint as its pick changes) and runs already on disk (``picks``, replayed fr
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from debiaslab.errors import UserError
 
 
 def _worst_class(metrics: dict, dataset: str) -> float:
@@ -108,6 +112,30 @@ class Rule:
     score: (
         Callable[[dict, str], float | None] | None
     )  # (split metrics, dataset) -> score; None: last
+    # smoothing: an evaluation's score is the mean of the scores of it and the (window - 1)
+    # evaluations before it that have one (fewer at the start of a run)
+    window: int = 1
+    # fall back to the latest evaluation unless the pick's score beats the latest one's by more
+    # than this many binomial standard errors, sqrt(s (1 - s) / n), s the latest score and n the
+    # split's logged sample count (``n``); None: a plain arg-max
+    beats_last: float | None = None
+
+    @property
+    def online(self) -> bool:
+        """Whether a training loop can keep this rule's model as its pick moves (a fallback rule
+        can move back to an earlier pick, whose model was not kept: its figures are replayed)."""
+        return self.beats_last is None
+
+    def needs(self) -> str:
+        """What the rule reads in each evaluation, in words (for the error of a run without it)."""
+        if self.score is None:
+            return "evaluation"
+        what = f"{self.split} score for {self.name}"
+        if "pseudo_unbiased" in self.name:
+            what = (
+                "validation pseudo_unbiased score (logged only for a method with a biased branch)"
+            )
+        return what + (" and validation sample count n" if self.beats_last else "")
 
 
 RULES: dict[str, Rule] = {
@@ -139,6 +167,37 @@ RULES: dict[str, Rule] = {
             lambda m, ds: m.get("pseudo_unbiased"),
         ),
         Rule(
+            "best_valid_pseudo_unbiased_or_last",
+            "valid",
+            ("valid_labels",),
+            "the evaluation with the highest pseudo-unbiased validation accuracy if that score beats "
+            "the last evaluation's by more than 2 binomial standard errors (sqrt(s (1 - s) / n), s "
+            "the last score, n the validation samples), else the last evaluation; replayed from the "
+            "eval log (the training loop keeps no model of its pick)",
+            lambda m, ds: m.get("pseudo_unbiased"),
+            beats_last=2.0,
+        ),
+        Rule(
+            "best_valid_pseudo_unbiased_mean5",
+            "valid",
+            ("valid_labels",),
+            "the evaluation with the highest pseudo-unbiased validation accuracy averaged over it "
+            "and the 4 evaluations before it (a trailing moving average over 5 evaluations)",
+            lambda m, ds: m.get("pseudo_unbiased"),
+            window=5,
+        ),
+        Rule(
+            "best_valid_pseudo_unbiased_mean5_or_last",
+            "valid",
+            ("valid_labels",),
+            "best_valid_pseudo_unbiased_mean5's pick if its averaged score beats the last "
+            "evaluation's averaged score by more than 2 binomial standard errors, else the last "
+            "evaluation; replayed from the eval log (the training loop keeps no model of its pick)",
+            lambda m, ds: m.get("pseudo_unbiased"),
+            window=5,
+            beats_last=2.0,
+        ),
+        Rule(
             "best_valid_unbiased",
             "valid",
             ("valid_labels", "valid_bias_labels"),
@@ -155,7 +214,15 @@ RULES: dict[str, Rule] = {
         ),
     )
 }
-LABEL_FREE = ("last", "best_valid", "best_valid_worst_class", "best_valid_pseudo_unbiased")
+LABEL_FREE = (
+    "last",
+    "best_valid",
+    "best_valid_worst_class",
+    "best_valid_pseudo_unbiased",
+    "best_valid_pseudo_unbiased_or_last",
+    "best_valid_pseudo_unbiased_mean5",
+    "best_valid_pseudo_unbiased_mean5_or_last",
+)
 # the rules of collect's results tables unless asked for others (one table each)
 TABLE_RULES = ("last", "best_valid", "best_valid_unbiased", "oracle_best_test")
 WA_PREFIX = "wa_"
@@ -164,8 +231,9 @@ WA_PREFIX = "wa_"
 # The selection a run ships when none is asked for (results.json ``default_selection``, and what
 # ``test``, ``report`` and the Python API use by default), per dataset: the first of these the run
 # recorded, else ``last``. Moved from ``last`` only where docs/results/selection.md measured the
-# averaged model, picked by its own pseudo-unbiased validation score, better than the last step.
-SHIPPED_SELECTIONS = {"cmnist": ("wa_best_valid_pseudo_unbiased", "wa_last")}
+# averaged model, picked by its own pseudo-unbiased validation score averaged over 5 evaluations,
+# better than the last step (and than the plain arg-max, which ships noise: scripts/selection_rules.py).
+SHIPPED_SELECTIONS = {"cmnist": ("wa_best_valid_pseudo_unbiased_mean5", "wa_last")}
 
 
 def default_selection(dataset: str, selections: dict) -> str:
@@ -177,7 +245,11 @@ def default_selection(dataset: str, selections: dict) -> str:
 
 # why a rule can pick nothing in a finished run
 NO_PICK = {
-    "best_valid_pseudo_unbiased": "the method has no biased branch to score with",
+    **{
+        name: "the method has no biased branch to score with"
+        for name in RULES
+        if name.startswith("best_valid_pseudo_unbiased")
+    },
     "best_valid_unbiased": "the validation split has no bias labels",
 }
 
@@ -216,7 +288,12 @@ SELECTION_RULES = {name: describe(name) for name in selection_names()}
 # the selections that maximise a validation score, so can also choose between settings
 # (``collect --choose``)
 CHOOSE_RULES = [
-    n for n in selection_names() if base_rule(n).split == "valid" and base_rule(n).score
+    n
+    for n in selection_names()
+    if base_rule(n).split == "valid"
+    and base_rule(n).score
+    and base_rule(n).window == 1
+    and base_rule(n).online
 ]
 
 
@@ -227,16 +304,22 @@ def evaluation_of(record: dict, name: str) -> dict | None:
 
 
 class SelectionTracker:
-    """Keeps, for every selection, the evaluation it picks so far (first best wins ties)."""
+    """Keeps, for every selection, the evaluation it picks so far (first best wins ties).
+
+    Smoothed rules keep their last ``window`` scores, fallback rules their best candidate, in
+    ``best`` under ``_window`` and ``_candidate`` (so a resumed run keeps them); ``missing`` names,
+    per rule, what an evaluation that had the rule's score lacked for it."""
 
     def __init__(self, dataset: str, names: list[str] | None = None):
         self.dataset = dataset
         self.names = names or selection_names()
         self.best: dict[str, dict] = {}
+        self.missing: dict[str, str] = {}
 
     def update(self, record: dict) -> list[str]:
         """Returns the scored selections whose pick changed to this record (``last`` always
-        moves to it, and is not listed: the loop keeps the last models by other means)."""
+        moves to it, and is not listed: the loop keeps the last models by other means; nor are
+        the rules that are not ``online``, whose models the loop does not keep)."""
         improved = []
         for name in self.names:
             evaluation, rule = evaluation_of(record, name), base_rule(name)
@@ -246,23 +329,67 @@ class SelectionTracker:
                 self.best[name] = {"score": None, "step": record["step"], **_metrics(evaluation)}
                 continue
             value = rule.score(evaluation[rule.split], self.dataset)
-            if value is not None and (name not in self.best or value > self.best[name]["score"]):
-                self.best[name] = {"score": value, "step": record["step"], **_metrics(evaluation)}
+            if value is None:
+                continue
+            if rule.window > 1:
+                window = self.best.setdefault("_window", {}).setdefault(name, [])
+                window.append(value)
+                del window[: -rule.window]
+                value = statistics.fmean(window)
+            entry = {"score": value, "step": record["step"], **_metrics(evaluation)}
+            if rule.beats_last is not None:
+                self._fall_back(name, rule, entry, evaluation[rule.split].get("n"))
+            elif name not in self.best or value > self.best[name]["score"]:
+                self.best[name] = entry
                 improved.append(name)
         return improved
+
+    def _fall_back(self, name: str, rule: Rule, latest: dict, n: int | None) -> None:
+        """A fallback rule's pick: its best candidate if that beats ``latest`` by the margin."""
+        if not n:
+            self.missing[name] = "the validation sample count n"
+            return
+        candidates = self.best.setdefault("_candidate", {})
+        if name not in candidates or latest["score"] > candidates[name]["score"]:
+            candidates[name] = latest
+        s = latest["score"]
+        margin = rule.beats_last * math.sqrt(max(s * (1 - s), 0.0) / n)
+        best = candidates[name]
+        self.best[name] = best if best["score"] - s > margin else latest
+
+    def picks(self) -> dict[str, dict]:
+        """Each selection's pick (selections that picked nothing absent)."""
+        return {n: self.best[n] for n in self.names if n in self.best}
 
 
 def _metrics(evaluation: dict) -> dict:
     return {"valid": evaluation["valid"], "test": evaluation["test"]}
 
 
-def picks(records: list[dict], dataset: str, names: list[str] | None = None) -> dict[str, dict]:
-    """What each selection picks among a run's main-stage eval records (an eval log replayed)."""
+def picks(
+    records: list[dict], dataset: str, names: list[str] | None = None, strict: bool = False
+) -> dict[str, dict]:
+    """What each selection picks among a run's main-stage eval records (an eval log replayed).
+
+    ``strict``: a selection asked of a log that lacks what its rule reads (no score in any
+    evaluation, or no sample count for a fallback rule) is a UserError naming the rule and what
+    is missing, not an absent pick."""
     tracker = SelectionTracker(dataset, names)
     for record in records:
         if record.get("kind", "eval") == "eval" and "stage" not in record:
             tracker.update(record)
-    return tracker.best
+    chosen = tracker.picks()
+    if strict:
+        for name in tracker.names:
+            if name not in chosen or name in tracker.missing:
+                what = tracker.missing.get(name) or base_rule(name).needs()
+                if name.startswith(WA_PREFIX) and not any("wa" in r for r in records):
+                    what = "evaluation of a weight-averaged model (wa)"
+                raise UserError(
+                    f"rule {name!r} cannot be replayed on this run: its eval log (metrics.jsonl) "
+                    f"has no {what}"
+                )
+    return chosen
 
 
 # ----------------------------------------------------------------------- what a figure read
