@@ -1,4 +1,4 @@
-"""Run-steps per second of fused groups of K runs against lone runs, on the CPU.
+"""Run-steps per second of fused groups of K runs against lone runs, on the CPU or a GPU.
 
 One invocation measures every figure it prints the same way (docs/speed.md, "Fused runs"): the
 worker processes of a figure start together, each builds its runs and takes ``--warmup`` steps,
@@ -12,15 +12,27 @@ kept busy during its window (the machine's busy time, from /proc/stat, less the 
   one run per process, as ``sweep --fuse off --jobs J`` runs them; the "x lone" ratios are to it.
 - ``1 process x J threads``, one fused group of K runs (K = 1: one run alone).
 
-Runs are the paper's preset of the cell (batch 256), DisEnt's swap on from the first step
-(``curr_step`` 0). The first layer's product (256 x 2352 x 100) is timed in fp32 and bf16 beside
-them. ``--dataset cifar10c`` times ResNet18 steps on random images of Corrupted CIFAR-10's shape
-(45,000 x 3 x 32 x 32, 10 classes; a step's cost does not depend on the pixels). The output
-starts with the commit, machine, torch and load average it ran with. Not a test: it prints
+``--arrangement packed`` (the default on a GPU) measures what a GPU runs instead, for each K:
+K lone runs as packed processes (at most 8 at once, one run each) against one process holding a
+fused group of K runs, every run accelerated alike (captured where the device captures, bf16
+where the config says: a lone run captures its own step as a fused group captures the group's),
+with each side's wall time per step against its kernel time per step (a GPU's, from
+``torch.profiler``) and each process's peak memory (a GPU's peak reserved by PyTorch's allocator;
+on the CPU, the process's peak resident set). K is sized to the memory: a K whose fused process
+would need more than ``--memory_fraction`` of the GPU (extrapolated from the K below it) is
+skipped, as is one that runs out of memory, with every larger K of that method.
+
+Runs are the paper's preset of the cell (batch 256; ``--set KEY=VALUE`` changes any setting,
+e.g. a CPU rehearsal's small model), DisEnt's swap on from the first step (``curr_step`` 0). The
+first layer's product (256 x 2352 x 100) is timed in fp32 and bf16 beside them. ``--dataset
+cifar10c`` times ResNet18 steps on random images of Corrupted CIFAR-10's shape (45,000 x 3 x 32 x
+32, 10 classes; a step's cost does not depend on the pixels). The output starts with the commit,
+machine, torch and load average it ran with. Not a test: it prints
 numbers (and ``--json`` writes them).
 
     python benchmarks/fused_speed.py --data_dir dataset --methods vanilla lff disent --K 1 3 12 36
     python benchmarks/fused_speed.py --data_dir dataset --bf16 --K 12
+    python benchmarks/fused_speed.py --device cuda --dataset cifar10c --methods disent --K 1 4 12 24
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -35,6 +48,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# threads of each packed process: on a GPU a process needs a few for its Python and launches
+PACKED_THREADS = 2
 
 
 def header(note: str | None = None) -> list[str]:
@@ -81,23 +96,29 @@ def matmul_rate(dtype, threads: int, seconds: float = 2.0) -> float:
     return 2 * 256 * 2352 * 100 * n / (time.perf_counter() - t0) / 1e9
 
 
-def build_loops(args, seeds: list[int], log_dir: str):
-    """A ``TrainingLoop`` per seed, built and restored as a fused group builds them."""
+def build_loops(args, seeds: list[int], log_dir: str, accelerate: bool = False):
+    """A ``TrainingLoop`` per seed, built and restored as a fused group builds them.
+    ``accelerate``: compile or capture each run's own step as configured, as a lone run does
+    (a fused group compiles or captures its group's step instead)."""
     from debiaslab.config import TrainConfig
     from debiaslab.prepare import cached_loader
     from debiaslab.presets import find_preset
+    from debiaslab.sweep import coerce
     from debiaslab.train import TrainingLoop, open_run
 
     preset = find_preset(args.dataset, args.percent, args.method)
     own = dict(curr_step=0, num_steps=10**6, valid_freq=10**5, progress=False, device=args.device)
     base = {**preset.config, "data_dir": args.data_dir, **own, "cpu_amp": args.bf16 or None}
+    for item in getattr(args, "set", None) or []:
+        key, _, value = item.partition("=")
+        base[key] = coerce(key, value)
     bundle = synthetic_cifar10c() if args.dataset == "cifar10c" else None
     load, loops = cached_loader(), []
     for seed in seeds:
         cfg = TrainConfig(**{**base, "seed": seed, "exp": f"s{seed}", "log_dir": log_dir})
         opened = open_run(cfg, bundle, load)
         loop = TrainingLoop(opened.cfg, opened.bundle, opened.device, opened.run_dir)
-        loop.restore(None, accelerate=False)
+        loop.restore(None, accelerate=accelerate)
         loop.method.train()
         loop.open_bar(None)
         loops.append(loop)
@@ -121,26 +142,68 @@ def synthetic_cifar10c():
 
 def worker(args) -> None:
     """Build ``args.runs`` runs (a fused group; one run: its own step), warm up, say "ready",
-    wait for "go" on stdin, time ``args.seconds`` of steps and print run-steps/s as JSON."""
+    wait for "go" on stdin, time ``args.seconds`` of steps and print run-steps/s as JSON (with
+    ``--arrangement packed``: also wall and kernel time per step and the peak memory). A worker
+    that runs out of memory before "ready" prints ``{"error": ...}`` instead."""
     import torch
 
     from debiaslab.group import FusedLoop
 
     torch.set_num_threads(args.threads)
+    cuda = torch.device(args.device).type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     with tempfile.TemporaryDirectory() as tmp:
         seeds = range(args.first_seed, args.first_seed + args.runs)
-        group = FusedLoop(build_loops(args, list(seeds), tmp))
-        for i in range(args.warmup):
-            group.step(i, 0)
+        try:
+            # lone runs accelerated as fused groups are: both sides captured where one is
+            loops = build_loops(args, list(seeds), tmp, accelerate=args.runs == 1)
+            group = FusedLoop(loops)
+            for i in range(args.warmup):
+                group.step(i, 0)
+            sync()
+        except torch.OutOfMemoryError as e:
+            print(json.dumps({"error": f"out of memory: {str(e).splitlines()[0]}"}), flush=True)
+            return
         print("ready", flush=True)
-        sys.stdin.readline()
+        if sys.stdin.readline().strip() != "go":  # another worker failed: no window
+            return
         n, t0, cpu0 = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - t0 < args.seconds or n < 2:
             group.step(args.warmup + n, 0)
             n += 1
+        sync()  # steps are queued on a GPU: the window ends when they have run
         seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         out = {"run_steps_per_second": args.runs * n / seconds, "seconds": seconds, "cpu": cpu}
+        if args.arrangement == "packed":
+            out["wall_ms_per_step"] = 1e3 * seconds / n
+            if args.profile_steps and args.first_seed == 0:  # one process of a packed set
+                out.update(kernel_time(group, args.warmup + n, args.profile_steps, cuda))
+            out["peak_memory_bytes"] = (
+                torch.cuda.max_memory_reserved()
+                if cuda
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            )
         print(json.dumps(out), flush=True)  # before the clean-up, which is not timed
+
+
+def kernel_time(group, first: int, steps: int, cuda: bool) -> dict:
+    """The summed device time of the kernels ``steps`` more steps launch, per step (a GPU's;
+    the CPU has none to report), from ``torch.profiler``. Profiled after the timed window:
+    the profiler slows the host, not the kernels."""
+    import torch
+
+    if not cuda:
+        return {"kernel_ms_per_step": None, "kernels_per_step": None}
+    activities = [torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        for i in range(steps):
+            group.step(first + i, 0)
+        torch.cuda.synchronize()
+    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return {
+        "kernel_ms_per_step": sum(e.device_time_total for e in events) / 1e3 / steps,
+        "kernels_per_step": len(events) / steps,
+    }
 
 
 def busy_seconds() -> float:
@@ -153,6 +216,15 @@ def measure(args, processes: int, runs: int, threads: int) -> tuple[list[float],
     """``processes`` workers of ``runs`` runs and ``threads`` threads each, timed over one
     window; each worker's run-steps/s, and the cores that other processes kept busy meanwhile
     (the machine's busy time less the workers' own, over the window)."""
+    results, others = measure_workers(args, processes, runs, threads)
+    if any("error" in r for r in results):
+        raise SystemExit(f"worker failed: {[r['error'] for r in results if 'error' in r][0]}")
+    return [r["run_steps_per_second"] for r in results], others
+
+
+def measure_workers(args, processes: int, runs: int, threads: int) -> tuple[list[dict], float]:
+    """``measure``'s workers, each one's whole report (``{"error": ...}`` for one that failed
+    before its window: then no window is timed)."""
     procs = []
     for p in range(processes):
         cmd = [
@@ -163,15 +235,23 @@ def measure(args, processes: int, runs: int, threads: int) -> tuple[list[float],
             *("--dataset", args.dataset, "--percent", args.percent, "--data_dir", args.data_dir),
             *("--seconds", str(args.seconds), "--warmup", str(args.warmup)),
             *(["--bf16"] if args.bf16 else []),
-            *("--device", args.device),
+            *("--device", args.device, "--arrangement", args.arrangement),
+            *("--profile_steps", str(args.profile_steps)),
+            *(["--set", *args.set] if args.set else []),
         ]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         procs.append(
             subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         )
+    failed = []
     for proc in procs:  # every worker built and warmed up: start the window at once
-        if proc.stdout.readline().strip() != "ready":
-            raise SystemExit(f"worker failed: {' '.join(proc.args)}")
+        line = proc.stdout.readline().strip()
+        if line != "ready":
+            failed.append(json.loads(line) if line.startswith("{") else {"error": "no report"})
+    if failed:  # the others are told to stop (end of their stdin) and waited for
+        for proc in procs:
+            proc.communicate()
+        return failed, 0.0
     busy = busy_seconds()
     for proc in procs:
         proc.stdin.write("go\n")
@@ -182,7 +262,7 @@ def measure(args, processes: int, runs: int, threads: int) -> tuple[list[float],
         proc.communicate()
         if proc.returncode != 0:
             raise SystemExit(f"worker failed: {' '.join(proc.args)}")
-    return [r["run_steps_per_second"] for r in results], others / max(r["seconds"] for r in results)
+    return results, others / max(r["seconds"] for r in results)
 
 
 def main() -> None:
@@ -199,11 +279,36 @@ def main() -> None:
     p.add_argument("--bf16", action="store_true", help="every run with --cpu_amp (bf16)")
     p.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--note", default=None, help="a line to print in the header")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument(
-        "--device",
-        default="cpu",
-        help="cpu, or cuda: then lone runs are K processes packed on the GPU (at most 8 at "
-        "once) and the fused group one process, its step captured as a CUDA graph",
+        "--arrangement",
+        choices=("cores", "packed"),
+        default=None,
+        help="cores: the CPU's two arrangements (above); packed: K lone runs as packed "
+        "processes against one fused group of K, with kernel time and peak memory (default: "
+        "packed on a GPU, cores on the CPU)",
+    )
+    p.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="train settings over the preset's, e.g. model=mlp batch_size=32",
+    )
+    p.add_argument(
+        "--profile_steps", type=int, default=10, help="packed: steps profiled for kernel time"
+    )
+    p.add_argument(
+        "--memory_fraction",
+        type=float,
+        default=0.85,
+        help="packed on a GPU: skip a K whose fused process would need more of the GPU's memory",
+    )
+    p.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        help="packed: a Unix time; no figure is started that would not end before it",
     )
     p.add_argument("--json", default=None, help="also write the figures to this file")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -212,14 +317,16 @@ def main() -> None:
     p.add_argument("--first_seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--method", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.arrangement is None:
+        args.arrangement = "packed" if args.device.startswith("cuda") else "cores"
     if args.worker:
         return worker(args)
     import torch
 
     head = header(args.note)
     print("\n".join(head), flush=True)
-    if args.device.startswith("cuda"):
-        return gpu_rows(args)
+    if args.arrangement == "packed":
+        return packed_rows(args, head)
     J = args.cores
     rates = {
         f"{name} GFLOP/s, {t} thread(s)": round(matmul_rate(dtype, t), 1)
@@ -294,30 +401,146 @@ def markdown(rows: list[dict], J: int) -> list[str]:
     return lines
 
 
-def gpu_rows(args) -> None:
-    """On a GPU: K runs fused in one process against the same K runs as packed processes."""
-    rows = []
+def packed_rows(args, head: list[str]) -> None:
+    """For each method and K (ascending): K lone runs as packed processes (at most 8 at once,
+    2 threads each) against one process holding a fused group of K runs (K = 1: the lone run
+    alone), every run built alike; run-steps/s, wall and kernel time per step, peak memory.
+    The figures go to ``--json`` after each row, so a run stopped by its deadline keeps them."""
+    import torch
+
+    cuda = args.device.startswith("cuda")
+    capacity = torch.cuda.get_device_properties(0).total_memory if cuda else None
+    if cuda:
+        head = head + [f"device: {torch.cuda.get_device_name()}, {capacity / 2**30:.1f} GiB"]
+    rows, spent = [], {}  # spent: seconds the last figure of each side took, start-up included
+    print(
+        f"{args.dataset} {args.percent}, run-steps/s over {args.seconds:g} s after {args.warmup} "
+        "warm-up steps; per step: wall ms (timed window) / kernel ms (profiled); peak memory "
+        + ("reserved on the GPU" if cuda else "resident (max RSS) per process"),
+        flush=True,
+    )
     for method in args.methods:
         args.method = method
-        for k in args.K:
-            packed = sum(measure(args, min(k, 8), 1, 2)[0])
-            fused = sum(measure(args, 1, k, 2)[0])
-            rows.append(
-                {
-                    "method": method,
-                    "K": k,
-                    "packed_processes": round(packed, 1),
-                    "fused": round(fused, 1),
-                    "fused_over_packed": round(fused / packed, 2),
-                }
-            )
-            print(
-                f"{method} K={k:3d}: {min(k, 8)} packed processes {packed:8.1f}, "
-                f"fused {fused:8.1f} run-steps/s ({fused / packed:.2f}x)"
-            )
+        peaks: dict[int, int] = {}  # K -> the fused process's peak memory
+        for k in sorted(set(args.K)):
+            why = too_big(peaks, k, capacity, args.memory_fraction) or out_of_time(args, spent, k)
+            if why:
+                print(f"{method} K={k:3d}: skipped, and every larger K: {why}", flush=True)
+                rows.append({"method": method, "K": k, "skipped": why})
+                break
+            row = {"method": method, "K": k}
+            sides = [("lone", min(k, 8), 1)] + ([("fused", 1, k)] if k > 1 else [])
+            for side, processes, runs in sides:
+                t0 = time.time()
+                results, _ = measure_workers(args, processes, runs, PACKED_THREADS)
+                spent[side] = (time.time() - t0, k)
+                errors = [r["error"] for r in results if "error" in r]
+                if errors:
+                    row[side] = {"processes": processes, "runs_each": runs, "error": errors[0]}
+                    continue
+                first = results[0]
+                row[side] = {
+                    "processes": processes,
+                    "runs_each": runs,
+                    "run_steps_per_second": round(sum(r["run_steps_per_second"] for r in results), 1),
+                    "wall_ms_per_step": round(first["wall_ms_per_step"], 2),
+                    "kernel_ms_per_step": _round(first.get("kernel_ms_per_step"), 2),
+                    "kernels_per_step": _round(first.get("kernels_per_step"), 1),
+                    "peak_memory_gib": round(max(r["peak_memory_bytes"] for r in results) / 2**30, 2),
+                }  # fmt: skip
+            if k == 1 and "error" not in row["lone"]:
+                row["fused"] = row["lone"]  # a group of one is the lone run
+            fused = row.get("fused", {})
+            if "peak_memory_gib" in fused:
+                peaks[k] = fused["peak_memory_gib"] * 2**30
+            if "run_steps_per_second" in fused and "run_steps_per_second" in row["lone"]:
+                lone_rate = row["lone"]["run_steps_per_second"]
+                row["fused_over_lone"] = round(fused["run_steps_per_second"] / lone_rate, 2)
+            rows.append(row)
+            print(f"{method} K={k:3d}: " + describe(row), flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps({"header": head, "rows": rows}, indent=2))
+            if "error" in fused or "error" in row["lone"]:
+                print(f"{method}: no larger K (a process failed: out of memory?)", flush=True)
+                break
+    print("\n".join(packed_markdown(rows)))
     print(f"load average at end: {load_average()}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "device": args.device}, indent=2))
+        Path(args.json).write_text(json.dumps({"header": head, "rows": rows}, indent=2))
+
+
+def _round(value, digits):
+    return None if value is None else round(value, digits)
+
+
+def too_big(peaks: dict[int, int], k: int, capacity: int | None, fraction: float) -> str | None:
+    """Why K runs fused would not fit the GPU: their peak extrapolated linearly from the two
+    largest K measured (from one: K times its peak), against ``fraction`` of its memory."""
+    if capacity is None or not peaks:
+        return None
+    (k1, p1), *rest = sorted(peaks.items(), reverse=True)
+    per_run = (p1 - rest[0][1]) / (k1 - rest[0][0]) if rest else p1 / k1
+    predicted = p1 + per_run * (k - k1)
+    if predicted <= fraction * capacity:
+        return None
+    return (
+        f"its fused process would need ~{predicted / 2**30:.1f} GiB, over {fraction:g} of "
+        f"{capacity / 2**30:.1f} GiB"
+    )
+
+
+def out_of_time(args, spent: dict, k: int) -> str | None:
+    """Why the figures of K would not end before ``--deadline``: each side as long as its last
+    figure took, scaled by K (building and capturing K runs grows with K)."""
+    if args.deadline is None:
+        return None
+    needs = sum(seconds * max(1.0, k / k_then) for seconds, k_then in spent.values())
+    needs = needs or (1 + (k > 1)) * (args.seconds + 20)  # none measured yet: ~20 s start-up
+    left = args.deadline - time.time()
+    return None if needs <= left else f"needs ~{needs:.0f} s, {left:.0f} s left"
+
+
+def describe(row: dict) -> str:
+    """One row as a line: each side's figures, and the fused side's ratio to the lone one."""
+    parts = []
+    for side in ("lone", "fused"):
+        r = row.get(side)
+        if r is None or (side == "fused" and row["K"] == 1):
+            continue
+        if "error" in r:
+            parts.append(f"{side}: {r['error']}")
+            continue
+        kernel = "n/a" if r["kernel_ms_per_step"] is None else f"{r['kernel_ms_per_step']:.2f}"
+        parts.append(
+            f"{side} ({r['processes']} x {r['runs_each']} run{'s' if r['runs_each'] > 1 else ''}) "
+            f"{r['run_steps_per_second']:8.1f} run-steps/s, per step {r['wall_ms_per_step']:.2f} "
+            f"ms wall / {kernel} ms kernels, peak {r['peak_memory_gib']:.2f} GiB"
+        )
+    ratio = f"  ({row['fused_over_lone']:.2f}x lone)" if "fused_over_lone" in row else ""
+    return "; ".join(parts) + ratio
+
+
+def packed_markdown(rows: list[dict]) -> list[str]:
+    """The packed rows as one table."""
+    lines = [
+        "| method | K | lone run-steps/s | fused run-steps/s | fused / lone | fused wall ms "
+        "/ kernel ms per step | fused peak GiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['method']} | {r['K']} | skipped: {r['skipped']} | | | | |")
+            continue
+        lone, fused = r.get("lone", {}), r.get("fused", {})
+        kernel = fused.get("kernel_ms_per_step")
+        lines.append(
+            f"| {r['method']} | {r['K']} | {lone.get('run_steps_per_second', lone.get('error'))} "
+            f"| {fused.get('run_steps_per_second', fused.get('error'))} "
+            f"| {r.get('fused_over_lone', '-')} "
+            f"| {fused.get('wall_ms_per_step', '-')} / {'n/a' if kernel is None else kernel} "
+            f"| {fused.get('peak_memory_gib', '-')} |"
+        )
+    return lines
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""Steps per second on a GPU through the real ``train`` code path, and the C-CIFAR10 table in the
-time left. Run by benchmarks/gpu_suite.sh (which builds the data); not a test: it prints numbers
-and writes them to ``<out>/speed.json``.
+"""Steps per second on a GPU through the real ``train`` code path. Run by benchmarks/gpu_suite.sh
+(which builds the data); not a test: it prints numbers and writes them to ``<out>/speed.json``.
+The C-CIFAR10 table and the fused groups' figures are benchmarks/gpu_table.sh's.
 
 Sections, in this order, each skipped (saying so) when the time left is shorter than it needs:
   single    the paper's C-CIFAR10 0.5pct commands (--preset cifar10c-0.5pct-<method>) and CMNIST's,
@@ -12,8 +12,6 @@ Sections, in this order, each skipped (saying so) when the time left is shorter 
   packed    K = 2, 4, 8 captured DisEnt runs at once in separate processes (and under CUDA MPS
             where it starts): run-steps/s = the sum of each run's steps over its loop seconds
   compiled  DisEnt C-CIFAR10 through torch.compile, with and without the graph
-  table     `debiaslab sweep --config configs/cifar10c_table.toml`, 0.5pct and 5pct seed 0 first,
-            as many runs as the measured speed says can finish in the time left
 
     python benchmarks/gpu_speed.py --data_dir dataset --out /tmp/gpu --budget 3600 \\
         --reference ../Learning-Debiased-Disentangled
@@ -286,103 +284,12 @@ def reference(args, clock: Clock, tmp: Path, summary: dict) -> None:
     )
 
 
-def table(args, clock: Clock, summary: dict) -> None:
-    """The cells in priority order, as many as the packed DisEnt speed says can finish."""
-    rates = {
-        p["k"]: p["run_steps_per_second"]
-        for p in summary.get("packed", [])
-        if p["dataset"] == "cifar10c" and p["mps"] == summary.get("table_mps", False)
-    }
-    for s in summary.get("single", []):
-        if (s["dataset"], s["method"], s["mode"]) == ("cifar10c", "disent", "graph"):
-            rates[1] = s["steps_per_second"]
-    if not rates:
-        print("-- table: skipped, no packed speed was measured", flush=True)
-        return
-    plans = [
-        (6, ["--ratios", "0.5", "5"], 6),
-        (3, ["--ratios", "0.5"], 3),
-        (2, ["--methods", "disent", "--ratios", "0.5", "5"], 2),
-        (1, ["--methods", "disent", "--ratios", "0.5"], 1),
-    ]
-    if clock.left() == float("inf"):
-        plans = [(36, [], 8)]
-    # 20% over the measured speed: the swap after curr_step, the averaged model's evaluations
-    fitting = [
-        (n, f, k)
-        for n, f, k in plans
-        if clock.left() >= 1.2 * 50_000 * n / packed_rate(rates, k) + 60
-    ]
-    if not fitting:
-        print(
-            f"-- table: skipped, {clock.left():.0f} s left; one 50,000-step DisEnt run needs "
-            f"~{50_000 / rates[min(rates)] + 60:.0f} s",
-            flush=True,
-        )
-        return
-    n, filters, k = fitting[0]
-    needs = 1.2 * 50_000 * n / packed_rate(rates, k) + 60
-    cmd = [
-        sys.executable,
-        "-m",
-        "debiaslab",
-        "sweep",
-        "--config",
-        "configs/cifar10c_table.toml",
-        "--out",
-        args.runs,
-        "--seeds",
-        "0",
-        *filters,
-        "--set",
-        f"data_dir={args.data_dir}",
-        "--runs_per_device",
-        str(k),
-        "--no_progress",
-    ]
-    if n == 36:
-        cmd = [c for c in cmd if c not in ("--seeds", "0")]
-    print(
-        f"-- table: {n} runs, {k} at once (estimated {needs:.0f} s, {clock.left():.0f} s left): "
-        f"{' '.join(cmd[2:])}",
-        flush=True,
-    )
-    try:
-        subprocess.run(
-            cmd,
-            cwd=ROOT,
-            timeout=None if clock.left() == float("inf") else max(10, clock.left() - 15),
-        )
-    except subprocess.TimeoutExpired:
-        print("-- table: out of time; unfinished runs resume with the same command", flush=True)
-    summary["table"] = dict(runs=n, at_once=k, command=" ".join(cmd[2:]))
-
-
-def packed_rate(rates: dict[int, float], k: int) -> float:
-    """Run-steps/s of ``k`` runs at once: measured, else interpolated between the nearest measured
-    K (never extrapolated above the largest)."""
-    if k in rates:
-        return rates[k]
-    below, above = (
-        max((r for r in rates if r < k), default=None),
-        min((r for r in rates if r > k), default=None),
-    )
-    if below is None:
-        return rates[above] * k / above
-    if above is None:
-        return rates[below]
-    return rates[below] + (rates[above] - rates[below]) * (k - below) / (above - below)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--data_dir", default="dataset", help="holds cifar10c/ (and cmnist/)")
     p.add_argument("--out", required=True, help="speed.json goes here")
-    p.add_argument(
-        "--runs", default="docs/results/cifar10c_runs", help="the table's sweep directory"
-    )
     p.add_argument("--reference", help="a clone of the paper's code (optional)")
     p.add_argument(
         "--steps", type=int, default=2000, help="steps of a captured C-CIFAR10 speed run"
@@ -400,9 +307,7 @@ def main() -> None:
     p.add_argument("--packed", nargs="*", type=int, default=[2, 4, 8], help="K runs at once, plain")
     p.add_argument("--mps", nargs="*", type=int, default=[4, 8], help="K runs at once under MPS")
     p.add_argument("--no_cmnist_packed", dest="cmnist_packed", action="store_false")
-    p.add_argument(
-        "--sections", nargs="+", default=["single", "reference", "packed", "table", "compiled"]
-    )
+    p.add_argument("--sections", nargs="+", default=["single", "reference", "packed", "compiled"])
     args = p.parse_args()
     clock, summary = Clock(args.budget), {}
     out = Path(args.out)
@@ -420,24 +325,10 @@ def main() -> None:
                     packed(args, clock, tmp, summary, dataset="cmnist", ks=(8,))
                 if args.mps and clock.left() > 60 and start_mps():
                     packed(args, clock, tmp, summary, ks=args.mps, mps=True)
-                    best = {
-                        p["k"]: p["run_steps_per_second"] for p in summary["packed"] if p["mps"]
-                    }
-                    plain = {
-                        p["k"]: p["run_steps_per_second"] for p in summary["packed"] if not p["mps"]
-                    }
-                    summary["table_mps"] = bool(best) and max(best.values()) > max(
-                        plain.values(), default=0
-                    )
-                    if not summary["table_mps"]:
-                        stop_mps()
-            elif section == "table":
-                table(args, clock, summary)
+                    stop_mps()
             elif section == "compiled":
                 compiled(args, clock, tmp, summary)
             (out / "speed.json").write_text(json.dumps(summary, indent=1))
-    if summary.get("table_mps"):
-        stop_mps()
 
 
 if __name__ == "__main__":

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# Everything debiaslab measures on a GPU, in one run (a machine with PyTorch + torchvision + CUDA):
+# The single runs' GPU measurements, in one run (a machine with PyTorch + torchvision + CUDA):
 #   bash benchmarks/gpu_suite.sh CIFAR10_SOURCE MNIST_SOURCE [OUT] [REFERENCE_CLONE]
+# The C-CIFAR10 table as fused groups and the fused groups' speed figures are a command of their
+# own that fits one device call and resumes on the next: benchmarks/gpu_table.sh.
 # CIFAR10_SOURCE: what `debiaslab data build cifar10c --cifar10` reads (../shared/data/cifar10-jpeg.zip, or a
 # folder of train/<class>/ and test/<class>/ images); MNIST_SOURCE: ../shared/data/mnist.npz or "-" for none;
 # REFERENCE_CLONE: a clone of kakaoenterprise/Learning-Debiased-Disentangled to time (optional, never
-# committed). SUITE_BUDGET=seconds stops each part in time and fits the table into what is left (unset:
-# no limit, the whole 36-run table).
-# 1. builds C-CIFAR10 0.5pct and 5pct (and CMNIST) into dataset/, while 2. the CUDA tests run;
-# 3. benchmarks/profile_step.py (what bounds DisEnt's C-CIFAR10 step) and benchmarks/gpu_speed.py: steps/s eager vs captured (C-CIFAR10 and CMNIST, paper commands through
-#    `train`), the paper's own code, packed K = 1, 2, 4, 8 (and under MPS), then the table's runs;
-# 4. benchmarks/fused_speed.py on the GPU (K fused runs against K packed processes) and the C-CIFAR10 table as
-#    fused groups (sweep --fuse auto --fuse_max 36);
-# 5. copies each table run's config.json, results.json and metrics.jsonl to OUT/cifar10c_runs.tar.gz.
+# committed). SUITE_BUDGET=seconds skips the parts that would not end in time (unset: no limit).
+# 1. builds C-CIFAR10 0.5pct and 5pct (all four ratios without SUITE_BUDGET; and CMNIST) into
+#    dataset/, while 2. the CUDA tests run;
+# 3. benchmarks/profile_step.py (what bounds DisEnt's C-CIFAR10 step) and benchmarks/gpu_speed.py:
+#    steps/s eager vs captured (C-CIFAR10 and CMNIST, paper commands through `train`), the paper's
+#    own code, packed K = 1, 2, 4, 8 (and under MPS), compiled.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 cifar=$1; mnist=${2:--}; out=${3:-/tmp/debiaslab_gpu}; ref=${4:-}
@@ -37,18 +37,7 @@ wait $build; echo "data built at +$(( $(date +%s) - SUITE_START )) s: $(tail -1 
   | grep -v Warning
 budget_args=(); [ -n "${SUITE_BUDGET:-}" ] && budget_args=(--budget "$SUITE_BUDGET")
 ref_args=(); [ -n "$ref" ] && ref_args=(--reference "$ref")
-$py benchmarks/gpu_speed.py --data_dir dataset --out "$out" --runs "$out/cifar10c_runs" "${budget_args[@]}" \
-  "${ref_args[@]}" ${SPEED_ARGS:-}
-# fused runs (docs/speed.md, "Fused runs"): K = 1, 4, 12, 36 runs fused in one process against the same runs
-# as packed processes (ResNet18, bf16, channels_last, captured), then the C-CIFAR10 table as fused groups
-$py benchmarks/fused_speed.py --device cuda --dataset cifar10c --methods vanilla lff disent --K 1 4 12 36 \
-  --seconds ${FUSED_SECONDS:-15} --json "$out/fused_speed.json" 2>&1 | tee "$out/fused_speed.log" | grep -v Warning
-[ -d dataset/cifar10c/0.5pct ] && $py -m debiaslab sweep --config configs/cifar10c_table.toml --set data_dir=dataset \
-  --out "$out/cifar10c_runs" --devices cuda --runs_per_device 1 --fuse auto --fuse_max 36 --no_progress \
-  2>&1 | tee "$out/fused_table.log" | tail -5
-if [ -d "$out/cifar10c_runs" ]; then
-  (cd "$out" && find cifar10c_runs \( -name config.json -o -name results.json -o -name metrics.jsonl \) -print0 \
-    | tar -czf cifar10c_runs.tar.gz --null -T - && rm -rf cifar10c_runs)
-  echo "table runs finished: $(tar -tzf "$out/cifar10c_runs.tar.gz" | grep -c results.json)"
-fi
-echo "suite done at +$(( $(date +%s) - SUITE_START )) s"
+$py benchmarks/gpu_speed.py --data_dir dataset --out "$out" "${budget_args[@]}" "${ref_args[@]}" \
+  ${SPEED_ARGS:-}
+echo "suite done at +$(( $(date +%s) - SUITE_START )) s; the table and the fused groups' figures:" \
+  "BUDGET=540 bash benchmarks/gpu_table.sh OUT"

@@ -260,9 +260,28 @@ def mark_failed(run_dir: Path, e: BaseException) -> None:
         pass
 
 
+class _Stop:
+    """SIGTERM while a loop steps (a time budget's stop, a scheduler's pre-emption, a sweep
+    passing either on): the loop saves a full checkpoint at the step it is at and exits 143, so
+    the resumed run loses none of its steps. Before the steps (reading data, building,
+    capturing) there is nothing new to save and the exit is at once; so is a second SIGTERM."""
+
+    stepping = False  # a loop has begun its steps (``TrainingLoop.open_bar``)
+    requested = False  # SIGTERM came while it stepped
+    # taken up at the lead's next ``at_boundary``, so that every run of a fused group saves at
+    # that one boundary, even when SIGTERM comes between two runs' boundaries
+    stopping = False
+    saved = False  # the stop's checkpoints are written
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.stepping = cls.requested = cls.stopping = cls.saved = False
+
+
 @contextlib.contextmanager
 def _sigterm_as_exit():
-    """A pre-empted job gets SIGTERM: end like an interrupt (marked FAILED, resumable) instead of vanishing."""
+    """A pre-empted job gets SIGTERM: end like an interrupt (marked FAILED, resumable) instead of
+    vanishing, after a checkpoint at the current step where the steps have begun (``_Stop``)."""
     import signal
     import threading
 
@@ -271,14 +290,19 @@ def _sigterm_as_exit():
         return
 
     def handler(signum, frame):
+        if _Stop.stepping and not _Stop.requested:
+            _Stop.requested = True  # the loop saves and exits at its next step (at_boundary)
+            return
         if not defer_exit(128 + signum):  # a checkpoint being written ends first
             raise SystemExit(128 + signum)
 
+    _Stop.reset()
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        _Stop.reset()
 
 
 def _last_step(run_dir: Path) -> str:
@@ -495,6 +519,7 @@ class TrainingLoop:
     def open_bar(self, desc: str | None, position: int | None = None) -> None:
         from tqdm.auto import tqdm
 
+        _Stop.stepping = True  # the lone and the fused loop open their bars as the steps begin
         cfg = self.cfg
         self.bar = tqdm(
             total=self.plan.total,
@@ -532,7 +557,13 @@ class TrainingLoop:
 
     def at_boundary(self, done: int, k: int) -> bool:
         """Whether anything reads the device after step ``done``; between boundaries the steps
-        queue up without waiting."""
+        queue up without waiting. After a stop's checkpoint (``_Stop``) it exits: a fused group's
+        runs all save at one boundary before any exits, and the one step taken since is dropped."""
+        if _Stop.saved:
+            raise SystemExit(143)  # 128 + SIGTERM, as the handler's own exit
+        if _Stop.requested:
+            _Stop.stopping = True
+            return True  # a boundary now, which saves (``boundary``)
         cfg = self.cfg
         return (
             done == self.plan.ends[k]
@@ -573,9 +604,10 @@ class TrainingLoop:
             )
             k += 1
             self.enter_stage(k)
-        if done % cfg.save_freq == 0 or stage_ends:
+        if done % cfg.save_freq == 0 or stage_ends or _Stop.stopping:
             with self.timed("full_checkpoints"):
                 self.save(done)
+            _Stop.saved = _Stop.stopping
         return k
 
     @contextlib.contextmanager
