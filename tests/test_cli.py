@@ -57,7 +57,8 @@ def test_paper_train_then_test_commands(tiny_reference, tmp_path):
     assert (
         results["method"] == "disent"
         and results["steps"] == 40
-        and results["default_selection"] == "wa_best_valid_pseudo_unbiased_mean5"  # averaged from 10
+        and results["default_selection"]
+        == "wa_best_valid_pseudo_unbiased_mean5"  # averaged from 10
     )
     assert list(results["selections"]) == selection_names()
     assert "ORACLE" in results["selections"]["oracle_best_test"]["description"]
