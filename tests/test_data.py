@@ -63,6 +63,18 @@ def test_write_then_read_roundtrip_and_conlict_spelling(tmp_path):
     assert (base / ".debiaslab_cache").is_dir()
 
 
+def test_a_ratio_without_conflicting_images_is_written_and_read(tmp_path):
+    """A small build can draw no conflicting training image at a ratio: its conflict/ folder is
+    still written (empty), and the split reads as all aligned."""
+    aligned = tiny_split(4, 2, 0, 0)
+    write_split(aligned, tmp_path / "cmnist" / "0.5pct", "train")
+    write_split(aligned, tmp_path / "cmnist" / "0.5pct" / "valid", "flat", start_id=100)
+    write_split(tiny_split(4, 2, 2, 1), tmp_path / "cmnist" / "test", "class", start_id=200)
+    assert (tmp_path / "cmnist" / "0.5pct" / "conflict").is_dir()
+    bundle = load_reference(tmp_path, "cmnist", "0.5pct")
+    assert bundle.counts()["train"]["conflicting"] == 0 and len(bundle.train) == 8
+
+
 def test_cache_is_invalidated_when_files_change(tmp_path):
     split = tiny_split(4, 2, 0, 0)
     folder = tmp_path / "d" / "test"

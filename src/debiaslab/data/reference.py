@@ -374,7 +374,10 @@ def write_split(split: Split, folder: Path, layout: str, start_id: int = 0) -> l
         else:
             sub = folder
         paths.append(sub / f"{start_id + i}_{t}_{b}.png")
-    for d in sorted({p.parent for p in paths}):
+    folders = {p.parent for p in paths}
+    if layout == "train":  # both halves, even one without images: the layout reads them both
+        folders |= {folder / "align", folder / "conflict"}
+    for d in sorted(folders):
         d.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(min(8, (os.cpu_count() or 1) * 2)) as pool:
         list(pool.map(_save_png, zip(arrays, paths), chunksize=256))
