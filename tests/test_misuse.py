@@ -546,9 +546,11 @@ def test_fit_takes_a_train_config_and_records_no_percent_for_tensors(tmp_path):
     assert run.record["config"]["percent"] is None
 
 
-def test_a_run_refused_at_its_start_leaves_no_folder(tmp_path):
-    """A batch larger than the training split is refused before the folder exists; a refusal
-    raised once the folder exists but before any checkpoint removes it (nothing to resume)."""
+def test_a_run_refused_at_its_start_leaves_no_folder_and_a_failed_one_says_what_rerun_does(
+    tmp_path,
+):
+    """A batch larger than the training split is refused before the folder exists; a run that
+    fails before any checkpoint says a rerun starts it again, not that it resumes."""
     from debiaslab.train import mark_failed
 
     with pytest.raises(UserError, match=r"batch_size 1000 is larger than the training split"):
@@ -558,7 +560,8 @@ def test_a_run_refused_at_its_start_leaves_no_folder(tmp_path):
     fresh.mkdir(), started.mkdir(), (started / "checkpoint_last.pt").write_bytes(b"")
     for run_dir in (fresh, started):
         mark_failed(run_dir, UserError("refused"))
-    assert not fresh.exists() and (started / "FAILED").exists()
+    assert "start it again (no checkpoint yet)" in (fresh / "FAILED").read_text()
+    assert "resume from the last checkpoint" in (started / "FAILED").read_text()
 
 
 @pytest.mark.parametrize(

@@ -142,7 +142,7 @@ def test_report_embeds_every_figure_and_header_equals_results(runs):
         "<th>seed</th><td>0</td>",
         "<th>steps</th><td>40</td>",
         # the selection the run ships (DisEnt averaged from --curr_step 15), as no --select was given
-        "figures&#x27; checkpoint (selection rule)</th><td>wa_best_valid_pseudo_unbiased<",
+        "figures&#x27; checkpoint (selection rule)</th><td>wa_best_valid_pseudo_unbiased_mean5<",
         "read from the images)</th><td>disent / unknown",
     ):  # the tiny data's colours are no known palette
         assert text in html

@@ -246,15 +246,12 @@ def marked_failed_on_error(run_dirs: list[Path]):
 
 
 def mark_failed(run_dir: Path, e: BaseException) -> None:
-    """Mark ``run_dir`` FAILED; a refusal (UserError) before its first checkpoint removes it
-    instead: the run never started, and there is nothing to resume."""
+    """Mark ``run_dir`` FAILED, saying whether a rerun resumes it or starts it again."""
+    saved = any(run_dir.glob("checkpoint*.pt"))
+    rerun = "resume from the last checkpoint" if saved else "start it again (no checkpoint yet)"
     try:
-        if isinstance(e, UserError) and not any(run_dir.glob("checkpoint*.pt")):
-            shutil.rmtree(run_dir, ignore_errors=True)
-            return
         (run_dir / "FAILED").write_text(
-            f"training did not finish ({type(e).__name__}); "
-            "rerun the same command to resume from the last checkpoint\n"
+            f"training did not finish ({type(e).__name__}); rerun the same command to {rerun}\n"
         )
     except OSError:
         pass
