@@ -10,32 +10,18 @@ outputs copied before the next replay overwrites them. tests/test_cuda.py runs t
 import pytest
 import torch
 
-from debiaslab.graphs import CapturedStep
+from debiaslab.graphs import CapturedStep, EagerGraph
 from tests.conftest import read_log, tiny_bundle, tiny_config
 
 
-class StandInGraph:
-    """``graphs.CudaGraph``'s contract, eagerly: static inputs, outputs overwritten per replay."""
+class StandInGraph(EagerGraph):
+    """The eager graph, each one recorded (the wrapper builds one per stage and set of draws)."""
 
     recorded: list = []
 
     def __init__(self, fn, inputs):
-        self.fn, self.inputs, self.output = fn, [t.clone() for t in inputs], None
+        super().__init__(fn, inputs)
         StandInGraph.recorded.append(self)
-
-    def __call__(self, inputs):
-        for static, new in zip(self.inputs, inputs):
-            static.copy_(new)
-        out = self.fn(*self.inputs)
-        if self.output is None:
-            self.output = out
-        else:
-            for mine, new in zip(
-                (self.output.values, self.output.finite, self.output.applied),
-                (out.values, out.finite, out.applied),
-            ):
-                mine.copy_(new)
-        return self.output
 
 
 def run(tmp_path, monkeypatch, graphed: bool, **kw):

@@ -6,32 +6,11 @@ captures each step as CUDA graphs (``graphs.CapturedStep``: one per stage and se
 warm-up steps); on the CPU no run captures, so the rehearsal would take another path than the GPU
 run it rehearses. Here every run captures as on a GPU, with a stand-in graph that keeps
 ``graphs.CudaGraph``'s contract (static inputs copied in, the step run on them, the first
-outputs overwritten on each replay) but replays eagerly: tests/test_graphs.py's stand-in.
+outputs overwritten on each replay) but replays eagerly: ``graphs.EagerGraph``.
 """
 
 import debiaslab.graphs
 import debiaslab.train
-
-
-class StandInGraph:
-    """``graphs.CudaGraph``'s contract, eagerly: static inputs, outputs overwritten per replay."""
-
-    def __init__(self, fn, inputs):
-        self.fn, self.inputs, self.output = fn, [t.clone() for t in inputs], None
-
-    def __call__(self, inputs):
-        for static, new in zip(self.inputs, inputs):
-            static.copy_(new)
-        out = self.fn(*self.inputs)
-        if self.output is None:
-            self.output = out
-        else:
-            for mine, new in zip(
-                (self.output.values, self.output.finite, self.output.applied),
-                (out.values, out.finite, out.applied),
-            ):
-                mine.copy_(new)
-        return self.output
 
 
 def capture_step(cfg, device, method) -> bool:
@@ -40,5 +19,5 @@ def capture_step(cfg, device, method) -> bool:
     return bool(wanted) and method.on_device
 
 
-debiaslab.graphs.CudaGraph = StandInGraph
+debiaslab.graphs.CudaGraph = debiaslab.graphs.EagerGraph
 debiaslab.train.capture_step = capture_step
