@@ -76,7 +76,8 @@ def stale(text: str, root: Path = ROOT) -> list[str]:
 
 def pages() -> list[Path]:
     """The pages whose every figure must be printed by a command named beside it."""
-    return sorted((ROOT / "docs" / "results").glob("*.md")) + [ROOT / "docs" / "speed.md"]
+    results = sorted((ROOT / "docs" / "results").glob("*.md"))
+    return results + [ROOT / "docs" / "speed.md", ROOT / "docs" / "selection-own-data.md"]
 
 
 def main() -> int:
