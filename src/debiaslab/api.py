@@ -33,7 +33,7 @@ import torch.nn as nn
 from debiaslab.config import TrainConfig
 from debiaslab.data.checks import check_bundle, check_label_range, checked_images, checked_split
 from debiaslab.data.splits import DatasetBundle, Split, data_id
-from debiaslab.errors import UserError
+from debiaslab.errors import UserError, closest
 from debiaslab.methods import METHODS
 from debiaslab.models import MODELS
 from debiaslab.rundir import read_record
@@ -191,7 +191,7 @@ class Backbone(nn.Module):
         for name, value in (
             ("feature_dim", feature_dim), ("num_classes", num_classes), ("head_inputs", head_inputs)
         ):  # fmt: skip
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not _positive_int(value):
                 raise UserError(
                     f"Backbone({name}={value!r}): give a positive integer (feature_dim: the size "
                     "of features(x) flattened; num_classes and head_inputs: the factory's own)"
@@ -348,7 +348,7 @@ class Run:
         numpy array) like the training data (the run's evaluation transform is applied)."""
         from debiaslab.prepare import make_transform
 
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if not _positive_int(batch_size):
             raise UserError(f"predict(batch_size={batch_size!r}): give a positive integer")
         images = checked_images("predict(images)", images)
         if tuple(images.shape[1:]) != self.in_shape:
@@ -404,6 +404,11 @@ class Run:
         if pick is None:
             raise UserError(picked_nothing(str(self.dir), self.config.method, rule, self.rules))
         return pick
+
+
+def _positive_int(value) -> bool:
+    """An int of at least 1 (a bool is not a number here)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _check_device(device) -> None:
@@ -563,9 +568,7 @@ def _config(method, data, model, log_dir, exp: str | None, options: dict) -> Tra
 
 def _did_you_mean(name: str, known) -> str:
     """`` (did you mean X?)`` for the closest of ``known`` to a mistyped ``name``, else ''."""
-    import difflib
-
-    close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6)
+    close = closest(name, known)
     return f" (did you mean {close[0]}?)" if close else ""
 
 

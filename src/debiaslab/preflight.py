@@ -8,6 +8,7 @@ import torch
 
 from debiaslab.averaging import DEFAULT_DECAY
 from debiaslab.config import TrainConfig
+from debiaslab.data.sampler import check_batch_fits
 from debiaslab.data.splits import DatasetBundle
 from debiaslab.errors import UserError
 from debiaslab.methods import METHODS
@@ -38,12 +39,8 @@ def check_models(method_cls, cfg: TrainConfig, bundle: DatasetBundle) -> None:
 
 
 def check_batch_size(cfg: TrainConfig, bundle: DatasetBundle) -> None:
-    """A batch drawn without replacement cannot be larger than the training split."""
-    n = len(bundle.train.targets)
-    if cfg.batch_size > n:
-        raise UserError(
-            f"batch_size {cfg.batch_size} is larger than the training split ({n} samples); lower it"
-        )
+    """The sampler's own check, before anything is written."""
+    check_batch_fits(len(bundle.train.targets), cfg.batch_size)
 
 
 TO_RGB = (

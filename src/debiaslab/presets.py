@@ -14,7 +14,7 @@ import fnmatch
 from dataclasses import dataclass, field
 
 from debiaslab.config import METHOD_DEFAULTS
-from debiaslab.errors import UserError
+from debiaslab.errors import UserError, closest
 
 PAPER_SOURCE = (
     "Lee et al. 2021 (DisEnt), Table 1: the paper's own data release, best-test-accuracy checkpoint "
@@ -278,9 +278,7 @@ PRESETS: dict[str, Preset] = {**_build(), **_lff_recipes()}
 
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
-        import difflib
-
-        close = difflib.get_close_matches(name, PRESETS, n=3, cutoff=0.6)
+        close = closest(name, PRESETS, n=3)
         hint = f"did you mean {' or '.join(close)}?" if close else f"e.g. {next(iter(PRESETS))}"
         raise UserError(
             f"unknown preset {name!r}; {hint} (debiaslab presets lists all {len(PRESETS)})"

@@ -16,8 +16,9 @@ class Parser(argparse.ArgumentParser):
 
     def _closest(self, message: str) -> str:
         """``; did you mean X?`` for a mistyped choice or flag, the nearest known one."""
-        import difflib
         import re
+
+        from debiaslab.errors import closest
 
         choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
         flag = re.search(r"unrecognized arguments: (--[^\s=]+)", message)
@@ -27,7 +28,7 @@ class Parser(argparse.ArgumentParser):
             word, known = flag[1], sorted(_option_strings(self))
         else:
             return ""
-        close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+        close = closest(word, known)
         return f"; did you mean {close[0]}?" if close else ""
 
 

@@ -7,6 +7,14 @@ import torch
 from debiaslab.errors import UserError
 
 
+def check_batch_fits(n: int, batch_size: int) -> None:
+    """A batch drawn without replacement cannot be larger than the training split."""
+    if n < batch_size:
+        raise UserError(
+            f"--batch_size {batch_size} is larger than the training split ({n} samples); lower it"
+        )
+
+
 class EpochSampler:
     """Shuffled epochs of index batches (drop_last), drawn from its own seeded generator. With
     ``use_counts``, an epoch holds sample i ``counts[i]`` times (JTT's upsampling); with
@@ -14,10 +22,7 @@ class EpochSampler:
     to ``weights[i]`` (GroupDRO's group-balanced batches), an epoch being n draws."""
 
     def __init__(self, n: int, batch_size: int, generator: torch.Generator, device):
-        if n < batch_size:
-            raise UserError(
-                f"--batch_size {batch_size} is larger than the training split ({n} samples); lower it"
-            )
+        check_batch_fits(n, batch_size)
         self.n, self.batch_size, self.generator, self.device = n, batch_size, generator, device
         self.repeated = None  # the epoch's sample indices when some samples count more than once
         self.weights = None  # float64 on the CPU: draws with replacement
