@@ -1,0 +1,56 @@
+"""Reading, for the report: a run folder (its config, results and logged steps) as a ``RunData``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from debiaslab.config import TrainConfig
+from debiaslab.errors import UserError
+
+
+@dataclass
+class RunData:
+    path: Path
+    meta: dict
+    cfg: TrainConfig
+    results: dict | None
+    train: list[dict] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.cfg.method} {self.cfg.data_label()} seed {self.cfg.seed} ({self.path.name})"
+
+
+def load_run(path: Path) -> RunData:
+    path = Path(path)
+    try:
+        meta = json.loads((path / "config.json").read_text())
+        cfg = TrainConfig.from_saved(meta["config"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(
+            f"{path} is not a debiaslab run directory (no readable config.json); pass a folder written by "
+            "debiaslab train or sweep"
+        ) from None
+    results = (
+        json.loads((path / "results.json").read_text())
+        if (path / "results.json").exists()
+        else None
+    )
+    run = RunData(path, meta, cfg, results)
+    if (path / "metrics.jsonl").exists():
+        for line in (path / "metrics.jsonl").read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            (
+                run.train
+                if rec.get("kind") == "train"
+                else run.evals
+                if rec.get("kind") == "eval"
+                else []
+            ).append(rec)
+    return run
