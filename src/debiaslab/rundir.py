@@ -28,6 +28,22 @@ def last_step(run_dir: Path) -> int:
     return 0
 
 
+def read_log(run_dir: Path, skip_damaged: bool = False) -> list:
+    """The records of a run's ``metrics.jsonl``, in order, blank lines left out; a line that does
+    not parse (a write cut short) is left out with ``skip_damaged``, else a ValueError. A run
+    without a readable log is an OSError."""
+    records = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        if not line:
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if not skip_damaged:
+                raise
+    return records
+
+
 def read_record(run_dir: Path, name: str) -> dict:
     """``name`` (config.json, results.json) of a run, as a dict; a damaged file is a UserError
     that names it and the way out."""

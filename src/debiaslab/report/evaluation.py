@@ -71,3 +71,26 @@ def _project(x: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
     from sklearn.decomposition import PCA
 
     return PCA(n_components=2, random_state=seed).fit_transform(x)
+
+
+def probes(ev: Evaluated) -> dict:
+    """Per feature, the accuracy of a linear probe for the target and for the bias (None
+    without bias labels)."""
+    from debiaslab.diagnostics import probe_accuracy
+
+    return {
+        name: {
+            "target": probe_accuracy(z, ev.targets),
+            "bias": probe_accuracy(z, ev.biases) if ev.biases is not None else None,
+        }
+        for name, z in ev.features.items()
+    }
+
+
+def accuracy_grid(ev: Evaluated) -> np.ndarray:
+    """Test accuracy (%) per (target, bias) cell, NaN where a cell has no sample (``ev`` has
+    bias labels)."""
+    from debiaslab.metrics import group_accuracy
+
+    hits, total = group_accuracy(ev.preds == ev.targets, ev.targets, ev.biases, ev.num_classes)
+    return np.where(total.numpy() > 0, 100 * hits.numpy() / np.maximum(total.numpy(), 1), np.nan)

@@ -12,7 +12,7 @@ import torch
 
 from debiaslab.methods import METHODS
 from debiaslab.methods.base import Method, StagePlan
-from debiaslab.report.evaluation import Evaluated, _project
+from debiaslab.report.evaluation import Evaluated, _project, accuracy_grid, probes
 from debiaslab.report.runs import RunData
 
 METHOD_COLORS = {
@@ -245,22 +245,15 @@ def fig_w_detection(run: RunData, out: Path, prefix: str) -> Figure:
 
 
 def probe_table(ev: Evaluated) -> tuple[dict, str]:
-    from debiaslab.diagnostics import probe_accuracy
-
-    probes = {
-        name: {
-            "target": probe_accuracy(z, ev.targets),
-            "bias": probe_accuracy(z, ev.biases) if ev.biases is not None else None,
-        }
-        for name, z in ev.features.items()
-    }
+    """The probes of ``ev`` (``evaluation.probes``) and their HTML table."""
+    found = probes(ev)
 
     def fmt(v):
         return "n/a (no bias labels)" if v is None else f"{100 * v:.2f}%"
 
     rows = "".join(
         f"<tr><td>{html.escape(n)}</td><td>{fmt(p['target'])}</td><td>{fmt(p['bias'])}</td></tr>"
-        for n, p in probes.items()
+        for n, p in found.items()
     )
     chance = f"{100 / ev.num_classes:.1f}%"
     table = (
@@ -270,7 +263,7 @@ def probe_table(ev: Evaluated) -> tuple[dict, str]:
         f"the other half (chance {chance}). For DisEnt, disentangled features mean that z_intrinsic predicts the "
         f"target and not the bias, and z_bias the bias.</p>"
     )
-    return probes, table
+    return found, table
 
 
 def fig_features(
@@ -328,8 +321,6 @@ def fig_features(
 
 
 def fig_heatmap(run: RunData, ev: Evaluated | None, reason: str, out: Path, prefix: str) -> Figure:
-    from debiaslab.metrics import group_accuracy
-
     title = "Test accuracy per (target, bias) cell"
     if ev is None:
         return Figure(title, reason=reason)
@@ -337,8 +328,7 @@ def fig_heatmap(run: RunData, ev: Evaluated | None, reason: str, out: Path, pref
         return Figure(
             title, reason="the test split has no bias labels, so there is no (target, bias) grid"
         )
-    hits, total = group_accuracy(ev.preds == ev.targets, ev.targets, ev.biases, ev.num_classes)
-    acc = np.where(total.numpy() > 0, 100 * hits.numpy() / np.maximum(total.numpy(), 1), np.nan)
+    acc = accuracy_grid(ev)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(1.0 + 0.62 * acc.shape[1], 0.8 + 0.55 * acc.shape[0]))
     im = ax.imshow(acc, vmin=0, vmax=100, cmap="viridis")

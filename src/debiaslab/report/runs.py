@@ -8,6 +8,7 @@ from pathlib import Path
 
 from debiaslab.config import TrainConfig
 from debiaslab.errors import UserError
+from debiaslab.rundir import read_log
 
 
 @dataclass
@@ -41,11 +42,7 @@ def load_run(path: Path) -> RunData:
     )
     run = RunData(path, meta, cfg, results)
     if (path / "metrics.jsonl").exists():
-        for line in (path / "metrics.jsonl").read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
+        for rec in read_log(path, skip_damaged=True):
             (
                 run.train
                 if rec.get("kind") == "train"
