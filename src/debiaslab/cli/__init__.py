@@ -7,9 +7,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from debiaslab.cli import data, demo, sweep, train
+from debiaslab.cli import data, demo, presets, sweep, train
 from debiaslab.cli.common import Parser
-from debiaslab.cli.demo import preset_defaults
+from debiaslab.cli.presets import preset_defaults
 from debiaslab.cli.train import METHOD_CHOICES, config_from_args
 from debiaslab.errors import UserError
 from debiaslab.version import __version__
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         pv.add_subparsers(dest="preview_dataset", metavar="DATASET", parser_class=Parser),
         data.PREVIEW_COMMANDS,
     )
-    _add_commands(sub, [*demo.COMMANDS[:1], *sweep.COMMANDS, *demo.COMMANDS[1:]])
+    _add_commands(sub, [*presets.COMMANDS, *sweep.COMMANDS, *demo.COMMANDS])
     p._train_parser = parsers["train"]
     return p
 

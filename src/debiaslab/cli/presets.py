@@ -1,0 +1,65 @@
+"""``debiaslab presets``: the presets, one per cell of the paper's table, and a preset as the
+defaults of ``debiaslab train --preset``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_presets_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("patterns", nargs="*", help="shell patterns, e.g. 'cmnist-*' (default: all)")
+    p.add_argument("--json", action="store_true", help="print them as JSON")
+
+
+def preset_defaults(name: str) -> dict:
+    """A preset as argparse defaults of the train command (explicit flags still win)."""
+    from debiaslab.presets import get_preset
+
+    return {**get_preset(name).config, "exp": name}
+
+
+def cmd_presets(args) -> int:
+    from debiaslab.presets import PAPER_SOURCE, PRESETS, match_presets
+
+    presets = match_presets(args.patterns) if args.patterns else list(PRESETS.values())
+    if args.json:
+        import json
+
+        print(
+            json.dumps(
+                {
+                    p.name: {
+                        "config": p.config,
+                        "uses_bias_labels": p.uses_bias_labels,
+                        "paper": {
+                            "mean": p.paper_mean,
+                            "std": p.paper_std,
+                            "metric": p.metric,
+                            "source": p.source,
+                        },
+                    }
+                    for p in presets
+                },
+                indent=2,
+            )
+        )
+        return 0
+    sources = sorted({p.source for p in presets}, key=lambda s: s != PAPER_SOURCE)
+    print(f"{len(presets)} presets; run one with: debiaslab train --preset NAME")
+    for source in sources:  # one section per source of the published numbers
+        print(f"\npaper numbers from {source}:")
+        for p in presets:
+            if p.source == source:
+                print("  " + p.describe())
+    return 0
+
+
+COMMANDS = [
+    (
+        "presets",
+        cmd_presets,
+        add_presets_args,
+        "list the presets: one per cell of the paper's table, with its number",
+        "List the presets (the paper's hyper-parameters and number for each table cell).",
+    ),
+]
