@@ -9,6 +9,7 @@ falls far outside.
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -532,3 +533,100 @@ def test_sweep_refuses_a_fuse_max_below_one(tmp_path):
     r = run_cli("sweep", "--methods", "lff", "--out", tmp_path, "--fuse_max", "0", "--dry_run")
     assert r.returncode == 2 and "--fuse_max must be positive" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_seeds_train_as_one_fused_group_per_process_each_as_in_one_process(two_ratios, tmp_path):
+    """``--seeds 0 1 2 3 --jobs 2``: two processes, each a fused group of two seeds on its share
+    of the cores, every run ending where the same pair trained in this one process ends."""
+    from debiaslab.sweep import cpu_count
+    from tests.conftest import run_cli
+
+    def seeds(logs, *args, threads=1):
+        command = group_command(two_ratios, logs)
+        at = command.index("--seeds")
+        command[at + 1 : at + 4] = args
+        command[command.index("400")] = "60"
+        done = run_cli(*command[2:], env={"OMP_NUM_THREADS": str(threads)})
+        assert done.returncode == 0, done.stderr
+        return done
+
+    done = seeds(tmp_path / "two", "0", "1", "2", "3", "--jobs", "2")
+    assert done.stdout.count("run directory:") == 4
+    runs = {s: tmp_path / "two" / "cmnist" / f"g_seed{s}" for s in range(4)}
+    results = {s: json.loads((d / "results.json").read_text()) for s, d in runs.items()}
+    assert_fused_throughout(list(results.values()))
+    assert [results[s]["fused_with"] for s in range(4)] == [
+        [str(runs[1])],
+        [str(runs[0])],
+        [str(runs[3])],
+        [str(runs[2])],
+    ]
+    # each child trained on cpu_count() // 2 threads: the pair in this process on as many
+    seeds(tmp_path / "one", "0", "1", "--jobs", "1", threads=max(1, cpu_count() // 2))
+    for s in (0, 1):
+        assert_same_run(runs[s], tmp_path / "one" / "cmnist" / f"g_seed{s}")
+
+
+def test_the_default_layout_is_one_process_per_thread_on_the_cpu_where_runs_can_move(
+    monkeypatch, tmp_path
+):
+    import debiaslab as dl
+    from debiaslab.group import default_processes
+    from tests.conftest import tiny_bundle
+
+    cfgs = [TrainConfig(method="lff", dataset="cmnist", seed=s, device="cpu") for s in range(5)]
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert default_processes(cfgs) == 2
+    assert default_processes(cfgs[:1]) == 1
+    assert default_processes(cfgs, bundle=tiny_bundle()) == 1  # in-memory data lives here
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert default_processes(cfgs) == 5
+
+    def mine(num_classes, head_inputs, in_shape):
+        return dl.Backbone(torch.nn.Flatten(), 2352, num_classes, head_inputs)
+
+    dl.register_model("mine_for_layout", mine)
+    mine = [dataclasses.replace(c, model="mine_for_layout") for c in cfgs]
+    assert default_processes(mine) == 1  # a factory registered here: a child could not build it
+
+
+def test_the_processes_of_seeds_stop_when_it_is_killed(two_ratios, tmp_path):
+    """SIGKILL of ``--seeds ... --jobs 2`` leaves no child training on: each gets SIGTERM, saves
+    a checkpoint a rerun resumes from, and stops."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import cli_env
+
+    command = group_command(two_ratios, tmp_path)
+    command[command.index("--seeds") + 1 : command.index("--seeds") + 4] = ["0", "1"]
+    command[command.index("400")] = "1000000"
+    command += ["--jobs", "2"]
+
+    def children() -> list[int]:
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"debiaslab.runner" in cmdline and str(tmp_path).encode() in cmdline:
+                found.append(int(proc.name))
+        return found
+
+    parent = subprocess.Popen([sys.executable, *command], env=cli_env(OMP_NUM_THREADS="1"))
+    dirs = [tmp_path / "cmnist" / f"g_seed{s}" for s in (0, 1)]
+    deadline = time.time() + 120
+    while time.time() < deadline and not all((d / "checkpoint_last.pt").exists() for d in dirs):
+        time.sleep(0.05)
+    assert len(children()) == 2, "the two processes of --jobs 2 did not start"
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 60
+    while children() and time.time() < deadline:
+        time.sleep(0.1)
+    assert children() == []
+    for run_dir in dirs:  # stopped by the signal, resumable (train.mark_failed's words)
+        assert "resume from the last checkpoint" in (run_dir / "FAILED").read_text()

@@ -621,18 +621,24 @@ def fit_many(
     log_dir: str | Path | None = None,
     exp: str | None = None,
     config: TrainConfig | None = None,
+    processes: int | None = None,
     **options,
 ) -> list[Run]:
-    """Train several runs of ``method`` on ``data`` at once, as one fused group (one step per
-    iteration for all of them; docs/speed.md, "Fused runs"), and return each finished ``Run``.
+    """Train several runs of ``method`` on ``data`` at once, as fused groups (one step per
+    iteration for each group; docs/speed.md, "Fused runs"), and return each finished ``Run``.
 
     ``runs``: each run's own options over the shared ``options``: its ``seed``, its data (a
     ``percent``) and float settings (``lr``, ``lambda_swap``, ``q``, ...). Runs that differ in
     anything else train in separate groups. Each run is the run ``fit`` would train with the
     same options, in the folder ``fit`` would give it (its settings name it), in
     ``<exp>_seed<seed>`` when ``exp`` is given, or in the run's own ``exp``.
+
+    ``processes``: how many processes train the runs at once, each a fused group of its share
+    on its share of the cores (default: ``group.default_processes``, one per core on the CPU for
+    data in a folder and built-in models; this process for in-memory data, your own model or a
+    GPU).
     """
-    from debiaslab.group import train_group
+    from debiaslab.group import default_processes, train_group
 
     data = _hashed(data)
     model, log_dir, exp, options = _with_config(method, config, model, log_dir, exp, options)
@@ -653,7 +659,10 @@ def fit_many(
             f"two runs of fit_many would share the run directory {twice} (the same settings, or "
             "the same exp and seed); give each its own exp, or drop the repeated run"
         )
-    train_group(cfgs, bundle=data if isinstance(data, DatasetBundle) else None)  # splits, saying so
+    bundle = data if isinstance(data, DatasetBundle) else None
+    if processes is not None and (type(processes) is not int or processes <= 0):
+        raise UserError(f"fit_many(processes={processes!r}): give a positive int, or leave it out")
+    train_group(cfgs, bundle=bundle, processes=processes or default_processes(cfgs, bundle))
     return [load_run(c.run_dir()) for c in cfgs]
 
 

@@ -75,8 +75,39 @@ class GroupFailed(UserError):
         )
 
 
+def default_processes(cfgs: list[TrainConfig], bundle=None) -> int:
+    """The processes that train ``cfgs`` by default, each a fused group of its share of the
+    runs on ``torch.get_num_threads() / processes`` threads (the layout; docs/speed.md, "Fused
+    runs", has the measurement it rests on).
+
+    On the CPU: one process per thread this process may use, so each group steps on one thread.
+    On 2 cores, two one-thread processes of K runs each trained 1.3-1.5x the run-steps of one
+    two-thread process of 2K, at every K measured: a small model's step does not split well
+    over threads, and a group on one thread keeps the core's cache to itself. On a GPU, or where
+    the runs exist only in this process (in-memory data, a model factory or method registered
+    here), this process alone.
+    """
+    from debiaslab.methods import METHODS
+    from debiaslab.models import BUILTIN_MODELS
+    from debiaslab.prepare import resolve_device
+
+    def elsewhere(cfg: TrainConfig) -> bool:  # can a fresh interpreter build this run?
+        cfg = cfg.resolved()
+        method = METHODS.get(cfg.method)
+        if method is None or method.__module__.split(".")[0] != "debiaslab":
+            return False
+        names = method.model_heads(cfg)
+        return all(method.model_architecture(cfg, n) in BUILTIN_MODELS for n in names)
+
+    if bundle is not None or not all(elsewhere(c) for c in cfgs):
+        return 1
+    if any(resolve_device(c.device).type != "cpu" for c in cfgs):
+        return 1
+    return max(1, min(torch.get_num_threads(), len(cfgs)))
+
+
 def train_group(
-    cfgs: list[TrainConfig], progress_desc: str | None = None, bundle=None
+    cfgs: list[TrainConfig], progress_desc: str | None = None, bundle=None, processes: int = 1
 ) -> list[dict]:
     """Train ``cfgs`` as fused groups; returns each run's results, in order. ``bundle``: the data
     of every run (in-memory data); default: each run's own, read once per dataset and ratio.
@@ -86,11 +117,18 @@ def train_group(
     Finished runs are read back, not retrained; the others resume from their own last checkpoint.
     Runs whose checkpoints stand at different steps (a group killed between two runs' saves)
     train as one group per step. Raises ``GroupFailed`` after the others finish if some failed.
+
+    ``processes`` > 1 (``default_processes`` says when it pays): the runs train in that many
+    child processes at once, each a fused group of its share on its share of the threads, as
+    ``sweep`` runs them (its progress bar; each process's output in
+    ``<log_dir>/.sweep-logs/``).
     """
     groups = fusion_groups(cfgs, max(1, len(cfgs)))
     if len(groups) > 1:
         why = f"they differ in {', '.join(_differing_settings(cfgs))}"
         say_split([[cfgs[i].run_dir() for i in g] for g in groups], why)
+    if processes > 1 and bundle is None:
+        return _train_in_processes(cfgs, processes)
     load = cached_loader()
     results: list[dict | None] = [None] * len(cfgs)
     errors: dict[str, BaseException] = {}
@@ -100,6 +138,29 @@ def train_group(
             results[i] = result
     if errors:
         raise GroupFailed(results, {str(d): e for d, e in errors.items()})
+    return results
+
+
+def _train_in_processes(cfgs: list[TrainConfig], processes: int) -> list[dict]:
+    """``train_group`` in ``processes`` child processes (``sweep.run_local``), then every run's
+    results read back from its folder."""
+    from debiaslab.rundir import read_results
+    from debiaslab.sweep import Run, run_local
+
+    runs = [Run(Path(c.run_dir()).name, c) for c in cfgs]
+    out = Path(cfgs[0].log_dir)
+    run_local(runs, out, processes, ["cpu"], cfgs[0].progress, fuse_max=len(cfgs))
+    results: list[dict | None] = []
+    errors: dict[str, BaseException] = {}
+    for cfg in cfgs:
+        run_dir = Path(cfg.run_dir())
+        results.append(read_results(run_dir))
+        if results[-1] is None:
+            errors[str(run_dir)] = UserError(
+                f"it failed in its process (its output: {out / '.sweep-logs'})"
+            )
+    if errors:
+        raise GroupFailed(results, errors)
     return results
 
 

@@ -372,6 +372,15 @@ def fused_units(runs: list[Run], fuse_max: int, jobs: int) -> list[list[Run]]:
     return [[runs[i] for i in unit] for unit in sorted(units)]
 
 
+def _ends_with_parent() -> None:
+    """In a child, before it runs: SIGTERM it when its parent dies, even by SIGKILL (Linux), so
+    it saves a checkpoint and stops instead of training on into folders a rerun will resume."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _unit_name(unit: list[Run]) -> str:
     return unit[0].name + (f"+{len(unit) - 1}" if len(unit) > 1 else "")
 
@@ -386,11 +395,12 @@ def run_local(
 ) -> dict:
     """Run every run in subprocesses, ``jobs`` at a time, spread over ``devices``, compatible
     runs fused in groups of at most ``fuse_max``; returns the status counts."""
+    pending = fused_units(runs, fuse_max, jobs)
+    jobs = max(1, min(jobs, len(pending)))  # fewer units than jobs: each gets more threads
     slots, threads = device_slots(devices, jobs)
     logs = out / ".sweep-logs"
     logs.mkdir(parents=True, exist_ok=True)
     view = Progress(runs, progress)
-    pending = fused_units(runs, fuse_max, jobs)
     active: dict[int, tuple[subprocess.Popen, list[Run], float]] = {}  # slot -> process
     free = list(range(jobs))
 
@@ -418,6 +428,7 @@ def run_local(
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=env,
+                    preexec_fn=_ends_with_parent if sys.platform.startswith("linux") else None,
                 )
                 log.close()
                 active[slot] = (proc, unit, time.time())
@@ -464,8 +475,10 @@ GPU_RUNS_PER_DEVICE = 4
 
 
 def default_runs_per_device(devices: list[str]) -> int:
-    """Runs at once on each device by default: ``GPU_RUNS_PER_DEVICE`` on GPUs, one on the CPU."""
-    return GPU_RUNS_PER_DEVICE if devices and devices[0].startswith("cuda") else 1
+    """Runs (or fused groups) at once on each device by default: ``GPU_RUNS_PER_DEVICE`` on
+    GPUs; on the CPU one per core, each on one thread (``group.default_processes``: measured
+    faster than fewer processes on more threads, docs/speed.md, "Fused runs")."""
+    return GPU_RUNS_PER_DEVICE if devices and devices[0].startswith("cuda") else cpu_count()
 
 
 def check_packing(

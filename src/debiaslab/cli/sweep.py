@@ -65,8 +65,8 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
         "--jobs",
         type=int,
         default=None,
-        help="local: runs at once (default: 4 per GPU, as measured on an H200, or 1 on CPU); "
-        "CPU runs share the cores between them",
+        help="local: runs (or fused groups) at once (default: 4 per GPU, as measured on an "
+        "H200, or one per core on the CPU, each on one thread); CPU runs share the cores",
     )
     x.add_argument(
         "--devices",
@@ -80,7 +80,8 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
         metavar="K",
         help="runs sharing each device at once: local, K per GPU (or K on the CPU, each with "
         "1/K of the cores); ray, each run asks for 1/K GPU. Small models leave a GPU idle "
-        "between kernels, so packing runs fills it (default: 4 on a GPU, 1 on the CPU; instead of --jobs)",
+        "between kernels, so packing runs fills it (default: 4 on a GPU, one per core on the CPU; "
+        "instead of --jobs)",
     )
     x.add_argument(
         "--fuse",

@@ -99,6 +99,15 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         "--seed SEED would train (instead of --seed)",
     )
     g.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --seeds: the processes that train the seeds at once, each a fused group of its "
+        "share on its share of the cores (default: one per core on the CPU, one on a GPU; "
+        "docs/speed.md, 'Fused runs')",
+    )
+    g.add_argument(
         "--device",
         default="auto",
         help="auto (GPU when there is one), cpu, cuda, cuda:N (default: auto)",
@@ -397,6 +406,8 @@ def cmd_train(args) -> int:
     cfg = config_from_args(args)
     if args.seeds is not None:
         return train_seeds(cfg, args)
+    if getattr(args, "jobs", None) is not None:
+        raise UserError("--jobs sets the processes of --seeds; give --seeds A B ... with it")
     results = train(cfg)
     print(results_summary(results))
     print(f"run directory: {Path(cfg.log_dir) / cfg.dataset / cfg.exp}")
@@ -408,14 +419,17 @@ def cmd_train(args) -> int:
 
 
 def train_seeds(cfg, args) -> int:
-    """``train --seeds A B ...``: one run per seed, trained as one fused group."""
-    from debiaslab.group import GroupFailed, train_group
+    """``train --seeds A B ...``: one run per seed, trained as fused groups (one per process of
+    ``--jobs``, by default ``group.default_processes``)."""
+    from debiaslab.group import GroupFailed, default_processes, train_group
 
+    if args.jobs is not None and args.jobs <= 0:
+        raise UserError(f"--jobs {args.jobs}: give a positive number of processes")
     if len(set(args.seeds)) != len(args.seeds):
         raise UserError(f"--seeds {' '.join(map(str, args.seeds))} repeats a seed; give each once")
     cfgs = [dataclasses.replace(cfg, seed=seed, exp=f"{cfg.exp}_seed{seed}") for seed in args.seeds]
     try:
-        results = train_group(cfgs)
+        results = train_group(cfgs, processes=args.jobs or default_processes(cfgs))
         failed = {}
     except GroupFailed as e:
         results, failed = e.results, e.errors
