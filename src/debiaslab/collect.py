@@ -258,10 +258,27 @@ def _cells(records: list[tuple[Record, dict]]) -> list[Cell]:
 
 
 def _valid_score(name: str, picked: dict | None, dataset: str) -> float | None:
-    """The validation score selection ``name`` maximised, at its pick (None: a rule without one)."""
+    """The validation score selection ``name`` maximised, at its recorded pick (None: a rule
+    without one, or a smoothed rule, whose score is an average that the pick does not record:
+    ``_choice`` replays it from the eval log)."""
     if not picked or name not in CHOOSE_RULES or "valid" not in picked:
         return None
+    if base_rule(name).window > 1:
+        return None
     return base_rule(name).score(picked["valid"], dataset)
+
+
+def _eval_log(run_dir: Path) -> list[dict] | None:
+    """A run's logged evaluations (metrics.jsonl), None when it has no readable log."""
+    try:
+        records = [
+            json.loads(line)
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if line
+        ]
+    except (OSError, ValueError):
+        return None
+    return [r for r in records if r.get("kind") == "eval"]
 
 
 def replayed(run_dir: Path, dataset: str, exclude=()) -> dict[str, float]:
@@ -272,18 +289,34 @@ def replayed(run_dir: Path, dataset: str, exclude=()) -> dict[str, float]:
     from debiaslab.selection import picks, selection_names
 
     names = [n for n in selection_names() if n not in exclude]
-    if not names:
+    records = _eval_log(run_dir) if names else None
+    if not records:
         return {}
-    try:
-        records = [
-            json.loads(line)
-            for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-            if line
-        ]
-    except (OSError, ValueError):
-        return {}
-    chosen = picks([r for r in records if r.get("kind") == "eval"], dataset, names)
+    chosen = picks(records, dataset, names)
     return {n: primary_metric(p["test"], dataset) for n, p in chosen.items()}
+
+
+def _choice(rec: Record, rule: str, dataset: str) -> tuple[float, float]:
+    """The validation score ``rule`` maximised at its pick in the finished run ``rec``, and the
+    primary test metric of that pick: as recorded where its pick records both (a rule without
+    smoothing), else replayed from the run's eval log. A run whose log lacks what the rule reads
+    is a one-line UserError naming the run, the rule and what is missing, never a guess."""
+    from debiaslab.metrics import primary_metric
+    from debiaslab.selection import picks
+
+    if rec.valid_scores.get(rule) is not None and rec.values.get(rule) is not None:
+        return rec.valid_scores[rule], rec.values[rule]
+    records = _eval_log(Path(rec.where))
+    if not records:
+        raise UserError(
+            f"rule {rule!r} cannot be replayed on {rec.where}: it has no {base_rule(rule).needs()} "
+            "recorded and no eval log (metrics.jsonl) to replay it from"
+        )
+    try:
+        pick = picks(records, dataset, [rule], strict=True)[rule]
+    except UserError as e:
+        raise UserError(f"{rec.where}: {e}") from None
+    return pick["score"], primary_metric(pick["test"], dataset)
 
 
 def _label_variants(cells: list[Cell]) -> None:
@@ -971,13 +1004,51 @@ def render_gaps(collected: Collected) -> str:
     return "\n".join(out).rstrip("\n") + "\n"
 
 
-def render_choice(collected: Collected, rule: str) -> str:
-    """Which setting of each (dataset, ratio, method) the validation rule ``rule`` chooses.
+def _choice_score_note(rule: str) -> str:
+    """What the validation score of a smoothed or fallback rule is, at its pick ('' otherwise)."""
+    r = base_rule(rule)
+    notes = []
+    if r.window > 1:
+        notes.append(f"the mean of the score over the {r.window} evaluations that end at the pick")
+    if r.beats_last is not None:
+        notes.append("where the rule falls back to the last evaluation, that evaluation's score")
+    if not notes:
+        return ""
+    return (
+        " The validation score of this rule: " + "; ".join(notes) + " (replayed from the eval log)."
+    )
 
-    Per setting (a cell: its variant), the score the rule maximised at its pick and the test score
-    of that pick, each the mean over the setting's finished seeds; the setting of highest mean
-    validation score is chosen (the first listed on ties). The test scores are shown, never used.
-    A setting with no finished run is listed with its runs' state, and the choice said provisional.
+
+@dataclass
+class Choice:
+    """The settings of one (dataset, ratio, method) that a validation rule chooses between."""
+
+    entries: list[tuple[Cell, list[Record]]]  # each setting and its finished runs, by seed
+    scores: dict[int, float]  # id(cell) -> its runs' mean validation score (%), where it has runs
+
+    @property
+    def chosen(self) -> Cell | None:
+        """The setting of highest mean validation score (the first listed on ties)."""
+        best = max(self.scores, key=self.scores.get) if self.scores else None
+        return next((c for c, _ in self.entries if id(c) == best), None)
+
+    @property
+    def provisional(self) -> bool:
+        """Whether a setting has no finished run yet (the choice may move when it has)."""
+        return len(self.scores) < len(self.entries)
+
+
+def choose(collected: Collected, rule: str) -> dict[tuple, Choice]:
+    """What the validation rule ``rule`` chooses between, per (dataset, ratio, method): each
+    setting (a cell: its variant) with the score the rule maximised at its pick in each finished
+    run, averaged over the setting's runs. Each record's ``valid_scores[rule]`` and
+    ``values[rule]`` hold its run's validation score and the test score of the same pick.
+
+    A smoothed rule (``_mean5``) is scored by its average at its pick, a fallback rule
+    (``_or_last``) by the score of the evaluation it keeps; both replayed from the runs' eval
+    logs. A finished run that cannot be scored by the rule (its log lacks what the rule reads,
+    such as the pseudo-unbiased score of a method without a biased branch) is a one-line
+    UserError naming the rule and what is missing: never left out of the choice in silence.
     """
     if rule not in CHOOSE_RULES:
         raise UserError(
@@ -985,43 +1056,72 @@ def render_choice(collected: Collected, rule: str) -> str:
             f"{', '.join(CHOOSE_RULES)}"
         )
     groups: dict[tuple, list] = {}
+    unscored: list[str] = []  # why each finished run that the rule cannot score cannot
     for c in collected.cells:
         if c.records:
+            for r in finished(c.records):
+                try:
+                    r.valid_scores[rule], r.values[rule] = _choice(r, rule, c.dataset)
+                except UserError as e:
+                    unscored.append(str(e))
             done = [r for r in finished(c.records, rule) if r.valid_scores.get(rule) is not None]
             groups.setdefault((c.dataset, c.percent or "-", c.method), []).append((c, done))
     if not any(done for entries in groups.values() for _, done in entries):
         raise UserError(
-            f"no finished run here recorded a {rule} pick; run --choose on a sweep's --out folder"
+            f"no finished run here recorded a {rule} pick"
+            + (f" ({unscored[0]})" if unscored else "")
+            + "; run --choose on a sweep's --out folder"
         )
-    out = [
-        f"Settings chosen by `{rule}`: {SELECTION_RULES[rule]}. Per setting: the validation score "
-        "the rule maximised, at its pick, and the test score of that pick (%, mean over the "
-        "seeds); the highest validation score is chosen. The test column is shown, never used.",
-        "",
-        "| dataset | ratio | method | setting | seeds | validation (chosen on) | test | | runs |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for (dataset, ratio, method), entries in groups.items():
+    if unscored:
+        raise UserError(
+            f"--choose {rule}: {len(unscored)} finished run(s) here cannot be scored by it, so "
+            f"it cannot choose between their settings ({unscored[0]})"
+        )
+    out = {}
+    for key, entries in groups.items():
         scores = {
             id(c): statistics.fmean(100 * r.valid_scores[rule] for r in done)
             for c, done in entries
             if done
         }
-        best = max(scores, key=scores.get) if scores else None
-        provisional = len(scores) < len(entries)
-        for c, done in entries:
+        out[key] = Choice(entries, scores)
+    return out
+
+
+def render_choice(collected: Collected, rule: str) -> str:
+    """Which setting of each (dataset, ratio, method) the validation rule ``rule`` chooses
+    (``choose``).
+
+    Per setting (a cell: its variant), the score the rule maximised at its pick and the test score
+    of that pick, each the mean over the setting's finished seeds; the setting of highest mean
+    validation score is chosen (the first listed on ties). The test scores are shown, never used.
+    A setting with no finished run is listed with its runs' state, and the choice said provisional.
+    """
+    groups = choose(collected, rule)
+    out = [
+        f"Settings chosen by `{rule}`: {SELECTION_RULES[rule]}. Per setting: the validation score "
+        "the rule maximised, at its pick, and the test score of that pick (%, mean over the "
+        "seeds); the highest validation score is chosen. The test column is shown, never used."
+        + _choice_score_note(rule),
+        "",
+        "| dataset | ratio | method | setting | seeds | validation (chosen on) | test | | runs |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (dataset, ratio, method), choice in groups.items():
+        chosen = "**chosen**" + " (provisional)" * choice.provisional
+        for c, done in choice.entries:
             seeds = sorted(r.seed for r in done)
             test = statistics.fmean(100 * r.values[rule] for r in done) if done else None
-            mark, chosen = figure_marks(done, rule), "**chosen**" + " (provisional)" * provisional
+            mark = figure_marks(done, rule)
             out.append(
                 f"| {dataset} | {ratio} | {method} | {c.variant or 'preset'} | "
                 f"{len(seeds)} ({', '.join(map(str, seeds))}) | "
-                f"{_marked(_pm(scores.get(id(c)), None), mark)} | "
-                f"{_marked(_pm(test, None), mark)} | {chosen if best == id(c) else ''} | "
+                f"{_marked(_pm(choice.scores.get(id(c)), None), mark)} | "
+                f"{_marked(_pm(test, None), mark)} | {chosen if choice.chosen is c else ''} | "
                 f"{_runs_note(c)} |"
             )
-    out += [""] + mark_notes([c for entries in groups.values() for c, _ in entries], [rule])
-    out += not_counted(collected)
+    cells = [c for choice in groups.values() for c, _ in choice.entries]
+    out += [""] + mark_notes(cells, [rule]) + not_counted(collected)
     return "\n".join(out).rstrip("\n") + "\n"
 
 
@@ -1076,4 +1176,13 @@ def collect(
     return render(collected, fmt, rules)
 
 
-__all__ = ["collect", "read", "render", "render_choice", "render_gaps", "render_runs", "rows"]
+__all__ = [
+    "choose",
+    "collect",
+    "read",
+    "render",
+    "render_choice",
+    "render_gaps",
+    "render_runs",
+    "rows",
+]

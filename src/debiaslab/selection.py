@@ -286,14 +286,11 @@ def describe(name: str) -> str:
 
 SELECTION_RULES = {name: describe(name) for name in selection_names()}
 # the selections that maximise a validation score, so can also choose between settings
-# (``collect --choose``)
+# (``collect --choose``): every rule that scores the validation split, smoothed and fallback
+# forms included (their score at the pick is replayed from the eval log: the averaged score for a
+# smoothed rule, the last evaluation's own score where a fallback rule fell back)
 CHOOSE_RULES = [
-    n
-    for n in selection_names()
-    if base_rule(n).split == "valid"
-    and base_rule(n).score
-    and base_rule(n).window == 1
-    and base_rule(n).online
+    n for n in selection_names() if base_rule(n).split == "valid" and base_rule(n).score
 ]
 
 
