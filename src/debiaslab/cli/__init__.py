@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from debiaslab.cli import data, demo, presets, sweep, train
+from debiaslab.cli import collect, data, demo, presets, report, sweep, train
 from debiaslab.cli.common import Parser
 from debiaslab.cli.presets import preset_defaults
 from debiaslab.cli.train import METHOD_CHOICES, config_from_args
@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         pv.add_subparsers(dest="preview_dataset", metavar="DATASET", parser_class=Parser),
         data.PREVIEW_COMMANDS,
     )
-    _add_commands(sub, [*presets.COMMANDS, *sweep.COMMANDS, *demo.COMMANDS])
+    commands = [presets, sweep, collect, report, demo]
+    _add_commands(sub, [c for module in commands for c in module.COMMANDS])
     p._train_parser = parsers["train"]
     return p
 
