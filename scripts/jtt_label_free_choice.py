@@ -21,7 +21,9 @@ import statistics
 import sys
 from pathlib import Path
 
-from debiaslab.collect import _core, _pm, choose, figure_marks, finished, read
+from debiaslab.collect import choose, figure_marks, finished, read
+from debiaslab.collect.runs import _core
+from debiaslab.collect.tables import _pm
 from debiaslab.selection import CHOOSE_RULES, TEST_MARK, WA_PREFIX, base_rule, marks, reads_text
 
 LABEL_FREE_FIRST = sorted(CHOOSE_RULES, key=lambda n: "valid_bias_labels" in base_rule(n).reads)

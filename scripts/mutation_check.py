@@ -235,7 +235,7 @@ MUTATIONS = [  # (name, file, text, its replacement, the tests that must then fa
     ),
     (
         "collect: --choose ranks settings by their test score",
-        "src/debiaslab/collect.py",
+        "src/debiaslab/collect/aggregates.py",
         "id(c): statistics.fmean(100 * r.valid_scores[rule] for r in done)",
         "id(c): statistics.fmean(100 * r.values[rule] for r in done)",
         "tests/test_sweep.py",
@@ -249,21 +249,21 @@ MUTATIONS = [  # (name, file, text, its replacement, the tests that must then fa
     ),
     (
         "collect: runs of two builds averaged in one cell",
-        "src/debiaslab/collect.py",
+        "src/debiaslab/collect/runs.py",
         "key = (core, rec.data_sha)",
         "key = (core, ())",
         "tests/test_sweep.py::test_collect_never_averages_runs_of_two_builds",
     ),
     (
         "collect: the shipped figure recomputed from today's default",
-        "src/debiaslab/collect.py",
+        "src/debiaslab/collect/runs.py",
         "rec.shipped, rec.today = shipped_selection(res), default_selection(dataset, rec.values)",
         "rec.shipped = rec.today = default_selection(dataset, rec.values)",
         "tests/test_reads.py",
     ),
     (
         "collect: a run committed twice counted twice",
-        "src/debiaslab/collect.py",
+        "src/debiaslab/collect/runs.py",
         "    if key in found:\n",
         "    if False:\n",
         "tests/test_reads.py",

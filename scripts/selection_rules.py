@@ -17,7 +17,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from debiaslab.collect import TODAY, _builds, figure_marks, finished, read
+from debiaslab.collect import TODAY, figure_marks, finished, read
+from debiaslab.collect.aggregates import _builds
 from debiaslab.selection import LABEL_FREE, WA_PREFIX, base_rule, reads_text
 
 RULES = [TODAY, *LABEL_FREE, *(WA_PREFIX + n for n in LABEL_FREE)]
