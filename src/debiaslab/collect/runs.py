@@ -14,7 +14,7 @@ from debiaslab.config import TrainConfig
 from debiaslab.errors import UserError
 from debiaslab.methods import total_steps
 from debiaslab.presets import METHODS, PRESETS, RATIOS, Preset, find_preset, preset_name
-from debiaslab.rundir import PLAN_FILE, last_step, status
+from debiaslab.rundir import PLAN_FILE, last_step, read_log, status
 from debiaslab.selection import (
     CHOOSE_RULES,
     base_rule,
@@ -250,11 +250,7 @@ def _valid_score(name: str, picked: dict | None, dataset: str) -> float | None:
 def _eval_log(run_dir: Path) -> list[dict] | None:
     """A run's logged evaluations (metrics.jsonl), None when it has no readable log."""
     try:
-        records = [
-            json.loads(line)
-            for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-            if line
-        ]
+        records = read_log(run_dir)
     except (OSError, ValueError):
         return None
     return [r for r in records if r.get("kind") == "eval"]
