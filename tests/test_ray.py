@@ -10,7 +10,6 @@ import pytest
 from tests.conftest import REPO, cli_env
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'debiaslab[ray]')")
-import debiaslab.sweep_ray  # noqa: E402, F401  (registers the ray backend of debiaslab.sweep)
 
 
 @pytest.fixture(scope="module")

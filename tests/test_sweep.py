@@ -739,6 +739,22 @@ def test_runs_per_device_packs_k_runs_on_each_device(monkeypatch, tmp_path):
         sweep_mod.sweep(spec, tmp_path / "out", runs_per_device=0)
 
 
+def test_the_ray_backend_is_found_by_its_name_without_an_import_first(monkeypatch, tmp_path):
+    """``sweep.BACKENDS`` names the Ray backend and imports it when a sweep asks for it (nothing to
+    import beforehand); without Ray, the sweep stops with one line saying how to install it."""
+    import sys
+
+    from debiaslab.sweep import _backend, sweep
+
+    with pytest.raises(UserError, match="unknown sweep backend 'slurm'; known: local, ray"):
+        _backend("slurm")
+    assert _backend("ray").__module__ == "debiaslab.sweep_ray"
+    monkeypatch.setitem(sys.modules, "ray", None)  # as where Ray is not installed
+    spec = {"methods": ["vanilla"], "ratios": [1], "seeds": [0]}
+    with pytest.raises(UserError, match=r"--backend ray needs Ray: pip install 'debiaslab\[ray\]'"):
+        sweep(spec, tmp_path / "out", backend="ray", progress=False)
+
+
 def test_collect_marks_runs_whose_training_reads_test_labels(tmp_path):
     root = tmp_path / "sweep"
     values = {r: 0.7 for r in RULES}

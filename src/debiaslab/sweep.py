@@ -557,17 +557,22 @@ def local_backend(todo: list[Run], out: Path, options: SweepOptions) -> dict:
     return run_local(todo, out, n_jobs, devs, options.progress, options.fuse_max)
 
 
-# name -> backend(todo, out, options) -> {"finished": n, "failed": n}. Other backends register
-# themselves here when imported (sweep_ray.py: "ray"; the CLI imports it for --backend ray), so
-# this module imports none of them.
-BACKENDS = {"local": local_backend}
+# Every backend, by name: backend(todo, out, options) -> {"finished": n, "failed": n}, or
+# "module:function" where it lives elsewhere, imported only when a sweep asks for it (sweep_ray.py
+# imports this module, and Ray is an optional dependency).
+BACKENDS = {"local": local_backend, "ray": "debiaslab.sweep_ray:ray_backend"}
 
 
 def _backend(name: str):
     if name not in BACKENDS:
-        extra = " (import debiaslab.sweep_ray first; the CLI does)" if name == "ray" else ""
-        raise UserError(f"unknown sweep backend {name!r}{extra}; known: {', '.join(BACKENDS)}")
-    return BACKENDS[name]
+        raise UserError(f"unknown sweep backend {name!r}; known: {', '.join(BACKENDS)}")
+    backend = BACKENDS[name]
+    if isinstance(backend, str):
+        import importlib
+
+        module, function = backend.split(":")
+        backend = getattr(importlib.import_module(module), function)
+    return backend
 
 
 def sweep(

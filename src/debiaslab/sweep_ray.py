@@ -6,6 +6,7 @@ and ``--gpus_per_run`` GPUs. Tasks write to
 the sweep's results folder, which must be visible at the same path on every node (a shared file
 system); relative data paths are read from the driver's working directory, as with a local sweep.
 Skip and resume work as locally: the driver skips finished runs and ``train`` resumes unfinished ones.
+``sweep.BACKENDS`` names ``ray_backend`` and imports this module when a sweep asks for it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from debiaslab.errors import UserError
 from debiaslab.rundir import status
 from debiaslab.runner import run_config, run_group
-from debiaslab.sweep import BACKENDS, Progress, Run, SweepOptions, _headline, fused_units
+from debiaslab.sweep import Progress, Run, SweepOptions, _headline, fused_units
 
 
 def _ray():
@@ -149,6 +150,3 @@ def ray_backend(todo: list[Run], out: Path, options: SweepOptions) -> dict:
         options.runs_per_device,
         options.fuse_max,
     )
-
-
-BACKENDS["ray"] = ray_backend

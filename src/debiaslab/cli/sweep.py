@@ -143,9 +143,6 @@ def sweep_spec(args) -> dict:
 def cmd_sweep(args) -> int:
     from debiaslab.sweep import sweep
 
-    if args.backend == "ray":
-        import debiaslab.sweep_ray  # noqa: F401  (registers the ray backend)
-
     if args.jobs is not None and args.jobs <= 0:
         raise UserError(f"--jobs must be positive, got {args.jobs}")
     if args.fuse_max <= 0:
