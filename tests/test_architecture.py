@@ -69,3 +69,23 @@ def test_only_the_entry_points_import_the_command_line():
     graph = import_graph()
     users = {n for n, imported in graph.items() if "debiaslab.cli" in imported}
     assert users <= {"debiaslab.__main__", "debiaslab.clidoc"}, users  # clidoc: its docs page
+
+
+# reading, then computing, then rendering: a layer imports none of the layers after it, and no
+# part imports its package's top (which imports every part)
+PARTS = {
+    "debiaslab.collect": [["runs"], ["aggregates"], ["tables", "rule_tables"]],
+    "debiaslab.report": [["runs"], ["evaluation"], ["figures", "page"]],
+}
+
+
+def test_collect_and_report_read_then_compute_then_render():
+    graph = import_graph()
+    for package, layers in PARTS.items():
+        parts = {f"{package}.{m}" for layer in layers for m in layer}
+        assert parts == {n for n in graph if n.startswith(package + ".")}, package  # all named
+        for i, layer in enumerate(layers):
+            later = {f"{package}.{m}" for after in layers[i + 1 :] for m in after}
+            for name in (f"{package}.{m}" for m in layer):
+                assert package not in graph[name], name
+                assert not reaches(graph, name, later), (name, reaches(graph, name, later))
