@@ -38,9 +38,9 @@ def two_ratios(tmp_path_factory):
     return root
 
 
-def configs(data, logs, method, **kw) -> list[TrainConfig]:
+def configs(data, logs, method, own_lr=0.005, **kw) -> list[TrainConfig]:
     """Three runs of ``method``: seeds 0, 1, 2 on ratios 1pct, 2pct, 1pct, the third with its
-    own learning rate and lambdas (float settings a group may differ in)."""
+    own learning rate ``own_lr`` and lambdas (float settings a group may differ in)."""
     base = dict(
         dataset="cmnist",
         method=method,
@@ -55,7 +55,7 @@ def configs(data, logs, method, **kw) -> list[TrainConfig]:
         device="cpu",
         **kw,
     )
-    runs = [(0, "1pct", {}), (1, "2pct", {}), (2, "1pct", {"lr": 0.005, "lambda_dis_align": 2.0})]
+    runs = [(0, "1pct", {}), (1, "2pct", {}), (2, "1pct", {"lr": own_lr, "lambda_dis_align": 2.0})]
     return [
         TrainConfig(**{**base, **own, "seed": s, "percent": p, "exp": f"{method}-{s}"})
         for s, p, own in runs
@@ -147,6 +147,45 @@ def test_fused_mlp_runs_end_bit_for_bit_where_lone_runs_end(two_ratios, tmp_path
         assert f_cfg.resolved().config_hash() == l_cfg.resolved().config_hash()
 
 
+@pytest.fixture
+def stacked_adam_steps(monkeypatch):
+    """How many times a group's one Adam kernel (``fused.StackedAdam``) stepped its runs."""
+    from debiaslab.fused import StackedAdam
+
+    calls = {"n": 0}
+    step = StackedAdam.step
+
+    def counted(self, skip):
+        calls["n"] += 1
+        return step(self, skip)
+
+    monkeypatch.setattr(StackedAdam, "step", counted)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "method, kw",
+    [
+        ("lff", {}),
+        ("disent", dict(curr_step=60, use_lr_decay=True, lr_decay_step=50, lr_gamma=0.5)),
+        ("jtt", dict(jtt_steps=40, jtt_upweight=5)),  # a new optimizer for its second stage
+    ],
+)
+def test_runs_of_one_learning_rate_step_adam_as_one_kernel_bit_for_bit_as_alone(
+    two_ratios, tmp_path, stacked_adam_steps, method, kw
+):
+    """Equal Adam settings: one kernel over the stacked parameters and moments steps every run
+    of the group, each run still ending where it ends alone (runs of their own learning rates
+    step their own kernels: the tests above)."""
+    fused_cfgs, lone_cfgs, fused, lone = train_both(two_ratios, tmp_path, method, own_lr=0.01, **kw)
+    assert stacked_adam_steps["n"] == STEPS + kw.get("jtt_steps", 0)
+    assert_fused_throughout(fused)
+    for f_cfg, l_cfg in zip(fused_cfgs, lone_cfgs):
+        assert_same_run(
+            tmp_path / "fused" / "cmnist" / f_cfg.exp, tmp_path / "lone" / "cmnist" / l_cfg.exp
+        )
+
+
 def test_runs_of_data_of_other_sizes_train_in_parts_each_as_alone(two_ratios, tmp_path, capsys):
     """1pct (120 images) and 5pct (150): their per-sample tables differ in shape, so the group
     trains them as two parts, as one printed line says; each still ends where it ends alone,
@@ -202,12 +241,15 @@ def nan_in_run_1_at_step_7(monkeypatch):
     monkeypatch.setattr(TrainingLoop, "batch", lone_batch)
 
 
-@pytest.mark.parametrize("mode", ["skip", "stop"])
+@pytest.mark.parametrize("mode, own_lr", [("skip", 0.005), ("stop", 0.005), ("skip", 0.01)])
 def test_a_nan_in_one_run_leaves_the_others_as_they_are(
-    two_ratios, tmp_path, nan_in_run_1_at_step_7, mode
+    two_ratios, tmp_path, nan_in_run_1_at_step_7, mode, own_lr
 ):
-    fused_cfgs = configs(two_ratios, tmp_path / "fused", "lff", on_nonfinite=mode)
-    lone_cfgs = configs(two_ratios, tmp_path / "lone", "lff", on_nonfinite=mode)
+    """``own_lr`` 0.01: every run of one learning rate, so the group's one Adam kernel skips
+    the step of the NaN and the two other runs step alone; from the next boundary on, the run
+    that skipped counts one step fewer, so each run steps its own kernel."""
+    fused_cfgs = configs(two_ratios, tmp_path / "fused", "lff", own_lr, on_nonfinite=mode)
+    lone_cfgs = configs(two_ratios, tmp_path / "lone", "lff", own_lr, on_nonfinite=mode)
     if mode == "skip":
         results = train_group(fused_cfgs)
         assert [bool(r["skipped_steps"]) for r in results] == [False, True, False]

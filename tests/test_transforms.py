@@ -84,3 +84,16 @@ def test_resize_uint8(size):
     assert out.dtype == torch.uint8 and out.shape == (3, 3, size, size)
     flat = torch.full((2, 3, 12, 12), 77, dtype=torch.uint8)
     assert (resize_uint8(flat, size) == 77).all()  # a constant image stays constant
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_batch_scaled_into_a_kept_buffer_is_the_batch_the_transform_makes(dtype):
+    """A fused group writes its scaled batch into one buffer (``scale_into``): the same bits."""
+    images = torch.randint(0, 256, (4, 6, 3, 5, 5), dtype=torch.uint8)
+    transform = BatchTransform(dtype=dtype)
+    assert transform.only_scales
+    out = torch.empty(images.shape, dtype=dtype)
+    made = transform(images.flatten(0, 1), train=True).unflatten(0, (4, 6))
+    assert transform.scale_into(images, out) is out and torch.equal(out, made)
+    assert not BatchTransform(flip=True).only_scales
+    assert not BatchTransform(mean=(0.5,), std=(0.5,)).only_scales

@@ -13,9 +13,13 @@ Where each run's tensors live:
 - parameters and buffers (BatchNorm statistics): one stacked ``[K, ...]`` tensor each; every
   run's own parameter is a view of its row, so evaluation, weight averaging, checkpoints and the
   optimizer see their run's current values without a copy;
-- gradients: the stacked parameter's gradient, whose row is handed to the run's parameter; each
-  run then takes its own optimizer step (its own fused Adam, learning rate and skip flag): the same
-  kernel, on the same numbers, as a lone run;
+- gradients and Adam's moments: the stacked parameter's gradient, whose row is handed to the
+  run's parameter. Where every run's Adam has the same settings, learning rate, schedule and step
+  count (a boundary checks), each moment is stacked like the parameters (the run's state holds a
+  view of its row) and one fused Adam kernel steps all K runs at once: the same elementwise
+  arithmetic as K calls, bit for bit, in one pass. A run whose step does not apply makes the
+  group's kernel skip, and the runs that did apply then step alone, as they do wherever the
+  runs' optimizers differ (their own fused Adam, learning rate and skip flag);
 - the method's own tensors (per-sample EMAs, group weights, error sets, the stop flag): stacked
   while steps run (runs fuse only where these have one shape), and copied back into
   each run's own tensors before anything else reads them (``sync_out``, at a boundary) and from
@@ -37,6 +41,7 @@ import torch.nn as nn
 from torch.func import vmap
 
 from debiaslab.methods.base import StepOutput, _compiled_or_eager
+from debiaslab.methods.optim import fused_adam, is_device_steppable
 
 # What the walk over a method's attributes leaves alone: what fusion handles itself (models,
 # optimizers, schedulers, generator, buffer snapshot) and the method's stage (a Python value).
@@ -111,6 +116,7 @@ class FusedStep:
         self._compute = self.compute
         self._step = self.step_on_batch
         self._stack_models()
+        self.adam: StackedAdam | None = None
         self.sync_in()
 
     # -- stacking ------------------------------------------------------------------------------
@@ -141,6 +147,9 @@ class FusedStep:
             for m, n in params + buffers:
                 t = getattr(m, n)
                 t.data = t.data.clone()
+            for opt in method.optimizers.values():
+                for state in opt.state.values():
+                    state.update({key: v.clone() for key, v in state.items()})
             method.graphed = False  # no longer stepped through the group's graphs
 
     def sync_in(self) -> None:
@@ -150,6 +159,7 @@ class FusedStep:
         lead = per_run[0]
         if any(len(s) != len(lead) for s in per_run):
             raise ValueError("the runs' methods hold different state; they cannot be fused")
+        self.adam = StackedAdam.rebuilt(self.adam, self.methods, self.run_param_slots, self.params)
         previous = getattr(self, "_stacked_by_slot", {})
         self._stacked_by_slot: dict[tuple, torch.Tensor] = {}
         self.state_slots, self.state = [], []
@@ -236,10 +246,16 @@ class FusedStep:
         for b, saved in zip(self.buffers, saved_buffers):
             keep = applied.view(-1, *[1] * (b.dim() - 1))
             b.copy_(torch.where(keep, b, saved))
-        for k, method in enumerate(self.methods):
+        for k in range(self.K):
             for (module, name), stacked in zip(self.run_param_slots[k], self.params):
                 getattr(module, name).grad = None if stacked.grad is None else stacked.grad[k]
-            method.optimizer_step(applied[k])
+        alone = applied
+        if self.adam is not None:  # one kernel for the group until a run's step does not apply
+            self.adam.apart.logical_or_(~applied.all())
+            self.adam.step(self.adam.apart.float())
+            alone = applied & self.adam.apart
+        for k, method in enumerate(self.methods):
+            method.optimizer_step(alone[k])
         return StepOutput(names, values, finite, applied)
 
     def update(self, xs, ys, idxs, step: int) -> list[StepOutput]:
@@ -278,3 +294,157 @@ class FusedStep:
         self.graphed = True
         for m in self.methods:
             m.graphed = True
+
+
+class StackedAdam:
+    """The fused Adam of every run of a group as one kernel call per parameter group.
+
+    Built at a boundary (``build``: host reads allowed) where each run's optimizers are fused Adam
+    over its rows of the same stacked parameters, in the same order, with equal settings,
+    learning rates, schedules and step counts: these then stay equal until the next boundary, so
+    one call with the first run's learning rate computes every run's step. A parameter whose row
+    fills whole vectors of the kernel (``WHOLE`` elements) is stepped as the stacked tensor, its
+    moments and step counts stacked too (each run's state holds views of its rows); the others
+    go into the same call as each run's own tensor, since the kernel runs the last elements of a
+    tensor outside its vector loop and those must round as a lone run's do.
+    """
+
+    # elements per row that keep every row's elements in the vector lanes a lone run uses them
+    # in: a multiple of any CPU vector width the kernel runs at (AVX-512: 16 floats, unrolled)
+    WHOLE = 64
+
+    def __init__(self, calls: list[dict]):
+        self.calls = calls  # per param group: the tensors of its one kernel call
+        # set on the device by the first step a run skips: from then on the runs' step counts
+        # differ, so each run steps alone (the group's call skips) until a rebuild
+        self.apart = torch.zeros((), dtype=torch.bool, device=calls[0]["params"][0].device)
+
+    @classmethod
+    def rebuilt(cls, old: StackedAdam | None, *args) -> StackedAdam | None:
+        """``build`` at a boundary, keeping ``old`` (the tensors a captured step holds) where
+        the runs still share its calls, and keeping it skipped where they no longer can."""
+        new = cls.build(*args)
+        if old is None:
+            return new
+        if new is None or not old.same_calls(new):
+            old.apart.fill_(True)
+            return old if new is None else new
+        old.apart.fill_(False)
+        return old
+
+    def same_calls(self, other: StackedAdam) -> bool:
+        def ids(calls):
+            return [
+                [id(t) for key in ("params", "exp_avg", "exp_avg_sq") for t in c[key]]
+                for c in calls
+            ]
+
+        return ids(self.calls) == ids(other.calls)
+
+    @classmethod
+    def build(cls, methods, run_param_slots, params) -> StackedAdam | None:
+        """The group's stacked Adam, or None where the runs' optimizers cannot share a kernel."""
+        layouts = [_adam_layout(m, slots) for m, slots in zip(methods, run_param_slots)]
+        if any(layout is None or layout[0] != layouts[0][0] for layout in layouts):
+            return None
+        calls = []
+        for g, (_, indices) in enumerate(layouts[0][0]):
+            run_groups = [layout[1][g] for layout in layouts]
+            if len({_settings(*run) for run in run_groups}) != 1:
+                return None
+            call = dict(params=[], exp_avg=[], exp_avg_sq=[], counts=[], kernel_counts=[])
+            call["group"] = run_groups[0][1]  # the first run's: its settings and learning rate
+            for i, j in enumerate(indices):
+                if params[j][0].numel() % cls.WHOLE == 0:
+                    m, v, counts = _stack_state(run_groups, i)
+                    _add(call, params[j], m, v, counts, counts[0])
+                    continue
+                for opt, group, _ in run_groups:
+                    p = group["params"][i]
+                    state = opt.state[p]
+                    _add(call, p, state["exp_avg"], state["exp_avg_sq"], state["step"])
+            calls.append(call)
+        return cls(calls) if calls else None
+
+    @torch.no_grad()
+    def step(self, skip: torch.Tensor) -> None:
+        """Every run's Adam step, unless ``skip`` (a float 0-d tensor) is 1: then none."""
+        for c in self.calls:
+            live = [i for i, p in enumerate(c["params"]) if p.grad is not None]
+            if live:
+                fused_adam(
+                    c["group"],
+                    *([c[key][i] for i in live] for key in ("params", "exp_avg", "exp_avg_sq")),
+                    [c["counts"][i] for i in live],
+                    skip,
+                    kernel_counts=[c["kernel_counts"][i] for i in live],
+                )
+
+
+def _add(call: dict, param, exp_avg, exp_avg_sq, counts, kernel_counts=None) -> None:
+    """One tensor of a kernel call, with its moments, the step counts the call raises and the
+    count the kernel reads (the same 0-d tensor, or the first row of a stacked parameter's)."""
+    values = (
+        param,
+        exp_avg,
+        exp_avg_sq,
+        counts,
+        counts if kernel_counts is None else kernel_counts,
+    )
+    for key, value in zip(("params", "exp_avg", "exp_avg_sq", "counts", "kernel_counts"), values):
+        call[key].append(value)
+
+
+def _adam_layout(method, param_slots) -> tuple[tuple, list] | None:
+    """(shape, per param group (optimizer, group, schedule)) of a run's optimizers: the shape
+    names each param group's stacked parameters by index; None unless every optimizer is a
+    fused Adam with its state built."""
+    if not method.on_device or not all(is_device_steppable(o) for o in method.optimizers.values()):
+        return None
+    index = {id(getattr(module, name)): j for j, (module, name) in enumerate(param_slots)}
+    shape, groups = [], []
+    for name, opt in method.optimizers.items():
+        schedule = method.schedulers.get(name)
+        schedule = None if schedule is None else tuple(sorted(schedule.state_dict().items()))
+        for group in opt.param_groups:
+            if any(id(p) not in index or not opt.state.get(p) for p in group["params"]):
+                return None
+            shape.append((name, tuple(index[id(p)] for p in group["params"])))
+            groups.append((opt, group, schedule))
+    return tuple(shape), groups
+
+
+def _settings(opt, group: dict, schedule) -> tuple:
+    """What one kernel call must share until the next boundary: the settings, the learning
+    rate's value and dtype, its schedule, and each parameter's step count (host reads)."""
+    lr = group["lr"]
+    return (
+        tuple(group["betas"]),
+        group["eps"],
+        group["weight_decay"],
+        bool(group.get("decoupled_weight_decay")),
+        bool(group.get("amsgrad")),
+        float(lr),
+        lr.dtype if isinstance(lr, torch.Tensor) else None,
+        schedule,
+        tuple(float(opt.state[p]["step"]) for p in group["params"]),
+    )
+
+
+def _stack_state(run_groups, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Parameter ``i`` of a param group: its moments and step counts stacked over the runs, each
+    run's state then holding views of its rows (kept where they already are)."""
+    states = [opt.state[group["params"][i]] for opt, group, _ in run_groups]
+    out = []
+    for key in ("exp_avg", "exp_avg_sq", "step"):
+        tensors = [s[key] for s in states]
+        base = tensors[0]._base
+        if base is not None and all(t._base is base for t in tensors) and len(base) == len(tensors):
+            if all(t.data_ptr() == base[k].data_ptr() for k, t in enumerate(tensors)):
+                out.append(base)
+                continue
+        stacked = torch.stack([t.detach() for t in tensors])
+        for k, s in enumerate(states):
+            s[key] = stacked[k]
+        out.append(stacked)
+    return tuple(out)

@@ -277,6 +277,7 @@ class FusedLoop:
         self.failed: dict[Path, BaseException] = {}
         self.fused = self._fuse()
         self.gathered: torch.Tensor | None = None  # the uint8 batches' buffer, [K, B, ...]
+        self.inputs: torch.Tensor | None = None  # and the scaled batches', where reused
 
     def _fuse(self):
         lead = self.active[0]
@@ -344,9 +345,13 @@ class FusedLoop:
         shape = (len(self.active), idxs.shape[1], *images.shape[1:])
         if self.gathered is None or self.gathered.shape != shape:
             self.gathered = images.new_empty(shape)
+            self.inputs = images.new_empty(shape, dtype=transform.dtype)
         for loop, idx, out in zip(self.active, idxs, self.gathered):
             torch.index_select(loop.train_split.images, 0, idx, out=out)
-        x = transform(self.gathered.flatten(0, 1), train=True).unflatten(0, shape[:2])
+        if transform.only_scales:  # the step has let go of the last batch: reuse its memory
+            x = transform.scale_into(self.gathered, self.inputs)
+        else:
+            x = transform(self.gathered.flatten(0, 1), train=True).unflatten(0, shape[:2])
         splits = (loop.train_split for loop in self.active)
         ys = torch.stack([torch.index_select(s.targets, 0, idx) for s, idx in zip(splits, idxs)])
         return x, ys, idxs

@@ -58,6 +58,18 @@ class BatchTransform:
     def eval(self, images: torch.Tensor) -> torch.Tensor:
         return self(images, train=False)
 
+    @property
+    def only_scales(self) -> bool:
+        """Whether a training batch is only scaled (no crop, flip or normalisation)."""
+        plain = self.memory_format == torch.contiguous_format
+        return not (self.crop_padding or self.flip) and self.mean is None and plain
+
+    def scale_into(self, images: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The training batch of a transform that ``only_scales``, written into ``out`` (of the
+        training dtype): the numbers ``self(images, train=True)`` makes, without allocating a
+        batch per step (a fused group's batch is tens of MB, and a fresh one costs page faults)."""
+        return torch.mul(images, self.scale, out=out)
+
 
 def _rand(n: int, high: int, generator, device) -> torch.Tensor:
     gdev = generator.device if generator is not None else device

@@ -64,33 +64,44 @@ def adam_step(optimizers: list[torch.optim.Optimizer], skip: torch.Tensor) -> No
     for opt in optimizers:
         for group in opt.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            states = [opt.state[p] for p in params]
-            steps = [s["step"] for s in states]
-            beta1, beta2 = group["betas"]
-            kernel = (
-                torch._fused_adamw_ if group.get("decoupled_weight_decay") else torch._fused_adam_
-            )
-            torch._foreach_add_(steps, 1)
-            kernel(
-                params,
-                [p.grad for p in params],
-                [s["exp_avg"] for s in states],
-                [s["exp_avg_sq"] for s in states],
-                [],
-                steps,
-                amsgrad=False,
-                lr=group["lr"],
-                beta1=beta1,
-                beta2=beta2,
-                weight_decay=group["weight_decay"],
-                eps=group["eps"],
-                maximize=False,
-                grad_scale=None,
-                found_inf=skip,
-            )
-            torch._foreach_sub_(steps, [skip] * len(steps))
+            if params:
+                states = [opt.state[p] for p in params]
+                fused_adam(
+                    group,
+                    params,
+                    [s["exp_avg"] for s in states],
+                    [s["exp_avg_sq"] for s in states],
+                    [s["step"] for s in states],
+                    skip,
+                )
+
+
+def fused_adam(group: dict, params, exp_avgs, exp_avg_sqs, counts, skip, kernel_counts=None):
+    """One fused Adam kernel over ``params`` (and their ``.grad``) with ``group``'s settings:
+    the ``counts`` go up by one first and back where ``skip`` is 1. ``kernel_counts``: the step
+    counts the kernel reads, where they are not ``counts`` themselves (``fused.StackedAdam``:
+    one count of a stacked parameter's equal rows)."""
+    beta1, beta2 = group["betas"]
+    kernel = torch._fused_adamw_ if group.get("decoupled_weight_decay") else torch._fused_adam_
+    torch._foreach_add_(counts, 1)
+    kernel(
+        params,
+        [p.grad for p in params],
+        exp_avgs,
+        exp_avg_sqs,
+        [],
+        counts if kernel_counts is None else kernel_counts,
+        amsgrad=False,
+        lr=group["lr"],
+        beta1=beta1,
+        beta2=beta2,
+        weight_decay=group["weight_decay"],
+        eps=group["eps"],
+        maximize=False,
+        grad_scale=None,
+        found_inf=skip,
+    )
+    torch._foreach_sub_(counts, [skip] * len(counts))
 
 
 class StepDecay:
