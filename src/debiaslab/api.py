@@ -638,7 +638,8 @@ def fit_many(
     data in a folder and built-in models; this process for in-memory data, your own model or a
     GPU).
     """
-    from debiaslab.group import default_processes, train_group
+    from debiaslab.group import default_processes
+    from debiaslab.sweep import train_fused
 
     data = _hashed(data)
     model, log_dir, exp, options = _with_config(method, config, model, log_dir, exp, options)
@@ -662,7 +663,7 @@ def fit_many(
     bundle = data if isinstance(data, DatasetBundle) else None
     if processes is not None and (type(processes) is not int or processes <= 0):
         raise UserError(f"fit_many(processes={processes!r}): give a positive int, or leave it out")
-    train_group(cfgs, bundle=bundle, processes=processes or default_processes(cfgs, bundle))
+    train_fused(cfgs, processes or default_processes(cfgs, bundle), bundle)
     return [load_run(c.run_dir()) for c in cfgs]
 
 

@@ -107,7 +107,7 @@ def default_processes(cfgs: list[TrainConfig], bundle=None) -> int:
 
 
 def train_group(
-    cfgs: list[TrainConfig], progress_desc: str | None = None, bundle=None, processes: int = 1
+    cfgs: list[TrainConfig], progress_desc: str | None = None, bundle=None
 ) -> list[dict]:
     """Train ``cfgs`` as fused groups; returns each run's results, in order. ``bundle``: the data
     of every run (in-memory data); default: each run's own, read once per dataset and ratio.
@@ -117,18 +117,8 @@ def train_group(
     Finished runs are read back, not retrained; the others resume from their own last checkpoint.
     Runs whose checkpoints stand at different steps (a group killed between two runs' saves)
     train as one group per step. Raises ``GroupFailed`` after the others finish if some failed.
-
-    ``processes`` > 1 (``default_processes`` says when it pays): the runs train in that many
-    child processes at once, each a fused group of its share on its share of the threads, as
-    ``sweep`` runs them (its progress bar; each process's output in
-    ``<log_dir>/.sweep-logs/``).
     """
-    groups = fusion_groups(cfgs, max(1, len(cfgs)))
-    if len(groups) > 1:
-        why = f"they differ in {', '.join(_differing_settings(cfgs))}"
-        say_split([[cfgs[i].run_dir() for i in g] for g in groups], why)
-    if processes > 1 and bundle is None:
-        return _train_in_processes(cfgs, processes)
+    groups = say_key_split(cfgs)
     load = cached_loader()
     results: list[dict | None] = [None] * len(cfgs)
     errors: dict[str, BaseException] = {}
@@ -141,27 +131,13 @@ def train_group(
     return results
 
 
-def _train_in_processes(cfgs: list[TrainConfig], processes: int) -> list[dict]:
-    """``train_group`` in ``processes`` child processes (``sweep.run_local``), then every run's
-    results read back from its folder."""
-    from debiaslab.rundir import read_results
-    from debiaslab.sweep import Run, run_local
-
-    runs = [Run(Path(c.run_dir()).name, c) for c in cfgs]
-    out = Path(cfgs[0].log_dir)
-    run_local(runs, out, processes, ["cpu"], cfgs[0].progress, fuse_max=len(cfgs))
-    results: list[dict | None] = []
-    errors: dict[str, BaseException] = {}
-    for cfg in cfgs:
-        run_dir = Path(cfg.run_dir())
-        results.append(read_results(run_dir))
-        if results[-1] is None:
-            errors[str(run_dir)] = UserError(
-                f"it failed in its process (its output: {out / '.sweep-logs'})"
-            )
-    if errors:
-        raise GroupFailed(results, errors)
-    return results
+def say_key_split(cfgs: list[TrainConfig]) -> list[list[int]]:
+    """The groups of ``cfgs`` by fusion key, saying so in one line where there are several."""
+    groups = fusion_groups(cfgs, max(1, len(cfgs)))
+    if len(groups) > 1:
+        why = f"they differ in {', '.join(_differing_settings(cfgs))}"
+        say_split([[cfgs[i].run_dir() for i in g] for g in groups], why)
+    return groups
 
 
 def _differing_settings(cfgs: list[TrainConfig]) -> list[str]:

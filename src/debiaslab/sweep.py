@@ -37,7 +37,7 @@ from pathlib import Path
 from debiaslab.config import RUNTIME_FIELDS, TrainConfig
 from debiaslab.errors import UserError
 from debiaslab.presets import RATIOS, Preset, find_preset, match_presets
-from debiaslab.rundir import PLAN_FILE, last_step, status
+from debiaslab.rundir import PLAN_FILE, last_step, read_results, status
 
 GRID_KEYS = {"datasets", "methods", "ratios", "seeds", "presets", "set", "grid"}
 FIELDS = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig) if f.name != "extra"}
@@ -465,6 +465,34 @@ def run_local(
             signal.signal(signal.SIGTERM, previous)
     view.close()
     return view.counts
+
+
+def train_fused(cfgs: list[TrainConfig], processes: int = 1, bundle=None) -> list[dict]:
+    """``group.train_group`` of ``cfgs``, in this process or, with ``processes`` > 1
+    (``group.default_processes`` says when it pays), in that many child processes at once, each
+    a fused group of its share on its share of the threads, as a sweep runs them (its progress
+    bar; each process's output in ``<log_dir>/.sweep-logs/``); then every run's results read
+    back from its folder. Raises ``group.GroupFailed`` if some failed."""
+    from debiaslab.group import GroupFailed, say_key_split, train_group
+
+    if processes <= 1 or bundle is not None:
+        return train_group(cfgs, bundle=bundle)
+    say_key_split(cfgs)
+    runs = [Run(Path(c.run_dir()).name, c) for c in cfgs]
+    out = Path(cfgs[0].log_dir)
+    run_local(runs, out, processes, ["cpu"], cfgs[0].progress, fuse_max=len(cfgs))
+    results: list[dict | None] = []
+    errors: dict[str, BaseException] = {}
+    for cfg in cfgs:
+        run_dir = Path(cfg.run_dir())
+        results.append(read_results(run_dir))
+        if results[-1] is None:
+            errors[str(run_dir)] = UserError(
+                f"it failed in its process (its output: {out / '.sweep-logs'})"
+            )
+    if errors:
+        raise GroupFailed(results, errors)
+    return results
 
 
 # Runs packed onto each GPU when neither --jobs nor --runs_per_device says: measured on one H200

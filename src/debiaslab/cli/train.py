@@ -421,7 +421,8 @@ def cmd_train(args) -> int:
 def train_seeds(cfg, args) -> int:
     """``train --seeds A B ...``: one run per seed, trained as fused groups (one per process of
     ``--jobs``, by default ``group.default_processes``)."""
-    from debiaslab.group import GroupFailed, default_processes, train_group
+    from debiaslab.group import GroupFailed, default_processes
+    from debiaslab.sweep import train_fused
 
     if args.jobs is not None and args.jobs <= 0:
         raise UserError(f"--jobs {args.jobs}: give a positive number of processes")
@@ -429,7 +430,7 @@ def train_seeds(cfg, args) -> int:
         raise UserError(f"--seeds {' '.join(map(str, args.seeds))} repeats a seed; give each once")
     cfgs = [dataclasses.replace(cfg, seed=seed, exp=f"{cfg.exp}_seed{seed}") for seed in args.seeds]
     try:
-        results = train_group(cfgs, processes=args.jobs or default_processes(cfgs))
+        results = train_fused(cfgs, args.jobs or default_processes(cfgs))
         failed = {}
     except GroupFailed as e:
         results, failed = e.results, e.errors
