@@ -96,6 +96,41 @@ def matmul_rate(dtype, threads: int, seconds: float = 2.0) -> float:
     return 2 * 256 * 2352 * 100 * n / (time.perf_counter() - t0) / 1e9
 
 
+def batched_against_per_run(runs: int, seconds: float = 2.0) -> str:
+    """The first layer's forward and weight-gradient products of ``runs`` runs on one thread:
+    one product per run (the fused CPU step's ``models/layers.py``, bit for bit as alone)
+    against one batched product for all (``baddbmm`` / ``bmm``, the CUDA path)."""
+    import torch
+
+    torch.set_num_threads(1)
+    x, w = torch.randn(runs, 256, 2352), torch.randn(runs, 100, 2352)
+    b, g = torch.randn(runs, 100), torch.randn(runs, 256, 100)
+    out, grad_w = torch.empty(runs, 256, 100), torch.empty(runs, 100, 2352)
+
+    def per_run():
+        for k in range(runs):
+            torch.addmm(b[k], x[k], w[k].t(), out=out[k])
+            torch.mm(g[k].t(), x[k], out=grad_w[k])
+
+    def batched():
+        torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+        torch.bmm(g.transpose(1, 2), x)
+
+    def ms(f) -> float:
+        f()
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            f()
+            n += 1
+        return 1e3 * (time.perf_counter() - t0) / n
+
+    a, c = ms(per_run), ms(batched)
+    return (
+        f"first-layer forward + weight gradient of {runs} runs, 1 thread: one product per run "
+        f"{a:.2f} ms, one batched product {c:.2f} ms ({a / c:.2f}x)"
+    )
+
+
 def build_loops(args, seeds: list[int], log_dir: str, accelerate: bool = False):
     """A ``TrainingLoop`` per seed, built and restored as a fused group builds them.
     ``accelerate``: compile or capture each run's own step as configured, as a lone run does
@@ -334,6 +369,7 @@ def main() -> None:
         for t in sorted({1, J})
     }
     print("first-layer matmul (256x2352x100): " + ", ".join(f"{k} {v}" for k, v in rates.items()))
+    print(batched_against_per_run(12))
     print(
         f"{args.dataset} {args.percent}, {'bf16' if args.bf16 else 'fp32'}, run-steps/s over "
         f"{args.seconds:g} s after {args.warmup} warm-up steps (per process in brackets)",

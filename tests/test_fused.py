@@ -40,7 +40,9 @@ def two_ratios(tmp_path_factory):
 
 def configs(data, logs, method, own_lr=0.005, **kw) -> list[TrainConfig]:
     """Three runs of ``method``: seeds 0, 1, 2 on ratios 1pct, 2pct, 1pct, the third with its
-    own learning rate ``own_lr`` and lambdas (float settings a group may differ in)."""
+    own learning rate ``own_lr`` and lambdas (float settings a group may differ in); each run's
+    products by its own kernels (``fused_exact``) unless ``kw`` says otherwise."""
+    kw = {"fused_exact": True, **kw}
     base = dict(
         dataset="cmnist",
         method=method,
@@ -274,16 +276,27 @@ def test_a_nan_in_one_run_leaves_the_others_as_they_are(
         )
 
 
-def test_resnet_runs_agree_within_a_tolerance_another_seed_falls_outside(two_ratios, tmp_path):
-    """ResNet20 under vmap: grouped convolutions, so agreement up to float rounding over a short run."""
-    kw = dict(model="resnet20", num_steps=20, valid_freq=10, log_freq=10)
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(model="resnet20", num_steps=20, valid_freq=10, log_freq=10),
+        # the default CPU products: one batched product for all runs, summed in its own order
+        dict(model="mlp", fused_exact=None, valid_freq=50, log_freq=50),
+    ],
+    ids=["resnet-grouped-convolutions", "mlp-batched-products"],
+)
+def test_runs_agree_within_a_tolerance_another_seed_falls_outside(two_ratios, tmp_path, kw):
+    """Where a fused step sums in another order than a lone one (ResNet20's grouped
+    convolutions under vmap; the MLP's batched products), runs agree up to float rounding."""
     fused_cfgs = [
         dataclasses.replace(c, **kw) for c in configs(two_ratios, tmp_path / "f", "disent")
     ]
     lone_cfgs = [
         dataclasses.replace(c, **kw) for c in configs(two_ratios, tmp_path / "l", "disent")
     ]
-    train_group(fused_cfgs[:2])
+    fused = train_group(fused_cfgs[:2])
+    products = "batched" if kw.get("fused_exact", True) is None else "exact"
+    assert [r["fused_products"] for r in fused] == [products] * 2
     for c in lone_cfgs[:2]:
         train(c)
 
@@ -330,6 +343,7 @@ def test_fit_many_trains_seeds_and_settings_fused_each_as_fit_would(tmp_path):
 
     data = tiny_bundle()
     common = dict(model="mlp", num_steps=20, valid_freq=10, batch_size=16, device="cpu")
+    common["fused_exact"] = True  # a runtime setting: the same folder as without it
     runs = dl.fit_many(
         "lff", data, [{"seed": 0}, {"seed": 1, "lr": 0.003}], log_dir=tmp_path / "many", **common
     )

@@ -73,6 +73,7 @@ RUNTIME_FIELDS = frozenset(
         "on_nonfinite",
         "compile",
         "cuda_graph",
+        "fused_exact",
     }
 )
 # Where a run is written; the hash names that place, so it cannot depend on it.
@@ -228,6 +229,11 @@ class TrainConfig:
     """``torch.compile`` the step. None: where measured faster (``train.COMPILE_DEFAULT``)."""
     cuda_graph: bool | None = None
     """Replay the step as CUDA graphs. None: on CUDA unless compiling is off."""
+    fused_exact: bool | None = None
+    """In a fused group on the CPU, each run's linear products by its own kernels, so a fused
+    run ends bit for bit where it ends alone. None: off, one batched product for all the runs
+    (faster, as measured in docs/speed.md; equal to a lone run's to float rounding). CUDA
+    always batches."""
     wa_decay: float | None = None
     """The decay of the weight average of the models (``wa_*`` rules). None: 0.999; 0: off."""
     wa_start: int | None = None

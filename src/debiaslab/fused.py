@@ -42,6 +42,7 @@ from torch.func import vmap
 
 from debiaslab.methods.base import StepOutput, _compiled_or_eager
 from debiaslab.methods.optim import fused_adam, is_device_steppable
+from debiaslab.models.layers import batched_products
 
 # What the walk over a method's attributes leaves alone: what fusion handles itself (models,
 # optimizers, schedulers, generator, buffer snapshot) and the method's stage (a Python value).
@@ -239,10 +240,11 @@ class FusedStep:
         """One step of every run: as ``Method.step_on_batch``, with the loss, the BatchNorm
         statistics and the skip flags per run, then each run's own optimizer step."""
         saved_buffers = [b.clone() for b in self.buffers]
-        loss, names, values, finite, applied = self._compute(xs, ys, idxs, draws)
-        for p in self.params:
-            p.grad = None
-        loss.sum().backward()
+        with batched_products(not self.lead.cfg.fused_exact):
+            loss, names, values, finite, applied = self._compute(xs, ys, idxs, draws)
+            for p in self.params:
+                p.grad = None
+            loss.sum().backward()
         for b, saved in zip(self.buffers, saved_buffers):
             keep = applied.view(-1, *[1] * (b.dim() - 1))
             b.copy_(torch.where(keep, b, saved))

@@ -724,6 +724,9 @@ class TrainingLoop:
         results["fused_steps"] = self.fused_steps
         if self.fused_steps:  # only a fusion that ran: not the group the run was merely put in
             results["fused_with"] = self.fused_with
+            # linear products: each run's own kernels (bit for bit as alone), or batched
+            exact = self.cfg.fused_exact and self.device.type == "cpu"
+            results["fused_products"] = "exact" if exact else "batched"
         return results
 
 

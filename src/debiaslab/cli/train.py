@@ -244,6 +244,14 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         "default: off (fp32)",
     )
     h.add_argument(
+        "--fused_exact",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="CPU, fused runs (--seeds, sweep, fit_many): compute each run's products with its "
+        "own kernels, so every run ends bit for bit where it ends alone; default: off, one "
+        "batched product for all runs (faster; equal to float rounding: docs/speed.md)",
+    )
+    h.add_argument(
         "--no_channels_last",
         action="store_true",
         help="turn off the channels_last memory format of convolutional models (CUDA only; on by default there)",

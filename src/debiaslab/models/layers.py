@@ -11,9 +11,32 @@ lone run sums it (tests/test_fused.py checks both).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+# within ``batched_products(True)``: the batched form on the CPU is one batched product too
+_batched_on_cpu = False
+
+
+@contextlib.contextmanager
+def batched_products(on: bool):
+    """Within (a fused step's forward and backward): on the CPU, with ``on``, the batched form
+    computes every run's product as one ``baddbmm`` / ``bmm``, as on CUDA: measured faster than
+    one product per run on the CPU too (docs/speed.md, "Fused runs"), at the price of sums in
+    another order than a lone run's, so its runs agree with lone ones to float rounding only."""
+    global _batched_on_cpu
+    before, _batched_on_cpu = _batched_on_cpu, on
+    try:
+        yield
+    finally:
+        _batched_on_cpu = before
+
+
+def _per_run(device: torch.device) -> bool:
+    return device.type == "cpu" and not _batched_on_cpu
 
 
 class _LinearFunction(torch.autograd.Function):
@@ -38,15 +61,15 @@ class _LinearFunction(torch.autograd.Function):
 class _BatchedLinear(_LinearFunction):
     """``x[k] @ W[k].T + b[k]`` for every run k: x [K, B, in], W [K, out, in], b [K, out].
 
-    On CUDA one ``baddbmm`` / ``bmm`` per product. On the CPU one ``addmm`` / ``mm`` per run, the
-    very calls of a lone run on the same contiguous slices: CPU BLAS picks other kernels for a
-    batched product of small matrices (its sums then differ in the last bits), and a CPU step is
-    bound by arithmetic, not by calls, so a batched call would buy nothing there.
+    On CUDA, and on the CPU within ``batched_products(True)``, one ``baddbmm`` / ``bmm`` per
+    product. Otherwise on the CPU one ``addmm`` / ``mm`` per run, the very calls of a lone run on
+    the same contiguous slices (``--fused_exact``): CPU BLAS picks other kernels for a batched
+    product (its sums then differ in the last bits), so only these end bit for bit as alone.
     """
 
     @staticmethod
     def forward(x, weight, bias):
-        if x.device.type == "cpu":
+        if _per_run(x.device):
             out = x.new_empty(x.shape[0], x.shape[1], weight.shape[1])
             for a, w, b, o in zip(x, weight, bias, out):
                 torch.addmm(b, a, w.t(), out=o)
@@ -55,7 +78,7 @@ class _BatchedLinear(_LinearFunction):
 
     @staticmethod
     def backward(ctx, grad):
-        times = _per_run_mm if grad.device.type == "cpu" else torch.bmm
+        times = _per_run_mm if _per_run(grad.device) else torch.bmm
         return _LinearFunction.grads(ctx, grad, times, grad.transpose(1, 2), 1)
 
 
