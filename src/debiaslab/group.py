@@ -81,9 +81,9 @@ def default_processes(cfgs: list[TrainConfig], bundle=None) -> int:
     runs", has the measurement it rests on).
 
     On the CPU: one process per thread this process may use, so each group steps on one thread.
-    On 2 cores, two one-thread processes of K runs each trained 1.3-1.5x the run-steps of one
-    two-thread process of 2K, at every K measured: a small model's step does not split well
-    over threads, and a group on one thread keeps the core's cache to itself. On a GPU, or where
+    On 2 cores, two one-thread processes of K runs each trained more run-steps than one
+    two-thread process, at every K and for every method measured: a small model's step does not
+    split well over threads, and a group on one thread keeps the core's cache to itself. On a GPU, or where
     the runs exist only in this process (in-memory data, a model factory or method registered
     here), this process alone.
     """

@@ -44,7 +44,8 @@ def cmd_presets(args) -> int:
             )
         )
         return 0
-    sources = sorted({p.source for p in presets}, key=lambda s: s != PAPER_SOURCE)
+    # the paper's first, then in the order the presets name them (a set's order changes per run)
+    sources = sorted(dict.fromkeys(p.source for p in presets), key=lambda s: s != PAPER_SOURCE)
     print(f"{len(presets)} presets; run one with: debiaslab train --preset NAME")
     for source in sources:  # one section per source of the published numbers
         print(f"\npaper numbers from {source}:")
