@@ -1,6 +1,7 @@
 """The house's shape, drawn from the imports (every ``import`` in a module, function-level ones
 included): no two modules import each other, the data code reaches neither the loop nor the API,
-the methods and models reach neither, and only the entry points import the command line."""
+the methods and models reach neither (nor what compiles, captures or fuses their step), and only
+the entry points import the command line."""
 
 import ast
 from pathlib import Path
@@ -58,11 +59,17 @@ def test_the_data_code_imports_only_itself_and_the_bottom():
             assert not reaches(graph, name, TOP), name
 
 
+# what wraps a method's step from the loop: compiling, capturing, fusing (a method is one run's
+# step and imports none of it)
+ACCELERATION = {"debiaslab.accelerate", "debiaslab.graphs", "debiaslab.fused"}
+
+
 def test_methods_and_models_reach_neither_the_loop_nor_the_api_nor_the_cli():
     graph = import_graph()
+    outside = TOP | ACCELERATION
     for name in graph:
         if name.startswith(("debiaslab.methods", "debiaslab.models", "debiaslab.errors")):
-            assert not reaches(graph, name, TOP), (name, reaches(graph, name, TOP))
+            assert not reaches(graph, name, outside), (name, reaches(graph, name, outside))
 
 
 def test_only_the_entry_points_import_the_command_line():

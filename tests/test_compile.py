@@ -9,6 +9,7 @@ import torch
 import torch._dynamo
 import torch.nn.functional as F
 
+from debiaslab.accelerate import compile_compute
 from debiaslab.methods import METHODS
 from debiaslab.methods.vanilla import Vanilla
 from tests.conftest import make_method, method_batches, run_cli, tiny_bundle, tiny_config, traced
@@ -123,7 +124,7 @@ def run_both(method_name, steps, compiled, lr=0.01):
     new, targets = make_method(method_name, **kw)
     old = TodaysStep(make_method(method_name, **kw)[0])
     if compiled:
-        new.compile()
+        compile_compute(new)
     losses = []
     for step, (x, y, idx) in enumerate(method_batches(targets, steps)):
         a, b = new.update(x, y, idx, step).terms, old.update(x, y, idx, step)
@@ -157,7 +158,7 @@ def test_compiled_step_matches_todays_within_float_tolerance():
 
 
 def test_a_part_that_does_not_compile_runs_eagerly_after_one_warning(tmp_path, monkeypatch):
-    from debiaslab.methods.base import CompileFallbackWarning
+    from debiaslab.accelerate import CompileFallbackWarning
     from debiaslab.train import train
 
     def broken_compile(fn, **kw):

@@ -565,6 +565,7 @@ def test_a_boundary_keeps_the_stacked_tensors_a_captured_graph_holds(two_ratios,
 def test_a_run_released_from_a_captured_group_is_no_longer_marked_graphed(two_ratios, tmp_path):
     """A run leaving a group (its partner stopped) steps alone: results.json must not claim the
     group's graphs, and the loop captures its own step again where configured."""
+    from debiaslab.accelerate import capture_graphs
     from debiaslab.train import open_run
     from tests.test_graphs import StandInGraph
 
@@ -575,7 +576,7 @@ def test_a_run_released_from_a_captured_group_is_no_longer_marked_graphed(two_ra
         loop.restore(None, accelerate=False)
         loops.append(loop)
     group = FusedLoop(loops)
-    group.fused.capture(graph=StandInGraph)
+    capture_graphs(group.fused, graph=StandInGraph)
     assert all(loop.method.graphed for loop in loops)
     group.fused.release()
     assert not any(loop.method.graphed for loop in loops)

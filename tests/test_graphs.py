@@ -10,6 +10,7 @@ outputs copied before the next replay overwrites them. tests/test_cuda.py runs t
 import pytest
 import torch
 
+from debiaslab.accelerate import capture_graphs
 from debiaslab.graphs import CapturedStep, EagerGraph
 from tests.conftest import read_log, tiny_bundle, tiny_config
 
@@ -93,7 +94,7 @@ def test_capture_refuses_a_step_that_reads_the_host(tmp_path):
     method = METHODS["vanilla"](cfg, models, torch.zeros(4, dtype=torch.long), 2, torch.Generator())
     method.on_device = False
     with pytest.raises(ValueError, match="fused Adam"):
-        method.capture()
+        capture_graphs(method)
 
 
 def test_cuda_graph_flag_on_a_cpu_is_refused_with_the_fix(tmp_path):

@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 from torch.func import vmap
 
-from debiaslab.methods.base import StepOutput, _compiled_or_eager
+from debiaslab.methods.base import StepOutput
 from debiaslab.methods.optim import fused_adam, is_device_steppable
 from debiaslab.models.layers import batched_products
 
@@ -113,7 +113,7 @@ class FusedStep:
         self.lead = self.methods[0]
         self.K = len(self.methods)
         self.compiled: list[str] = []
-        self.graphed = False
+        self._graphed = False
         self._compute = self.compute
         self._step = self.step_on_batch
         self._stack_models()
@@ -276,26 +276,27 @@ class FusedStep:
             for k in range(self.K)
         ]
 
-    def compile(self) -> None:
-        """The fused computation through ``torch.compile`` (eager after one warning if it fails)."""
-        self._compute = _compiled_or_eager(self, "compute")
-        self.compiled.append("compute")
+    # -- what ``accelerate`` compiles and captures -------------------------------------------
+    @property
+    def stage(self):
+        return self.lead.stage
 
-    def capture(self, warmup: int = 3, graph=None) -> None:
-        """Replay the fused step as CUDA graphs, one per stage and set of draws (as ``Method``)."""
-        from debiaslab.graphs import CapturedStep, CudaGraph
+    @property
+    def on_device(self) -> bool:
+        """Every run's optimizer step reads nothing on the host (fused Adam)."""
+        return all(m.on_device for m in self.methods)
 
-        if not all(m.on_device for m in self.methods):
-            raise ValueError("CUDA graphs need fused Adam (the step would read the host)")
-        self._step = CapturedStep(
-            self.step_on_batch,
-            lambda draws: (self.lead.stage.name, tuple(draws)),
-            warmup,
-            graph or CudaGraph,
-        )
-        self.graphed = True
+    @property
+    def graphed(self) -> bool:
+        return self._graphed
+
+    @graphed.setter
+    def graphed(self, on: bool) -> None:
+        """The group's step replays as CUDA graphs, so each run's ``compute`` inside it does
+        too (autocast keeps no cast weights across replays)."""
+        self._graphed = on
         for m in self.methods:
-            m.graphed = True
+            m.graphed = on
 
 
 class StackedAdam:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from debiaslab import checkpoints
+from debiaslab.accelerate import capture_graphs, compile_compute
 from debiaslab.config import TrainConfig
 from debiaslab.errors import UserError
 from debiaslab.fused import FusedStep, state_signature
@@ -261,9 +262,9 @@ class FusedLoop:
             return None  # one run: its own step, compiled or captured as configured
         fused = FusedStep([loop.method for loop in self.active])
         if lead.compiled:
-            fused.compile()
+            compile_compute(fused)
         if lead.graphed:
-            fused.capture()
+            capture_graphs(fused)
         return fused
 
     @property
@@ -372,6 +373,6 @@ class FusedLoop:
         """A group left with one run steps it alone, compiled or captured as configured."""
         for loop in self.active:
             if loop.compiled and not loop.method.compiled:
-                loop.method.compile()
+                compile_compute(loop.method)
             if loop.graphed and not loop.method.graphed:
-                loop.method.capture()
+                capture_graphs(loop.method)

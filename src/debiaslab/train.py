@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from debiaslab import checkpoints
+from debiaslab.accelerate import capture_graphs, compile_compute
 from debiaslab.averaging import DEFAULT_DECAY, WeightAverage
 from debiaslab.config import RUNTIME_FIELDS, TrainConfig
 from debiaslab.data.checks import check_bundle
@@ -470,9 +471,9 @@ class TrainingLoop:
             if self.average is not None and "average" in state:
                 self.average.load_state_dict(state["average"])
         if self.compiled and accelerate:
-            self.method.compile()
+            compile_compute(self.method)
         if self.graphed and accelerate:
-            self.method.capture()
+            capture_graphs(self.method)
         cfg = self.cfg
         self.logger = RunLogger(
             self.run_dir,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -134,6 +133,8 @@ class Method:
         self.halted = torch.zeros((), dtype=torch.bool, device=device)
         self.on_device = all(is_device_steppable(o) for o in self.optimizers.values())
         self.buffers = BufferSnapshot([b for m in models.values() for b in m.buffers()])
+        # what ``update`` calls: the step as written, or compiled or captured from the loop
+        # (``accelerate``: a method is one run's step and imports none of that)
         self._compute = self.compute
         self._step = self.step_on_batch
         self.compiled: list[str] = []  # the parts of the step that run compiled
@@ -342,33 +343,6 @@ class Method:
     def lr(self) -> float:
         return float(next(iter(self.optimizers.values())).param_groups[0]["lr"])
 
-    def compile(self) -> None:
-        """Route the per-batch computation through ``torch.compile``; if it fails to compile it runs
-        eagerly from then on, after one warning line.
-
-        The optimizer step traces without a break too (tests/test_compile.py), but stays eager: it
-        is already one fused kernel per model, and Inductor has no fake kernel for it in torch
-        2.14, so it could not build it anyway.
-        """
-        self._compute = _compiled_or_eager(self, "compute")
-        self.compiled.append("compute")
-
-    def capture(self, warmup: int = 3, graph=None) -> None:
-        """Replay the step as CUDA graphs (``graphs.CapturedStep``), one per stage and set of draw
-        names; only for fused optimizers, whose step reads nothing on the host. ``graph``: a
-        stand-in for ``graphs.CudaGraph`` (tests on a CPU)."""
-        from debiaslab.graphs import CapturedStep, CudaGraph
-
-        if not self.on_device:
-            raise ValueError("CUDA graphs need fused Adam (the step would read the host)")
-        self._step = CapturedStep(
-            self.step_on_batch,
-            lambda draws: (self.stage.name, tuple(draws)),
-            warmup,
-            graph or CudaGraph,
-        )
-        self.graphed = True
-
     def train(self) -> None:
         for m in self.models.values():
             m.train()
@@ -459,35 +433,3 @@ def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
             group["lr"] = own
     if is_device_steppable(opt):
         init_adam_state(opt)
-
-
-def _compiled_or_eager(method: Method, name: str):
-    """``getattr(method, name)`` through ``torch.compile(fullgraph=True)``; on the first failure
-    (a graph break, no C++ compiler, an unsupported backend) one warning and eager from then on."""
-    eager = getattr(method, name)
-    compiled = torch.compile(eager, fullgraph=True, dynamic=False)
-    fell_back = False
-
-    def call(*args):
-        nonlocal fell_back
-        if fell_back:
-            return eager(*args)
-        try:
-            return compiled(*args)
-        except Exception as e:  # noqa: BLE001 - any compile failure means: run it eagerly
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-            warnings.warn(
-                f"--compile: {type(method).__name__}.{name} does not compile ({reason}); "
-                "it runs eagerly",
-                CompileFallbackWarning,
-                stacklevel=2,
-            )
-            fell_back = True
-            method.compiled.remove(name)
-            return eager(*args)
-
-    return call
-
-
-class CompileFallbackWarning(UserWarning):
-    """Part of a step could not be compiled and runs eagerly."""
