@@ -86,3 +86,30 @@ def test_an_option_with_choices_refuses_others_in_the_api_and_the_cli():
             TrainConfig(method=method, **{o.name: "nope"}).validate()
     r = run_cli("train", "--method", "lc", "--lc_variant", "nope")
     assert r.returncode == 2 and "invalid choice: 'nope'" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "method, option, before",
+    [
+        ("lc", "lc_variant", "earlier_reading"),
+        ("groupdro", "groupdro_sampler", "epochs"),
+        ("jtt", "jtt_error_draws", "upweight"),
+        ("denetdm", "denetdm_stage2", "own_head"),
+        ("lff_be", "be_candidates", "cadence"),
+        ("disent_be", "be_candidates", "cadence"),
+    ],
+)
+def test_a_run_saved_before_an_option_existed_reads_back_what_it_trained_with(
+    method, option, before
+):
+    """Declared with the option (``Option.saved_before``), read by ``TrainConfig.from_saved``;
+    a saved config that has the option keeps its own value, another method's is left alone."""
+    from debiaslab.config import TrainConfig
+
+    saved = TrainConfig(method=method).to_dict()
+    default = saved.pop(option)
+    assert getattr(TrainConfig.from_saved(saved), option) == before
+    assert getattr(TrainConfig.from_saved({**saved, option: default}), option) == default
+    vanilla = TrainConfig(method="vanilla").to_dict()
+    vanilla.pop(option)
+    assert getattr(TrainConfig.from_saved(vanilla), option) is None

@@ -298,24 +298,16 @@ class TrainConfig:
     @classmethod
     def from_saved(cls, d: dict) -> TrainConfig:
         """The config a run directory recorded. Runs saved before ``palette`` existed all trained on
-        LfF's palette (the only one then), so a Colored MNIST config without it means ``lff``; LC
-        runs saved before ``lc_variant`` existed trained debiaslab's earlier reading of LC, and GroupDRO
-        runs before ``groupdro_sampler`` shuffled epochs, JTT runs before ``jtt_error_draws`` drew an
-        error sample ``jtt_upweight`` times, BiasEnsemble runs before ``be_candidates`` kept any
-        evaluation of the valid_freq cadence, DeNetDM runs before ``denetdm_stage2`` gave the
-        target its own head."""
+        LfF's palette (the only one then), so a Colored MNIST config without it means ``lff``; runs
+        saved before one of their method's options existed get the value they trained with
+        (``Option.saved_before``, declared with the option: LC's first reading, GroupDRO's
+        shuffled epochs, JTT's lambda_up draws, BiasEnsemble's cadence, DeNetDM's own head)."""
         if d.get("dataset") in COLORED_DATASETS and "palette" not in d:
             d = {**d, "palette": "lff"}
-        if d.get("method") == "lc" and "lc_variant" not in d:
-            d = {**d, "lc_variant": "earlier_reading"}  # LC before its authors' version landed
-        if d.get("method") == "groupdro" and "groupdro_sampler" not in d:
-            d = {**d, "groupdro_sampler": "epochs"}  # GroupDRO before its balanced batches
-        if d.get("method") == "jtt" and "jtt_error_draws" not in d:
-            d = {**d, "jtt_error_draws": "upweight"}  # JTT before its 1 + lambda_up draws
-        if d.get("method") == "denetdm" and "denetdm_stage2" not in d:
-            d = {**d, "denetdm_stage2": "own_head"}  # DeNetDM before its authors' stage 2
-        if d.get("method") in ("lff_be", "disent_be") and "be_candidates" not in d:
-            d = {**d, "be_candidates": "cadence"}  # BiasEnsemble before its authors' candidates
+        method = METHODS.get(d.get("method"))
+        for option in method.options if method is not None else ():
+            if option.saved_before is not None and option.name not in d:
+                d = {**d, option.name: option.saved_before}
         return cls.from_dict(d)
 
     def identity(self) -> dict:

@@ -93,7 +93,7 @@ class BiasEnsemble:
             "be_candidates", str, "authors",
             "which evaluations of an auxiliary model may be kept: after 1 and 501 updates, or "
             "every valid_freq steps and the stage's end (debiaslab's first BiasEnsemble)",
-            "the authors' code", choices=CANDIDATES,
+            "the authors' code", choices=CANDIDATES, saved_before="cadence",
         ),
     )  # fmt: skip
 

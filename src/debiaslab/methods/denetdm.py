@@ -133,7 +133,7 @@ class DeNetDM(Method):
             "denetdm_stage2", str, "authors",
             "DeNetDM: stage 2: a target of the deep branch's shape into the shared classifier, "
             "which keeps training, or a target with its own head (debiaslab's first DeNetDM)",
-            "the authors' code", choices=STAGE2,
+            "the authors' code", choices=STAGE2, saved_before="own_head",
         ),
         Option(
             "denetdm_stage1_pick", str, "last",

@@ -37,7 +37,7 @@ class GroupDRO(Method):
         Option(
             "groupdro_sampler", str, "balanced",
             "GroupDRO: how batches are drawn: group-balanced with replacement, or shuffled epochs",
-            "every official GroupDRO command", choices=SAMPLERS,
+            "every official GroupDRO command", choices=SAMPLERS, saved_before="epochs",
         ),
         Option(
             "groupdro_optimizer", str, "adam",

@@ -35,6 +35,7 @@ class JTT(Method):
             "jtt_error_draws", str, "one_plus_upweight",
             "JTT: an error sample's draws per epoch: 1 + jtt_upweight, or jtt_upweight "
             "(debiaslab's first JTT)", "JTT's code", choices=ERROR_DRAWS,
+            saved_before="upweight",
         ),
     )  # fmt: skip
 

@@ -188,7 +188,7 @@ class LC(Method):
             "lc_variant", str, "authors",
             "LC: which LC to train: as its authors run it, or debiaslab's first reading of the "
             "paper (kept to compare)", "algorithms.md, the later methods as their authors ran them",
-            choices=VARIANTS,
+            choices=VARIANTS, saved_before="earlier_reading",
         ),
         Option(
             "lc_tau", float, 1.0, "LC: weight of the log-prior correction of the logits",

@@ -33,6 +33,9 @@ class Option:
     # False for an option added after runs were recorded whose default computes what they did:
     # at its default it stays out of the config hash, so those runs keep their folders
     hashed_at_default: bool = True
+    # for an option added after runs were recorded that computed something else: the value those
+    # runs trained with, read into their saved config where it lacks the option (from_saved)
+    saved_before: object = None
 
     @property
     def annotation(self) -> str:
