@@ -661,7 +661,7 @@ def fit_many(
             "the same exp and seed); give each its own exp, or drop the repeated run"
         )
     bundle = data if isinstance(data, DatasetBundle) else None
-    if processes is not None and (type(processes) is not int or processes <= 0):
+    if processes is not None and not _positive_int(processes):
         raise UserError(f"fit_many(processes={processes!r}): give a positive int, or leave it out")
     train_fused(cfgs, processes or default_processes(cfgs, bundle), bundle)
     return [load_run(c.run_dir()) for c in cfgs]

@@ -41,7 +41,7 @@ import torch.nn as nn
 from torch.func import vmap
 
 from debiaslab.methods.base import StepOutput
-from debiaslab.methods.optim import fused_adam, is_device_steppable
+from debiaslab.methods.optim import fused_adam
 from debiaslab.models.layers import batched_products
 
 # What the walk over a method's attributes leaves alone: what fusion handles itself (models,
@@ -402,7 +402,7 @@ def _adam_layout(method, param_slots) -> tuple[tuple, list] | None:
     """(shape, per param group (optimizer, group, schedule)) of a run's optimizers: the shape
     names each param group's stacked parameters by index; None unless every optimizer is a
     fused Adam with its state built."""
-    if not method.on_device or not all(is_device_steppable(o) for o in method.optimizers.values()):
+    if not method.on_device:  # every optimizer fused (optim.is_device_steppable)
         return None
     index = {id(getattr(module, name)): j for j, (module, name) in enumerate(param_slots)}
     shape, groups = [], []

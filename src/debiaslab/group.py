@@ -84,9 +84,9 @@ def default_processes(cfgs: list[TrainConfig], bundle=None) -> int:
     On the CPU: one process per thread this process may use, so each group steps on one thread.
     On 2 cores, two one-thread processes of K runs each trained more run-steps than one
     two-thread process, at every K and for every method measured: a small model's step does not
-    split well over threads, and a group on one thread keeps the core's cache to itself. On a GPU, or where
-    the runs exist only in this process (in-memory data, a model factory or method registered
-    here), this process alone.
+    split well over threads, and a group on one thread keeps the core's cache to itself. On a
+    GPU, or where the runs exist only in this process (in-memory data, a model factory or method
+    registered here), this process alone.
     """
     from debiaslab.methods import METHODS
     from debiaslab.models import BUILTIN_MODELS
@@ -322,7 +322,8 @@ class FusedLoop:
         shape = (len(self.active), idxs.shape[1], *images.shape[1:])
         if self.gathered is None or self.gathered.shape != shape:
             self.gathered = images.new_empty(shape)
-            self.inputs = images.new_empty(shape, dtype=transform.dtype)
+            scaled = transform.only_scales
+            self.inputs = images.new_empty(shape, dtype=transform.dtype) if scaled else None
         for loop, idx, out in zip(self.active, idxs, self.gathered):
             torch.index_select(loop.train_split.images, 0, idx, out=out)
         if transform.only_scales:  # the step has let go of the last batch: reuse its memory
