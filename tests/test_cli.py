@@ -422,3 +422,18 @@ def test_presets_lists_its_sections_in_one_order_whatever_the_hash_seed():
         [ln for ln in out.splitlines() if ln.startswith("paper numbers from")] for out in listings
     ]
     assert len(sections[0]) > 2 and sections[0] == sections[1] == sections[2]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--jobs", "2"], "--jobs sets the processes of --seeds; give --seeds A B ... with it"),
+        (["--seeds", "0", "1", "--jobs", "0"], "--jobs 0: give a positive number of processes"),
+    ],
+)
+def test_jobs_belongs_to_seeds_and_counts_processes(tmp_path, args, message):
+    from tests.conftest import run_cli
+
+    done = run_cli("train", "--method", "vanilla", "--log_dir", tmp_path, *args)
+    assert done.returncode == 2 and done.stderr.strip() == f"debiaslab: error: {message}"
+    assert not any(tmp_path.iterdir())  # refused before anything is written

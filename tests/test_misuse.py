@@ -526,6 +526,10 @@ ENTRY_POINT_CASES = [
      r"already holds a different run .*pass another exp= \(or log_dir=\) .* overwrite=True"),
     ("a percent of tensors", lambda run: dl.fit("vanilla", B, percent="5pct"),
      r"in-memory data is used as given: drop percent"),
+    ("no processes", lambda run: dl.fit_many("vanilla", B, [{"seed": 0}], processes=0),
+     r"fit_many\(processes=0\): give a positive int"),
+    ("processes as a flag", lambda run: dl.fit_many("vanilla", B, [{"seed": 0}], processes=True),
+     r"fit_many\(processes=True\): give a positive int"),
 ]  # fmt: skip
 
 
