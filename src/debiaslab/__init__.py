@@ -15,6 +15,7 @@ __all__ = [
     "fit_many",
     "load_run",
     "manifest_data",
+    "register_method",
     "register_model",
     "tensor_data",
 ]

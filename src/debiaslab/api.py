@@ -34,7 +34,7 @@ from debiaslab.config import TrainConfig
 from debiaslab.data.checks import check_bundle, check_label_range, checked_images, checked_split
 from debiaslab.data.splits import DatasetBundle, Split, data_id
 from debiaslab.errors import UserError, closest
-from debiaslab.methods import METHODS
+from debiaslab.methods import METHODS, register_method  # noqa: F401 (the API's)
 from debiaslab.models import MODELS
 from debiaslab.rundir import read_record
 from debiaslab.selection import (

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from debiaslab.errors import UserError
-from debiaslab.methods import METHODS
+from debiaslab.methods import METHODS, on_register
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
@@ -78,23 +78,34 @@ RUNTIME_FIELDS = frozenset(
 )
 # Where a run is written; the hash names that place, so it cannot depend on it.
 LOCATION_FIELDS = frozenset({"log_dir", "exp"})
-# The methods' own settings, declared by each method (Method.options): method -> {name: default}
-METHOD_DEFAULTS = {name: {o.name: o.default for o in m.options} for name, m in METHODS.items()}
+# The methods' own settings, declared by each method (Method.options), kept up to date as methods
+# register (``index_method``): method -> {name: default}
+METHOD_DEFAULTS: dict[str, dict] = {}
 # field -> the methods it is a setting of
-METHOD_FIELDS = {
-    name: tuple(m for m, own in METHOD_DEFAULTS.items() if name in own)
-    for fields in METHOD_DEFAULTS.values()
-    for name in fields
-}
+METHOD_FIELDS: dict[str, tuple[str, ...]] = {}
 # option name -> its declaration (one Option may serve several methods: BiasEnsemble's)
-METHOD_OPTIONS = {o.name: o for m in METHODS.values() for o in m.options}
+METHOD_OPTIONS: dict = {}
 # Fields left out of the identity where they are None (they apply to some datasets or methods
 # only, or None means their default), so adding one does not change the hash of the other runs.
-DATASET_SPECIFIC_FIELDS = frozenset({"palette", "wa_decay", "wa_start", "cpu_amp"}) | frozenset(
-    METHOD_FIELDS
-)
+DATASET_SPECIFIC_FIELDS = {"palette", "wa_decay", "wa_start", "cpu_amp"}
 # Options left out of the identity at their default (Option.hashed_at_default): option -> default
-UNHASHED_DEFAULTS = {o.name: o.default for o in METHOD_OPTIONS.values() if not o.hashed_at_default}
+UNHASHED_DEFAULTS: dict = {}
+
+
+def index_method(cls) -> None:
+    """Records a method's options in the tables above."""
+    METHOD_DEFAULTS[cls.name] = {o.name: o.default for o in cls.options}
+    for option in cls.options:
+        METHOD_OPTIONS[option.name] = option
+        owners = METHOD_FIELDS.get(option.name, ())
+        METHOD_FIELDS[option.name] = owners if cls.name in owners else (*owners, cls.name)
+        DATASET_SPECIFIC_FIELDS.add(option.name)
+        if not option.hashed_at_default:
+            UNHASHED_DEFAULTS[option.name] = option.default
+
+
+for _method in METHODS.values():
+    index_method(_method)
 # Colored MNIST's palettes (data/colored.py); "any" accepts whatever colours the data holds.
 PALETTE_CHOICES = ("disent", "lff", "any")
 COLORED_DATASETS = ("cmnist", "colored_digits")
@@ -117,6 +128,23 @@ def with_method_options(cls):
         cls.__annotations__[option.name] = option.annotation
         setattr(cls, option.name, None)
     return cls
+
+
+def add_method_fields(cls) -> None:
+    """A method registered after TrainConfig was made (``register_method``): its options join
+    the tables and become fields of TrainConfig itself, so configs made from now on take them."""
+    index_method(cls)
+    new = [o for o in cls.options if o.name not in {f.name for f in dataclasses.fields(TrainConfig)}]
+    if not new:
+        return
+    for option in new:
+        TrainConfig.__annotations__[option.name] = option.annotation
+        setattr(TrainConfig, option.name, None)
+    TrainConfig.extra = field(default_factory=dict)  # the decorator took it off the class
+    for made in ("__init__", "__repr__", "__eq__", "__match_args__"):
+        if made in TrainConfig.__dict__:  # made by the decorator: made again, with the new fields
+            delattr(TrainConfig, made)
+    dataclass(TrainConfig)
 
 
 @dataclass
@@ -444,3 +472,6 @@ class TrainConfig:
             raise UserError(
                 f"--gce_form must be one of {', '.join(GCE_FORMS)}, got {self.gce_form!r}"
             )
+
+
+on_register(add_method_fields)

@@ -88,14 +88,14 @@ def default_processes(cfgs: list[TrainConfig], bundle=None) -> int:
     GPU, or where the runs exist only in this process (in-memory data, a model factory or method
     registered here), this process alone.
     """
-    from debiaslab.methods import METHODS
+    from debiaslab.methods import METHODS, REGISTERED_HERE
     from debiaslab.models import BUILTIN_MODELS
     from debiaslab.prepare import resolve_device
 
     def elsewhere(cfg: TrainConfig) -> bool:  # can a fresh interpreter build this run?
         cfg = cfg.resolved()
         method = METHODS.get(cfg.method)
-        if method is None or method.__module__.split(".")[0] != "debiaslab":
+        if method is None or cfg.method in REGISTERED_HERE:  # not by an entry point
             return False
         names = method.model_heads(cfg)
         return all(method.model_architecture(cfg, n) in BUILTIN_MODELS for n in names)

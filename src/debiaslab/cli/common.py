@@ -26,10 +26,31 @@ class Parser(argparse.ArgumentParser):
             word, known = choice[1], re.findall(r"'([^']*)'", choice[2])
         elif flag:
             word, known = flag[1], sorted(_option_strings(self))
+            if word in known:  # a flag of another command, not a typo
+                return self._elsewhere(word)
         else:
             return ""
         close = closest(word, known)
         return f"; did you mean {close[0]}?" if close else ""
+
+
+    def _elsewhere(self, flag: str) -> str:
+        import sys
+
+        owners = [name for name, sub in _subcommands(self) if flag in _option_strings(sub)]
+        hint = f"; {flag} is a flag of debiaslab {' and '.join(owners)}"
+        if sys.argv[1:2] == ["sweep"] and "train" in owners:
+            hint += f", which a sweep takes as --set {flag[2:]}=VALUE"
+        return hint
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> list:
+    return [
+        item
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for item in action.choices.items()
+    ]
 
 
 def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
