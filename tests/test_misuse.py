@@ -555,7 +555,7 @@ def test_a_run_refused_at_its_start_leaves_no_folder_and_a_failed_one_says_what_
 ):
     """A batch larger than the training split is refused before the folder exists; a run that
     fails before any checkpoint says a rerun starts it again, not that it resumes."""
-    from debiaslab.train import mark_failed
+    from debiaslab.rundir import RunDir
 
     with pytest.raises(UserError, match=r"batch_size 1000 is larger than the training split"):
         dl.fit("vanilla", B, model="mlp", log_dir=tmp_path, **{**FIT, "batch_size": 1000})
@@ -563,7 +563,7 @@ def test_a_run_refused_at_its_start_leaves_no_folder_and_a_failed_one_says_what_
     fresh, started = tmp_path / "fresh", tmp_path / "started"
     fresh.mkdir(), started.mkdir(), (started / "checkpoint_last.pt").write_bytes(b"")
     for run_dir in (fresh, started):
-        mark_failed(run_dir, UserError("refused"))
+        RunDir(run_dir).mark_failed(UserError("refused"))
     assert "start it again (no checkpoint yet)" in (fresh / "FAILED").read_text()
     assert "resume from the last checkpoint" in (started / "FAILED").read_text()
 

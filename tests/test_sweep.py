@@ -12,7 +12,7 @@ from debiaslab import UserError
 from debiaslab.collect import collect
 from debiaslab.config import TrainConfig
 from debiaslab.presets import PAPER, PRESETS, get_preset
-from debiaslab.rundir import status
+from debiaslab.rundir import RunDir
 from debiaslab.sweep import expand, load_spec_file, parse_set, plan, run_name
 from tests.conftest import REPO, run_cli
 
@@ -634,7 +634,7 @@ def test_committed_rows_are_what_todays_presets_train(config, runs):
     drifted from the committed rows renames its runs (the config hash) and leaves them missing."""
     cfgs = expand(load_spec_file(str(REPO / "configs" / config)))
     planned = plan(cfgs, REPO / "docs" / "results" / runs)
-    missing = [run.name for run in planned if status(run.run_dir) != "finished"]
+    missing = [run.name for run in planned if RunDir(run.run_dir).status() != "finished"]
     assert planned and missing == []
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import shutil
 from pathlib import Path
 
@@ -26,9 +25,8 @@ import torch
 
 from debiaslab.errors import UserError
 from debiaslab.io import atomic_torch_save
+from debiaslab.rundir import RunDir
 
-LAST = "checkpoint_last.pt"
-_STEP_FILE = re.compile(r"^checkpoint_step(\d+)\.pt$")
 FORMAT = 2
 
 
@@ -66,39 +64,29 @@ def _to_tuples(x):
     return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
 
 
-def step_files(run_dir: Path) -> list[tuple[int, Path]]:
-    """The kept older full checkpoints, newest first."""
-    out = []
-    for p in Path(run_dir).iterdir():
-        m = _STEP_FILE.match(p.name)
-        if m:
-            out.append((int(m.group(1)), p))
-    return sorted(out, reverse=True)
-
-
 def save_full(run_dir: Path, state: dict, keep: int, previous_step: int | None) -> None:
     """Write ``state`` as ``checkpoint_last.pt``, keeping the ``keep - 1`` previous full checkpoints."""
-    run_dir = Path(run_dir)
-    last = run_dir / LAST
+    run = RunDir(run_dir)
+    last = run.last_checkpoint
     if keep > 1 and previous_step is not None and last.exists():
-        kept = run_dir / f"checkpoint_step{previous_step}.pt"
+        kept = run.step_checkpoint(previous_step)
         if not kept.exists():
             try:
                 os.link(last, kept)  # the old file stays reachable under its step; no copy
             except OSError:
                 atomic_torch_save(torch.load(last, map_location="cpu", weights_only=True), kept)
     atomic_torch_save({"kind": "full", "format": FORMAT, **state}, last)
-    for _, old in step_files(run_dir)[max(keep - 1, 0) :]:
+    for _, old in run.step_checkpoints()[max(keep - 1, 0) :]:
         old.unlink(missing_ok=True)
 
 
 def save_models(run_dir: Path, rules: list[str], state: dict) -> None:
     """Write one pick as ``checkpoint_<rule>.pt`` for every rule in ``rules``: once, then linked."""
-    run_dir = Path(run_dir)
-    first = run_dir / f"checkpoint_{rules[0]}.pt"
+    run = RunDir(run_dir)
+    first = run.checkpoint(rules[0])
     atomic_torch_save({"kind": "models", "format": FORMAT, **state}, first)
     for rule in rules[1:]:
-        _link_over(first, run_dir / f"checkpoint_{rule}.pt")
+        _link_over(first, run.checkpoint(rule))
 
 
 def _link_over(source: Path, target: Path) -> None:
@@ -116,9 +104,9 @@ def _link_over(source: Path, target: Path) -> None:
 def rule_of(path: Path, blob: dict) -> str:
     """The rule a models file holds the pick of: its name (files written before picks were shared
     recorded it inside)."""
-    m = re.match(r"^checkpoint_(.+)\.pt$", Path(path).name)
-    if blob.get("kind") == "models" and "rule" not in blob and m:
-        return m.group(1)
+    named = RunDir.rule_in_name(path)
+    if blob.get("kind") == "models" and "rule" not in blob and named:
+        return named
     return blob.get("rule", "last")
 
 
@@ -128,12 +116,8 @@ def load_for_resume(run_dir: Path) -> dict | None:
     An unreadable newest file (e.g. truncated by a failing disk) falls back to the previous kept one;
     if none loads, the run cannot be resumed and the error says how to restart it.
     """
-    run_dir = Path(run_dir)
-    candidates = ([run_dir / LAST] if (run_dir / LAST).exists() else []) + [
-        p for _, p in step_files(run_dir)
-    ]
     errors = []
-    for path in candidates:
+    for path in RunDir(run_dir).full_checkpoints():
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             if state.get("kind") == "full" and state.get("format") == FORMAT:

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-W_SNAPSHOTS = "w_snapshots.pt"
+from debiaslab.rundir import RunDir
+
 SNAPSHOT_FRACTIONS = (0.02, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -97,7 +98,7 @@ def save_w_snapshot(
 ) -> None:
     from debiaslab.io import atomic_torch_save
 
-    path = Path(run_dir) / W_SNAPSHOTS
+    path = RunDir(run_dir).w_snapshots_file
     blob = (
         torch.load(path, weights_only=True) if path.exists() else {"steps": {}, "conflicting": None}
     )
@@ -111,5 +112,5 @@ def save_w_snapshot(
 
 
 def load_w_snapshots(run_dir: Path) -> dict | None:
-    path = Path(run_dir) / W_SNAPSHOTS
+    path = RunDir(run_dir).w_snapshots_file
     return torch.load(path, weights_only=True) if path.exists() else None

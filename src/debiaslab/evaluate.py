@@ -11,7 +11,7 @@ from debiaslab.config import TrainConfig
 from debiaslab.errors import UserError
 from debiaslab.methods import METHODS
 from debiaslab.models import DATASET_MODEL, MODELS, build_model
-from debiaslab.rundir import read_results
+from debiaslab.rundir import RunDir
 from debiaslab.selection import SELECTION_RULES, picked_nothing, shipped_selection
 
 REFERENCE_FILES = {"disent": ("best_model_l.th", "best_model_b.th"), "vanilla": ("best_model.th",)}
@@ -51,7 +51,8 @@ def load_checkpoint(path, dataset: str, select: str | None = None, model: str | 
             for method, files in REFERENCE_FILES.items():
                 if all((folder / f).exists() for f in files):
                     return _load_reference(folder, files, method, dataset, model)
-        results = read_results(path)
+        run = RunDir(path)
+        results = run.read_results()
         select = select or shipped_selection(results)
         if select not in SELECTION_RULES:
             raise UserError(
@@ -62,7 +63,7 @@ def load_checkpoint(path, dataset: str, select: str | None = None, model: str | 
             method = (results.get("config") or {}).get("method", "the method")
             picked = [rule for rule, pick in picks.items() if pick is not None]
             raise UserError(picked_nothing(str(path), method, select, picked))
-        candidate = path / f"checkpoint_{select}.pt"
+        candidate = run.checkpoint(select)
         if not candidate.exists():
             raise UserError(
                 f"{path} holds neither a debiaslab checkpoint for rule '{select}' ({candidate.name}) nor the "
@@ -99,10 +100,8 @@ def model_states(blob: dict) -> dict:
 def recorded_in_shape(run_dir: Path) -> tuple[int, ...] | None:
     """The input shape a run built its models for (config.json), None for runs from before it
     was recorded."""
-    import json
-
-    config = Path(run_dir) / "config.json"
-    shape = json.loads(config.read_text()).get("in_shape") if config.exists() else None
+    run = RunDir(run_dir)
+    shape = run.read_config().get("in_shape") if run.config_file.exists() else None
     return tuple(shape) if shape else None
 
 

@@ -22,13 +22,11 @@ from debiaslab.accelerate import capture_graphs, compile_compute
 from debiaslab.config import TrainConfig
 from debiaslab.errors import UserError
 from debiaslab.fused import FusedStep, state_signature
-from debiaslab.io import atomic_write_json
 from debiaslab.prepare import cached_loader
 from debiaslab.train import (
     OpenedRun,
     TrainingLoop,
     _sigterm_as_exit,
-    mark_failed,
     marked_failed_on_error,
     open_run,
 )
@@ -222,7 +220,7 @@ def _train_fused(runs: list[OpenedRun], progress_desc, errors: dict) -> list[dic
         results = loop.results(seconds[i], time.time() - t_start)
         if group.fused is not None:  # it ended in the group's step: compiled or captured as that
             results["compiled"], results["cuda_graph"] = group.compiled, group.graphed
-        atomic_write_json(loop.run_dir / "results.json", results)
+        loop.folder.write_results(results)
         out.append(results)
     return out
 
@@ -344,7 +342,7 @@ class FusedLoop:
                 with self.own_rng(loop):
                     next_k = loop.boundary(done, k)
             except UserError as e:  # this run alone stops (a non-finite loss under stop)
-                mark_failed(loop.run_dir, e)
+                loop.folder.mark_failed(e)
                 print(f"{loop.run_dir}: {e}")
                 self.failed[loop.run_dir] = e
                 failed.append(loop)

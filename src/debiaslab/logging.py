@@ -10,6 +10,7 @@ import torch
 
 from debiaslab.errors import UserError
 from debiaslab.io import atomic_write_text
+from debiaslab.rundir import RunDir
 
 
 def _flat(prefix: str, d: dict) -> dict:
@@ -35,7 +36,7 @@ class RunLogger:
         resume_step: int = 0,
     ):
         """``resume_step`` > 0: the run continues from that step; later records (logged before a kill) are dropped."""
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = RunDir(run_dir).log_file
         if resume_step:
             self._truncate(resume_step)
         self.file = open(self.path, "a", buffering=1)
@@ -47,7 +48,7 @@ class RunLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(
-                log_dir=str(Path(run_dir) / "tensorboard"),
+                log_dir=str(RunDir(run_dir).tensorboard_dir),
                 purge_step=resume_step + 1 if resume_step else None,
             )
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from debiaslab.config import RUNTIME_FIELDS, TrainConfig
 from debiaslab.errors import UserError
 from debiaslab.presets import RATIOS, Preset, find_preset, match_presets
-from debiaslab.rundir import PLAN_FILE, last_step, read_results, status
+from debiaslab.rundir import PLAN_FILE, RunDir
 
 GRID_KEYS = {"datasets", "methods", "ratios", "seeds", "presets", "set", "grid"}
 FIELDS = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig) if f.name != "extra"}
@@ -204,6 +204,11 @@ class Run:
     def run_dir(self) -> Path:
         return Path(self.cfg.run_dir())
 
+    @property
+    def folder(self) -> RunDir:
+        """Its files: its status, its log, its results."""
+        return RunDir(self.cfg.run_dir())
+
 
 def run_name(cfg: TrainConfig) -> str:
     ratio = f"{cfg.percent}-" if cfg.uses_percent() else ""
@@ -281,7 +286,7 @@ class Progress:
 
     def poll(self, active: list[Run]) -> None:
         steps = self.done_steps + sum(
-            min(last_step(r.run_dir), self.steps[r.run_dir]) for r in active
+            min(r.folder.last_step(), self.steps[r.run_dir]) for r in active
         )
         self.bar.n = min(steps, self.total)
         self.bar.set_postfix_str(
@@ -442,7 +447,7 @@ def run_local(
                 minutes = (time.time() - t0) / 60
                 log = logs / f"{unit[0].cfg.dataset}-{_unit_name(unit)}.log"
                 for run in unit:  # a fused group's runs finish or fail each on its own
-                    if rc == 0 or status(run.run_dir) == "finished":
+                    if rc == 0 or run.folder.status() == "finished":
                         view.finish(run, True, f"({minutes:.1f} min){_headline(run.run_dir)}")
                     else:
                         view.finish(run, False, f"exit {rc}: {_error_line(log)} (log: {log})")
@@ -484,10 +489,10 @@ def train_fused(cfgs: list[TrainConfig], processes: int = 1, bundle=None) -> lis
     results: list[dict | None] = []
     errors: dict[str, BaseException] = {}
     for cfg in cfgs:
-        run_dir = Path(cfg.run_dir())
-        results.append(read_results(run_dir))
+        run = RunDir(cfg.run_dir())
+        results.append(run.read_results())
         if results[-1] is None:
-            errors[str(run_dir)] = UserError(
+            errors[str(run)] = UserError(
                 f"it failed in its process (its output: {out / '.sweep-logs'})"
             )
     if errors:
@@ -533,7 +538,7 @@ def _main_thread() -> bool:
 
 def _headline(run_dir: Path) -> str:
     try:
-        r = json.loads((run_dir / "results.json").read_text())
+        r = RunDir(run_dir).read_json(RunDir.RESULTS)
         v = r["selections"]["last"]["test_primary"]
         return f"  last-step test {r['primary_metric']}: {100 * v:.2f}%" if v is not None else ""
     except (OSError, ValueError, KeyError, TypeError):
@@ -550,7 +555,7 @@ def trained_on_other_data(runs: list) -> list:
     load, out = cached_loader(), []
     for r in runs:
         try:
-            recorded = json.loads((r.run_dir / "config.json").read_text())["data"]["sha256"]
+            recorded = r.folder.read_config()["data"]["sha256"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
         try:
@@ -625,7 +630,7 @@ def sweep(
     if not cfgs:
         raise UserError("the sweep grid is empty")
     runs = plan(cfgs, out)
-    states = {r.name: status(r.run_dir) for r in runs}
+    states = {r.name: r.folder.status() for r in runs}
     todo = [r for r in runs if states[r.name] != "finished"]
     n_resume = sum(states[r.name] in ("failed", "unfinished") for r in todo)
     print(
@@ -655,7 +660,7 @@ def sweep(
     try:
         counts = _backend(backend)(todo, out, options)
     except KeyboardInterrupt:
-        done = sum(status(r.run_dir) == "finished" for r in runs)
+        done = sum(r.folder.status() == "finished" for r in runs)
         print(
             f"sweep interrupted: {done}/{len(runs)} runs finished; the others keep their checkpoints. "
             "Rerun the same command to resume.",
@@ -680,8 +685,6 @@ __all__ = [
     "expand",
     "plan",
     "sweep",
-    "status",
-    "last_step",
     "parse_set",
     "load_spec_file",
     "RUNTIME_FIELDS",

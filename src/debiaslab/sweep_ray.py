@@ -16,7 +16,6 @@ import os
 from pathlib import Path
 
 from debiaslab.errors import UserError
-from debiaslab.rundir import status
 from debiaslab.runner import run_config, run_group
 from debiaslab.sweep import Progress, Run, SweepOptions, _headline, fused_units
 
@@ -135,7 +134,7 @@ def _finish(ray, ref, unit: list[Run], view: Progress) -> None:
     except ray.exceptions.RayError as e:
         res = {"status": "error", "message": str(e).strip().splitlines()[-1][:300]}
     for run in unit:
-        ok = res["status"] == "finished" or status(run.run_dir) == "finished"
+        ok = res["status"] == "finished" or run.folder.status() == "finished"
         view.finish(run, ok, _headline(run.run_dir) if ok else res["message"])
 
 

@@ -6,9 +6,7 @@ import contextlib
 import dataclasses
 import errno
 import functools
-import json
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,7 +23,7 @@ from debiaslab.data.splits import DatasetBundle, Split, data_id
 from debiaslab.data.transforms import BatchTransform
 from debiaslab.diagnostics import flagged_report, save_w_snapshot, snapshot_steps, weight_report
 from debiaslab.errors import UserError
-from debiaslab.io import atomic_write_json, defer_exit
+from debiaslab.io import defer_exit
 from debiaslab.logging import RunLogger, StepWindow, require_wandb
 from debiaslab.methods import METHODS
 from debiaslab.methods.base import StageData, StagePlan
@@ -43,6 +41,7 @@ from debiaslab.prepare import (
     seed_everything,
     uses_cuda_extras,
 )
+from debiaslab.rundir import RunDir
 from debiaslab.selection import (
     WA_PREFIX,
     SelectionTracker,
@@ -78,11 +77,11 @@ def _existing_run(cfg: TrainConfig, checksums: dict) -> tuple[str, dict | None]:
     if not run_dir.exists() or not any(run_dir.iterdir()) or cfg.overwrite:
         return "fresh", None
     try:
-        record = json.loads((run_dir / "config.json").read_text())
+        record = RunDir(run_dir).read_config()
         old = TrainConfig.from_saved(record["config"]).to_dict()
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(
-            f"{run_dir} exists but holds no readable config.json, so it cannot be resumed; "
+            f"{run_dir} exists but holds no readable {RunDir.CONFIG}, so it cannot be resumed; "
             "pass another --exp / exp= (or --log_dir / log_dir=), or --overwrite / overwrite=True "
             "to replace it"
         ) from None
@@ -100,7 +99,7 @@ def _existing_run(cfg: TrainConfig, checksums: dict) -> tuple[str, dict | None]:
             )
         )
     _check_same_data(run_dir, (record.get("data") or {}).get("sha256"), checksums)
-    finished = (run_dir / "results.json").exists()
+    finished = RunDir(run_dir).results_file.exists()
     if finished and not (cfg.resume and cfg.num_steps > old["num_steps"]):
         return "done", None
     state = checkpoints.load_for_resume(run_dir)
@@ -197,7 +196,7 @@ def open_run(cfg: TrainConfig, bundle: DatasetBundle | None = None, load=load_da
             f"(data {data_id(bundle.checksums())}); reusing it, not retraining (pass --overwrite "
             "to retrain)"
         )
-        return OpenedRun(cfg, done=json.loads((Path(cfg.run_dir()) / "results.json").read_text()))
+        return OpenedRun(cfg, done=RunDir(cfg.run_dir()).read_json(RunDir.RESULTS))
     method_cls = METHODS[cfg.method]
     bias_labels_for(method_cls, bundle.train, bundle.name)  # refused before anything is written
     check_models(method_cls, cfg, bundle)
@@ -205,23 +204,14 @@ def open_run(cfg: TrainConfig, bundle: DatasetBundle | None = None, load=load_da
     run_dir = Path(cfg.run_dir())
     if mode == "fresh":
         try:
-            if run_dir.exists():
-                shutil.rmtree(run_dir)
-            run_dir.mkdir(parents=True)
+            RunDir(run_dir).create_empty()
         except OSError as e:
             raise UserError(
                 f"cannot create the run directory {run_dir} ({e.strerror}); check --log_dir "
                 f"{cfg.log_dir}: it must be a writable folder"
             ) from None
     else:
-        (run_dir / "FAILED").unlink(missing_ok=True)
-        for tmp in run_dir.glob(
-            ".*.tmp"
-        ):  # half-written files of a killed save; the complete ones are in place
-            tmp.unlink()
-        (run_dir / "results.json").unlink(
-            missing_ok=True
-        )  # a grown --num_steps: the old results no longer hold
+        RunDir(run_dir).reopen()
         print(f"resuming {run_dir} from step {state['step']}")
     for line in setting_warnings(cfg):
         print(f"warning: {line}", file=sys.stderr)
@@ -236,7 +226,7 @@ def marked_failed_on_error(run_dirs: list[Path]):
         yield
     except BaseException as e:
         for run_dir in run_dirs:
-            mark_failed(run_dir, e)
+            RunDir(run_dir).mark_failed(e)
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
             run_dir = run_dirs[0]
             raise UserError(
@@ -244,18 +234,6 @@ def marked_failed_on_error(run_dirs: list[Path]):
                 f"({_last_step(run_dir)}) is intact: free space and rerun the same command to resume"
             ) from None
         raise
-
-
-def mark_failed(run_dir: Path, e: BaseException) -> None:
-    """Mark ``run_dir`` FAILED, saying whether a rerun resumes it or starts it again."""
-    saved = any(run_dir.glob("checkpoint*.pt"))
-    rerun = "resume from the last checkpoint" if saved else "start it again (no checkpoint yet)"
-    try:
-        (run_dir / "FAILED").write_text(
-            f"training did not finish ({type(e).__name__}); rerun the same command to {rerun}\n"
-        )
-    except OSError:
-        pass
 
 
 class _Stop:
@@ -304,8 +282,9 @@ def _sigterm_as_exit():
 
 
 def _last_step(run_dir: Path) -> str:
+    last = RunDir(run_dir).last_checkpoint
     try:
-        return f"{run_dir / checkpoints.LAST}, step {torch.load(run_dir / checkpoints.LAST, weights_only=True)['step']}"
+        return f"{last}, step {torch.load(last, weights_only=True)['step']}"
     except Exception:
         return "none was written yet"
 
@@ -343,7 +322,7 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
     loop.restore(state)
     train_seconds = loop.run(progress_desc)
     results = loop.results(train_seconds, time.time() - t_start)
-    atomic_write_json(run_dir / "results.json", results)
+    RunDir(run_dir).write_results(results)
     return results
 
 
@@ -355,6 +334,7 @@ class TrainingLoop:
         self, cfg: TrainConfig, bundle: DatasetBundle, device: torch.device, run_dir: Path
     ):
         self.cfg, self.device, self.run_dir = cfg, device, run_dir
+        self.folder = RunDir(run_dir)  # its files, as the run folder's format names them
         seed_everything(cfg.seed)
         self.train_split, self.valid_split, self.test_split = (
             prepare_split(getattr(bundle, n), cfg, device) for n in ("train", "valid", "test")
@@ -423,8 +403,7 @@ class TrainingLoop:
         }
 
     def write_config(self) -> None:
-        atomic_write_json(
-            self.run_dir / "config.json",
+        self.folder.write_config(
             {
                 "config": self.cfg.to_dict(),
                 "data": self.data_info,
@@ -752,7 +731,7 @@ def _nonfinite_message(
     last_saved: int | None,
 ) -> str:
     last = (
-        f"{run_dir / checkpoints.LAST}, step {last_saved}"
+        f"{RunDir(run_dir).last_checkpoint}, step {last_saved}"
         if last_saved is not None
         else "none (nothing was saved yet)"
     )

@@ -14,7 +14,7 @@ from debiaslab.config import TrainConfig
 from debiaslab.errors import UserError
 from debiaslab.methods import total_steps
 from debiaslab.presets import METHODS, PRESETS, RATIOS, Preset, find_preset, preset_name
-from debiaslab.rundir import PLAN_FILE, last_step, read_log, status
+from debiaslab.rundir import PLAN_FILE, RunDir
 from debiaslab.selection import (
     CHOOSE_RULES,
     base_rule,
@@ -102,10 +102,6 @@ def _identity(cfg: dict) -> dict:
     return TrainConfig.from_saved(cfg).identity()
 
 
-def _looks_like_run(run_dir: Path) -> bool:
-    return any((run_dir / n).exists() for n in ("results.json", "metrics.jsonl", "FAILED"))
-
-
 def read(*roots: Path) -> Collected:
     """Every run under ``roots`` (and every run their sweep plans list), one record per run: a
     run found twice (same config hash, same data) counts once, in a cell of its data."""
@@ -118,32 +114,32 @@ def read(*roots: Path) -> Collected:
     found: dict[tuple, tuple[Record, dict]] = {}  # (config hash, data) -> the record kept
     notes: list[str] = []
     for root in roots:
-        for cfg_path in sorted(root.rglob("config.json")):
-            if any(part.startswith(".") for part in cfg_path.relative_to(root).parts):
-                continue
-            _add_run(cfg_path.parent, root, found, notes)
+        for run in RunDir.under(root):
+            if any(part.startswith(".") for part in run.path.relative_to(root).parts):
+                continue  # a sweep's own files (.sweep-logs), not its runs
+            _add_run(run, root, found, notes)
     planned = _planned(roots, {key[0] for key in found})
     cells = _cells([*found.values(), *planned])
     if not cells:
         raise UserError(
-            f"no runs under {' '.join(map(str, roots))} (a run directory holds config.json; a "
+            f"no runs under {' '.join(map(str, roots))} (a run directory holds {RunDir.CONFIG}; a "
             f"sweep folder holds {PLAN_FILE})"
         )
     _label_variants(cells)
     return Collected(_with_paper_cells(cells), notes)
 
 
-def _add_run(run_dir: Path, root: Path, found: dict, notes: list[str]) -> None:
+def _add_run(run: RunDir, root: Path, found: dict, notes: list[str]) -> None:
     """Read one run folder into ``found``, keeping one record per config and data."""
-    where = str(root / run_dir.relative_to(root))
+    where = str(root / run.path.relative_to(root))
     try:
-        meta = json.loads((run_dir / "config.json").read_text())
+        meta = run.read_config()
         identity = _identity(meta["config"])
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        if _looks_like_run(run_dir):
-            notes.append(f"{where}/config.json: unreadable ({_why(e)}); run not counted")
+        if run.looks_like_run():
+            notes.append(f"{where}/{RunDir.CONFIG}: unreadable ({_why(e)}); run not counted")
         return  # else not a debiaslab run directory
-    rec = _record(run_dir, identity, meta, where)
+    rec = _record(run, identity, meta, where)
     key = (TrainConfig.from_dict(identity).config_hash(), rec.data_sha)
     if key in found:
         kept = found[key][0]
@@ -164,14 +160,14 @@ def _why(error: Exception) -> str:
     return f"no {error}" if isinstance(error, KeyError) else str(error)
 
 
-def _record(run_dir: Path, identity: dict, meta: dict, where: str) -> Record:
+def _record(run: RunDir, identity: dict, meta: dict, where: str) -> Record:
     cfg = TrainConfig.from_dict(identity)
-    st, steps = status(run_dir), total_steps(cfg)
+    st, steps = run.status(), total_steps(cfg)
     data = meta.get("data") or {}
     rec = Record(
         identity["seed"],
         st,
-        steps if st == "finished" else last_step(run_dir),
+        steps if st == "finished" else run.last_step(),
         steps,
         data_sha=tuple(sorted((data.get("sha256") or {}).items())),
         where=where,
@@ -179,12 +175,12 @@ def _record(run_dir: Path, identity: dict, meta: dict, where: str) -> Record:
     if st != "finished":
         return rec
     try:
-        res = json.loads((run_dir / "results.json").read_text())
+        res = run.read_json(RunDir.RESULTS)
         for key in ("config", "data"):  # config.json holds them too (a results.json may not)
             res[key] = res.get(key) or meta.get(key) or {}
-        _read_results(rec, res, run_dir, cfg.dataset)
+        _read_results(rec, res, run.path, cfg.dataset)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        rec.status, rec.problem = "unreadable", f"{where}/results.json: {_why(e)}"
+        rec.status, rec.problem = "unreadable", f"{where}/{RunDir.RESULTS}: {_why(e)}"
     return rec
 
 
@@ -250,7 +246,7 @@ def _valid_score(name: str, picked: dict | None, dataset: str) -> float | None:
 def _eval_log(run_dir: Path) -> list[dict] | None:
     """A run's logged evaluations (metrics.jsonl), None when it has no readable log."""
     try:
-        records = read_log(run_dir)
+        records = RunDir(run_dir).read_log()
     except (OSError, ValueError):
         return None
     return [r for r in records if r.get("kind") == "eval"]

@@ -19,6 +19,7 @@ from debiaslab.report.figures import (
     fig_w_detection,
 )
 from debiaslab.report.runs import RunData, load_run
+from debiaslab.rundir import RunDir
 from debiaslab.selection import (
     BIAS_MARK,
     SELECTION_RULES,
@@ -157,9 +158,9 @@ def make_report(
             f"--select {select!r} is not a rule; choose one of {', '.join(SELECTION_RULES)}"
         )
     runs = [load_run(Path(p)) for p in paths]
-    out = (
-        Path(output) if output else (runs[0].path / "report" if len(runs) == 1 else Path("report"))
-    )
+    # one run: its report in its own folder; several: ./report
+    default = RunDir(runs[0].path).report_dir if len(runs) == 1 else Path("report")
+    out = Path(output) if output else default
     out.mkdir(parents=True, exist_ok=True)
     sections = []
     for i, run in enumerate(runs):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from debiaslab.config import TrainConfig
 from debiaslab.errors import UserError
-from debiaslab.rundir import read_log
+from debiaslab.rundir import RunDir
 
 
 @dataclass
@@ -27,22 +26,19 @@ class RunData:
 
 def load_run(path: Path) -> RunData:
     path = Path(path)
+    folder = RunDir(path)
     try:
-        meta = json.loads((path / "config.json").read_text())
+        meta = folder.read_config()
         cfg = TrainConfig.from_saved(meta["config"])
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(
-            f"{path} is not a debiaslab run directory (no readable config.json); pass a folder written by "
-            "debiaslab train or sweep"
+            f"{path} is not a debiaslab run directory (no readable {RunDir.CONFIG}); pass a folder "
+            "written by debiaslab train or sweep"
         ) from None
-    results = (
-        json.loads((path / "results.json").read_text())
-        if (path / "results.json").exists()
-        else None
-    )
+    results = folder.read_json(RunDir.RESULTS) if folder.results_file.exists() else None
     run = RunData(path, meta, cfg, results)
-    if (path / "metrics.jsonl").exists():
-        for rec in read_log(path, skip_damaged=True):
+    if folder.log_file.exists():
+        for rec in folder.read_log(skip_damaged=True):
             (
                 run.train
                 if rec.get("kind") == "train"
