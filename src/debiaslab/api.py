@@ -36,7 +36,7 @@ from debiaslab.data.splits import DatasetBundle, Split, data_id
 from debiaslab.errors import UserError, closest
 from debiaslab.methods import METHODS, register_method  # noqa: F401 (the API's)
 from debiaslab.models import MODELS
-from debiaslab.rundir import read_record
+from debiaslab.rundir import RunDir
 from debiaslab.selection import (
     SELECTION_RULES,
     figure_reads,
@@ -325,7 +325,7 @@ class Run:
         rule = rule or self.default_rule
         self._selection(rule)
         _check_device(device)
-        path = self.dir / ("checkpoint_last.pt" if rule == "last" else f"checkpoint_{rule}.pt")
+        path = RunDir(self.dir).checkpoint(rule)
         if not path.exists():
             raise UserError(
                 f"{path} is missing: the run kept no checkpoint for rule {rule!r} "
@@ -672,13 +672,13 @@ def load_run(path: str | Path, model: ModelFactory | None = None) -> Run:
     run of your own model was trained with (``fit(model=factory)``), registered again under the
     name the run recorded, so that ``predict`` and ``models`` can rebuild it in a new process."""
     path = Path(path)
-    results, config = path / "results.json", path / "config.json"
-    if not results.exists() or not config.exists():
+    folder = RunDir(path)
+    if not folder.results_file.exists() or not folder.config_file.exists():
         raise UserError(
             f"{path} holds no finished run (config.json and results.json); train it first "
             "or point at <log_dir>/<dataset>/<exp>"
         )
-    record, results = read_record(path, "config.json"), read_record(path, "results.json")
+    record, results = folder.read_record(RunDir.CONFIG), folder.read_record(RunDir.RESULTS)
     run = Run(path, TrainConfig.from_saved(record["config"]), results, record)
     if model is not None:
         _register_run_models(run, model)

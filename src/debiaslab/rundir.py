@@ -244,8 +244,3 @@ class RunDir:
             )
         except OSError:
             pass
-
-
-def read_record(run_dir: Path, name: str) -> dict:
-    """``RunDir(run_dir).read_record(name)``, for the API until it reads through ``RunDir``."""
-    return RunDir(run_dir).read_record(name)
