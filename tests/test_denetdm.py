@@ -334,7 +334,8 @@ def test_denetdm_through_train_and_test(tiny_reference, tmp_path):
 
 def test_presets_are_the_authors_epochs_on_our_training_splits():
     from debiaslab.data import cifar10c, cmnist
-    from debiaslab.presets import TRAIN_SIZES, get_preset
+    from debiaslab.methods.denetdm import TRAIN_SIZES
+    from debiaslab.presets import get_preset
 
     assert (TRAIN_SIZES["cmnist"], TRAIN_SIZES["cifar10c"]) == (
         60_000 - cmnist.VALID_SIZE,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from debiaslab.config import METHOD_DEFAULTS
 from debiaslab.errors import UserError, closest
+from debiaslab.methods import METHODS as METHOD_CLASSES
 
 PAPER_SOURCE = (
     "Lee et al. 2021 (DisEnt), Table 1: the paper's own data release, best-test-accuracy checkpoint "
@@ -39,9 +40,6 @@ LATER_SOURCES = {
         "quoted here (its tables were not at hand); settings from the authors' scripts",
     ),
 }
-# BiasEnsemble's settings are those of the method it plugs into (the authors' scripts pass LfF's and
-# DisEnt's CMNIST flags unchanged) plus its own (config.METHOD_DEFAULTS).
-BE_BASE = {"lff_be": "lff", "disent_be": "disent"}
 
 # (mean, std or None), in %
 PAPER = {
@@ -81,35 +79,10 @@ REFERENCE_SAME_DATA = {
     ("cmnist", "0.5pct", "vanilla"): {"last": 44.8, "last20_mean": 44.0, "oracle_best_test": 45.3},
 }
 
-# The paper's settings (algorithms.md): Adam, weight decay 0, 50,000 steps, EMA alpha 0.7, q 0.7.
+# The paper's settings common to every method (algorithms.md): Adam, weight decay 0, 50,000 steps,
+# EMA alpha 0.7, q 0.7; a method's own recipe is its class's (Method.preset)
 LR = {"cmnist": 0.01, "cifar10c": 0.001, "bffhq": 0.0001}
 BATCH = {"cmnist": 256, "cifar10c": 256, "bffhq": 64}
-DISENT = {  # (dataset, ratio or None): lr, lambda_swap, lambda_dis_align, lambda_swap_align, lr_gamma
-    ("cmnist", None): (0.01, 1.0, 10.0, 10.0, 0.5),
-    ("cifar10c", "0.5pct"): (0.0005, 1.0, 1.0, 1.0, 0.5),
-    ("cifar10c", "1pct"): (0.001, 1.0, 5.0, 5.0, 0.5),
-    ("cifar10c", "2pct"): (0.001, 1.0, 5.0, 5.0, 0.5),
-    ("cifar10c", "5pct"): (0.001, 1.0, 1.0, 1.0, 0.5),
-    ("bffhq", None): (0.0001, 0.1, 2.0, 2.0, 0.1),
-}
-
-# DeNetDM's own settings (the authors' released configuration; the paper's text was not at hand):
-# batch, stage-1 epochs, lr, weight decay; stage-2 epochs, lr (weight decay 0); distillation weight.
-# Epochs become steps on debiaslab's training splits (TRAIN_SIZES), one epoch = ceil(n / batch).
-DENETDM = {  # dataset: batch, stage-1 epochs, stage-1 lr, stage-1 wd, stage-2 epochs, stage-2 lr, distill weight
-    "cmnist": (64, 100, 0.001, 0.001, 100, 0.001, 1.0),
-    "cifar10c": (256, 100, 0.001, 0.001, 200, 0.0001, 1.0),
-    "bffhq": (64, 10, 0.001, 0.0, 100, 0.0001, 0.0),
-}
-# JTT on Colored MNIST: the pair of its T x lambda_up grid (configs/cmnist_jtt_grid.toml) with the
-# best group-balanced validation accuracy, seed 0 at 0.5pct, before any other JTT run of these rows
-JTT_CMNIST = {"jtt_steps": 500, "jtt_upweight": 20}
-TRAIN_SIZES = {"cmnist": 55_000, "cifar10c": 45_000, "bffhq": 19_200}
-# DeNetDM's Colored MNIST numbers (and its re-run baselines) are on LfF's protocol as DeNetDM ran
-# it: `debiaslab data build cmnist --protocol denetdm --out dataset_denetdm` (LfF's palette, all
-# 60,000 training digits, the test split doubling as validation); its presets train there
-DENETDM_CMNIST_DATA = {"data_dir": "dataset_denetdm", "palette": "lff"}
-DENETDM_CMNIST_TRAIN = 60_000
 
 
 @dataclass(frozen=True)
@@ -127,8 +100,6 @@ class Preset:
 
     @property
     def uses_bias_labels(self) -> bool:
-        from debiaslab.methods import METHODS as METHOD_CLASSES
-
         return METHOD_CLASSES[self.method].uses_bias_labels
 
     def describe(self) -> str:
@@ -148,12 +119,16 @@ class Preset:
 
 
 def _config(dataset: str, percent: str, method: str) -> dict:
-    """The paper's settings of the cell. The later methods' papers give no settings on this data for
-    JTT and GroupDRO, so they take the dataset's Vanilla recipe (lr, batch, 50,000 steps) and their
-    methods' defaults (config.METHOD_DEFAULTS), chosen before any run and never by test accuracy."""
-    if method in BE_BASE:
+    """The paper's settings of the cell: the dataset's common ones, the method's options' defaults,
+    then the method's own recipe (``Method.preset``). The later methods' papers give no settings on
+    this data for JTT and GroupDRO, so they take the dataset's Vanilla recipe (lr, batch, 50,000
+    steps) and their methods' defaults, chosen before any run and never by test accuracy."""
+    method_cls = METHOD_CLASSES[method]
+    if method_cls.preset_base is not None:
+        # BiasEnsemble's settings are those of the method it plugs into (the authors' scripts
+        # pass its flags unchanged) plus its own
         return {
-            **_config(dataset, percent, BE_BASE[method]),
+            **_config(dataset, percent, method_cls.preset_base.name),
             "method": method,
             **METHOD_DEFAULTS[method],
         }
@@ -168,48 +143,8 @@ def _config(dataset: str, percent: str, method: str) -> dict:
         q=0.7,
         ema_alpha=0.7,
     )
-    cfg.update({k: v for k, v in METHOD_DEFAULTS.get(method, {}).items() if v is not None})
-    if method == "disent":
-        lr, swap, dis_align, swap_align, gamma = (
-            DISENT.get((dataset, percent)) or DISENT[(dataset, None)]
-        )
-        cfg.update(
-            lr=lr,
-            curr_step=10_000,
-            lambda_swap=swap,
-            lambda_dis_align=dis_align,
-            lambda_swap_align=swap_align,
-            use_lr_decay=True,
-            lr_decay_step=10_000,
-            lr_gamma=gamma,
-        )
-    if method == "jtt" and dataset == "cmnist":
-        # JTT's code has no Colored MNIST recipe: T and lambda_up chosen on its grid by the
-        # best group-balanced validation accuracy (docs/results/cmnist_jtt_grid.md)
-        cfg.update(JTT_CMNIST)
-    if method == "lc":
-        # LC's code has no Colored MNIST command: the Group MixUp ramp's length is ours, DisEnt's
-        # CMNIST curr_step, fixed before any run
-        cfg.update(curr_step=10_000)
-    if method == "denetdm":
-        batch, epochs1, lr1, wd1, epochs2, lr2, distill = DENETDM[dataset]
-        steps_per_epoch = -(-TRAIN_SIZES[dataset] // batch)
-        if dataset == "cmnist":  # on the build its numbers were published on (DENETDM_CMNIST_DATA)
-            cfg.update(DENETDM_CMNIST_DATA)
-            steps_per_epoch = DENETDM_CMNIST_TRAIN // batch  # their loader drops the last batch
-        cfg.update(
-            batch_size=batch,
-            lr=lr2,
-            num_steps=epochs2 * steps_per_epoch,
-            denetdm_stage1_steps=epochs1 * steps_per_epoch,
-            denetdm_stage1_lr=lr1,
-            denetdm_stage1_weight_decay=wd1,
-            denetdm_distill_weight=distill,
-        )
-        if (
-            dataset == "cmnist"
-        ):  # the authors' CMNIST pixels are ToTensor's x / 255, not DisEnt's x / 255 / 255
-            cfg.update(input_scale="unit")
+    cfg.update({k: v for k, v in METHOD_DEFAULTS[method].items() if v is not None})
+    cfg.update(method_cls.preset(dataset, percent))
     return cfg
 
 
@@ -217,30 +152,26 @@ def preset_name(dataset: str, percent: str, method: str) -> str:
     return f"{dataset}-{percent}-{method}"
 
 
-# LfF's Colored MNIST recipe from its own code (Nam et al. 2020), beside the paper presets: LfF's
-# formulas are ours, but the DisEnt paper's LfF recipe was never released, and our cmnist-*-lff
-# preset is the BiasEnsemble authors' (lr 0.01, 50,000 steps, 100-100-16 MLP). Each recipe is a
-# preset named after its source (lff_code-cmnist-0.5pct-lff, ...; outside 'cmnist-*'), compared
-# with the DisEnt paper's LfF row.
-LFF_RECIPES = {
-    "lff_code": (
-        {"lr": 0.001, "num_steps": 23_500, "model": "mlp_lff"},
-        "LfF's own code (Nam et al. 2020): lr 0.001, 23,500 steps, 100-100-100 MLP",
-    ),
-    "lff_code_lr": (
-        {"lr": 0.001},
-        "LfF's own code's learning rate (0.001) alone, the rest as cmnist-*-lff",
-    ),
-}
+def _metric(dataset: str) -> str:
+    """The paper's metric on ``dataset`` (results' test_primary)."""
+    return "conflicting" if dataset == "bffhq" else "unbiased"
 
 
-def _lff_recipes() -> dict[str, Preset]:
+def _recipes() -> dict[str, Preset]:
+    """The methods' other published recipes (``Method.recipes``), a preset per ratio named after
+    its source (lff_code-cmnist-0.5pct-lff, ...; outside 'cmnist-*'), compared with the paper's row
+    of the method."""
     out = {}
-    for percent, (mean, std) in zip(RATIOS["cmnist"], PAPER[("cmnist", "lff")]):
-        for recipe, (change, source) in LFF_RECIPES.items():
-            name = f"{recipe}-{preset_name('cmnist', percent, 'lff')}"
-            config = {**_config("cmnist", percent, "lff"), **change}
-            out[name] = Preset(name, "cmnist", percent, "lff", config, mean, std, source=source)
+    for method, method_cls in METHOD_CLASSES.items():
+        for dataset, recipes in method_cls.recipes.items():
+            for percent, (mean, std) in zip(RATIOS[dataset], PAPER[(dataset, method)]):
+                for recipe, spec in recipes.items():
+                    name = f"{recipe}-{preset_name(dataset, percent, method)}"
+                    config = {**_config(dataset, percent, method), **spec["config"]}
+                    out[name] = Preset(
+                        name, dataset, percent, method, config, mean, std, _metric(dataset),
+                        source=spec["source"],
+                    )  # fmt: skip
     return out
 
 
@@ -257,7 +188,7 @@ def _build() -> dict[str, Preset]:
                 _config(dataset, percent, method),
                 mean,
                 std,
-                "conflicting" if dataset == "bffhq" else "unbiased",
+                _metric(dataset),
                 REFERENCE_SAME_DATA.get((dataset, percent, method)),
                 LATER_SOURCES.get(method, PAPER_SOURCE),
             )
@@ -273,7 +204,7 @@ def _build() -> dict[str, Preset]:
     )
 
 
-PRESETS: dict[str, Preset] = {**_build(), **_lff_recipes()}
+PRESETS: dict[str, Preset] = {**_build(), **_recipes()}
 
 
 def get_preset(name: str) -> Preset:

@@ -101,6 +101,17 @@ class Method:
     head_inputs = 1
     uses_bias_labels = False  # True only for methods that read bias labels while training
     options: tuple[Option, ...] = ()  # the method's own settings (TrainConfig fields, flags)
+    # The papers' recipe of the method (``preset``): TrainConfig field -> value, under a dataset
+    # or a (dataset, ratio), the latter laid over the former
+    presets: dict = {}
+    # A method that plugs into another (BiasEnsemble) takes that one's preset and adds its own
+    # options' defaults (presets.py)
+    preset_base: type[Method] | None = None
+    # Other published recipes of the method beside the papers': dataset -> recipe name ->
+    # {"config": TrainConfig changes over the paper preset, "source": where they come from}; each
+    # is a preset per ratio named after its source, compared with the paper's row (presets.py)
+    recipes: dict = {}
+    color: str | None = None  # its line's colour where runs are compared (None: matplotlib's cycle)
 
     def __init__(
         self,
@@ -251,6 +262,19 @@ class Method:
         return {
             "lr_decay_step": (cfg.curr_step + cfg.lr_decay_step, "the learning rate's first decay")
         }
+
+    @classmethod
+    def swap_start(cls, cfg) -> int | None:
+        """The main-stage step from which the method swaps features across the batch (the
+        learning curves mark it), or None for a method that never does."""
+        return None
+
+    @classmethod
+    def preset(cls, dataset: str, percent: str) -> dict:
+        """The TrainConfig field values the papers set for the method on ``dataset`` at ratio
+        ``percent``, over the dataset's common settings and the method's options' defaults
+        (presets.py lays them in that order)."""
+        return {**cls.presets.get(dataset, {}), **cls.presets.get((dataset, percent), {})}
 
     @classmethod
     def average_start(cls, cfg) -> int:

@@ -67,6 +67,8 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class BiasEnsemble:
     """The stages, the committee and the masked biased branch; mixed in before LfF or DisEnt."""
 
+    recipes: dict = {}  # the other recipes of LfF (Method.recipes) are LfF's alone
+
     options = (
         Option(
             "be_num_models", int, 5,
@@ -243,9 +245,13 @@ class LfFBE(BiasEnsemble, LfF):
     """LfF whose biased model trains with CE on the committee's confidently aligned samples only."""
 
     name = "lff_be"
+    color = "tab:cyan"
+    preset_base = LfF  # the authors' scripts pass LfF's flags unchanged
 
 
 class DisEntBE(BiasEnsemble, DisEnt):
     """DisEnt whose bias branch trains with CE on the committee's confidently aligned samples only."""
 
     name = "disent_be"
+    color = "tab:purple"
+    preset_base = DisEnt  # the authors' scripts pass DisEnt's CMNIST flags unchanged

@@ -4,6 +4,21 @@ import torch.nn.functional as F
 from debiaslab.methods.reweighting import RelativeDifficultyMethod
 
 
+def _paper(*, lr, lambda_swap, lambda_dis_align, lambda_swap_align, lr_gamma) -> dict:
+    """One of the paper's DisEnt settings (algorithms.md): its learning rate, loss weights and
+    decay factor, with the swap and the LR decay both from step 10,000 (in the flags' order)."""
+    return {
+        "lr": lr,
+        "curr_step": 10_000,
+        "lambda_swap": lambda_swap,
+        "lambda_dis_align": lambda_dis_align,
+        "lambda_swap_align": lambda_swap_align,
+        "use_lr_decay": True,
+        "lr_decay_step": 10_000,
+        "lr_gamma": lr_gamma,
+    }
+
+
 class DisEnt(RelativeDifficultyMethod):
     """Disentangled Feature Augmentation (Lee et al., NeurIPS 2021), algorithms.md steps 1-8.
 
@@ -15,6 +30,28 @@ class DisEnt(RelativeDifficultyMethod):
     name = "disent"
     model_names = ("intrinsic", "bias")
     head_inputs = 2
+    color = "tab:red"
+    # the paper's settings per dataset, per ratio where they differ (presets.py)
+    presets = {
+        "cmnist": _paper(
+            lr=0.01, lambda_swap=1.0, lambda_dis_align=10.0, lambda_swap_align=10.0, lr_gamma=0.5
+        ),
+        ("cifar10c", "0.5pct"): _paper(
+            lr=0.0005, lambda_swap=1.0, lambda_dis_align=1.0, lambda_swap_align=1.0, lr_gamma=0.5
+        ),
+        ("cifar10c", "1pct"): _paper(
+            lr=0.001, lambda_swap=1.0, lambda_dis_align=5.0, lambda_swap_align=5.0, lr_gamma=0.5
+        ),
+        ("cifar10c", "2pct"): _paper(
+            lr=0.001, lambda_swap=1.0, lambda_dis_align=5.0, lambda_swap_align=5.0, lr_gamma=0.5
+        ),
+        ("cifar10c", "5pct"): _paper(
+            lr=0.001, lambda_swap=1.0, lambda_dis_align=1.0, lambda_swap_align=1.0, lr_gamma=0.5
+        ),
+        "bffhq": _paper(
+            lr=0.0001, lambda_swap=0.1, lambda_dis_align=2.0, lambda_swap_align=2.0, lr_gamma=0.1
+        ),
+    }
 
     def draw(self, batch_size, step):
         """The swap's permutation, drawn on the generator's device, from the first step after
@@ -62,6 +99,10 @@ class DisEnt(RelativeDifficultyMethod):
     @classmethod
     def step_settings(cls, cfg) -> dict[str, tuple[int, str]]:
         return {"curr_step": (cfg.curr_step, "the feature swap"), **super().step_settings(cfg)}
+
+    @classmethod
+    def swap_start(cls, cfg) -> int:
+        return cfg.curr_step
 
     @classmethod
     def average_start(cls, cfg) -> int:

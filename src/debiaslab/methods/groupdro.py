@@ -28,6 +28,7 @@ class GroupDRO(Method):
     """
 
     name = "groupdro"
+    color = "tab:brown"
     uses_bias_labels = True
     options = (
         Option(

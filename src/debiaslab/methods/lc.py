@@ -183,6 +183,7 @@ class LC(Method):
 
     name = "lc"
     model_names = ("biased", "model")
+    color = "tab:green"
     options = (
         Option(
             "lc_variant", str, "authors",
@@ -205,6 +206,12 @@ class LC(Method):
         ),
     )  # fmt: skip
     head_inputs = 1
+
+    @classmethod
+    def preset(cls, dataset, percent):
+        """On every dataset: LC's code has no Colored MNIST command, so the Group MixUp ramp's
+        length is ours, DisEnt's CMNIST curr_step, fixed before any run."""
+        return {"curr_step": 10_000}
 
     @classmethod
     def resolve_options(cls, cfg) -> dict:

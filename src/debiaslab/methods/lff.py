@@ -10,7 +10,23 @@ class LfF(RelativeDifficultyMethod):
     """
 
     name = "lff"
+    color = "tab:blue"
     model_names = ("biased", "debiased")
+    # LfF's Colored MNIST recipe from its own code, beside the paper presets: LfF's formulas are
+    # ours, but the DisEnt paper's LfF recipe was never released, and our cmnist-*-lff preset is
+    # the BiasEnsemble authors' (lr 0.01, 50,000 steps, 100-100-16 MLP)
+    recipes = {
+        "cmnist": {
+            "lff_code": {
+                "config": {"lr": 0.001, "num_steps": 23_500, "model": "mlp_lff"},
+                "source": "LfF's own code (Nam et al. 2020): lr 0.001, 23,500 steps, 100-100-100 MLP",
+            },
+            "lff_code_lr": {
+                "config": {"lr": 0.001},
+                "source": "LfF's own code's learning rate (0.001) alone, the rest as cmnist-*-lff",
+            },
+        }
+    }
 
     def loss(self, x, y, idx, draws):
         ce_b = F.cross_entropy(self.models["biased"](x), y, reduction="none")

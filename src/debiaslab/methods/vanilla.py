@@ -6,6 +6,7 @@ class Vanilla(Method):
     """Empirical risk minimisation: one model, mean cross-entropy."""
 
     name = "vanilla"
+    color = "tab:gray"
 
     def loss(self, x, y, idx, draws):
         loss = mean_ce(self.models["model"](x), y)

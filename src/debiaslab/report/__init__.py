@@ -15,7 +15,6 @@ draws the PNG figures and ``page.py`` writes the HTML page (``make_report``).
 
 from debiaslab.report.evaluation import Evaluated, evaluate_checkpoint
 from debiaslab.report.figures import (
-    METHOD_COLORS,
     Figure,
     fig_compare,
     fig_curves,
@@ -31,7 +30,6 @@ from debiaslab.report.runs import RunData, load_run
 __all__ = [
     "CSS",
     "LOADED_SCRIPT",
-    "METHOD_COLORS",
     "METRIC_KEYS",
     "Evaluated",
     "Figure",

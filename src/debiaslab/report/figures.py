@@ -15,17 +15,6 @@ from debiaslab.methods.base import Method, StagePlan
 from debiaslab.report.evaluation import Evaluated, _project, accuracy_grid, probes
 from debiaslab.report.runs import RunData
 
-METHOD_COLORS = {
-    "vanilla": "tab:gray",
-    "lff": "tab:blue",
-    "disent": "tab:red",
-    "jtt": "tab:orange",
-    "groupdro": "tab:brown",
-    "lc": "tab:green",
-    "lff_be": "tab:cyan",
-    "disent_be": "tab:purple",
-}
-
 
 @dataclass
 class Figure:
@@ -52,11 +41,12 @@ def _save(fig, out: Path, name: str) -> str:
 
 
 def _swap_line(ax, run: RunData) -> None:
-    """Where DisEnt's feature swap starts, and where each stage of a multi-stage method ends;
-    the x axis spans the run's own steps (a swap its steps never reach is not drawn)."""
+    """Where the method's feature swap starts (DisEnt's), and where each stage of a multi-stage
+    method ends; the x axis spans the run's own steps (a swap its steps never reach is not drawn)."""
     plan = StagePlan(METHODS[run.cfg.method].stages(run.cfg))
-    if run.cfg.method in ("disent", "disent_be") and 0 < run.cfg.curr_step < run.cfg.num_steps:
-        swap = plan.main_start + run.cfg.curr_step  # curr_step counts the main stage's steps
+    start = METHODS[run.cfg.method].swap_start(run.cfg)
+    if start is not None and 0 < start < run.cfg.num_steps:
+        swap = plan.main_start + start  # swap_start counts the main stage's steps
         ax.axvline(swap, color="k", ls=":", lw=1, label=f"feature swap starts (step {swap})")
     for stage, end in zip(plan.stages[:-1], plan.ends):
         ax.axvline(end, color="k", ls="--", lw=1, label=f"stage {stage.name} ends (step {end})")
@@ -110,10 +100,8 @@ def fig_curves(run: RunData, out: Path, prefix: str) -> Figure:
     if steps and min(r.get("lr", 1) for r in run.train) > 0:
         ax.set_yscale("log")
     _swap_line(ax, run)
-    if (
-        run.cfg.method in ("disent", "disent_be")
-        or len(METHODS[run.cfg.method].stages(run.cfg)) > 1
-    ):
+    method = METHODS[run.cfg.method]
+    if method.swap_start(run.cfg) is not None or len(method.stages(run.cfg)) > 1:
         ax.legend(fontsize=8)
     fig.suptitle(run.name, fontsize=10)
     return Figure(
@@ -360,13 +348,20 @@ def fig_heatmap(run: RunData, ev: Evaluated | None, reason: str, out: Path, pref
     )
 
 
+def _colour_key(runs: list[RunData]) -> str:
+    """The colours of the methods shown that declare one (``Method.color``), for the caption."""
+    shown = dict.fromkeys(run.cfg.method for run in runs)
+    named = [f"{METHODS[m].color.removeprefix('tab:')} {m}" for m in shown if METHODS[m].color]
+    return f" ({', '.join(named)})" if named else ""
+
+
 def fig_compare(runs: list[RunData], out: Path) -> Figure:
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     seen = {}
     for run in runs:
         es = [r["step"] for r in run.evals]
-        color = METHOD_COLORS.get(run.cfg.method)
+        color = METHODS[run.cfg.method].color
         label = run.name if run.cfg.method not in seen or len(runs) <= 6 else None
         seen[run.cfg.method] = True
         for ax, key in zip(axes, ("unbiased", "conflicting", "aligned")):
@@ -384,5 +379,5 @@ def fig_compare(runs: list[RunData], out: Path) -> Figure:
     return Figure(
         "All runs: test accuracy over training",
         _save(fig, out, "compare.png"),
-        caption="One line per run, one colour per method (grey Vanilla, blue LfF, red DisEnt).",
+        caption=f"One line per run, one colour per method{_colour_key(runs)}.",
     )
