@@ -80,10 +80,10 @@ MUTATIONS = [  # (name, file, text, its replacement, the tests that must then fa
         "tests/test_faults.py::test_skipped_steps_still_count_in_the_lr_schedule",
     ),
     (
-        "train: --overwrite ignored",
-        "src/debiaslab/train.py",
-        "or not any(run_dir.iterdir()) or cfg.overwrite:",
-        "or not any(run_dir.iterdir()):",
+        "runs: --overwrite ignored",
+        "src/debiaslab/runs.py",
+        "    if run.is_empty() or cfg.overwrite:\n",
+        "    if run.is_empty():\n",
         "tests/test_claims.py::test_overwrite_replaces_a_different_run_and_retrains_an_identical_one",
     ),
     (
@@ -165,8 +165,8 @@ MUTATIONS = [  # (name, file, text, its replacement, the tests that must then fa
     ),
     (
         "identity: a run's data checksums dropped from the reuse check",
-        "src/debiaslab/train.py",
-        '    _check_same_data(run_dir, (record.get("data") or {}).get("sha256"), checksums)\n',
+        "src/debiaslab/runs.py",
+        '    _check_same_data(run, (record.get("data") or {}).get("sha256"), checksums)\n',
         "",
         "tests/test_misuse.py::test_other_data_under_the_same_name_trains_a_new_run "
         "tests/test_misuse.py::test_a_finished_cli_run_is_not_reused_when_its_folder_data_changed",
@@ -328,8 +328,8 @@ MUTATIONS = [  # (name, file, text, its replacement, the tests that must then fa
     (
         "checkpoints: rules of one pick written apart",
         "src/debiaslab/checkpoints.py",
-        '_link_over(first, run_dir / f"checkpoint_{rule}.pt")',
-        'atomic_torch_save(torch.load(first, weights_only=True), run_dir / f"checkpoint_{rule}.pt")',
+        "_link_over(first, run.checkpoint(rule))",
+        "atomic_torch_save(torch.load(first, weights_only=True), run.checkpoint(rule))",
         "tests/test_selection.py",
     ),
     (

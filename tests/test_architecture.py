@@ -1,7 +1,8 @@
 """The house's shape, drawn from the imports (every ``import`` in a module, function-level ones
 included): no two modules import each other, the data code reaches neither the loop nor the API,
-the methods and models reach neither (nor what compiles, captures or fuses their step), and only
-the entry points import the command line."""
+the methods and models reach neither (nor what compiles, captures or fuses their step), the loop's
+parts sit under the loop, the run folder's format and its readers reach no loop, and only the
+entry points import the command line."""
 
 import ast
 from pathlib import Path
@@ -10,7 +11,17 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # what the data code may import besides itself: the error, the atomic writes, the version (not
 # the package's top, whose attributes open the API)
 DATA_MAY_IMPORT = {"debiaslab.errors", "debiaslab.io", "debiaslab.version"}
-TOP = {"debiaslab.train", "debiaslab.api", "debiaslab.cli", "debiaslab.group", "debiaslab.sweep"}
+# what trains and what drives training: the loop (train, group) and its entry points
+ENTRY = {"debiaslab.train", "debiaslab.api", "debiaslab.cli", "debiaslab.group", "debiaslab.sweep"}
+# the loop's parts, which train.py and group.py import: opening a run's folder, the evaluation of a
+# step, the results schema, SIGTERM as a resumable stop
+LOOP_PARTS = {
+    "debiaslab.runs",
+    "debiaslab.step_evaluation",
+    "debiaslab.results",
+    "debiaslab.sigterm",
+}
+TOP = ENTRY | LOOP_PARTS
 
 
 def module_name(path: Path) -> str:
@@ -70,6 +81,25 @@ def test_methods_and_models_reach_neither_the_loop_nor_the_api_nor_the_cli():
     for name in graph:
         if name.startswith(("debiaslab.methods", "debiaslab.models", "debiaslab.errors")):
             assert not reaches(graph, name, outside), (name, reaches(graph, name, outside))
+
+
+def test_the_loops_parts_sit_under_the_loop():
+    graph = import_graph()
+    for name in LOOP_PARTS:
+        assert not reaches(graph, name, ENTRY), (name, reaches(graph, name, ENTRY))
+
+
+# a run folder's format (rundir.RunDir) and what reads run folders back: collect and report read
+# runs, and rundir is read by all, without importing what trains
+RUN_READERS = ("debiaslab.rundir", "debiaslab.collect", "debiaslab.report")
+
+
+def test_the_run_folder_format_and_its_readers_reach_no_loop():
+    graph = import_graph()
+    assert graph["debiaslab.rundir"] <= {"debiaslab.errors", "debiaslab.io"}
+    for name in graph:
+        if name.startswith(RUN_READERS):
+            assert not reaches(graph, name, TOP), (name, reaches(graph, name, TOP))
 
 
 def test_only_the_entry_points_import_the_command_line():

@@ -180,10 +180,10 @@ def test_sigterm_during_a_checkpoint_write_exits_after_the_file_is_in_place(tmp_
     import signal
 
     from debiaslab.io import atomic_torch_save
-    from debiaslab.train import _sigterm_as_exit
+    from debiaslab.sigterm import sigterm_as_exit
 
     path = tmp_path / "checkpoint_last.pt"
-    with pytest.raises(SystemExit) as exit_, _sigterm_as_exit():
+    with pytest.raises(SystemExit) as exit_, sigterm_as_exit():
         atomic_torch_save({"step": 7, "odd": _TermWhilePickled(), "w": torch.ones(3)}, path)
     assert exit_.value.code == 128 + signal.SIGTERM
     saved = torch.load(path, weights_only=False)  # the test's own file: int(5) as a global

@@ -685,5 +685,5 @@ def test_the_processes_of_seeds_stop_when_it_is_killed(two_ratios, tmp_path):
     while children() and time.time() < deadline:
         time.sleep(0.1)
     assert children() == []
-    for run_dir in dirs:  # stopped by the signal, resumable (train.mark_failed's words)
+    for run_dir in dirs:  # stopped by the signal, resumable (RunDir.mark_failed's words)
         assert "resume from the last checkpoint" in (run_dir / "FAILED").read_text()

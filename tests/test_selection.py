@@ -2,7 +2,7 @@
 
 Unit tests feed ``SelectionTracker`` synthetic evaluation records with known answers (ties: the
 first best wins; None scores are skipped; ``last`` is the latest) and compare it, and the
-``selections`` of ``_results``, with a plain loop over the records. The end-to-end test trains
+``selections`` of ``results_record``, with a plain loop over the records. The end-to-end test trains
 once on ``tiny_reference`` with an evaluation and a full checkpoint every 2 steps, then checks
 for every rule: results.json against a plain loop over metrics.jsonl, checkpoint_<rule>.pt
 against the full checkpoint of the picked step, and ``debiaslab test --select RULE``.
@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from debiaslab.config import TrainConfig
+from debiaslab.results import results_record
 from debiaslab.selection import SELECTION_RULES, SelectionTracker
-from debiaslab.train import _results
 from tests.conftest import assert_same_tensors, quick_train_args, read_log, run_cli, run_test_cli
 
 RULES = ("last", "best_valid", "best_valid_unbiased", "oracle_best_test")
@@ -217,7 +217,7 @@ def test_results_selections_follow_the_picks():
     tracker, _ = track(records)
     cfg = TrainConfig(dataset="cmnist", num_steps=40).resolved()
     data = {"counts": {"test": {"n": 4, "aligned": 2, "conflicting": 2}}}
-    sel = _results(cfg, tracker, data, 1.0, 2.0, [])["selections"]
+    sel = results_record(cfg, tracker, data, 1.0, 2.0, [])["selections"]
     assert list(sel) == list(RULES)
     assert sel["best_valid_unbiased"] is None
     # best_valid: first 0.8 (step 20); oracle: 0.7 (step 30, accuracy fallback) beats 0.3 and 0.2

@@ -23,13 +23,9 @@ from debiaslab.config import TrainConfig
 from debiaslab.errors import UserError
 from debiaslab.fused import FusedStep, state_signature
 from debiaslab.prepare import cached_loader
-from debiaslab.train import (
-    OpenedRun,
-    TrainingLoop,
-    _sigterm_as_exit,
-    marked_failed_on_error,
-    open_run,
-)
+from debiaslab.runs import OpenedRun, marked_failed_on_error, open_run
+from debiaslab.sigterm import sigterm_as_exit
+from debiaslab.train import TrainingLoop
 
 # What runs of one group may differ in: the seed, the data (ratio, build) and every float setting
 # (learning rate, lambdas, q, EMA alpha, ...). Everything else (method, model, batch size, steps,
@@ -186,7 +182,7 @@ def _train_one_key(cfgs, progress_desc, bundle, load, errors: dict) -> list[dict
 def _train_fused(runs: list[OpenedRun], progress_desc, errors: dict) -> list[dict | None]:
     """Build every run's loop, fuse those whose shapes agree, train each fused part."""
     run_dirs = [r.run_dir for r in runs]
-    with marked_failed_on_error(run_dirs), _sigterm_as_exit():
+    with marked_failed_on_error(run_dirs), sigterm_as_exit():
         t_start = time.time()
         loops, rngs = [], []
         for run in runs:  # one at a time: each seeds the global RNG and builds its models

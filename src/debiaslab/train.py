@@ -1,13 +1,14 @@
-"""One method-agnostic training loop: sampling, steps, evaluation cadence, checkpoints, logging."""
+"""One method-agnostic training loop: sampling, steps, evaluation cadence, checkpoints, logging.
+
+Its parts live beside it: ``runs`` makes a run's folder ready (fresh, resumed or done) and marks
+it failed, ``step_evaluation`` evaluates the models at a step, ``results`` says what results.json
+holds, ``sigterm`` turns SIGTERM into a resumable stop; ``rundir.RunDir`` is the folder's format.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import errno
-import functools
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -16,43 +17,35 @@ import torch
 from debiaslab import checkpoints
 from debiaslab.accelerate import capture_graphs, compile_compute
 from debiaslab.averaging import DEFAULT_DECAY, WeightAverage
-from debiaslab.config import RUNTIME_FIELDS, TrainConfig
-from debiaslab.data.checks import check_bundle
+from debiaslab.config import TrainConfig
 from debiaslab.data.sampler import EpochSampler
-from debiaslab.data.splits import DatasetBundle, Split, data_id
-from debiaslab.data.transforms import BatchTransform
-from debiaslab.diagnostics import flagged_report, save_w_snapshot, snapshot_steps, weight_report
+from debiaslab.data.splits import DatasetBundle, Split
+from debiaslab.diagnostics import flagged_report, save_w_snapshot, snapshot_steps
 from debiaslab.errors import UserError
-from debiaslab.io import defer_exit
-from debiaslab.logging import RunLogger, StepWindow, require_wandb
+from debiaslab.logging import RunLogger, StepWindow
 from debiaslab.methods import METHODS
 from debiaslab.methods.base import StageData, StagePlan
-from debiaslab.metrics import predict_split, primary_key, primary_metric
-from debiaslab.models import DATASET_MODEL
-from debiaslab.preflight import check_batch_size, check_models, setting_warnings
+from debiaslab.metrics import primary_metric
+from debiaslab.preflight import setting_warnings
 from debiaslab.prepare import (
-    autocast_logits,
-    evaluate,
     hardware,
-    load_data,
     make_transform,
     prepare_split,
-    resolve_device,
     seed_everything,
     uses_cuda_extras,
 )
+from debiaslab.results import data_info, results_record
 from debiaslab.rundir import RunDir
+from debiaslab.runs import bias_labels_for, marked_failed_on_error, open_run
 from debiaslab.selection import (
     WA_PREFIX,
     SelectionTracker,
-    default_selection,
-    describe,
     effective_reads,
-    evaluation_of,
     selection_names,
-    selection_reads,
     shared_splits,
 )
+from debiaslab.sigterm import Stop, sigterm_as_exit
+from debiaslab.step_evaluation import evaluate_all, save_pick
 from debiaslab.version import __version__
 
 # Where --compile is on by default: only where benchmarks/steps_per_second.py measured it faster
@@ -62,75 +55,6 @@ COMPILE_DEFAULT = {"cpu": False, "cuda": False}
 # The loop's work outside the steps, timed (results.json "boundary_seconds"): evaluating, saving
 # the models a selection rule picked, and writing the resumable full checkpoint.
 BOUNDARY_PARTS = ("evaluation", "best_checkpoints", "full_checkpoints")
-
-
-def _existing_run(cfg: TrainConfig, checksums: dict) -> tuple[str, dict | None]:
-    """("fresh", None), ("done", None) for a finished identical run, or ("resume", checkpoint).
-
-    A run's identity is its config and its data: ``checksums`` (split -> sha256 of images,
-    targets and biases) must equal those its config.json recorded. Refuses a directory that
-    holds a different run. An unfinished run of the same config and data resumes from its last
-    checkpoint (or starts again if it never saved one); with ``cfg.resume`` a finished run also
-    continues when ``--num_steps`` grew.
-    """
-    run_dir = Path(cfg.run_dir())
-    if not run_dir.exists() or not any(run_dir.iterdir()) or cfg.overwrite:
-        return "fresh", None
-    try:
-        record = RunDir(run_dir).read_config()
-        old = TrainConfig.from_saved(record["config"]).to_dict()
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(
-            f"{run_dir} exists but holds no readable {RunDir.CONFIG}, so it cannot be resumed; "
-            "pass another --exp / exp= (or --log_dir / log_dir=), or --overwrite / overwrite=True "
-            "to replace it"
-        ) from None
-    ignore = {"num_steps"} if cfg.resume else set()
-    if _comparable(old, ignore) != _comparable(cfg.to_dict(), ignore):
-        diff = sorted(k for k in _comparable(old, ignore) if old.get(k) != cfg.to_dict().get(k))
-        raise UserError(
-            f"{run_dir} already holds a different run (differs in {', '.join(diff[:5])}); pass "
-            "another --exp / exp= (or --log_dir / log_dir=) to keep both, or --overwrite / "
-            "overwrite=True to replace it"
-            + (
-                "; for more steps of the same run, --resume / resume=True"
-                if diff == ["num_steps"]
-                else ""
-            )
-        )
-    _check_same_data(run_dir, (record.get("data") or {}).get("sha256"), checksums)
-    finished = RunDir(run_dir).results_file.exists()
-    if finished and not (cfg.resume and cfg.num_steps > old["num_steps"]):
-        return "done", None
-    state = checkpoints.load_for_resume(run_dir)
-    if state is None:
-        return "fresh", None
-    if state["step"] > StagePlan(METHODS[cfg.method].stages(cfg)).total:
-        raise UserError(
-            f"{run_dir} is at step {state['step']}, beyond --num_steps {cfg.num_steps} (and the method's "
-            "earlier stages); raise --num_steps"
-        )
-    return "resume", state
-
-
-def _check_same_data(run_dir: Path, recorded: dict | None, checksums: dict) -> None:
-    """Refuses to reuse or resume ``run_dir`` on data other than the data it trained on."""
-    if recorded is None:  # no run has been written without checksums; nothing to compare
-        return
-    changed = [name for name in checksums if recorded.get(name) != checksums[name]]
-    if changed:
-        shown = ", ".join(
-            f"{name} {str(recorded.get(name))[:8]} there, {checksums[name][:8]} now"
-            for name in changed
-        )
-        raise UserError(
-            f"{run_dir} holds a run of these settings on other data (sha256 of {shown}); pass "
-            "another --exp / exp= to keep both, or --overwrite / overwrite=True to replace it"
-        )
-
-
-def _comparable(d: dict, ignore=frozenset()) -> dict:
-    return {k: v for k, v in d.items() if k not in RUNTIME_FIELDS and k not in ignore}
 
 
 def make_average(cfg: TrainConfig, method) -> WeightAverage | None:
@@ -150,7 +74,7 @@ def train(
     if opened.done is not None:
         return opened.done
     with marked_failed_on_error([opened.run_dir]):
-        with _sigterm_as_exit():
+        with sigterm_as_exit():
             return _train(
                 opened.cfg,
                 opened.bundle,
@@ -159,146 +83,6 @@ def train(
                 progress_desc,
                 opened.state,
             )
-
-
-@dataclasses.dataclass
-class OpenedRun:
-    """A run made ready to train: its resolved config, device, data and directory, the
-    checkpoint it resumes from (None: fresh), or ``done``, the results of a finished one."""
-
-    cfg: TrainConfig
-    device: torch.device | None = None
-    bundle: DatasetBundle | None = None
-    run_dir: Path | None = None
-    state: dict | None = None
-    done: dict | None = None
-
-
-def open_run(cfg: TrainConfig, bundle: DatasetBundle | None = None, load=load_data) -> OpenedRun:
-    """Resolve and check ``cfg``, read and check its data (``bundle``, else ``load(cfg)``) and
-    make its directory ready: fresh (emptied), resumed (its last checkpoint read) or done (the
-    finished run of the same config and data: its results read, nothing else touched)."""
-    cfg = cfg.resolved()
-    if cfg.model is None:
-        cfg.model = DATASET_MODEL.get(cfg.dataset, "resnet18")
-    cfg.validate()
-    device = resolve_device(cfg.device)
-    if cfg.wandb:
-        require_wandb()
-    if bundle is None:
-        bundle = load(cfg)  # before the run directory exists: bad data leaves nothing behind
-    bundle = bundle.with_checksums()
-    check_bundle(bundle)
-    mode, state = _existing_run(cfg, bundle.checksums())
-    if mode == "done":
-        print(
-            f"{cfg.run_dir()} already holds this finished run, of these settings on this data "
-            f"(data {data_id(bundle.checksums())}); reusing it, not retraining (pass --overwrite "
-            "to retrain)"
-        )
-        return OpenedRun(cfg, done=RunDir(cfg.run_dir()).read_json(RunDir.RESULTS))
-    method_cls = METHODS[cfg.method]
-    bias_labels_for(method_cls, bundle.train, bundle.name)  # refused before anything is written
-    check_models(method_cls, cfg, bundle)
-    check_batch_size(cfg, bundle)
-    run_dir = Path(cfg.run_dir())
-    if mode == "fresh":
-        try:
-            RunDir(run_dir).create_empty()
-        except OSError as e:
-            raise UserError(
-                f"cannot create the run directory {run_dir} ({e.strerror}); check --log_dir "
-                f"{cfg.log_dir}: it must be a writable folder"
-            ) from None
-    else:
-        RunDir(run_dir).reopen()
-        print(f"resuming {run_dir} from step {state['step']}")
-    for line in setting_warnings(cfg):
-        print(f"warning: {line}", file=sys.stderr)
-    return OpenedRun(cfg, device, bundle, run_dir, state)
-
-
-@contextlib.contextmanager
-def marked_failed_on_error(run_dirs: list[Path]):
-    """Never leave a results.json-less run that looks like something: on any error, mark every
-    run of ``run_dirs`` FAILED (resumable) and re-raise; a full disk becomes a one-line error."""
-    try:
-        yield
-    except BaseException as e:
-        for run_dir in run_dirs:
-            RunDir(run_dir).mark_failed(e)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            run_dir = run_dirs[0]
-            raise UserError(
-                f"no space left on the device while writing {e.filename or run_dir}; the last complete checkpoint "
-                f"({_last_step(run_dir)}) is intact: free space and rerun the same command to resume"
-            ) from None
-        raise
-
-
-class _Stop:
-    """SIGTERM while a loop steps (a time budget's stop, a scheduler's pre-emption, a sweep
-    passing either on): the loop saves a full checkpoint at the step it is at and exits 143, so
-    the resumed run loses none of its steps. Before the steps (reading data, building,
-    capturing) there is nothing new to save and the exit is at once; so is a second SIGTERM."""
-
-    stepping = False  # a loop has begun its steps (``TrainingLoop.open_bar``)
-    requested = False  # SIGTERM came while it stepped
-    # taken up at the lead's next ``at_boundary``, so that every run of a fused group saves at
-    # that one boundary, even when SIGTERM comes between two runs' boundaries
-    stopping = False
-    saved = False  # the stop's checkpoints are written
-
-    @classmethod
-    def reset(cls) -> None:
-        cls.stepping = cls.requested = cls.stopping = cls.saved = False
-
-
-@contextlib.contextmanager
-def _sigterm_as_exit():
-    """A pre-empted job gets SIGTERM: end like an interrupt (marked FAILED, resumable) instead of
-    vanishing, after a checkpoint at the current step where the steps have begun (``_Stop``)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        if _Stop.stepping and not _Stop.requested:
-            _Stop.requested = True  # the loop saves and exits at its next step (at_boundary)
-            return
-        if not defer_exit(128 + signum):  # a checkpoint being written ends first
-            raise SystemExit(128 + signum)
-
-    _Stop.reset()
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        _Stop.reset()
-
-
-def _last_step(run_dir: Path) -> str:
-    last = RunDir(run_dir).last_checkpoint
-    try:
-        return f"{last}, step {torch.load(last, weights_only=True)['step']}"
-    except Exception:
-        return "none was written yet"
-
-
-def bias_labels_for(method_cls, train_split: Split, name: str) -> dict:
-    """The constructor argument of a method that trains on bias labels; refused without them."""
-    if not method_cls.uses_bias_labels:
-        return {}
-    if train_split.biases is None:
-        raise UserError(
-            f"{method_cls.name} trains on bias labels, and the training split of {name} has none; "
-            "choose a label-free method (e.g. lff, disent, jtt) or data with bias labels"
-        )
-    return {"train_biases": train_split.biases}
 
 
 def _end_stage(method, stage, stage_data: StageData, train_split: Split, logger, done: int) -> None:
@@ -322,7 +106,7 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
     loop.restore(state)
     train_seconds = loop.run(progress_desc)
     results = loop.results(train_seconds, time.time() - t_start)
-    RunDir(run_dir).write_results(results)
+    loop.folder.write_results(results)
     return results
 
 
@@ -359,7 +143,7 @@ class TrainingLoop:
             self.transform.eval,
             cfg.eval_batch_size,
         )
-        self.data_info = _data_info(bundle)
+        self.data_info = data_info(bundle)
         self.compiled = compile_step(cfg, device)
         self.graphed = capture_step(cfg, device, self.method)
         self.window, self.start, self.skipped, self.seconds_before = StepWindow(), 0, [], 0.0
@@ -496,7 +280,7 @@ class TrainingLoop:
     def open_bar(self, desc: str | None, position: int | None = None) -> None:
         from tqdm.auto import tqdm
 
-        _Stop.stepping = True  # the lone and the fused loop open their bars as the steps begin
+        Stop.stepping = True  # the lone and the fused loop open their bars as the steps begin
         cfg = self.cfg
         self.bar = tqdm(
             total=self.plan.total,
@@ -534,12 +318,12 @@ class TrainingLoop:
 
     def at_boundary(self, done: int, k: int) -> bool:
         """Whether anything reads the device after step ``done``; between boundaries the steps
-        queue up without waiting. After a stop's checkpoint (``_Stop``) it exits: a fused group's
+        queue up without waiting. After a stop's checkpoint (``Stop``) it exits: a fused group's
         runs all save at one boundary before any exits, and the one step taken since is dropped."""
-        if _Stop.saved:
+        if Stop.saved:
             raise SystemExit(143)  # 128 + SIGTERM, as the handler's own exit
-        if _Stop.requested:
-            _Stop.stopping = True
+        if Stop.requested:
+            Stop.stopping = True
             return True  # a boundary now, which saves (``boundary``)
         cfg = self.cfg
         return (
@@ -581,10 +365,10 @@ class TrainingLoop:
             )
             k += 1
             self.enter_stage(k)
-        if done % cfg.save_freq == 0 or stage_ends or _Stop.stopping:
+        if done % cfg.save_freq == 0 or stage_ends or Stop.stopping:
             with self.timed("full_checkpoints"):
                 self.save(done)
-            _Stop.saved = _Stop.stopping
+            Stop.saved = Stop.stopping
         return k
 
     @contextlib.contextmanager
@@ -614,7 +398,7 @@ class TrainingLoop:
 
     def evaluate(self, done: int, k: int, tag: dict) -> dict:
         main = self._main(k)
-        record = _evaluate_all(
+        record = evaluate_all(
             self.method,
             self.valid_split,
             self.test_split,
@@ -646,7 +430,7 @@ class TrainingLoop:
         for averaged in (False, True):
             rules = [r for r in moved if r.startswith(WA_PREFIX) == averaged]
             if rules:
-                _save_pick(self.run_dir, rules, cfg, done, method, self.average, record)
+                save_pick(self.run_dir, rules, cfg, done, method, self.average, record)
         self.bar.set_postfix(
             valid=f"{record['valid']['accuracy']:.3f}",
             test_unb=f"{primary_metric(record['test'], cfg.dataset):.3f}",
@@ -682,7 +466,7 @@ class TrainingLoop:
     # -- the end -------------------------------------------------------------------------------
     def results(self, train_seconds: float, total_seconds: float) -> dict:
         cfg, plan, average = self.cfg, self.plan, self.average
-        results = _results(
+        results = results_record(
             cfg, self.tracker, self.data_info, train_seconds, total_seconds, self.skipped
         )
         if average is not None:
@@ -708,18 +492,6 @@ class TrainingLoop:
             exact = self.cfg.fused_exact and self.device.type == "cpu"
             results["fused_products"] = "exact" if exact else "batched"
         return results
-
-
-def _data_info(bundle: DatasetBundle) -> dict:
-    """What config.json and results.json say about the data (no per-file checksums)."""
-    info = {
-        "name": bundle.name,
-        "num_classes": bundle.num_classes,
-        "counts": bundle.counts(),
-        "sha256": bundle.checksums(),
-        **bundle.info,
-    }
-    return {k: v for k, v in info.items() if not k.startswith("sha256_")}
 
 
 def _nonfinite_message(
@@ -769,115 +541,3 @@ def capture_step(cfg: TrainConfig, device: torch.device, method) -> bool:
             )
         return False
     return bool(wanted)
-
-
-def _save_pick(
-    run_dir: Path, rules: list[str], cfg: TrainConfig, done: int, method, average, record: dict
-):
-    """checkpoint_<rule>.pt for each of ``rules``: the models (raw, or averaged for wa_*, never
-    both in one call) that these selections picked at ``done``, written once."""
-    models = average.models if rules[0].startswith(WA_PREFIX) else method.models
-    evaluation = evaluation_of(record, rules[0])
-    checkpoints.save_models(
-        run_dir,
-        rules,
-        {
-            "config": cfg.to_dict(),
-            "method": cfg.method,
-            "step": done,
-            "models": {n: models[n].state_dict() for n in type(method).model_names},
-            "metrics": {k: evaluation[k] for k in ("valid", "test")},
-        },
-    )
-
-
-def _evaluate_all(
-    method,
-    valid_split,
-    test_split,
-    transform,
-    C,
-    cfg,
-    train_split,
-    average: WeightAverage | None = None,
-) -> dict:
-    """The raw models' valid and test metrics and, once averaging has started, the averaged
-    models' under ``"wa"``; the valid split's pseudo bias labels come from the method's biased
-    branch (as it is now), the same for both."""
-    method.eval()
-    pseudo = _pseudo_biases(method, valid_split, transform, cfg)
-    record = _evaluate_pair(
-        method.eval_predict, valid_split, test_split, transform, C, cfg, method.amp, pseudo
-    )
-    if average is not None and average.started:
-        averaged = functools.partial(type(method).predict, average.models)
-        record["wa"] = _evaluate_pair(
-            averaged, valid_split, test_split, transform, C, cfg, method.amp, pseudo
-        )
-    method.train()
-    w = method.sample_weights()
-    if w is not None and train_split.biases is not None:  # bias labels read for logging only
-        record["train_w"] = weight_report(w, train_split.targets != train_split.biases)
-    return record
-
-
-def _pseudo_biases(method, split: Split, transform: BatchTransform, cfg: TrainConfig):
-    """The class the method's biased branch predicts for each sample of ``split`` (None without one)."""
-    with torch.no_grad():
-        if method.bias_logits(transform.eval(split.images[:1])) is None:  # a one-sample probe
-            return None
-    return predict_split(
-        autocast_logits(method.bias_logits, method.amp),
-        split.images,
-        transform.eval,
-        cfg.eval_batch_size,
-    )
-
-
-def _evaluate_pair(logits_of, valid_split, test_split, transform, C, cfg, amp, pseudo) -> dict:
-    return {
-        "valid": evaluate(logits_of, valid_split, transform, C, cfg.eval_batch_size, amp, pseudo),
-        "test": evaluate(logits_of, test_split, transform, C, cfg.eval_batch_size, amp),
-    }
-
-
-def _results(
-    cfg: TrainConfig,
-    tracker: SelectionTracker,
-    data_info: dict,
-    train_seconds: float,
-    total_seconds: float,
-    skipped: list[int],
-) -> dict:
-    selections = {}
-    for rule in tracker.names:
-        pick = tracker.best.get(rule)
-        selections[rule] = (
-            None
-            if pick is None
-            else {
-                "description": describe(rule),
-                "reads": selection_reads(rule, data_info),
-                "step": pick["step"],
-                "valid": pick["valid"],
-                "test": pick["test"],
-                "test_primary": primary_metric(pick["test"], cfg.dataset),
-            }
-        )
-    return {
-        "method": cfg.method,
-        "dataset": cfg.dataset,
-        "percent": cfg.percent if cfg.uses_percent() else None,
-        "seed": cfg.seed,
-        "steps": cfg.num_steps,
-        "default_selection": default_selection(cfg.dataset, selections),
-        "primary_metric": f"{primary_key(cfg.dataset)} accuracy"
-        if "conflicting" in data_info["counts"]["test"]
-        else "accuracy (no bias labels)",
-        "selections": selections,
-        "data": data_info,
-        "config": cfg.to_dict(),
-        "skipped_steps": skipped,  # steps whose loss was NaN / inf, skipped under --on_nonfinite skip
-        "train_seconds": round(train_seconds, 2),
-        "total_seconds": round(total_seconds, 2),
-    }
