@@ -11,8 +11,16 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # what the data code may import besides itself: the error, the atomic writes, the version (not
 # the package's top, whose attributes open the API)
 DATA_MAY_IMPORT = {"debiaslab.errors", "debiaslab.io", "debiaslab.version"}
-# what trains and what drives training: the loop (train, group) and its entry points
-ENTRY = {"debiaslab.train", "debiaslab.api", "debiaslab.cli", "debiaslab.group", "debiaslab.sweep"}
+# what trains and what drives training: the loop (train, group) and its entry points (the API, the
+# command line, a sweep and its local runner)
+ENTRY = {
+    "debiaslab.train",
+    "debiaslab.api",
+    "debiaslab.cli",
+    "debiaslab.group",
+    "debiaslab.sweep",
+    "debiaslab.sweep_local",
+}
 # the loop's parts, which train.py and group.py import: opening a run's folder, the evaluation of a
 # step, the results schema, SIGTERM as a resumable stop
 LOOP_PARTS = {

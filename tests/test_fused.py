@@ -472,7 +472,7 @@ def test_a_sigkilled_fused_group_resumes_bit_for_bit(two_ratios, tmp_path):
 
 
 def test_sweep_units_fuse_compatible_runs_and_give_every_job_a_group():
-    from debiaslab.sweep import Run, fused_units
+    from debiaslab.sweep_local import Run, fused_units
 
     def run(method, seed, pct="1pct"):
         return Run(f"{method}{seed}{pct}", TrainConfig(method=method, seed=seed, percent=pct))

@@ -664,7 +664,7 @@ def test_runs_saved_before_the_palette_existed_mean_lff():
 
 
 def test_devices_and_child_environment():
-    from debiaslab.sweep import _child_env, parse_devices
+    from debiaslab.sweep_local import _child_env, parse_devices
 
     assert parse_devices("cpu") == ["cpu"]
     env, device = _child_env("cuda:3", 4)
@@ -716,15 +716,16 @@ def test_reproduce_table1_script_dry_run(tiny_reference, tmp_path):
 
 def test_runs_per_device_packs_k_runs_on_each_device(monkeypatch, tmp_path):
     from debiaslab import sweep as sweep_mod
+    from debiaslab import sweep_local
 
     seen = {}
     monkeypatch.setattr(sweep_mod, "parse_devices", lambda spec: ["cuda:0", "cuda:1"])
-    monkeypatch.setattr(sweep_mod, "cpu_count", lambda: 16)
+    monkeypatch.setattr(sweep_local, "cpu_count", lambda: 16)
     monkeypatch.setattr(
         sweep_mod,
         "run_local",
         lambda runs, out, jobs, devs, progress, fuse_max=1: (
-            seen.update(slots=sweep_mod.device_slots(devs, jobs))
+            seen.update(slots=sweep_local.device_slots(devs, jobs))
             or {"finished": len(runs), "failed": 0}
         ),
     )

@@ -1,8 +1,8 @@
 """``debiaslab sweep --backend ray``: the same runs as Ray tasks (``pip install 'debiaslab[ray]'``).
 
-Each task trains one unit of the sweep, a fused group of compatible runs (``sweep.fused_units``,
-at most ``--fuse_max`` runs, one group per task) or a lone run, asking for ``--cpus_per_run`` CPUs
-and ``--gpus_per_run`` GPUs. Tasks write to
+Each task trains one unit of the sweep, a fused group of compatible runs
+(``sweep_local.fused_units``, at most ``--fuse_max`` runs, one group per task) or a lone run,
+asking for ``--cpus_per_run`` CPUs and ``--gpus_per_run`` GPUs. Tasks write to
 the sweep's results folder, which must be visible at the same path on every node (a shared file
 system); relative data paths are read from the driver's working directory, as with a local sweep.
 Skip and resume work as locally: the driver skips finished runs and ``train`` resumes unfinished ones.
@@ -17,7 +17,8 @@ from pathlib import Path
 
 from debiaslab.errors import UserError
 from debiaslab.runner import run_config, run_group
-from debiaslab.sweep import Progress, Run, SweepOptions, _headline, fused_units
+from debiaslab.sweep import SweepOptions
+from debiaslab.sweep_local import Progress, Run, fused_units, headline
 
 
 def _ray():
@@ -135,7 +136,7 @@ def _finish(ray, ref, unit: list[Run], view: Progress) -> None:
         res = {"status": "error", "message": str(e).strip().splitlines()[-1][:300]}
     for run in unit:
         ok = res["status"] == "finished" or run.folder.status() == "finished"
-        view.finish(run, ok, _headline(run.run_dir) if ok else res["message"])
+        view.finish(run, ok, headline(run.run_dir) if ok else res["message"])
 
 
 def ray_backend(todo: list[Run], out: Path, options: SweepOptions) -> dict:
