@@ -113,7 +113,7 @@ def test_bad_dataset_one_line_exit_2_nothing_left(tiny_reference, tmp_path, muta
         (["--image_size", "0"], "--image_size"),
         (["--train_ours"], "not allowed with"),
         (["--use_resnet20", "--model", "mlp"], "--use_resnet20"),
-        (["--model", "vgg"], "unknown --model"),
+        (["--model", "vgg"], "--model 'vgg' is not a model"),
         (["--on_nonfinite", "ignore"], "invalid choice"),
     ],
 )

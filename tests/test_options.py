@@ -113,3 +113,50 @@ def test_a_run_saved_before_an_option_existed_reads_back_what_it_trained_with(
     vanilla = TrainConfig(method="vanilla").to_dict()
     vanilla.pop(option)
     assert getattr(TrainConfig.from_saved(vanilla), option) is None
+
+
+GENERAL = [
+    f
+    for f in dataclasses.fields(TrainConfig)
+    if f.metadata.get("flag", True) is True and f.name not in {o.name for _, o in DECLARED}
+]
+
+
+@pytest.mark.parametrize("field", GENERAL, ids=[f.name for f in GENERAL])
+def test_a_general_option_is_one_declaration_that_makes_its_flag(field, train_help, reference):
+    """Declared once (``config.setting``): the flag, its type and choices come from the field."""
+    from debiaslab.config import field_type
+
+    cli_page, api_table = reference
+    assert f"--{field.name}" in train_help and f"| `{field.name}` |" in api_table
+    kind, choices = field_type(field), field.metadata.get("choices")
+    sample = choices[-1] if choices else {int: "7", float: "0.5", str: "resnet18"}.get(kind)
+    flag = [f"--no-{field.name}"] if kind is bool else [f"--{field.name}", sample]
+    cfg = config_from_args(build_parser().parse_args(["train", "--method", "vanilla", *flag]))
+    assert getattr(cfg, field.name) == (False if kind is bool else kind(sample))
+    untouched = config_from_args(build_parser().parse_args(["train", "--method", "vanilla"]))
+    assert getattr(untouched, field.name) == getattr(TrainConfig(), field.name)
+
+
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        (dict(q=0.0), r"--q must be in \(0, 1\], got 0.0"),
+        (dict(keep_checkpoints=0), "--keep_checkpoints must be a positive integer, got 0"),
+        (dict(lr=float("nan")), "--lr must be a positive number, got nan"),
+        (dict(on_nonfinite="ignore"), "--on_nonfinite 'ignore' is not one of its choices"),
+        (dict(exp="a/b"), "--exp 'a/b' must be a plain name"),
+        (dict(wa_start=-1), "--wa_start must be a finite number >= 0, got -1"),
+    ],
+)
+def test_general_options_are_checked_from_their_declaration(setting, message):
+    with pytest.raises(UserError, match=message):
+        TrainConfig(**setting).validate()
+
+
+def test_the_reference_spellings_of_negative_flags_still_work():
+    args = build_parser().parse_args(
+        ["train", "--train_ours", "--no_amp", "--no_progress", "--no_compile", "--use_lr_decay"]
+    )
+    cfg = config_from_args(args)
+    assert (cfg.amp, cfg.progress, cfg.compile, cfg.use_lr_decay) == (False, False, False, True)

@@ -11,7 +11,6 @@ import pytest
 from tests.conftest import quick_train_args, run_cli
 
 
-
 def worked_method() -> str:
     """The worked method of docs/development.md, "Adding a method", as a contributor copies it."""
     from tests.conftest import REPO

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from debiaslab.errors import UserError
 from debiaslab.methods import METHODS, on_register
+from debiaslab.methods.losses import GCE_FORMS
+from debiaslab.methods.options import value_problem
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
@@ -121,6 +123,22 @@ GENERIC_DEFAULTS = dict(
 )
 
 
+def setting(default, *, check: str | None = None, choices: tuple = (), flag: str | bool = True):
+    """A general option's declaration, beside its field and its docstring (the help): its
+    default, its ``check`` (``methods/options.py``: positive, non-negative, fraction,
+    probability, model, name) or ``choices``. ``flag``: how ``debiaslab train`` takes it (True:
+    ``--<name>``, made from this declaration; "data": among the data flags ``test`` shares;
+    "method": with the reference's method flags; False: no flag). The CLI flags, ``validate``,
+    the ``sweep --set`` and ``fit`` type checks and the options table all read it."""
+    return field(default=default, metadata={"check": check, "choices": choices, "flag": flag})
+
+
+def field_type(f: dataclasses.Field) -> type:
+    """The type a field's values have (``int`` of ``int | None``)."""
+    name = str(f.type).split("|")[0].strip()
+    return {"int": int, "float": float, "bool": bool, "str": str, "dict": dict}[name]
+
+
 def with_method_options(cls):
     """Adds each method's declared options (``Method.options``) to ``cls`` as fields defaulting
     to None, after its own: the class a ``dataclass`` decorator then makes of it."""
@@ -134,13 +152,15 @@ def add_method_fields(cls) -> None:
     """A method registered after TrainConfig was made (``register_method``): its options join
     the tables and become fields of TrainConfig itself, so configs made from now on take them."""
     index_method(cls)
-    new = [o for o in cls.options if o.name not in {f.name for f in dataclasses.fields(TrainConfig)}]
+    new = [
+        o for o in cls.options if o.name not in {f.name for f in dataclasses.fields(TrainConfig)}
+    ]
     if not new:
         return
     for option in new:
         TrainConfig.__annotations__[option.name] = option.annotation
         setattr(TrainConfig, option.name, None)
-    TrainConfig.extra = field(default_factory=dict)  # the decorator took it off the class
+    TrainConfig.extra = field(default_factory=dict, metadata={"flag": False})  # taken off the class
     for made in ("__init__", "__repr__", "__eq__", "__match_args__"):
         if made in TrainConfig.__dict__:  # made by the decorator: made again, with the new fields
             delattr(TrainConfig, made)
@@ -162,33 +182,33 @@ class TrainConfig:
     """
 
     # what to train
-    dataset: str = "cmnist"
+    dataset: str = setting("cmnist", check="name", flag="data")
     """The dataset's name: ``cmnist``, ``cifar10c``, ``bffhq``, ``bar`` (read from ``data_dir``),
     or the name of your in-memory data (``tensor_data(name=)``); it also names the folder under
     ``log_dir``."""
-    percent: str | None = "1pct"
+    percent: str | None = setting("1pct", flag="data")
     """The bias-conflicting ratio folder of a reference-layout dataset: ``0.5pct``, ``1pct``,
     ``2pct``, ``5pct`` (None for in-memory data, which ``fit`` uses as given)."""
-    method: str = "vanilla"
+    method: str = setting("vanilla", flag="method")
     """The method (``debiaslab.methods.METHODS``): vanilla, lff, disent, lff_be, disent_be, jtt,
     groupdro, lc, denetdm."""
-    model: str | None = None
+    model: str | None = setting(None, check="model")
     """The backbone (``resnet18``, ``resnet20``, ``resnet50``, ``mlp``, ... or a name given to
     ``register_model``). None: the dataset's (MLP on Colored MNIST, ResNet-18 elsewhere)."""
-    data_dir: str = "dataset"
+    data_dir: str = setting("dataset", flag="data")
     """The folder holding ``<dataset>/`` in the reference layout (``debiaslab data build``)."""
-    corruption_type: int = 0
+    corruption_type: int = setting(0, flag="data")
     """Corrupted CIFAR-10 only: 0 reads ``<data_dir>/cifar10c``, 1 ``<data_dir>/cifar10c_type1``."""
-    palette: str | None = None
+    palette: str | None = setting(None, choices=PALETTE_CHOICES, flag="data")
     """Colored MNIST only: the colours the data must have, ``disent`` (the paper's data, the
     default), ``lff`` or ``any``; other data is refused."""
-    manifest: str | None = None
+    manifest: str | None = setting(None, flag="data")
     """Your own dataset as a CSV with the columns ``path,target[,bias][,split]``."""
-    image_folder: str | None = None
+    image_folder: str | None = setting(None, flag="data")
     """Your own dataset as folders ``<dir>/train|valid|test/<class>/<image>``."""
     log_dir: str = "log"
     """Where runs are written: ``<log_dir>/<dataset>/<exp>``."""
-    exp: str = "debugging"
+    exp: str = setting("debugging", check="name")
     """The run's folder name under ``<log_dir>/<dataset>/`` (``fit``: the method's name with
     the ids of the data and of the settings)."""
     seed: int = 0
@@ -197,49 +217,49 @@ class TrainConfig:
     """``auto`` (CUDA when there is one), ``cpu``, ``cuda`` or ``cuda:N``."""
 
     # optimisation
-    num_steps: int = 50_000
+    num_steps: int = setting(50_000, check="positive")
     """Steps of the main stage (a method with an earlier stage, JTT, BiasEnsemble, DeNetDM, adds
     its steps)."""
-    batch_size: int | None = None
+    batch_size: int | None = setting(None, check="positive")
     """Training batch size. None: the dataset's (256 on Colored MNIST and Corrupted CIFAR-10, 64
     elsewhere)."""
-    lr: float | None = None
+    lr: float | None = setting(None, check="positive")
     """Adam's learning rate. None: the dataset's (0.01 Colored MNIST, 0.001 Corrupted CIFAR-10 and
     your own data, 0.0001 BFFHQ and BAR)."""
-    weight_decay: float = 0.0
+    weight_decay: float = setting(0.0, check="non-negative")
     """Adam's weight decay."""
     use_lr_decay: bool = False
     """Step decay of the learning rate: times ``lr_gamma`` every ``lr_decay_step`` steps, counted
     from ``curr_step``."""
-    lr_decay_step: int = 10_000
+    lr_decay_step: int = setting(10_000, check="positive")
     """Steps between two decays of the learning rate (with ``use_lr_decay``)."""
-    lr_gamma: float = 0.1
+    lr_gamma: float = setting(0.1, check="positive")
     """The factor of each learning-rate decay (with ``use_lr_decay``)."""
 
     # LfF / DisEnt
-    q: float = 0.7
+    q: float = setting(0.7, check="probability")
     """The generalized cross-entropy's q, with which the biased models train (LfF, DisEnt, the
     BiasEnsemble models)."""
-    gce_form: str = "reference"
+    gce_form: str = setting("reference", choices=GCE_FORMS)
     """How the generalized cross-entropy is computed: ``reference`` (the paper code's) or
     ``textbook`` (methods/losses.py)."""
-    ema_alpha: float = 0.7
+    ema_alpha: float = setting(0.7, check="fraction")
     """The factor of the per-sample moving average of the losses that the relative difficulty
     weights read (LfF, DisEnt)."""
-    curr_step: int = 0
+    curr_step: int = setting(0, check="non-negative")
     """DisEnt: the step the feature swap (and weight averaging) starts at; every method's
     learning-rate decay also counts from it."""
-    lambda_swap: float = 1.0
+    lambda_swap: float = setting(1.0, check="non-negative")
     """DisEnt: the weight of the swapped features' losses."""
-    lambda_dis_align: float = 1.0
+    lambda_dis_align: float = setting(1.0, check="non-negative")
     """DisEnt: the weight of the bias branch's loss on the original features."""
-    lambda_swap_align: float = 1.0
+    lambda_swap_align: float = setting(1.0, check="non-negative")
     """DisEnt: the weight of the bias branch's loss on the swapped features."""
     # inputs
-    input_scale: str | None = None
+    input_scale: str | None = setting(None, choices=tuple(INPUT_SCALES))
     """``unit``: pixels / 255; ``reference``: pixels / 255 / 255, as the paper code fed Colored
     MNIST. None: the dataset's (``reference`` on Colored MNIST, ``unit`` elsewhere)."""
-    image_size: int | None = None
+    image_size: int | None = setting(None, check="positive", flag="data")
     """Resize images to this size once, when read (BFFHQ and BAR: 224). None: as they are."""
     normalize: bool | None = None
     """Normalise with the CIFAR-10 mean and deviation. None: the dataset's (off on Colored MNIST,
@@ -262,20 +282,20 @@ class TrainConfig:
     run ends bit for bit where it ends alone. None: off, one batched product for all the runs
     (faster, as measured in docs/speed.md; equal to a lone run's to float rounding). CUDA
     always batches."""
-    wa_decay: float | None = None
+    wa_decay: float | None = setting(None, check="fraction")
     """The decay of the weight average of the models (``wa_*`` rules). None: 0.999; 0: off."""
-    wa_start: int | None = None
+    wa_start: int | None = setting(None, check="non-negative")
     """The main-stage step weight averaging starts at. None: the method's (DisEnt's
     ``curr_step``, else 0)."""
 
     # evaluation, checkpoints, logging
-    valid_freq: int = 500
+    valid_freq: int = setting(500, check="positive")
     """Steps between evaluations, which the selection rules pick from (and the last step)."""
-    log_freq: int = 500
+    log_freq: int = setting(500, check="positive")
     """Steps between logged training losses."""
-    save_freq: int | None = None
+    save_freq: int | None = setting(None, check="positive")
     """Steps between resumable checkpoints. None: ``valid_freq``."""
-    eval_batch_size: int = 2048
+    eval_batch_size: int = setting(2048, check="positive")
     """Batch size of evaluations."""
     tensorboard: bool = False
     """Also log to TensorBoard (``<run>/tensorboard``)."""
@@ -290,13 +310,13 @@ class TrainConfig:
     resume: bool = False
     """Continue an unfinished run (also automatic); with it a larger ``num_steps`` continues a
     finished one."""
-    keep_checkpoints: int = 1
+    keep_checkpoints: int = setting(1, check="positive")
     """Full checkpoints kept: ``checkpoint_last.pt`` and k - 1 older ``checkpoint_step<N>.pt``."""
     best_checkpoints: bool = True
     """Keep ``checkpoint_<rule>.pt``, the models each selection rule picked."""
-    on_nonfinite: str = "stop"
+    on_nonfinite: str = setting("stop", choices=("stop", "skip"))
     """A NaN or infinite loss: ``stop`` the run (marked failed, resumable) or ``skip`` the step."""
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict, metadata={"flag": False})
     """Free-form notes kept with the run (they enter its identity)."""
 
     def resolved(self) -> TrainConfig:
@@ -388,74 +408,21 @@ class TrainConfig:
         return os.path.join(self.log_dir, self.dataset, self.exp)
 
     def validate(self) -> None:
-        from debiaslab.methods.losses import GCE_FORMS
-        from debiaslab.models import MODELS
-
-        positive_int = (
-            "num_steps",
-            "batch_size",
-            "valid_freq",
-            "log_freq",
-            "save_freq",
-            "lr_decay_step",
-            "eval_batch_size",
-        )
-        for name in positive_int:
-            v = getattr(self, name)
-            if v is not None and v <= 0:
-                raise UserError(f"--{name} must be a positive integer, got {v}")
-        if self.lr is not None and not 0 < self.lr < float("inf"):
-            raise UserError(f"--lr must be a positive number, got {self.lr}")
-        for name in ("exp", "dataset"):
-            value = getattr(self, name)
-            if not value or value in (".", "..") or "/" in value or "\\" in value:
-                raise UserError(
-                    f"--{name} {value!r} must be a plain name (it names a folder under --log_dir), "
-                    "without '/' and not '.' or '..'"
-                )
-        for name in ("lambda_swap", "lambda_dis_align", "lambda_swap_align"):
-            if not 0 <= getattr(self, name) < float("inf"):
-                raise UserError(f"--{name} must be a finite number >= 0, got {getattr(self, name)}")
-        if self.weight_decay < 0:
-            raise UserError(f"--weight_decay must be >= 0, got {self.weight_decay}")
-        if not 0.0 < self.q <= 1.0:
-            raise UserError(f"--q must be in (0, 1], got {self.q}")
-        if not 0.0 <= self.ema_alpha < 1.0:
-            raise UserError(f"--ema_alpha must be in [0, 1), got {self.ema_alpha}")
-        if not self.lr_gamma > 0:
-            raise UserError(f"--lr_gamma must be positive, got {self.lr_gamma}")
-        if self.curr_step < 0:
-            raise UserError(f"--curr_step must be >= 0, got {self.curr_step}")
+        """Refuses a setting that cannot train, with a one-line reason: each field by its
+        declaration (``setting``), then what settings must be together."""
+        for f in dataclasses.fields(self):
+            check, choices = f.metadata.get("check"), f.metadata.get("choices", ())
+            problem = value_problem(f.name, field_type(f), getattr(self, f.name), check, choices)
+            if problem:
+                raise UserError(problem)
         if self.method not in METHODS:
             raise UserError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.model is not None and self.model.lower() not in MODELS:
-            raise UserError(f"unknown --model {self.model!r}; choose one of {', '.join(MODELS)}")
-        if self.input_scale is not None and self.input_scale not in INPUT_SCALES:
-            raise UserError(
-                f"--input_scale must be one of {', '.join(INPUT_SCALES)}, got {self.input_scale!r}"
-            )
-        if self.image_size is not None and self.image_size <= 0:
-            raise UserError(f"--image_size must be a positive integer, got {self.image_size}")
         if self.manifest and self.image_folder:
             raise UserError("pass either --manifest or --image_folder, not both")
-        if self.palette is not None and self.palette not in PALETTE_CHOICES:
-            raise UserError(
-                f"--palette must be one of {', '.join(PALETTE_CHOICES)}, got {self.palette!r}"
-            )
         if self.palette is not None and not self.uses_palette():
             raise UserError(
                 f"--palette applies to Colored MNIST only, not to {self.data_label()}; drop it"
             )
-        if self.wa_decay is not None and not 0 <= self.wa_decay < 1:
-            raise UserError(
-                f"--wa_decay must be in [0, 1) (0 turns weight averaging off), got {self.wa_decay}"
-            )
-        if self.wa_start is not None and self.wa_start < 0:
-            raise UserError(f"--wa_start must be a step >= 0, got {self.wa_start}")
-        if self.keep_checkpoints < 1:
-            raise UserError(f"--keep_checkpoints must be at least 1, got {self.keep_checkpoints}")
-        if self.on_nonfinite not in ("stop", "skip"):
-            raise UserError(f"--on_nonfinite must be stop or skip, got {self.on_nonfinite!r}")
         for name, methods in METHOD_FIELDS.items():
             if getattr(self, name) is not None and self.method not in methods:
                 raise UserError(
@@ -468,10 +435,6 @@ class TrainConfig:
         method = METHODS[self.method]
         if all(getattr(self, o.name) is not None for o in method.options):
             method.validate(self)  # once resolved: checks across the method's settings
-        if self.gce_form not in GCE_FORMS:
-            raise UserError(
-                f"--gce_form must be one of {', '.join(GCE_FORMS)}, got {self.gce_form!r}"
-            )
 
 
 on_register(add_method_fields)

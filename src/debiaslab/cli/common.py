@@ -33,7 +33,6 @@ class Parser(argparse.ArgumentParser):
         close = closest(word, known)
         return f"; did you mean {close[0]}?" if close else ""
 
-
     def _elsewhere(self, flag: str) -> str:
         import sys
 

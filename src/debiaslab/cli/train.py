@@ -42,51 +42,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         "dataset, ratio, method and hyper-parameters (flags given explicitly override it; "
         "debiaslab presets lists them)",
     )
-    m = g.add_mutually_exclusive_group()
-    m.add_argument(
-        "--method",
-        choices=list(METHOD_CHOICES),
-        help="training method, one of the registry's (debiaslab.methods.METHODS; docs/methods): "
-        + ", ".join(
-            f"{name}{' (trains on bias labels)' if m.uses_bias_labels else ''}"
-            for name, m in METHODS.items()
-        ),
-    )
-    m.add_argument(
-        "--train_vanilla", action="store_true", help="train Vanilla (ERM), as in the reference"
-    )
-    m.add_argument("--train_lff", action="store_true", help="train LfF (Learning from Failure)")
-    m.add_argument(
-        "--train_ours",
-        action="store_true",
-        help="train DisEnt (the paper's method), as in the reference",
-    )
-    m.add_argument(
-        "--train_lff_be",
-        action="store_true",
-        help="train LfF with BiasEnsemble (same as --method lff_be)",
-    )
-    m.add_argument(
-        "--train_disent_be",
-        action="store_true",
-        help="train DisEnt with BiasEnsemble (same as --method disent_be)",
-    )
+    add_method_flags(g)
     add_data_args(g)
-    g.add_argument(
-        "--model",
-        default=None,
-        help="mlp, resnet18, resnet20 (LfF's CIFAR ResNet) or resnet50 (default: mlp for cmnist, resnet18 otherwise)",
-    )
     g.add_argument(
         "--use_resnet20",
         action="store_true",
         help="same as --model resnet20 (the reference's flag; LfF's C-CIFAR10 backbone)",
-    )
-    g.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="random seed; the same seed on CPU gives identical results (default: 0)",
     )
     g.add_argument(
         "--seeds",
@@ -108,229 +69,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         "docs/speed.md, 'Fused runs')",
     )
     g.add_argument(
-        "--device",
-        default="auto",
-        help="auto (GPU when there is one), cpu, cuda, cuda:N (default: auto)",
-    )
-    g.add_argument(
-        "--input_scale",
-        choices=["unit", "reference"],
-        default=None,
-        help="pixel scaling: unit = x/255 in [0, 1]; reference = x/255/255, as the reference code trained CMNIST "
-        "(default: reference for cmnist, which reproduces the reference's results; unit otherwise)",
-    )
-    o = p.add_argument_group("optimisation")
-    o.add_argument(
-        "--num_steps", type=int, default=50_000, help="training iterations (default: 50000)"
-    )
-    o.add_argument(
-        "--batch_size",
-        type=int,
-        default=None,
-        help="batch size (default per dataset: 256 cmnist/cifar10c, 64 bffhq); honoured, unlike the reference",
-    )
-    o.add_argument(
-        "--lr",
-        type=float,
-        default=None,
-        help="Adam learning rate (default per dataset: 0.01 cmnist, 0.001 cifar10c, 0.0001 bffhq)",
-    )
-    o.add_argument("--weight_decay", type=float, default=0.0, help="Adam weight decay (default: 0)")
-    o.add_argument(
-        "--use_lr_decay", action="store_true", help="StepLR decay, counted from --curr_step"
-    )
-    o.add_argument(
-        "--lr_decay_step",
-        type=int,
-        default=10_000,
-        help="steps between LR decays, after --curr_step (default: 10000)",
-    )
-    o.add_argument("--lr_gamma", type=float, default=0.1, help="LR decay factor (default: 0.1)")
-    d = p.add_argument_group("LfF / DisEnt")
-    d.add_argument(
-        "--q",
-        type=float,
-        default=0.7,
-        help="GCE q, really used (the reference hard-codes 0.7) (default: 0.7)",
-    )
-    d.add_argument(
-        "--gce_form",
-        choices=["reference", "textbook"],
-        default="reference",
-        help="reference: CE * q * p^q (gradient of 1 - p^q, as the papers' code); "
-        "textbook: (1 - p^q) / q (default: reference)",
-    )
-    d.add_argument(
-        "--ema_alpha", type=float, default=0.7, help="per-sample loss EMA factor (default: 0.7)"
-    )
-    d.add_argument(
-        "--curr_step",
-        type=int,
-        default=0,
-        help="DisEnt: feature swap starts after this step; LR decay counts from it (default: 0)",
-    )
-    d.add_argument(
-        "--lambda_swap",
-        type=float,
-        default=1.0,
-        help="DisEnt: weight of the swap loss (default: 1)",
-    )
-    d.add_argument(
-        "--lambda_dis_align",
-        type=float,
-        default=1.0,
-        help="DisEnt: weight of the bias branch's GCE in L_dis (default: 1)",
-    )
-    d.add_argument(
-        "--lambda_swap_align",
-        type=float,
-        default=1.0,
-        help="DisEnt: weight of the bias branch's GCE in L_swap (default: 1)",
-    )
-    add_method_options(p)
-    w = p.add_argument_group("weight averaging (evaluated next to the raw model; selections wa_*)")
-    w.add_argument(
-        "--wa_decay",
-        type=float,
-        default=None,
-        help="decay of the exponential moving average of the "
-        "weights (and BatchNorm statistics) of the models the method predicts with; 0 turns it off "
-        "(default: 0.999)",
-    )
-    w.add_argument(
-        "--wa_start",
-        type=int,
-        default=None,
-        help="main-stage step the average starts at (default: "
-        "DisEnt's --curr_step, 0 for the other methods)",
-    )
-    h = p.add_argument_group("speed")
-    h.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="run each training step's per-batch computation (forwards, losses, per-sample "
-        "state) through torch.compile (default: on where it was measured to be faster, "
-        "which is nowhere yet: see docs/speed.md); if it does not compile it runs eagerly "
-        "after one warning; --no-compile (or --no_compile) is the eager path: no "
-        "torch.compile and, unless --cuda_graph says otherwise, no CUDA graphs",
-    )
-    h.add_argument(
-        "--no_compile",
-        dest="compile",
-        action="store_false",
-        default=None,
-        help="same as --no-compile",
-    )
-    h.add_argument(
-        "--cuda_graph",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="CUDA only: record the whole training step (forwards, losses, per-sample state, "
-        "backward, Adam) once as a CUDA graph and replay it, one launch per step instead "
-        "of hundreds (default: on for CUDA runs unless --no-compile)",
-    )
-    h.add_argument(
-        "--no_amp",
-        action="store_true",
-        help="turn off bf16 automatic mixed precision (CUDA only; on by default there)",
-    )
-    h.add_argument(
-        "--cpu_amp",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="CPU only: bf16 automatic mixed precision (oneDNN's bf16 dot products or matrix "
-        "units, where the processor has them; see docs/speed.md for what it gains and costs); "
-        "default: off (fp32)",
-    )
-    h.add_argument(
-        "--fused_exact",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="CPU, fused runs (--seeds, sweep, fit_many): compute each run's products with its "
-        "own kernels, so every run ends bit for bit where it ends alone; default: off, one "
-        "batched product for all runs (faster; equal to float rounding: docs/speed.md)",
-    )
-    h.add_argument(
-        "--no_channels_last",
-        action="store_true",
-        help="turn off the channels_last memory format of convolutional models (CUDA only; on by default there)",
-    )
-    lg = p.add_argument_group("evaluation and logging")
-    lg.add_argument(
-        "--exp",
-        default="debugging",
-        help="experiment name; the run goes to <log_dir>/<dataset>/<exp> (default: debugging)",
-    )
-    lg.add_argument("--log_dir", default="log", help="root of run directories (default: log)")
-    lg.add_argument(
-        "--valid_freq",
-        type=int,
-        default=500,
-        help="evaluate on valid and test every N steps (default: 500)",
-    )
-    lg.add_argument(
-        "--log_freq",
-        type=int,
-        default=500,
-        help="log mean train losses every N steps (default: 500)",
-    )
-    lg.add_argument(
-        "--save_freq",
-        type=int,
-        default=None,
-        help="write the last-step checkpoint every N steps (default: --valid_freq)",
-    )
-    lg.add_argument(
-        "--tensorboard",
-        action="store_true",
-        help="also write tensorboard events to <run_dir>/tensorboard",
-    )
-    lg.add_argument(
         "--report",
         action="store_true",
         help="at the end, write <run_dir>/report/report.html (see debiaslab report)",
     )
-    lg.add_argument(
-        "--wandb",
-        action="store_true",
-        help="also log to Weights & Biases (needs: pip install 'debiaslab[wandb]'; offline without credentials)",
-    )
-    lg.add_argument(
-        "--wandb_project", default="debiaslab", help="wandb project name (default: debiaslab)"
-    )
-    lg.add_argument("--no_progress", action="store_true", help="no progress bar")
-    lg.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing run directory of the same --exp",
-    )
-    lg.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in <log_dir>/<dataset>/<exp> from its last checkpoint "
-        "(an unfinished run of the same config resumes anyway); with --resume, a finished run continues when "
-        "--num_steps is raised",
-    )
-    lg.add_argument(
-        "--keep_checkpoints",
-        type=int,
-        default=1,
-        help="full checkpoints to keep: checkpoint_last.pt plus k-1 "
-        "older checkpoint_step<N>.pt (default: 1)",
-    )
-    lg.add_argument(
-        "--no_best_checkpoints",
-        action="store_true",
-        help="do not write checkpoint_<rule>.pt (the models each selection rule picks)",
-    )
-    lg.add_argument(
-        "--on_nonfinite",
-        choices=["stop", "skip"],
-        default="stop",
-        help="a NaN or infinite loss: stop the run "
-        "(the last checkpoint stays) or skip that step (default: stop)",
-    )
+    add_config_flags(p, g)
+    add_method_options(p)
     r = p.add_argument_group("accepted for compatibility with the reference code")
     r.add_argument(
         "--num_workers",
@@ -352,6 +96,66 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         help="labels come from file names <id>_<target>_<bias>; only 0 is supported",
     )
     r.add_argument("--bias_attr_idx", type=int, default=1, choices=[1], help="only 1 is supported")
+
+
+def add_method_flags(g) -> None:
+    m = g.add_mutually_exclusive_group()
+    m.add_argument(
+        "--method",
+        choices=list(METHOD_CHOICES),
+        help="training method, one of the registry's (debiaslab.methods.METHODS; docs/methods): "
+        + ", ".join(
+            f"{name}{' (trains on bias labels)' if m.uses_bias_labels else ''}"
+            for name, m in METHODS.items()
+        ),
+    )
+    for flag, method in METHOD_FLAGS.items():
+        m.add_argument(
+            f"--{flag}", action="store_true", help=f"same as --method {method} (the reference's)"
+        )
+
+
+# TrainConfig's sections: the first field of each -> the title of its flags' group
+SECTIONS = {
+    "dataset": "what to train",
+    "num_steps": "optimisation",
+    "q": "LfF / DisEnt",
+    "input_scale": "inputs, weight averaging and speed",
+    "valid_freq": "evaluation, checkpoints and logging",
+}
+
+
+def add_config_flags(p: argparse.ArgumentParser, first_group) -> None:
+    """A flag per general TrainConfig field, made from its declaration (``config.setting``): its
+    type, choices and docstring, the help. Each defaults to None, so TrainConfig's default (or
+    the preset's) applies where the flag is not given. A bool field takes ``--name``,
+    ``--no-name`` and ``--no_name`` (the reference's spelling)."""
+    from debiaslab.clidoc import field_docs
+    from debiaslab.config import TrainConfig, field_type
+
+    docs = field_docs(TrainConfig)
+    group = first_group
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in SECTIONS and f.name != "dataset":
+            group = p.add_argument_group(SECTIONS[f.name])
+        if f.name not in docs or f.metadata.get("flag", True) is not True:
+            continue  # a method's option (add_method_options) or a flag of its own
+        kind, choices = field_type(f), f.metadata.get("choices")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        text = " ".join(docs[f.name].replace("``", "").split()).replace("%", "%%")
+        help_text = text if default is None else f"{text} (default: {default})"  # None: said
+        if kind is bool:
+            group.add_argument(
+                f"--{f.name}", action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+            group.add_argument(
+                f"--no_{f.name}", dest=f.name, action="store_false", help=argparse.SUPPRESS
+            )
+        else:
+            group.add_argument(
+                f"--{f.name}", type=kind, choices=choices or None, default=None, help=help_text,
+                metavar=None if choices else kind.__name__.upper(),
+            )  # fmt: skip
 
 
 def add_method_options(p: argparse.ArgumentParser) -> None:
@@ -377,15 +181,8 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
             g.add_argument(*flags, dest=o.name, default=None, help=o.describe(), **kind)
 
 
-# train flags that set a TrainConfig field under another name, or in the other sense; every other
-# flag is named as its field
-RENAMED_FLAGS = {
-    "amp": lambda args: not args.no_amp,
-    "channels_last": lambda args: not args.no_channels_last,
-    "progress": lambda args: not args.no_progress,
-    "best_checkpoints": lambda args: not args.no_best_checkpoints,
-    "model": lambda args: "resnet20" if args.use_resnet20 else args.model,
-}
+# the reference's flag of a TrainConfig field that has another name
+RENAMED_FLAGS = {"model": lambda args: "resnet20" if args.use_resnet20 else args.model}
 
 
 def config_from_args(args):
@@ -405,6 +202,7 @@ def config_from_args(args):
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {name: value for name, value in vars(args).items() if name in fields}
     given.update({name: flag(args) for name, flag in RENAMED_FLAGS.items()})
+    given = {name: value for name, value in given.items() if value is not None}
     return TrainConfig(**{**given, **data_config(args), "method": method})
 
 

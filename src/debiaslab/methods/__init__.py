@@ -48,7 +48,9 @@ def _problem(cls) -> str | None:
     if not (isinstance(cls, type) and issubclass(cls, Method)):
         return f"{cls!r} is not a subclass of debiaslab.methods.Method"
     if not cls.name or not cls.name.isidentifier():
-        return f"{cls.__name__}.name {cls.name!r} must be a plain lowercase name such as 'my_method'"
+        return (
+            f"{cls.__name__}.name {cls.name!r} must be a plain lowercase name such as 'my_method'"
+        )
     if cls.name in METHODS and cls.name not in REGISTERED_HERE:
         return f"{cls.name!r} names a method of {METHODS[cls.name].__module__}; give yours another name"
     others = [m for name, m in METHODS.items() if name != cls.name]
@@ -71,7 +73,9 @@ def register_method(cls: type[Method], *, here: bool = True) -> type[Method]:
     if problem:
         raise UserError(f"register_method: {problem}")
     if cls.name in METHODS:  # a notebook cell run again: the newer class replaces the older
-        warnings.warn(f"method {cls.name!r} was registered to another class; it is now {cls!r}")
+        warnings.warn(
+            f"method {cls.name!r} was registered to another class; it is now {cls!r}", stacklevel=2
+        )
     METHODS[cls.name] = cls
     if here:
         REGISTERED_HERE.add(cls.name)

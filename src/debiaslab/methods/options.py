@@ -13,6 +13,7 @@ CHECKS = {
     "positive": ("a positive {kind}", lambda v: v > 0),
     "non-negative": ("a finite number >= 0", lambda v: v >= 0),
     "fraction": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "probability": ("in (0, 1]", lambda v: 0 < v <= 1),
 }
 
 
@@ -48,18 +49,31 @@ class Option:
 
     def problem(self, value) -> str | None:
         """Why ``value`` cannot be this option's, or None."""
-        if value is not None and self.choices and value not in self.choices:
-            return f"--{self.name} {value!r} is not one of its choices; choose one of {', '.join(self.choices)}"
-        if value is None or self.check is None:
-            return None
-        if self.check == "model":
-            from debiaslab.models import MODELS
+        return value_problem(self.name, self.type, value, self.check, self.choices)
 
-            if value not in MODELS:
-                return f"--{self.name} {value!r} is not a model; choose one of {', '.join(MODELS)}"
-            return None
-        wanted, ok = CHECKS[self.check]
-        kind = "integer" if self.type is int else "number"
-        if (isinstance(value, float) and not math.isfinite(value)) or not ok(value):
-            return f"--{self.name} must be {wanted.format(kind=kind)}, got {value}"
+
+def value_problem(name: str, kind: type, value, check: str | None, choices=()) -> str | None:
+    """Why ``value`` cannot be the setting ``name`` (of type ``kind``), or None: the check of a
+    method's option and of a general one (``config.setting``) alike."""
+    if value is not None and choices and value not in choices:
+        return f"--{name} {value!r} is not one of its choices; choose one of {', '.join(choices)}"
+    if value is None or check is None:
         return None
+    if check == "model":
+        from debiaslab.models import MODELS
+
+        if str(value).lower() not in MODELS:
+            return f"--{name} {value!r} is not a model; choose one of {', '.join(MODELS)}"
+        return None
+    if check == "name":
+        if not value or value in (".", "..") or "/" in value or "\\" in value:
+            return (
+                f"--{name} {value!r} must be a plain name (it names a folder under --log_dir), "
+                "without '/' and not '.' or '..'"
+            )
+        return None
+    wanted, ok = CHECKS[check]
+    number = "integer" if kind is int else "number"
+    if (isinstance(value, float) and not math.isfinite(value)) or not ok(value):
+        return f"--{name} must be {wanted.format(kind=number)}, got {value}"
+    return None
