@@ -21,21 +21,20 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from debiaslab.config import TrainConfig
-from debiaslab.data.checks import check_bundle, check_label_range, checked_images, checked_split
+from debiaslab.data.checks import check_label_range, checked_images, checked_split
+from debiaslab.data.inputs import dataset_data, manifest_data, tensor_data  # noqa: F401
 from debiaslab.data.splits import DatasetBundle, Split, data_id
 from debiaslab.errors import UserError, closest
 from debiaslab.methods import METHODS, register_method  # noqa: F401 (the API's)
-from debiaslab.models import MODELS
+from debiaslab.models.user import Backbone, ModelFactory, positive_int, register_model  # noqa: F401
 from debiaslab.rundir import RunDir
 from debiaslab.selection import (
     SELECTION_RULES,
@@ -43,220 +42,6 @@ from debiaslab.selection import (
     picked_nothing,
     shipped_selection,
 )
-
-ModelFactory = Callable[..., nn.Module]  # (num_classes=, head_inputs=, in_shape=) -> model
-
-
-# ----------------------------------------------------------------------------------------- data
-def tensor_data(
-    train: Sequence[torch.Tensor],
-    valid: Sequence[torch.Tensor],
-    test: Sequence[torch.Tensor],
-    num_classes: int | None = None,
-    name: str = "tensors",
-) -> DatasetBundle:
-    """A dataset from tensors (or numpy arrays): each split ``(images, targets)`` or ``(images,
-    targets, biases)``.
-
-    ``images`` are uint8 ``[N, C, H, W]`` (pixels 0-255; the run scales them to [0, 1]), the
-    same channels and size in every split; ``targets`` integer class labels in ``[0,
-    num_classes)`` (default ``num_classes``: the largest label + 1); ``biases`` the class each
-    sample's bias attribute is aligned with (bias-aligned: ``bias == target``), in the same
-    range. Bias labels are optional: without them, methods that read them (GroupDRO) are refused
-    and the bias-aware metrics are ``None``. Anything else is refused with the conversion to make.
-    """
-    splits = {
-        n: checked_split(f"tensor_data({n}=...)", s)
-        for n, s in (("train", train), ("valid", valid), ("test", test))
-    }
-    if num_classes is not None and (
-        isinstance(num_classes, bool) or not isinstance(num_classes, int)
-    ):
-        raise UserError(f"tensor_data(num_classes={num_classes!r}): give an integer, e.g. 10")
-    classes = num_classes or int(max(int(s.targets.max()) for s in splits.values())) + 1
-    bundle = DatasetBundle(name, splits["train"], splits["valid"], splits["test"], classes)
-    check_bundle(bundle, "tensor_data({split}=...)")
-    return bundle
-
-
-def dataset_data(
-    train: torch.utils.data.Dataset,
-    valid: torch.utils.data.Dataset,
-    test: torch.utils.data.Dataset,
-    num_classes: int | None = None,
-    name: str = "datasets",
-) -> DatasetBundle:
-    """A dataset from torch ``Dataset`` objects whose items are ``(image, target)`` or
-    ``(image, target, bias)`` with ``image`` a uint8 tensor ``[C, H, W]`` or a PIL image. Each is
-    read once, here, into memory: training never touches the ``Dataset`` again."""
-    return tensor_data(
-        *(_read(n, d) for n, d in (("train", train), ("valid", valid), ("test", test))),
-        num_classes=num_classes,
-        name=name,
-    )
-
-
-def manifest_data(csv_path: str | Path, image_size: int | None = None) -> DatasetBundle:
-    """A dataset from a CSV manifest with the columns ``path,target[,bias][,split]`` (the layout
-    of Waterbirds-like datasets; ``debiaslab train --manifest`` reads the same file). Images are
-    decoded once and cached next to the CSV."""
-    from debiaslab.data.folders import load_manifest
-    from debiaslab.prepare import DATA_SEED
-
-    bundle = load_manifest(csv_path, image_size, seed=DATA_SEED)
-    check_bundle(bundle, f"manifest {csv_path}, {{split}} split")
-    return bundle
-
-
-def _read(name: str, dataset) -> tuple[torch.Tensor, ...]:
-    """The columns of a ``Dataset``'s items: images stacked, labels as given (checked later)."""
-    where = f"dataset_data({name}=...)"
-    if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
-        raise UserError(f"{where} is a {type(dataset).__name__}, not a torch Dataset (len and [i])")
-    columns = None
-    for i in range(len(dataset)):
-        item = dataset[i]
-        if columns is None:
-            if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
-                raise UserError(
-                    f"{where}: items must be (image, target) or (image, target, bias), "
-                    f"item 0 is {_describe(item)}"
-                )
-            columns = [[] for _ in item]
-        image = item[0] if isinstance(item[0], torch.Tensor) else _image_tensor(where, i, item[0])
-        columns[0].append(image)
-        for column, value in zip(columns[1:], item[1:]):
-            column.append(value.item() if isinstance(value, torch.Tensor) else value)
-    if columns is None:
-        raise UserError(f"{where} is empty")
-    sizes = {tuple(image.shape) for image in columns[0]}
-    if len(sizes) > 1:
-        raise UserError(
-            f"{where}: the images have different shapes {sorted(sizes)[:3]}; resize them to one "
-            "size in the Dataset (e.g. torchvision.transforms.Resize)"
-        )
-    labels = [_labels(f"{where} labels", c) for c in columns[1:]]
-    return (torch.stack(columns[0]), *labels)
-
-
-def _describe(item) -> str:
-    if isinstance(item, (tuple, list)):
-        return f"{len(item)} values"
-    return f"a {type(item).__name__}"
-
-
-def _image_tensor(where: str, i: int, image) -> torch.Tensor:
-    from PIL import Image
-    from torchvision.transforms.functional import pil_to_tensor
-
-    if isinstance(image, Image.Image):
-        return pil_to_tensor(image)
-    if isinstance(image, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(image))
-    raise UserError(
-        f"{where}: item {i}'s image is a {type(image).__name__}; give a uint8 tensor [C, H, W] "
-        "or a PIL image"
-    )
-
-
-def _labels(where: str, values: list) -> torch.Tensor:
-    try:
-        return torch.tensor(values)
-    except (TypeError, ValueError, RuntimeError):
-        raise UserError(
-            f"{where}: {values[0]!r}, ... are not numbers; map class names to 0, 1, ... first"
-        ) from None
-
-
-# --------------------------------------------------------------------------------------- models
-class Backbone(nn.Module):
-    """Any feature extractor as a debiaslab model: ``extract(x)`` is ``features(x)`` flattened,
-    ``fc`` a linear head over ``feature_dim * head_inputs`` inputs (DisEnt's heads read two
-    concatenated features). Use it in a factory::
-
-        def my_model(num_classes, head_inputs, in_shape):
-            features = nn.Sequential(nn.Conv2d(in_shape[0], 128, 3), nn.AdaptiveAvgPool2d(1))
-            return dl.Backbone(features, 128, num_classes, head_inputs)
-    """
-
-    def __init__(
-        self, features: nn.Module, feature_dim: int, num_classes: int, head_inputs: int = 1
-    ):
-        super().__init__()
-        if not isinstance(features, nn.Module):
-            raise UserError(
-                f"Backbone(features=...) is a {type(features).__name__}; give the feature "
-                "extractor as an nn.Module (e.g. nn.Sequential(...))"
-            )
-        for name, value in (
-            ("feature_dim", feature_dim), ("num_classes", num_classes), ("head_inputs", head_inputs)
-        ):  # fmt: skip
-            if not _positive_int(value):
-                raise UserError(
-                    f"Backbone({name}={value!r}): give a positive integer (feature_dim: the size "
-                    "of features(x) flattened; num_classes and head_inputs: the factory's own)"
-                )
-        self.features = features
-        self.fc = nn.Linear(feature_dim * head_inputs, num_classes)
-
-    @classmethod
-    def from_classifier(
-        cls, model: nn.Module, num_classes: int, head_inputs: int = 1, head: str = "fc"
-    ) -> Backbone:
-        """Split a classifier whose last layer is the linear attribute ``head`` (torchvision's
-        ResNets: ``fc``; VGG / EfficientNet: index into ``classifier`` first) into its feature
-        extractor and a fresh head for ``num_classes`` and ``head_inputs``. The given ``head``
-        is replaced by an identity in ``model``, which becomes the extractor."""
-        old = getattr(model, head, None)
-        if not isinstance(old, nn.Linear):
-            raise UserError(
-                f"{type(model).__name__}.{head} is not a linear layer; name the model's last "
-                "linear layer with head=, or wrap the features with Backbone(features, dim, ...)"
-            )
-        setattr(model, head, nn.Identity())
-        return cls(model, old.in_features, num_classes, head_inputs)
-
-    def extract(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.features(x), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.extract(x))
-
-
-def register_model(name: str, factory: ModelFactory) -> str:
-    """Make ``factory`` a model that configs (``model=name``) and ``--model`` can name. It is
-    called as ``factory(num_classes=, head_inputs=, in_shape=)`` and must return a module with
-    ``extract(x)`` (features) and ``fc`` (a linear head over ``feature_dim * head_inputs``), e.g.
-    a ``Backbone``. Registering a name again (a notebook cell run twice) replaces its factory,
-    with a warning; the built-in models' names are kept. Returns the name."""
-    from debiaslab.models import BUILTIN_MODELS
-
-    if not isinstance(name, str) or not name.strip() or name != name.strip():
-        raise UserError(
-            f"register_model({name!r}, ...): give the model a name, a non-empty string without "
-            "surrounding spaces (configs and --model call it by that name)"
-        )
-    if not callable(factory):
-        raise UserError(
-            f"register_model({name!r}, ...): the factory is a {type(factory).__name__}, not a "
-            "function; give def my_model(num_classes, head_inputs, in_shape): ..."
-        )
-    if getattr(factory, "__name__", "") == "<lambda>":
-        raise UserError(
-            f"register_model({name!r}, <lambda>): a run reloads its models by the factory's "
-            "name; define the factory with def and a name"
-        )
-    key = name.lower()
-    if key in BUILTIN_MODELS:
-        raise UserError(f"model {name!r} is built in; register your factory under another name")
-    if MODELS.get(key, factory) is not factory:
-        warnings.warn(
-            f"model {name!r} was registered to another factory; it now builds with "
-            f"{getattr(factory, '__qualname__', factory)!r}",
-            stacklevel=2,
-        )
-    MODELS[key] = factory
-    return key
 
 
 def _model_name(model: str | ModelFactory | None) -> str | None:
@@ -348,7 +133,7 @@ class Run:
         numpy array) like the training data (the run's evaluation transform is applied)."""
         from debiaslab.prepare import make_transform
 
-        if not _positive_int(batch_size):
+        if not positive_int(batch_size):
             raise UserError(f"predict(batch_size={batch_size!r}): give a positive integer")
         images = checked_images("predict(images)", images)
         if tuple(images.shape[1:]) != self.in_shape:
@@ -404,11 +189,6 @@ class Run:
         if pick is None:
             raise UserError(picked_nothing(str(self.dir), self.config.method, rule, self.rules))
         return pick
-
-
-def _positive_int(value) -> bool:
-    """An int of at least 1 (a bool is not a number here)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _check_device(device) -> None:
@@ -661,7 +441,7 @@ def fit_many(
             "the same exp and seed); give each its own exp, or drop the repeated run"
         )
     bundle = data if isinstance(data, DatasetBundle) else None
-    if processes is not None and not _positive_int(processes):
+    if processes is not None and not positive_int(processes):
         raise UserError(f"fit_many(processes={processes!r}): give a positive int, or leave it out")
     train_fused(cfgs, processes or default_processes(cfgs, bundle), bundle)
     return [load_run(c.run_dir()) for c in cfgs]

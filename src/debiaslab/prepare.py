@@ -80,9 +80,6 @@ def prepare_split(split: Split, cfg: TrainConfig, device) -> Split:
     return split
 
 
-DATA_SEED = 0  # seeds the valid hold-out of datasets without one, the same for every training seed
-
-
 # The settings ``load_data`` reads: configs equal in them read the same data.
 DATA_SOURCE_FIELDS = (
     "dataset", "percent", "data_dir", "corruption_type", "palette", "manifest", "image_folder",
@@ -111,7 +108,7 @@ def cached_loader():
 
 def load_data(cfg: TrainConfig) -> DatasetBundle:
     """The dataset a config names: a user manifest or image folder, BAR, or a reference-layout folder."""
-    from debiaslab.data.folders import load_bar, load_image_folder, load_manifest
+    from debiaslab.data.folders import DATA_SEED, load_bar, load_image_folder, load_manifest
     from debiaslab.data.reference import cifar10c_folder, dataset_root
 
     if cfg.manifest:

@@ -38,6 +38,8 @@ from debiaslab.data.reference import (
 from debiaslab.data.splits import DatasetBundle, Split
 from debiaslab.errors import UserError
 
+DATA_SEED = 0  # seeds the valid hold-out of datasets without one, the same for every training seed
+
 SPLITS = ("train", "valid", "test")
 BAR_CLASSES = ("climbing", "diving", "fishing", "vaulting", "racing", "throwing")
 # File-name prefixes (lower case, spaces read as underscores) -> BAR class index.
