@@ -240,10 +240,9 @@ def test_train_preset_and_flags_override_it(tiny_reference, tmp_path):
         "cpu",
     )
     assert r.returncode == 0, r.stderr
-    assert (
-        json.loads((tmp_path / "cmnist" / "v" / "config.json").read_text())["config"]["method"]
-        == "vanilla"
-    )
+    vanilla = json.loads((tmp_path / "cmnist" / "v" / "config.json").read_text())["config"]
+    # the preset's DisEnt lambdas are no setting of Vanilla: left at their defaults
+    assert (vanilla["method"], vanilla["lambda_dis_align"], vanilla["lr"]) == ("vanilla", 1.0, 0.01)
 
 
 def test_unknown_preset_is_one_line(tmp_path):

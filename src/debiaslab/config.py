@@ -101,7 +101,8 @@ def index_method(cls) -> None:
         METHOD_OPTIONS[option.name] = option
         owners = METHOD_FIELDS.get(option.name, ())
         METHOD_FIELDS[option.name] = owners if cls.name in owners else (*owners, cls.name)
-        DATASET_SPECIFIC_FIELDS.add(option.name)
+        if not option.in_every_config:
+            DATASET_SPECIFIC_FIELDS.add(option.name)
         if not option.hashed_at_default:
             UNHASHED_DEFAULTS[option.name] = option.default
 
@@ -144,7 +145,7 @@ def with_method_options(cls):
     to None, after its own: the class a ``dataclass`` decorator then makes of it."""
     for option in METHOD_OPTIONS.values():
         cls.__annotations__[option.name] = option.annotation
-        setattr(cls, option.name, None)
+        setattr(cls, option.name, option.field_default)
     return cls
 
 
@@ -159,7 +160,7 @@ def add_method_fields(cls) -> None:
         return
     for option in new:
         TrainConfig.__annotations__[option.name] = option.annotation
-        setattr(TrainConfig, option.name, None)
+        setattr(TrainConfig, option.name, option.field_default)
     TrainConfig.extra = field(default_factory=dict, metadata={"flag": False})  # taken off the class
     for made in ("__init__", "__repr__", "__eq__", "__match_args__"):
         if made in TrainConfig.__dict__:  # made by the decorator: made again, with the new fields
@@ -249,12 +250,6 @@ class TrainConfig:
     curr_step: int = setting(0, check="non-negative")
     """DisEnt: the step the feature swap (and weight averaging) starts at; every method's
     learning-rate decay also counts from it."""
-    lambda_swap: float = setting(1.0, check="non-negative")
-    """DisEnt: the weight of the swapped features' losses."""
-    lambda_dis_align: float = setting(1.0, check="non-negative")
-    """DisEnt: the weight of the bias branch's loss on the original features."""
-    lambda_swap_align: float = setting(1.0, check="non-negative")
-    """DisEnt: the weight of the bias branch's loss on the swapped features."""
     # inputs
     input_scale: str | None = setting(None, choices=tuple(INPUT_SCALES))
     """``unit``: pixels / 255; ``reference``: pixels / 255 / 255, as the paper code fed Colored
@@ -424,7 +419,7 @@ class TrainConfig:
                 f"--palette applies to Colored MNIST only, not to {self.data_label()}; drop it"
             )
         for name, methods in METHOD_FIELDS.items():
-            if getattr(self, name) is not None and self.method not in methods:
+            if METHOD_OPTIONS[name].given(getattr(self, name)) and self.method not in methods:
                 raise UserError(
                     f"--{name} is a setting of {' and '.join(methods)}, not of {self.method}; drop it"
                 )

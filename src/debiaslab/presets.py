@@ -13,7 +13,6 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 
-from debiaslab.config import METHOD_DEFAULTS
 from debiaslab.errors import UserError, closest
 from debiaslab.methods import METHODS as METHOD_CLASSES
 
@@ -130,7 +129,7 @@ def _config(dataset: str, percent: str, method: str) -> dict:
         return {
             **_config(dataset, percent, method_cls.preset_base.name),
             "method": method,
-            **METHOD_DEFAULTS[method],
+            **_option_defaults(method_cls),
         }
     cfg = dict(
         dataset=dataset,
@@ -143,9 +142,15 @@ def _config(dataset: str, percent: str, method: str) -> dict:
         q=0.7,
         ema_alpha=0.7,
     )
-    cfg.update({k: v for k, v in METHOD_DEFAULTS[method].items() if v is not None})
+    cfg.update({k: v for k, v in _option_defaults(method_cls).items() if v is not None})
     cfg.update(method_cls.preset(dataset, percent))
     return cfg
+
+
+def _option_defaults(method_cls) -> dict:
+    """The defaults of the method's options that a config does not hold already (those
+    ``in_every_config`` it holds at their default, as every run does)."""
+    return {o.name: o.default for o in method_cls.options if not o.in_every_config}
 
 
 def preset_name(dataset: str, percent: str, method: str) -> str:

@@ -87,7 +87,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "preset", None):
         try:
-            parser._train_parser.set_defaults(**preset_defaults(args.preset))
+            method = train.chosen_method(args)  # a method flag beside the preset wins
+            parser._train_parser.set_defaults(**preset_defaults(args.preset, method))
         except UserError as e:
             print(f"debiaslab: error: {e}", file=sys.stderr)
             return 2

@@ -11,11 +11,19 @@ def add_presets_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print them as JSON")
 
 
-def preset_defaults(name: str) -> dict:
-    """A preset as argparse defaults of the train command (explicit flags still win)."""
+def preset_defaults(name: str, method: str | None = None) -> dict:
+    """A preset as argparse defaults of the train command (explicit flags still win). With
+    another ``method`` than the preset's, the preset's settings that are its method's own
+    options (DisEnt's lambdas, JTT's T, ...) are left out: they are no setting of ``method``."""
+    from debiaslab.config import METHOD_FIELDS
     from debiaslab.presets import get_preset
 
-    return {**get_preset(name).config, "exp": name}
+    config = get_preset(name).config
+    if method is not None and method != config["method"]:
+        config = {
+            k: v for k, v in config.items() if k not in METHOD_FIELDS or method in METHOD_FIELDS[k]
+        }
+    return {**config, "exp": name}
 
 
 def cmd_presets(args) -> int:

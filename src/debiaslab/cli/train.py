@@ -185,13 +185,16 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
 RENAMED_FLAGS = {"model": lambda args: "resnet20" if args.use_resnet20 else args.model}
 
 
+def chosen_method(args) -> str | None:
+    """The method the flags name (``--method`` or one of the reference's), if any."""
+    flagged = (m for flag, m in METHOD_FLAGS.items() if getattr(args, flag, False))
+    return next(flagged, None) or getattr(args, "method", None)
+
+
 def config_from_args(args):
     from debiaslab.config import TrainConfig
 
-    method = (
-        next((m for flag, m in METHOD_FLAGS.items() if getattr(args, flag, False)), None)
-        or args.method
-    )
+    method = chosen_method(args)
     if method is None:
         raise UserError(
             "choose a method: --train_vanilla, --train_lff, --train_ours (DisEnt), --train_lff_be, "

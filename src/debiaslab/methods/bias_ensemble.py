@@ -254,4 +254,5 @@ class DisEntBE(BiasEnsemble, DisEnt):
 
     name = "disent_be"
     color = "tab:purple"
+    options = BiasEnsemble.options + DisEnt.options
     preset_base = DisEnt  # the authors' scripts pass DisEnt's CMNIST flags unchanged

@@ -1,7 +1,26 @@
 import torch
 import torch.nn.functional as F
 
+from debiaslab.methods.options import Option
 from debiaslab.methods.reweighting import RelativeDifficultyMethod
+
+# DisEnt's loss weights (the paper's lambdas). They were general settings when the first runs were
+# recorded, so every config keeps them at their default (in_every_config): those runs' hashes hold
+# them. LC's biased model takes lambda_dis_align as its GCE weight.
+LAMBDA_SWAP = Option(
+    "lambda_swap", float, 1.0, "DisEnt: the weight of the swapped features' losses",
+    "the paper code's default", "non-negative", in_every_config=True,
+)  # fmt: skip
+LAMBDA_DIS_ALIGN = Option(
+    "lambda_dis_align", float, 1.0,
+    "DisEnt: the weight of the bias branch's loss on the original features (LC: of the biased "
+    "model's GCE)", "the paper code's default", "non-negative", in_every_config=True,
+)  # fmt: skip
+LAMBDA_SWAP_ALIGN = Option(
+    "lambda_swap_align", float, 1.0,
+    "DisEnt: the weight of the bias branch's loss on the swapped features",
+    "the paper code's default", "non-negative", in_every_config=True,
+)  # fmt: skip
 
 
 def _paper(*, lr, lambda_swap, lambda_dis_align, lambda_swap_align, lr_gamma) -> dict:
@@ -31,6 +50,7 @@ class DisEnt(RelativeDifficultyMethod):
     model_names = ("intrinsic", "bias")
     head_inputs = 2
     color = "tab:red"
+    options = (LAMBDA_SWAP, LAMBDA_DIS_ALIGN, LAMBDA_SWAP_ALIGN)
     # the paper's settings per dataset, per ratio where they differ (presets.py)
     presets = {
         "cmnist": _paper(

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from debiaslab.methods.base import Method
+from debiaslab.methods.disent import LAMBDA_DIS_ALIGN
 from debiaslab.methods.losses import PerSampleEMA, gce_from_ce
 from debiaslab.methods.options import Option
 
@@ -204,6 +205,7 @@ class LC(Method):
             "lc_mixup", bool, True, "LC: Group MixUp (off: the corrected loss alone)",
             "LC's Group MixUp",
         ),
+        LAMBDA_DIS_ALIGN,  # the biased model's GCE weight
     )  # fmt: skip
     head_inputs = 1
 

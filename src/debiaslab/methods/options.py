@@ -38,9 +38,23 @@ class Option:
     # runs trained with, read into their saved config where it lacks the option (from_saved)
     saved_before: object = None
 
+    # True for an option that was a field of every run's config when runs were recorded (DisEnt's
+    # lambdas): its field keeps its default in every config, so every run's hash keeps it
+    in_every_config: bool = False
+
     @property
     def annotation(self) -> str:
-        return f"{self.type.__name__} | None"
+        return self.type.__name__ if self.in_every_config else f"{self.type.__name__} | None"
+
+    @property
+    def field_default(self):
+        """The TrainConfig field's default: None (the method fills it in), or the declared
+        default where the option is in every config."""
+        return self.default if self.in_every_config else None
+
+    def given(self, value) -> bool:
+        """Whether ``value`` of this option's field was set, not left at the field's default."""
+        return value != self.field_default
 
     def describe(self) -> str:
         """The flag's help: what it does, its choices, its default and where that comes from."""
