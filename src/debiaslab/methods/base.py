@@ -112,6 +112,18 @@ class Method:
     # is a preset per ratio named after its source, compared with the paper's row (presets.py)
     recipes: dict = {}
     color: str | None = None  # its line's colour where runs are compared (None: matplotlib's cycle)
+    # What fused runs (fused.py) take from each run into the one step, declared because a walk
+    # over the attributes cannot tell what the step reads. Each class names only its own; the
+    # class's declaration is the union over it and its bases (``declared``).
+    # - step_state: attributes whose tensors and floats (through objects, lists, dicts) the step
+    #   reads or updates in place: stacked over the runs while steps run
+    step_state: tuple[str, ...] = ("halted",)
+    # - boundary_state: attributes holding tensors only the boundaries read (stage hooks,
+    #   sampling, checkpoints), never the step: they stay with their run
+    boundary_state: tuple[str, ...] = ()
+    # - step_floats: the general TrainConfig floats the step reads (the method's own float
+    #   ``options`` count already): where runs differ in one, the step reads its run's value
+    step_floats: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -150,6 +162,15 @@ class Method:
         self._step = self.step_on_batch
         self.compiled: list[str] = []  # the parts of the step that run compiled
         self.graphed = False  # the step replays as CUDA graphs
+
+    @classmethod
+    def declared(cls, name: str) -> tuple[str, ...]:
+        """Declaration ``name`` (``step_state``, ...) of the class and all its bases, bases first:
+        a subclass adds its own names without restating (or forgetting) its bases'."""
+        names: dict[str, None] = {}
+        for klass in reversed(cls.__mro__):
+            names.update(dict.fromkeys(klass.__dict__.get(name, ())))
+        return tuple(names)
 
     @classmethod
     def model_heads(cls, cfg) -> dict[str, int]:

@@ -68,6 +68,10 @@ class BiasEnsemble:
     """The stages, the committee and the masked biased branch; mixed in before LfF or DisEnt."""
 
     recipes: dict = {}  # the other recipes of LfF (Method.recipes) are LfF's alone
+    step_state = ("aligned",)  # the main stage's biased branch trains on these samples
+    # the committee's scores and the aux stage's best evaluation: its hooks' alone
+    boundary_state = ("scores", "best")
+    step_floats = ("q",)  # an aux model's GCE
 
     options = (
         Option(

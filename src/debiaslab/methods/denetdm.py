@@ -131,6 +131,8 @@ class DeNetDM(Method):
 
     name = "denetdm"
     model_names = ("model",)
+    # oracle_test's best stage-1 evaluation so far, with the branches' state: its hooks' alone
+    boundary_state = ("stage1_best",)
     options = (
         Option(
             "denetdm_stage1_steps", int, 10_000,

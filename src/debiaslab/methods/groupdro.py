@@ -30,6 +30,7 @@ class GroupDRO(Method):
     name = "groupdro"
     color = "tab:brown"
     uses_bias_labels = True
+    step_state = ("q", "groups")  # the group weights it moves, each sample's group it reads
     options = (
         Option(
             "groupdro_eta", float, 0.01, "GroupDRO: step size of the group weights",

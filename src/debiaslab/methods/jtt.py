@@ -21,6 +21,7 @@ class JTT(Method):
     name = "jtt"
     model_names = ("first", "model")
     color = "tab:orange"
+    boundary_state = ("error_set",)  # set as the first stage ends, read by the sampler
     # JTT's code has no Colored MNIST recipe: T and lambda_up chosen on its grid
     # (configs/cmnist_jtt_grid.toml) by the best group-balanced validation accuracy, seed 0 at
     # 0.5pct, before any other JTT run of these rows (docs/results/cmnist_jtt_grid.md)

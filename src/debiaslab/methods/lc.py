@@ -208,6 +208,9 @@ class LC(Method):
         LAMBDA_DIS_ALIGN,  # the biased model's GCE weight
     )  # fmt: skip
     head_inputs = 1
+    # tau and prior_alpha: the step reads the run's copies of lc_tau and lc_prior_alpha
+    step_state = ("ema", "prior", "prior_seen", "tau", "prior_alpha")
+    step_floats = ("q",)  # the biased model's GCE
 
     @classmethod
     def preset(cls, dataset, percent):

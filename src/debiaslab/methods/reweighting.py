@@ -11,6 +11,9 @@ from debiaslab.methods.losses import PerSampleEMA, gce_from_ce, relative_difficu
 class RelativeDifficultyMethod(Method):
     """A method with a biased and a debiased branch, weighted by LfF's relative difficulty W."""
 
+    step_state = ("ema",)  # both branches' loss EMAs, with their alpha
+    step_floats = ("q",)  # the biased branch's GCE
+
     def __init__(self, cfg, models, train_targets, num_classes, generator):
         super().__init__(cfg, models, train_targets, num_classes, generator)
         # channel 0: the biased branch's loss EMA (L_b); channel 1: the debiased branch's (L_d)
