@@ -20,12 +20,15 @@ Where each run's tensors live:
   arithmetic as K calls, bit for bit, in one pass. A run whose step does not apply makes the
   group's kernel skip, and the runs that did apply then step alone, as they do wherever the
   runs' optimizers differ (their own fused Adam, learning rate and skip flag);
-- the method's own tensors (per-sample EMAs, group weights, error sets, the stop flag): stacked
-  while steps run (runs fuse only where these have one shape), and copied back into
-  each run's own tensors before anything else reads them (``sync_out``, at a boundary) and from
-  them after (``sync_in``);
-- per-run float settings that differ in the group (lambdas, q, EMA alpha, ...): a ``[K]`` tensor
-  the lead method reads in place of its own float during the vmapped call.
+- the method's own tensors, as its class declares them (``Method.step_state``: per-sample EMAs,
+  group weights, the stop flag): stacked while steps run (runs fuse only where these have one
+  shape), and copied back into each run's own tensors before anything else reads them
+  (``sync_out``, at a boundary) and from them after (``sync_in``). A method holding tensors or
+  floats it declares neither there nor as ``boundary_state`` (what only its hooks read) does not
+  fuse: its runs step alone (``state_signature``), since the step would read the lead's;
+- per-run float settings that differ in the group (the method's float options, the general ones
+  it declares in ``step_floats``, floats in its step state): a ``[K]`` tensor the lead method
+  reads in place of its own float during the vmapped call.
 
 A run whose step is not finite skips (or stops) alone: its loss, gradient, optimizer step, buffers
 and per-sample state are its own rows, and the flags that guard them are per run.
@@ -34,48 +37,85 @@ and per-sample state are its own rows, and the flags that guard them are per run
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import warnings
 
 import torch
 import torch.nn as nn
 from torch.func import vmap
 
+from debiaslab.errors import UserError
 from debiaslab.methods.base import StepOutput
 from debiaslab.methods.optim import fused_adam
 from debiaslab.models.layers import batched_products
 
-# What the walk over a method's attributes leaves alone: what fusion handles itself (models,
-# optimizers, schedulers, generator, buffer snapshot) and the method's stage (a Python value).
+# What the check for undeclared state leaves alone: what fusion handles itself (models,
+# optimizers, schedulers, generator, buffer snapshot), the config (its floats are declared as
+# ``step_floats`` and options), the method's stage (a Python value) and the step's plumbing.
 _NOT_STATE = frozenset(
-    {"models", "optimizers", "schedulers", "generator", "buffers", "stage", "_compute", "_step"}
+    "models optimizers schedulers generator buffers stage cfg _compute _step".split()
 )
 
 
+def _leaves(owner, key, value, depth: int = 1) -> list[tuple[object, object, object]]:
+    """(owner, key, value) of every tensor and float in ``value``, ``owner[key]`` or
+    ``owner.key``, found through objects, lists and dicts but not models or optimizers."""
+    if depth > 4 or isinstance(value, (nn.Module, torch.optim.Optimizer, torch.Generator)):
+        return []
+    if isinstance(value, (torch.Tensor, float)):
+        return [(owner, key, value)]
+    if isinstance(value, (list, dict)):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+    elif hasattr(value, "__dict__") and not callable(value):  # not functions, methods, classes
+        items = vars(value).items()
+    else:
+        return []
+    return [leaf for k, v in items for leaf in _leaves(value, k, v, depth + 1)]
+
+
 def _state_slots(method) -> list[tuple[object, object, object]]:
-    """(owner, key, value) of every tensor and float the method's step may read, found by walking
-    its attributes (objects, lists, tuples' items, dicts) but not its models or optimizers."""
-    slots: list[tuple[object, object, object]] = []
+    """(owner, key, value) of every tensor and float of the method's declared ``step_state``."""
+    return [
+        leaf
+        for name in type(method).declared("step_state")
+        for leaf in _leaves(method, name, getattr(method, name))
+    ]
 
-    def walk(owner, key, value, depth):
-        if depth > 4 or isinstance(value, (nn.Module, torch.optim.Optimizer, torch.Generator)):
-            return
-        if isinstance(value, torch.Tensor) or (
-            isinstance(value, float) and not isinstance(value, bool)
-        ):
-            slots.append((owner, key, value))
-        elif isinstance(value, (list, dict)):
-            items = value.items() if isinstance(value, dict) else enumerate(value)
-            for k, v in items:
-                walk(value, k, v, depth + 1)
-        elif dataclasses.is_dataclass(value) or hasattr(value, "__dict__"):
-            if callable(value) and not dataclasses.is_dataclass(value):
-                return  # functions, bound methods, classes
-            for k, v in vars(value).items():
-                if not (owner is None and k in _NOT_STATE):
-                    walk(value, k, v, depth + 1)
 
-    walk(None, None, method, 0)
-    return slots
+def _setting_slots(method) -> list[tuple[object, object, object]]:
+    """(config, name, value) of every float setting the step reads: the method's own float
+    options and the general ones it declares (``step_floats``)."""
+    cls, cfg = type(method), method.cfg
+    names = [o.name for o in cls.options if o.type is float] + list(cls.declared("step_floats"))
+    return [(cfg, name, getattr(cfg, name)) for name in dict.fromkeys(names)]
+
+
+def undeclared_state(method) -> list[str]:
+    """The method's attributes holding tensors or floats that its class declares neither as
+    ``step_state`` nor as ``boundary_state``."""
+    cls = type(method)
+    known = _NOT_STATE | set(cls.declared("step_state")) | set(cls.declared("boundary_state"))
+    return [n for n, v in vars(method).items() if n not in known and _leaves(method, n, v)]
+
+
+def _undeclared_problem(method) -> str | None:
+    """One line naming the method's undeclared state and the fix, or None."""
+    names = undeclared_state(method)
+    if not names:
+        return None
+    cls = type(method).__name__
+    return (
+        f"{cls} holds tensors or floats it does not declare ({', '.join(map(repr, names))}): "
+        f"name each in {cls}.step_state where its step reads or updates them, else in "
+        f"{cls}.boundary_state (only its hooks, sampler and checkpoints read them)"
+    )
+
+
+class UndeclaredStateWarning(UserWarning):
+    """A method holds state it does not declare, so its runs cannot share a step."""
+
+
+def _get(owner, key):
+    return owner[key] if isinstance(owner, (list, dict)) else getattr(owner, key)
 
 
 def _set(owner, key, value) -> None:
@@ -97,7 +137,15 @@ def _model_tensors(method) -> tuple[list[tuple[nn.Module, str]], list[tuple[nn.M
 
 def state_signature(method) -> tuple:
     """The shapes and dtypes of the method's step state: runs fuse only where these agree (a
-    per-sample table laid out by its data's class sizes cannot be padded to another run's)."""
+    per-sample table laid out by its data's class sizes cannot be padded to another run's).
+
+    A method holding tensors or floats it does not declare gets a signature of its own, after a
+    warning, so each of its runs steps alone, as it would trained alone: fused, the step would
+    read the lead run's undeclared values for every run, silently."""
+    problem = _undeclared_problem(method)
+    if problem:
+        warnings.warn(f"{problem}; its runs train one by one", UndeclaredStateWarning, stacklevel=2)
+        return ("undeclared", id(method))
     return tuple(
         (str(key), tuple(v.shape), v.dtype)
         for _, key, v in _state_slots(method)
@@ -156,7 +204,11 @@ class FusedStep:
     def sync_in(self) -> None:
         """Take the methods' own tensors and differing floats into the stacked state (after a
         boundary, a resume or a stage change, which may have changed or replaced them)."""
-        per_run = [_state_slots(m) for m in self.methods]
+        for method in self.methods:  # a hook may have added some (fusible_parts checked before)
+            problem = _undeclared_problem(method)
+            if problem:
+                raise UserError(f"these runs cannot share a step: {problem}")
+        per_run = [_state_slots(m) + _setting_slots(m) for m in self.methods]
         lead = per_run[0]
         if any(len(s) != len(lead) for s in per_run):
             raise ValueError("the runs' methods hold different state; they cannot be fused")
@@ -214,11 +266,19 @@ class FusedStep:
             _set(owner, key, value)
         try:
             yield
+            replaced = [
+                key for (owner, key, _), v in zip(state_saved, state) if _get(owner, key) is not v
+            ]
         finally:
             for table, name, value in saved:
                 table[name] = value
             for owner, key, own in state_saved:
                 _set(owner, key, own)
+        if replaced:  # the update went to a tensor of this call alone, lost as it returns
+            raise UserError(
+                f"{type(self.lead).__name__}'s step replaced {', '.join(map(repr, replaced))} of "
+                "its step_state; update it in place (copy_, index_put_) so fused runs keep it"
+            )
 
     # -- the step ------------------------------------------------------------------------------
     def compute(self, xs, ys, idxs, draws):
