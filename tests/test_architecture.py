@@ -21,9 +21,10 @@ ENTRY = {
     "debiaslab.sweep",
     "debiaslab.sweep_local",
 }
-# the loop's parts, which train.py and group.py import: opening a run's folder, the evaluation of a
-# step, the results schema, SIGTERM as a resumable stop
+# the loop's parts, which train.py and group.py import: the loop over the steps, opening a run's
+# folder, the evaluation of a step, the results schema, SIGTERM as a resumable stop
 LOOP_PARTS = {
+    "debiaslab.loop",
     "debiaslab.runs",
     "debiaslab.step_evaluation",
     "debiaslab.results",

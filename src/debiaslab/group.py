@@ -22,6 +22,7 @@ from debiaslab.accelerate import capture_graphs, compile_compute
 from debiaslab.config import TrainConfig
 from debiaslab.errors import UserError
 from debiaslab.fused import FusedStep, state_signature
+from debiaslab.loop import run_steps
 from debiaslab.prepare import cached_loader
 from debiaslab.runs import OpenedRun, marked_failed_on_error, open_run
 from debiaslab.sigterm import sigterm_as_exit
@@ -203,7 +204,7 @@ def _train_fused(runs: list[OpenedRun], progress_desc, errors: dict) -> list[dic
         seconds, groups = {}, {}
         for part in parts:
             group = FusedLoop([loops[i] for i in part], [rngs[i] for i in part])
-            part_seconds = group.run(progress_desc)
+            part_seconds = run_steps(group, progress_desc)
             seconds.update({i: part_seconds for i in part})
             groups.update({i: group for i in part})
     out = []
@@ -237,10 +238,15 @@ def fusible_parts(loops: list[TrainingLoop]) -> list[list[int]]:
 
 
 class FusedLoop:
-    """The loop over the steps of a group's runs (``TrainingLoop.run`` for K runs)."""
+    """A group's runs as one stepper of ``loop.run_steps``: one step for all (fused, or each run's
+    own in turn) and every run's own boundary."""
 
     def __init__(self, loops: list[TrainingLoop], rngs: list[dict] | None = None):
         self.loops = loops
+        # its runs' plan and start (they agree) and the lead run's seconds before, read once: the
+        # runs are restored before their group is built
+        lead = loops[0]
+        self.plan, self.start, self.seconds_before = lead.plan, lead.start, lead.seconds_before
         # each run's global RNG state, put in place around its boundary: its checkpoints record
         # (and its resume restores) its own, as alone; the step itself draws from no global RNG
         self.rngs = dict(zip((lp.run_dir for lp in loops), rngs or []))
@@ -269,30 +275,19 @@ class FusedLoop:
     def graphed(self) -> bool:
         return self.fused is not None and self.fused.graphed
 
-    def run(self, progress_desc: str | None) -> float:
-        """Train every run from the group's start to the end; returns the training seconds."""
-        lead = self.loops[0]
-        t_loop = time.time()
+    def open(self, progress_desc: str | None, t_loop: float) -> None:
+        """Every run's bar (one line each, named by its seed) and models, as ``TrainingLoop.open``."""
         for position, loop in enumerate(self.loops):
-            loop.t_loop = t_loop
             desc = progress_desc or f"{loop.cfg.method} {loop.cfg.data_label()} s{loop.cfg.seed}"
-            loop.open_bar(desc, position if len(self.loops) > 1 else None)
-        try:
-            for loop in self.loops:
-                loop.method.train()
-            k = lead.plan.index(lead.start)
-            for step in range(lead.start, lead.plan.total):
-                if not self.active:
-                    break
-                self.step(step, k)
-                done = step + 1
-                if lead.at_boundary(done, k):
-                    k = self.boundary(done, k)
-        finally:
-            for loop in self.loops:
-                loop.bar.close()
-                loop.logger.close()
-        return lead.seconds_before + time.time() - t_loop
+            loop.open(desc, t_loop, position if len(self.loops) > 1 else None)
+
+    def at_boundary(self, done: int, k: int) -> bool:
+        """The group's runs share their cadence: the lead run's says (a failed lead's too)."""
+        return self.loops[0].at_boundary(done, k)
+
+    def close(self) -> None:
+        for loop in self.loops:
+            loop.close()
 
     def step(self, step: int, k: int) -> None:
         if self.fused is None:
@@ -300,7 +295,7 @@ class FusedLoop:
                 loop.step(step, k)
             return
         xs, ys, idxs = self.batches()
-        outs = self.fused.update(xs, ys, idxs, step - self.loops[0].plan.start(k))
+        outs = self.fused.update(xs, ys, idxs, step - self.plan.start(k))
         for loop, out in zip(self.active, outs):
             loop.after_step(step, k, out)
 

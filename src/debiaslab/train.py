@@ -1,8 +1,9 @@
 """One method-agnostic training loop: sampling, steps, evaluation cadence, checkpoints, logging.
 
-Its parts live beside it: ``runs`` makes a run's folder ready (fresh, resumed or done) and marks
-it failed, ``step_evaluation`` evaluates the models at a step, ``results`` says what results.json
-holds, ``sigterm`` turns SIGTERM into a resumable stop; ``rundir.RunDir`` is the folder's format.
+Its parts live beside it: ``loop.run_steps`` steps it (and a fused group, ``group.FusedLoop``),
+``runs`` makes a run's folder ready (fresh, resumed or done) and marks it failed,
+``step_evaluation`` evaluates the models at a step, ``results`` says what results.json holds,
+``sigterm`` turns SIGTERM into a resumable stop; ``rundir.RunDir`` is the folder's format.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from debiaslab.data.splits import DatasetBundle, Split
 from debiaslab.diagnostics import flagged_report, save_w_snapshot, snapshot_steps
 from debiaslab.errors import UserError
 from debiaslab.logging import RunLogger, StepWindow
+from debiaslab.loop import run_steps
 from debiaslab.methods import METHODS
 from debiaslab.methods.base import StageData, StagePlan
 from debiaslab.metrics import primary_metric
@@ -104,7 +106,7 @@ def _train(cfg, bundle, device, run_dir: Path, progress_desc, state: dict | None
     loop = TrainingLoop(cfg, bundle, device, run_dir)
     loop.write_config()
     loop.restore(state)
-    train_seconds = loop.run(progress_desc)
+    train_seconds = run_steps(loop, progress_desc)
     results = loop.results(train_seconds, time.time() - t_start)
     loop.folder.write_results(results)
     return results
@@ -258,24 +260,19 @@ class TrainingLoop:
         earlier = state.get("fused_with", [])
         self.fused_with += [d for d in earlier if d not in self.fused_with]
 
-    # -- the loop ------------------------------------------------------------------------------
-    def run(self, progress_desc: str | None) -> float:
-        """Train from ``self.start`` to the end; returns the training seconds of every session."""
-        plan = self.plan
-        self.t_loop = time.time()
-        self.open_bar(progress_desc)
-        try:
-            self.method.train()
-            k = plan.index(self.start)
-            for step in range(self.start, plan.total):
-                self.step(step, k)
-                done = step + 1
-                if self.at_boundary(done, k):
-                    k = self.boundary(done, k)
-        finally:
-            self.bar.close()
-            self.logger.close()
-        return self.seconds_before + time.time() - self.t_loop
+    # -- the loop (``loop.run_steps`` drives it, alone or as a part of a ``group.FusedLoop``) ---
+    active = True  # a lone run leaves the loop only by raising
+
+    def open(self, desc: str | None, t_loop: float, position: int | None = None) -> None:
+        """The bar opened and the models in training mode as the steps begin; ``t_loop``: when
+        (the training seconds its checkpoints record count from it)."""
+        self.t_loop = t_loop
+        self.open_bar(desc, position)
+        self.method.train()
+
+    def close(self) -> None:
+        self.bar.close()
+        self.logger.close()
 
     def open_bar(self, desc: str | None, position: int | None = None) -> None:
         from tqdm.auto import tqdm
