@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from debiaslab.config import TrainConfig
+from debiaslab.config import METHOD_FIELDS, TrainConfig
 from debiaslab.fused import FusedStep
 from debiaslab.group import FusedLoop, GroupFailed, fusion_groups, fusion_key, train_group
 from debiaslab.train import TrainingLoop, train
@@ -40,7 +40,7 @@ def two_ratios(tmp_path_factory):
 
 def configs(data, logs, method, own_lr=0.005, **kw) -> list[TrainConfig]:
     """Three runs of ``method``: seeds 0, 1, 2 on ratios 1pct, 2pct, 1pct, the third with its
-    own learning rate ``own_lr`` and lambdas (float settings a group may differ in); each run's
+    own learning rate ``own_lr`` and a float setting (what a group may differ in); each run's
     products by its own kernels (``fused_exact``) unless ``kw`` says otherwise."""
     kw = {"fused_exact": True, **kw}
     base = dict(
@@ -57,7 +57,11 @@ def configs(data, logs, method, own_lr=0.005, **kw) -> list[TrainConfig]:
         device="cpu",
         **kw,
     )
-    runs = [(0, "1pct", {}), (1, "2pct", {}), (2, "1pct", {"lr": own_lr, "lambda_dis_align": 2.0})]
+    # a float setting of the method's own where it has one (DisEnt's and LC's lambda), else q
+    own_float = (
+        {"lambda_dis_align": 2.0} if method in METHOD_FIELDS["lambda_dis_align"] else {"q": 0.5}
+    )
+    runs = [(0, "1pct", {}), (1, "2pct", {}), (2, "1pct", {"lr": own_lr, **own_float})]
     return [
         TrainConfig(**{**base, **own, "seed": s, "percent": p, "exp": f"{method}-{s}"})
         for s, p, own in runs
